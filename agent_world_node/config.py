@@ -1,0 +1,266 @@
+"""Node home directory: keys, ``config.toml`` and ``genesis.json``.
+
+Layout of a home (CometBFT-like)::
+
+    HOME/config/config.toml              listen addresses, peers, timeouts, storage settings
+    HOME/config/genesis.json             chain id, validators with stake, world parameters
+    HOME/config/node_key.json            Ed25519 seed of the libp2p identity (peer id)
+    HOME/config/priv_validator_key.json  Ed25519 seed of the consensus signing key
+    HOME/data/                           SQLite stores, world snapshots
+
+Errors: ``ConfigError`` with the file and what is wrong in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+
+import msgspec
+
+from agent_world_runtime.crypto import SigningKey
+from agent_world_runtime.params import WorldParams
+
+
+class ConfigError(RuntimeError):
+    """A home directory file is missing or invalid; the message names the file and the fix."""
+
+
+class GenesisValidator(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A validator at genesis: ``public_key`` is hex Ed25519 (also its validator id); ``stake`` > 0."""
+
+    name: str
+    public_key: str
+    stake: int
+
+
+class GenesisValidator(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A validator at genesis: ``public_key`` is hex Ed25519 (also its validator id); ``stake`` > 0."""
+
+    name: str
+    public_key: str
+    stake: int
+
+
+class WorldParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """World rules fixed at genesis. Units: resource units; grid coordinates are integers in
+    ``[-grid_size, grid_size]``."""
+
+    initial_electricity: int = 100
+    initial_data: int = 10
+    move_cost_per_step: int = 1
+    harvest_amount: int = 5
+    grid_size: int = 1000
+
+
+class Genesis(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The shared starting point of a chain: every node of a chain has the identical file."""
+
+    chain_id: str
+    genesis_time_ms: int
+    validators: list[GenesisValidator]
+    epoch_length: int = 1000
+    world: WorldParams = msgspec.field(default_factory=WorldParams)
+
+
+class P2PConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """libp2p listen address and the peers to keep connected to (full /p2p/ multiaddrs)."""
+
+    listen: str = "/ip4/127.0.0.1/tcp/26656"
+    peers: list[str] = []
+
+
+class RPCConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """HTTP API listen address, ``host:port``."""
+
+    listen: str = "127.0.0.1:26657"
+
+
+class ConsensusConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Timeouts in milliseconds; each grows by its ``*_delta_ms`` per round (Tendermint paper, timeouts)."""
+
+    timeout_propose_ms: int = 1500
+    timeout_propose_delta_ms: int = 500
+    timeout_prevote_ms: int = 500
+    timeout_prevote_delta_ms: int = 250
+    timeout_precommit_ms: int = 500
+    timeout_precommit_delta_ms: int = 250
+    timeout_commit_ms: int = 200
+    max_block_actions: int = 2000
+    max_block_bytes: int = 900_000
+
+
+class StorageConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """How often (in heights) the world snapshot is written with ``save_to_dir``."""
+
+    snapshot_interval: int = 50
+
+
+class MempoolConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Mempool bound (actions); when full, submissions get 503 with a retry hint."""
+
+    max_actions: int = 20_000
+
+
+class NodeConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The contents of ``config.toml``."""
+
+    moniker: str = "node"
+    log_format: str = "auto"
+    p2p: P2PConfig = msgspec.field(default_factory=P2PConfig)
+    rpc: RPCConfig = msgspec.field(default_factory=RPCConfig)
+    consensus: ConsensusConfig = msgspec.field(default_factory=ConsensusConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    mempool: MempoolConfig = msgspec.field(default_factory=MempoolConfig)
+
+
+class Home:
+    """Paths inside a node home directory."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.config_dir = self.root / "config"
+        self.data_dir = self.root / "data"
+        self.config_file = self.config_dir / "config.toml"
+        self.genesis_file = self.config_dir / "genesis.json"
+        self.node_key_file = self.config_dir / "node_key.json"
+        self.validator_key_file = self.config_dir / "priv_validator_key.json"
+        self.snapshot_dir = self.data_dir / "snapshots"
+        self.db_file = self.data_dir / "node.sqlite3"
+
+
+def peer_id_for_seed(seed: bytes) -> str:
+    """Return the libp2p peer id (base58) of the Ed25519 identity made from ``seed``."""
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.id import ID
+
+    return ID.from_pubkey(create_new_key_pair(seed).public_key).to_base58()
+
+
+def _write_private(path: Path, data: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def write_key(path: Path, key: SigningKey) -> None:
+    """Write ``key`` as JSON ``{"seed": hex, "public_key": hex}`` with mode 0600."""
+    _write_private(path, json.dumps({"seed": key.seed.hex(), "public_key": key.public_key.hex()}, indent=2) + "\n")
+
+
+def read_key(path: Path) -> SigningKey:
+    """Read a key file written by ``write_key``; raises ConfigError if missing or malformed."""
+    try:
+        data = json.loads(path.read_text())
+        return SigningKey(bytes.fromhex(data["seed"]))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: key file not found; run `awnode init --home DIR` first") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a valid key file ({exc}); restore it from a backup") from None
+
+
+def write_genesis(path: Path, genesis: Genesis) -> None:
+    """Write ``genesis`` as indented JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(genesis), indent=2) + b"\n")
+
+
+def read_genesis(path: Path) -> Genesis:
+    """Read and validate ``genesis.json``; raises ConfigError naming the problem."""
+    try:
+        genesis = msgspec.json.decode(path.read_bytes(), type=Genesis)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: genesis file not found; copy the chain's genesis.json here") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: invalid genesis ({exc})") from None
+    if not genesis.validators:
+        raise ConfigError(f"{path}: genesis has no validators")
+    seen = set()
+    for v in genesis.validators:
+        if v.stake <= 0:
+            raise ConfigError(f"{path}: validator {v.name} has stake {v.stake}; stake must be positive")
+        try:
+            if len(bytes.fromhex(v.public_key)) != 32:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"{path}: validator {v.name} public_key is not 32 bytes of hex") from None
+        if v.public_key in seen:
+            raise ConfigError(f"{path}: validator {v.name} appears twice")
+        seen.add(v.public_key)
+    if genesis.epoch_length <= 0:
+        raise ConfigError(f"{path}: epoch_length must be positive")
+    return genesis
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def write_config(path: Path, config: NodeConfig) -> None:
+    """Write ``config`` as TOML (top-level scalars, then one table per section)."""
+    data = msgspec.to_builtins(config)
+    lines = []
+    tables = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables:
+        lines.append("")
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def read_config(path: Path) -> NodeConfig:
+    """Read ``config.toml``; unknown keys are an error (a typo must not be silently ignored)."""
+    try:
+        raw = tomllib.loads(path.read_text())
+        return msgspec.convert(raw, type=NodeConfig)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; run `awnode init --home DIR` first") from None
+    except (tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
+        raise ConfigError(f"{path}: invalid config ({exc})") from None
+
+
+def init_home(
+    root: str | os.PathLike[str],
+    *,
+    moniker: str,
+    config: NodeConfig | None = None,
+    node_seed: bytes | None = None,
+    validator_seed: bytes | None = None,
+    genesis: Genesis | None = None,
+    overwrite: bool = False,
+) -> Home:
+    """Create a node home: keys (new random ones unless seeds are given), ``config.toml`` and,
+    when ``genesis`` is given, ``genesis.json``. Raises ConfigError if a home already exists there
+    and ``overwrite`` is False (keys are never silently replaced)."""
+    home = Home(root)
+    if home.validator_key_file.exists() and not overwrite:
+        raise ConfigError(f"{home.root}: a node home already exists here; choose another --home or remove it")
+    home.config_dir.mkdir(parents=True, exist_ok=True)
+    home.data_dir.mkdir(parents=True, exist_ok=True)
+    write_key(home.node_key_file, SigningKey(node_seed) if node_seed else SigningKey.generate())
+    write_key(home.validator_key_file, SigningKey(validator_seed) if validator_seed else SigningKey.generate())
+    cfg = config or NodeConfig()
+    cfg.moniker = moniker
+    write_config(home.config_file, cfg)
+    if genesis is not None:
+        write_genesis(home.genesis_file, genesis)
+    return home

@@ -1,0 +1,195 @@
+"""Consensus and replication messages (DESIGN.md, "Actions, blocks and roots").
+
+Everything here is a msgspec Struct encoded as canonical msgpack. Hashes are raw 32-byte values
+(``bytes``); validator ids are the hex of the validator's Ed25519 public key.
+
+Signing: a vote is signed over ``VOTE_SIGN_DOMAIN || encode(VoteSignBytes)`` and a proposal over
+``PROPOSAL_SIGN_DOMAIN || encode(ProposalSignBytes)``; both bind the chain id, so a signature on one
+chain is worthless on another.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Optional
+
+import msgspec
+
+from agent_world_runtime.codec import encode
+from agent_world_runtime.crypto import sha256
+from agent_world_runtime.merkle import merkle_root
+
+VOTE_SIGN_DOMAIN = b"agent-world/vote/v1\x00"
+PROPOSAL_SIGN_DOMAIN = b"agent-world/proposal/v1\x00"
+ZERO_HASH = b"\x00" * 32
+
+
+class NodeConsensusAction(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One ordered action in a block: ``payload`` is a canonical ``SignedAction`` encoding,
+    ``payload_hash = sha256(payload)`` and ``action_id == payload_hash``; ``submitter`` is the agent id."""
+
+    action_id: bytes
+    submitter: str
+    payload: bytes
+    payload_hash: bytes
+
+
+def compute_consensus_action_root(actions: list[NodeConsensusAction]) -> bytes:
+    """Return the RFC 6962 Merkle root over the ordered ``payload_hash`` values of ``actions``."""
+    return merkle_root([a.payload_hash for a in actions])
+
+
+class BlockHeader(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A block header. ``last_execution_*`` are this proposer's execution results for ``height - 1``
+    (as CometBFT carries the app hash); ``timestamp_ms`` is the proposer's clock, used as the
+    deterministic ``committed_at_unix_ms`` of the block."""
+
+    chain_id: str
+    height: int
+    round: int
+    epoch: int
+    proposer: str
+    prev_block_hash: bytes
+    action_root: bytes
+    action_count: int
+    last_execution_height: int
+    last_execution_block_hash: bytes
+    last_execution_state_root: bytes
+    timestamp_ms: int
+
+
+class Block(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A header and its ordered actions."""
+
+    header: BlockHeader
+    actions: list[NodeConsensusAction]
+
+    def hash(self) -> bytes:
+        """Return the block hash: ``sha256(encode(header))`` (the header commits to the actions by root)."""
+        return block_hash(self.header)
+
+
+def block_hash(header: BlockHeader) -> bytes:
+    """Return ``sha256(encode(header))``."""
+    return sha256(encode(header))
+
+
+class VoteType(enum.IntEnum):
+    """The two vote steps of a Tendermint round."""
+
+    PREVOTE = 1
+    PRECOMMIT = 2
+
+
+class VoteSignBytes(msgspec.Struct, array_like=True, frozen=True):
+    """The exact tuple a validator signs for a vote."""
+
+    chain_id: str
+    vote_type: int
+    height: int
+    round: int
+    block_hash: Optional[bytes]
+
+
+class Vote(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A signed prevote or precommit; ``block_hash`` is None for a nil vote."""
+
+    vote_type: VoteType
+    height: int
+    round: int
+    block_hash: Optional[bytes]
+    validator: str
+    signature: bytes
+
+    def sign_bytes(self, chain_id: str) -> bytes:
+        """Return the bytes the signature covers (without the domain)."""
+        return encode(VoteSignBytes(chain_id, int(self.vote_type), self.height, self.round, self.block_hash))
+
+
+class ProposalSignBytes(msgspec.Struct, array_like=True, frozen=True):
+    """The exact tuple a proposer signs."""
+
+    chain_id: str
+    height: int
+    round: int
+    pol_round: int
+    block_hash: bytes
+
+
+class Proposal(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A signed proposal of ``block`` for (height, round); ``pol_round`` is the proof-of-lock round
+    (-1 for none), as in the Tendermint paper's PROPOSAL message."""
+
+    height: int
+    round: int
+    pol_round: int
+    block: Block
+    validator: str
+    signature: bytes
+
+    def sign_bytes(self, chain_id: str) -> bytes:
+        """Return the bytes the signature covers (without the domain)."""
+        return encode(ProposalSignBytes(chain_id, self.height, self.round, self.pol_round, self.block.hash()))
+
+
+class CommitSig(msgspec.Struct, array_like=True, frozen=True):
+    """One validator's precommit signature in a certificate."""
+
+    validator: str
+    signature: bytes
+
+
+class CommitCertificate(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Precommits for ``block_hash`` at (height, round) from more than 2/3 of the stake."""
+
+    height: int
+    round: int
+    block_hash: bytes
+    signatures: list[CommitSig]
+
+
+class ExecutionHashes(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A node's execution result for one height (``NodeExecutionCommitResult`` on the wire)."""
+
+    execution_height: int
+    execution_block_hash: bytes
+    execution_state_root: bytes
+
+
+class GossipProposalMessage(msgspec.Struct, tag="proposal", forbid_unknown_fields=True, frozen=True):
+    """Gossiped proposal; its block carries ``action_root`` (header) and ``actions``."""
+
+    proposal: Proposal
+
+
+class GossipVoteMessage(msgspec.Struct, tag="vote", forbid_unknown_fields=True, frozen=True):
+    """Gossiped prevote or precommit."""
+
+    vote: Vote
+
+
+class GossipCommitMessage(msgspec.Struct, tag="commit", forbid_unknown_fields=True, frozen=True):
+    """A decided block with its commit certificate and the sender's execution hashes for that
+    height (None when the sender has not executed it)."""
+
+    block: Block
+    certificate: CommitCertificate
+    execution: Optional[ExecutionHashes] = None
+
+
+class GossipActionBatch(msgspec.Struct, tag="actions", forbid_unknown_fields=True, frozen=True):
+    """A batch of client action payloads (canonical ``SignedAction`` encodings)."""
+
+    payloads: list[bytes]
+
+
+class ReplicatedCommitPayload(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What the block store keeps and serves by height: block, certificate and the serving node's
+    execution hashes for that height."""
+
+    block: Block
+    certificate: CommitCertificate
+    execution: Optional[ExecutionHashes] = None
+
+
+GossipMessage = GossipProposalMessage | GossipVoteMessage | GossipCommitMessage | GossipActionBatch

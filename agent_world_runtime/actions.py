@@ -1,0 +1,152 @@
+"""Client actions and their signed envelope (DESIGN.md, "Actions, blocks and roots").
+
+An agent signs ``ActionBody {chain_id, agent_id, nonce, action}``; the ``SignedAction`` is encoded
+as canonical msgpack and that encoding is the consensus ``payload`` (``action_id = sha256(payload)``).
+The signature covers ``ACTION_SIGN_DOMAIN || encode(body)``. ``RegisterAgent`` is verified against
+the public key it carries; every other action against the key the agent registered.
+Nonces are per agent and strictly increasing (gaps allowed); a nonce at or below the agent's last
+used nonce is a replay.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Union
+
+import msgspec
+
+from .codec import decode, decode_json, encode
+from .crypto import SigningKey, sha256, verify
+from .modules.manifest import ModuleManifest
+
+ACTION_SIGN_DOMAIN = b"agent-world/action/v1\x00"
+MAX_ACTION_PAYLOAD_BYTES = 256 * 1024
+AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+RESOURCE_KINDS = ("electricity", "data")
+
+Position = tuple[int, int, int]
+
+
+class _Action(msgspec.Struct, forbid_unknown_fields=True, frozen=True, tag_field="type"):
+    pass
+
+
+class RegisterAgent(_Action, tag="register_agent"):
+    """Create the agent ``agent_id`` of the envelope with this Ed25519 ``public_key`` at ``position``."""
+
+    public_key: bytes
+    position: Position = (0, 0, 0)
+
+
+class MoveAgent(_Action, tag="move_agent"):
+    """Move to ``to``; costs electricity in proportion to the Manhattan distance."""
+
+    to: Position
+
+
+class HarvestRadiation(_Action, tag="harvest_radiation"):
+    """Gain electricity from the radiation at the agent's position (amount set by the world rules)."""
+
+
+class TransferResource(_Action, tag="transfer_resource"):
+    """Give ``amount`` (> 0) of resource ``kind`` (electricity or data) to agent ``to``."""
+
+    to: str
+    kind: str
+    amount: int
+
+
+class ModuleSourcePackage(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Module source: ``files`` maps relative paths to UTF-8 text; ``manifest_path`` names the JSON
+    manifest among them."""
+
+    manifest_path: str
+    files: dict[str, str]
+
+
+class CompileModuleArtifactFromSource(_Action, tag="compile_module_artifact_from_source"):
+    """Compile ``source_package`` into an artifact published by this agent under ``module_id``."""
+
+    module_id: str
+    source_package: ModuleSourcePackage
+
+
+class DeployModuleArtifact(_Action, tag="deploy_module_artifact"):
+    """Publish ``wasm_bytes`` with ``manifest``; rejected unless ``sha256(wasm_bytes).hex() == wasm_hash``."""
+
+    wasm_hash: str
+    wasm_bytes: bytes
+    manifest: ModuleManifest
+
+
+class InstallModuleFromArtifact(_Action, tag="install_module_from_artifact"):
+    """Install the artifact ``wasm_hash`` as a new instance owned by this agent (the artifact's
+    publisher only). ``instance_id`` defaults to ``<module_id>@<agent_id>``."""
+
+    wasm_hash: str
+    instance_id: str = ""
+    activate: bool = True
+
+
+Action = Union[
+    RegisterAgent,
+    MoveAgent,
+    HarvestRadiation,
+    TransferResource,
+    CompileModuleArtifactFromSource,
+    DeployModuleArtifact,
+    InstallModuleFromArtifact,
+]
+
+
+class ActionBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What an agent signs."""
+
+    chain_id: str
+    agent_id: str
+    nonce: int
+    action: Action
+
+
+class SignedAction(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """An action body and its 64-byte Ed25519 signature."""
+
+    body: ActionBody
+    signature: bytes
+
+
+def action_kind(action: Action) -> str:
+    """Return the wire tag of ``action`` (``"move_agent"``, ...)."""
+    return type(action).__struct_config__.tag  # type: ignore[attr-defined]
+
+
+def sign_action(key: SigningKey, chain_id: str, agent_id: str, nonce: int, action: Action) -> SignedAction:
+    """Return ``action`` signed by ``key`` for agent ``agent_id`` with ``nonce`` on ``chain_id``."""
+    body = ActionBody(chain_id=chain_id, agent_id=agent_id, nonce=nonce, action=action)
+    return SignedAction(body=body, signature=key.sign(ACTION_SIGN_DOMAIN, encode(body)))
+
+
+def verify_action_signature(signed: SignedAction, public_key: bytes) -> bool:
+    """Return True iff ``signed.signature`` is ``public_key``'s signature of the body."""
+    return verify(public_key, ACTION_SIGN_DOMAIN, encode(signed.body), signed.signature)
+
+
+def encode_signed_action(signed: SignedAction) -> bytes:
+    """Return the canonical payload bytes of ``signed`` (the consensus ``payload``)."""
+    return encode(signed)
+
+
+def decode_signed_action(payload: bytes) -> SignedAction:
+    """Decode a consensus payload; raises ``codec.DecodeError`` if malformed or over
+    MAX_ACTION_PAYLOAD_BYTES."""
+    return decode(payload, SignedAction, max_size=MAX_ACTION_PAYLOAD_BYTES)
+
+
+def decode_signed_action_json(data: bytes | str) -> SignedAction:
+    """Decode the JSON form (bytes fields as base64) used by the HTTP API; raises ``codec.DecodeError``."""
+    return decode_json(data, SignedAction)
+
+
+def payload_hash(payload: bytes) -> bytes:
+    """Return ``sha256(payload)``: the action id."""
+    return sha256(payload)

@@ -1,0 +1,1 @@
+"""WebAssembly modules: manifests, the metered sandbox and the module registry."""
