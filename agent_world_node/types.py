@@ -192,4 +192,17 @@ class ReplicatedCommitPayload(msgspec.Struct, forbid_unknown_fields=True, frozen
     execution: Optional[ExecutionHashes] = None
 
 
-GossipMessage = GossipProposalMessage | GossipVoteMessage | GossipCommitMessage | GossipActionBatch
+
+
+class GossipStatusMessage(msgspec.Struct, tag="status", forbid_unknown_fields=True, frozen=True):
+    """A node's periodic status heartbeat: its committed height and execution result. Peers use it
+    to learn who is ahead (and sync from them) and as a liveness signal."""
+
+    height: int
+    execution_height: int
+    execution_state_root: bytes
+
+
+GossipMessage = (
+    GossipProposalMessage | GossipVoteMessage | GossipCommitMessage | GossipActionBatch | GossipStatusMessage
+)

@@ -1,0 +1,160 @@
+"""The node's HTTP JSON API (ASGI, served by hypercorn on trio).
+
+Routes (hashes and bytes are lowercase hex in responses):
+
+- ``POST /v1/actions``: a JSON ``SignedAction`` (msgspec JSON form, bytes as base64), at most
+  ``MAX_BODY_BYTES``. 202 accepted, 200 duplicate, 400 ``{"error", "code"}`` when malformed or
+  inadmissible, 413 too large, 503 ``{"error", "retry_after_ms"}`` with ``Retry-After`` when the
+  mempool is full.
+- ``GET /v1/status``, ``GET /v1/blocks/{height}``, ``GET /v1/execution/{height}``,
+  ``GET /v1/agents/{agent_id}``, ``GET /v1/events?from_seq=&limit=&kind=``, ``GET /v1/modules``,
+  ``GET /v1/evidence``, ``GET /health``, ``GET /ready``, ``GET /metrics`` (Prometheus text).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from .node import Node
+
+MAX_BODY_BYTES = 512 * 1024
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code, **extra}, status_code=status, headers=headers)
+
+
+async def _read_body(request: Request) -> bytes | None:
+    """Read the body, or None as soon as it exceeds MAX_BODY_BYTES."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"query parameter {name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ValueError(f"query parameter {name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def create_app(node: "Node") -> Starlette:
+    """Return the ASGI application serving ``node``."""
+
+    async def submit_action(request: Request) -> Response:
+        body = await _read_body(request)
+        if body is None:
+            return _error(413, "too_large", f"request body exceeds {MAX_BODY_BYTES} bytes; split the action or shrink it")
+        result = node.admit_json(body)
+        if result.status == "accepted":
+            return JSONResponse({"status": "accepted", "action_id": result.action_id.hex()}, status_code=202)
+        if result.status == "duplicate":
+            return JSONResponse({"status": "duplicate", "action_id": result.action_id.hex()}, status_code=200)
+        if result.status == "busy":
+            retry_ms = result.retry_after_ms
+            return _error(
+                503, "mempool_full", result.reason, headers={"Retry-After": str(max(1, (retry_ms + 999) // 1000))},
+                retry_after_ms=retry_ms,
+            )
+        return _error(400, result.code, result.reason)
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(node.status())
+
+    def _height(request: Request) -> int | Response:
+        raw = request.path_params["height"]
+        try:
+            h = int(raw)
+        except ValueError:
+            return _error(400, "bad_height", f"height must be a non-negative integer, got {raw!r}")
+        if h < 0:
+            return _error(400, "bad_height", f"height must be a non-negative integer, got {h}")
+        return h
+
+    async def block(request: Request) -> Response:
+        h = _height(request)
+        if isinstance(h, Response):
+            return h
+        data = node.block_json(h)
+        if data is None:
+            return _error(404, "not_found", f"no committed block at height {h} on this node (height {node.height})")
+        return JSONResponse(data)
+
+    async def execution(request: Request) -> Response:
+        h = _height(request)
+        if isinstance(h, Response):
+            return h
+        data = node.execution_json(h)
+        if data is None:
+            return _error(
+                404, "not_found", f"height {h} is not executed on this node (execution height {node.execution_height})"
+            )
+        return JSONResponse(data)
+
+    async def agent(request: Request) -> Response:
+        agent_id = request.path_params["agent_id"]
+        data = node.agent_json(agent_id)
+        if data is None:
+            return _error(404, "unknown_agent", f"no agent {agent_id!r}; register it with a register_agent action")
+        return JSONResponse(data)
+
+    async def events(request: Request) -> Response:
+        try:
+            from_seq = _int_param(request, "from_seq", 0, 0, 1 << 62)
+            limit = _int_param(request, "limit", 100, 1, 1000)
+        except ValueError as exc:
+            return _error(400, "bad_query", str(exc))
+        kind = request.query_params.get("kind")
+        return JSONResponse({"events": node.events_json(from_seq, limit, kind)})
+
+    async def modules(request: Request) -> Response:
+        return JSONResponse(node.modules_json())
+
+    async def evidence(request: Request) -> Response:
+        return JSONResponse({"evidence": node.evidence_json()})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        ok, reason = node.readiness()
+        return JSONResponse({"ready": ok, "reason": reason}, status_code=200 if ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        body, content_type = node.metrics.render()
+        return Response(body, media_type=content_type)
+
+    routes = [
+        Route("/v1/actions", submit_action, methods=["POST"]),
+        Route("/v1/status", status),
+        Route("/v1/blocks/{height}", block),
+        Route("/v1/execution/{height}", execution),
+        Route("/v1/agents/{agent_id}", agent),
+        Route("/v1/events", events),
+        Route("/v1/modules", modules),
+        Route("/v1/evidence", evidence),
+        Route("/health", health),
+        Route("/ready", ready),
+        Route("/metrics", metrics),
+    ]
+    return Starlette(routes=routes)

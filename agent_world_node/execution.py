@@ -1,0 +1,280 @@
+"""The execution hook and its runtime-backed driver (DESIGN.md, "Execution: the hook and the driver").
+
+After a block is committed the node calls ``NodeRuntimeExecutionDriver.on_commit`` with a
+``NodeExecutionCommitContext`` and gets a ``NodeExecutionCommitResult``. The driver replays the
+block's actions into the world, persists the execution record, and every ``snapshot_interval``
+heights writes the world with ``save_to_dir``.
+
+``execution_block_hash(h) = sha256(encode([execution_block_hash(h-1), h, state_root(h), events_root(h)]))``
+with ``execution_block_hash(0) = 32 zero bytes``: a hash chain over all executed heights.
+
+Idempotence: running the last executed height again returns the stored result; a height below it
+raises ``ExecutionError``; a gap is filled by replaying stored blocks first.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import msgspec
+import structlog
+
+from agent_world_runtime import World
+from agent_world_runtime.actions import SignedAction, decode_signed_action
+from agent_world_runtime.codec import DecodeError, encode
+from agent_world_runtime.crypto import sha256
+
+from .store import ExecutionRecord, NodeStore
+from .types import ZERO_HASH, Block, NodeConsensusAction
+
+log = structlog.get_logger(__name__)
+
+SNAPSHOT_HEIGHT_KEY = "snapshot_height"
+
+
+class ExecutionError(RuntimeError):
+    """Execution cannot proceed: a height below the last executed one, a missing stored block for a
+    gap, or a replay whose roots differ from the stored record. The message says which height."""
+
+
+class NodeExecutionCommitContext(msgspec.Struct, frozen=True):
+    """What the node hands the execution hook for one committed block (DESIGN.md names)."""
+
+    world_id: str
+    node_id: str
+    height: int
+    slot: int
+    epoch: int
+    node_block_hash: bytes
+    action_root: bytes
+    committed_actions: list[NodeConsensusAction]
+    committed_at_unix_ms: int
+
+
+class NodeExecutionCommitResult(msgspec.Struct, frozen=True):
+    """What the hook returns: the execution height and its hashes."""
+
+    execution_height: int
+    execution_block_hash: bytes
+    execution_state_root: bytes
+
+
+def chain_execution_block_hash(prev: bytes, height: int, state_root: bytes, events_root: bytes) -> bytes:
+    """Return the next link of the execution hash chain (formula in the module docstring)."""
+    return sha256(encode([prev, height, state_root, events_root]))
+
+
+class VerifiedSignatureCache:
+    """Payload hashes whose action signature this node already verified (bounded, LRU).
+
+    Safe because an agent's key never changes once registered and a ``RegisterAgent`` is verified
+    against the key it carries: a signature valid at admission is valid at execution.
+    """
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._items: OrderedDict[bytes, None] = OrderedDict()
+        self.capacity = capacity
+
+    def add(self, payload_hash: bytes) -> None:
+        """Remember that ``payload_hash``'s signature verified."""
+        self._items[payload_hash] = None
+        self._items.move_to_end(payload_hash)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __contains__(self, payload_hash: bytes) -> bool:
+        return payload_hash in self._items
+
+
+class NodeRuntimeExecutionDriver:
+    """Executes committed blocks into a ``World`` and persists the results.
+
+    Construct with ``open`` (which restores the world from the last snapshot and replays stored
+    blocks up to the last execution record) rather than directly.
+    """
+
+    def __init__(
+        self,
+        world: World,
+        store: NodeStore,
+        snapshot_dir: Path,
+        snapshot_interval: int,
+        genesis_state_root: bytes,
+    ) -> None:
+        """Wrap ``world`` (at its own ``world.height``) and ``store``; prefer ``open``, which also
+        restores the world and replays stored blocks. Raises ExecutionError when the world's root
+        differs from the stored record of its height."""
+        self.world = world
+        self.store = store
+        self.snapshot_dir = Path(snapshot_dir)
+        self.snapshot_interval = max(1, snapshot_interval)
+        self.signature_cache = VerifiedSignatureCache()
+        self.genesis_state_root = genesis_state_root
+        self.actions_executed = 0
+        base = store.get_execution(world.height) if world.height else None
+        self.last_height = world.height
+        self.last_block_hash = base.execution_block_hash if base else ZERO_HASH
+        self.last_state_root = world.state_root()
+        if base is not None and base.execution_state_root != self.last_state_root:
+            raise ExecutionError(
+                f"snapshot at height {world.height} has state root {self.last_state_root.hex()} but the "
+                f"execution record says {base.execution_state_root.hex()}; delete {self.snapshot_dir} "
+                "to replay from genesis"
+            )
+
+    @classmethod
+    def open(
+        cls,
+        store: NodeStore,
+        genesis_world: Callable[[], World],
+        snapshot_dir: Path,
+        snapshot_interval: int,
+    ) -> "NodeRuntimeExecutionDriver":
+        """Restore the world: load the newest snapshot (or build genesis with ``genesis_world()``),
+        then replay stored blocks up to the last execution record, checking every replayed height's
+        state root against the stored one. Raises ExecutionError if a stored block is missing or a
+        replayed root differs (the home is corrupt: restore it or resync from an empty home)."""
+        genesis = genesis_world()
+        genesis_root = genesis.state_root()
+        last = store.last_execution()
+        target = last.height if last else 0
+        world = genesis
+        # "current" is the newest snapshot; "old" survives a crash between the two renames of
+        # write_snapshot.
+        for name in ("current", "old"):
+            path = Path(snapshot_dir) / name
+            if not path.exists():
+                continue
+            try:
+                loaded = World.load_from_dir(path)
+            except Exception as exc:  # a damaged snapshot is recoverable: try the next, then genesis
+                log.error("snapshot_load_failed", path=str(path), error=str(exc))
+                continue
+            if loaded.height > target:
+                log.warning("snapshot_ahead_of_records", snapshot_height=loaded.height, execution_height=target)
+                continue
+            world = loaded
+            break
+        driver = cls(world, store, snapshot_dir, snapshot_interval, genesis_root)
+        started = time.monotonic()
+        for h in range(world.height + 1, target + 1):
+            driver._replay_stored(h, expect=store.get_execution(h))
+        if target > world.height:
+            log.info(
+                "execution_replayed",
+                from_height=world.height + 1,
+                to_height=target,
+                seconds=round(time.monotonic() - started, 3),
+            )
+        return driver
+
+    # -- the hook -------------------------------------------------------------------------------
+    def on_commit(self, ctx: NodeExecutionCommitContext) -> NodeExecutionCommitResult:
+        """Execute the committed block described by ``ctx`` and return its execution hashes.
+
+        Raises ExecutionError for a height below the last executed one, or when a gap cannot be
+        filled from the block store."""
+        if ctx.height < self.last_height:
+            raise ExecutionError(
+                f"height {ctx.height} is below the last executed height {self.last_height}; heights execute once, in order"
+            )
+        if ctx.height == self.last_height and ctx.height > 0:
+            record = self.store.get_execution(ctx.height)
+            assert record is not None
+            return NodeExecutionCommitResult(record.height, record.execution_block_hash, record.execution_state_root)
+        for h in range(self.last_height + 1, ctx.height):
+            self._replay_stored(h, expect=None)
+        record = self._execute(ctx.height, ctx.committed_at_unix_ms, ctx.committed_actions)
+        return NodeExecutionCommitResult(record.height, record.execution_block_hash, record.execution_state_root)
+
+    def context_for(self, block: Block, world_id: str, node_id: str, epoch: int) -> NodeExecutionCommitContext:
+        """Build the hook's context for a stored or just-decided ``block``."""
+        hdr = block.header
+        return NodeExecutionCommitContext(
+            world_id=world_id,
+            node_id=node_id,
+            height=hdr.height,
+            slot=hdr.round,
+            epoch=epoch,
+            node_block_hash=block.hash(),
+            action_root=hdr.action_root,
+            committed_actions=block.actions,
+            committed_at_unix_ms=hdr.timestamp_ms,
+        )
+
+    def state_root_at(self, height: int) -> bytes | None:
+        """Return this node's execution state root at ``height`` (genesis root at 0), or None."""
+        if height == 0:
+            return self.genesis_state_root
+        rec = self.store.get_execution(height)
+        return rec.execution_state_root if rec else None
+
+    def block_hash_at(self, height: int) -> bytes | None:
+        """Return this node's execution block hash at ``height`` (zero hash at 0), or None."""
+        if height == 0:
+            return ZERO_HASH
+        rec = self.store.get_execution(height)
+        return rec.execution_block_hash if rec else None
+
+    # -- internals ------------------------------------------------------------------------------
+    def _replay_stored(self, height: int, expect: ExecutionRecord | None) -> None:
+        stored = self.store.get_block(height)
+        if stored is None:
+            raise ExecutionError(f"cannot execute height {height}: its block is not in the store; sync it first")
+        hdr = stored.block.header
+        record = self._execute(height, hdr.timestamp_ms, stored.block.actions, persist=expect is None)
+        if expect is not None and record.execution_state_root != expect.execution_state_root:
+            raise ExecutionError(
+                f"replaying height {height} gave state root {record.execution_state_root.hex()} but the stored "
+                f"record says {expect.execution_state_root.hex()}: non-deterministic execution or a corrupt home"
+            )
+
+    def _execute(
+        self, height: int, timestamp_ms: int, actions: list[NodeConsensusAction], persist: bool = True
+    ) -> ExecutionRecord:
+        world = self.world
+        world.begin_block(height, timestamp_ms)
+        for act in actions:
+            try:
+                signed: SignedAction = decode_signed_action(act.payload)
+            except DecodeError as exc:
+                # Validators refuse blocks with undecodable payloads; this only guards the runtime.
+                log.error("undecodable_committed_action", height=height, action_id=act.action_id.hex(), error=str(exc))
+                continue
+            world.apply_action(signed, act.action_id, signature_checked=act.payload_hash in self.signature_cache)
+        world.step_with_modules()
+        outcome = world.end_block()
+        block_hash = chain_execution_block_hash(self.last_block_hash, height, outcome.state_root, outcome.events_root)
+        record = ExecutionRecord(height, block_hash, outcome.state_root, outcome.events_root, len(actions))
+        if persist:
+            self.store.put_execution(record)
+        self.last_height = height
+        self.last_block_hash = block_hash
+        self.last_state_root = outcome.state_root
+        self.actions_executed += len(actions)
+        if persist and height % self.snapshot_interval == 0:
+            self.write_snapshot()
+        return record
+
+    def write_snapshot(self) -> None:
+        """Write the world with ``save_to_dir`` into ``snapshot_dir/current`` atomically (a new
+        directory, then a rename), so a crash leaves the old or the new snapshot, never a mix."""
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.snapshot_dir / f"tmp-{self.world.height}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        self.world.save_to_dir(tmp)
+        current = self.snapshot_dir / "current"
+        old = self.snapshot_dir / "old"
+        if old.exists():
+            shutil.rmtree(old)
+        if current.exists():
+            current.rename(old)
+        tmp.rename(current)
+        if old.exists():
+            shutil.rmtree(old)
+        log.info("snapshot_written", height=self.world.height)

@@ -1,0 +1,31 @@
+"""Prometheus metrics of one node (a registry per node, so tests can run several in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class NodeMetrics:
+    """Counters and gauges exposed at ``GET /metrics``."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.height = Gauge("awnode_height", "Last committed height", registry=r)
+        self.execution_height = Gauge("awnode_execution_height", "Last executed height", registry=r)
+        self.round = Gauge("awnode_round", "Current consensus round", registry=r)
+        self.peers = Gauge("awnode_peers", "Connected libp2p peers", registry=r)
+        self.mempool_size = Gauge("awnode_mempool_actions", "Actions waiting in the mempool", registry=r)
+        self.blocks_committed = Counter("awnode_blocks_committed", "Blocks committed by this node", registry=r)
+        self.actions_committed = Counter("awnode_actions_committed", "Actions in committed blocks", registry=r)
+        self.actions_admitted = Counter("awnode_actions_admitted", "Actions admitted to the mempool", ["source"], registry=r)
+        self.actions_refused = Counter("awnode_actions_refused", "Actions refused at admission", ["code"], registry=r)
+        self.messages_dropped = Counter("awnode_consensus_messages_dropped", "Consensus messages dropped", ["reason"], registry=r)
+        self.blocks_synced = Counter("awnode_blocks_synced", "Blocks fetched by height-keyed sync", registry=r)
+        self.execution_mismatches = Counter(
+            "awnode_execution_mismatches", "Peer execution hashes that differ from ours", registry=r
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        """Return the Prometheus text exposition and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,106 @@
+"""Block store, execution records, WAL and mempool."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent_world_node.mempool import Mempool, MempoolFull
+from agent_world_node.store import ExecutionRecord, NodeStore, StoreError
+from agent_world_node.types import (
+    ZERO_HASH,
+    Block,
+    BlockHeader,
+    CommitCertificate,
+    CommitSig,
+    compute_consensus_action_root,
+)
+from agent_world_runtime.actions import MoveAgent, encode_signed_action, sign_action
+from agent_world_runtime.crypto import SigningKey, sha256
+
+
+def _block(height: int, actions=(), prev=ZERO_HASH) -> Block:
+    actions = list(actions)
+    header = BlockHeader(
+        chain_id="test", height=height, round=0, epoch=0, proposer="p", prev_block_hash=prev,
+        action_root=compute_consensus_action_root(actions), action_count=len(actions),
+        last_execution_height=height - 1, last_execution_block_hash=ZERO_HASH,
+        last_execution_state_root=ZERO_HASH, timestamp_ms=1000 + height,
+    )
+    return Block(header, actions)
+
+
+def _cert(block: Block) -> CommitCertificate:
+    return CommitCertificate(block.header.height, 0, block.hash(), [CommitSig("v", b"s" * 64)])
+
+
+def test_blocks_round_trip_and_survive_reopen(tmp_path):
+    store = NodeStore(tmp_path / "db.sqlite3")
+    b1 = _block(1)
+    b2 = _block(2, prev=b1.hash())
+    store.put_block(b1, _cert(b1))
+    store.put_block(b2, _cert(b2))
+    store.put_execution(ExecutionRecord(1, b"e" * 32, b"r" * 32, b"v" * 32, 0))
+    store.close()
+    store = NodeStore(tmp_path / "db.sqlite3")
+    assert store.last_block_height() == 2
+    assert store.get_block(2).block == b2
+    assert store.get_block(1).execution.execution_state_root == b"r" * 32
+    assert store.get_block(2).execution is None
+    assert store.last_execution().height == 1
+    assert store.get_block(3) is None
+
+
+def test_a_second_block_at_a_height_is_refused(tmp_path):
+    store = NodeStore(tmp_path / "db.sqlite3")
+    b1 = _block(1)
+    store.put_block(b1, _cert(b1))
+    store.put_block(b1, _cert(b1))  # idempotent
+    other = _block(1, prev=b"x" * 32)
+    with pytest.raises(StoreError, match="height 1"):
+        store.put_block(other, _cert(other))
+
+
+def test_execution_record_conflict_is_refused(tmp_path):
+    store = NodeStore(tmp_path / "db.sqlite3")
+    rec = ExecutionRecord(1, b"e" * 32, b"r" * 32, b"v" * 32, 0)
+    store.put_execution(rec)
+    store.put_execution(rec)
+    with pytest.raises(StoreError, match="state root"):
+        store.put_execution(ExecutionRecord(1, b"e" * 32, b"R" * 32, b"v" * 32, 0))
+
+
+def test_wal_append_and_prune(tmp_path):
+    store = NodeStore(tmp_path / "db.sqlite3")
+    store.wal_append(5, 0, "prevote", b"a")
+    store.wal_append(5, 1, "precommit", b"b")
+    store.wal_append(6, 0, "prevote", b"c")
+    assert store.wal_entries(5) == [(0, "prevote", b"a"), (1, "precommit", b"b")]
+    store.wal_prune(6)
+    assert store.wal_entries(5) == []
+    assert store.wal_entries(6) == [(0, "prevote", b"c")]
+
+
+def _signed(agent: str, nonce: int):
+    key = SigningKey(bytes([len(agent)]) * 32)
+    signed = sign_action(key, "test", agent, nonce, MoveAgent(to=(nonce, 0, 0)))
+    payload = encode_signed_action(signed)
+    return payload, sha256(payload), signed
+
+
+def test_mempool_orders_by_submitter_then_nonce_and_bounds_size():
+    pool = Mempool(max_actions=4)
+    entries = [_signed("bob", 2), _signed("alice", 3), _signed("bob", 1), _signed("alice", 1)]
+    for payload, h, signed in entries:
+        assert pool.add(payload, h, signed)
+    assert not pool.add(*entries[0])  # duplicate
+    with pytest.raises(MempoolFull):
+        pool.add(*_signed("carol", 1))
+    reaped = pool.reap(10, 1_000_000)
+    order = [(a.submitter, next(s.body.nonce for p, h, s in entries if h == a.action_id)) for a in reaped]
+    assert order == [("alice", 1), ("alice", 3), ("bob", 1), ("bob", 2)]
+    assert len(pool.reap(2, 1_000_000)) == 2
+    assert pool.reap(10, 1) == []
+    pool.remove([reaped[0].action_id])
+    assert len(pool) == 3
+    assert pool.drop_stale(lambda agent: 1 if agent == "bob" else None) == 1
+    assert len(pool) == 2
