@@ -157,14 +157,7 @@ class Node:
             chain_id=self.chain_id,
             validator_set=self.validator_set,
             signing_key=self.validator_key if self.is_validator else None,
-            timeouts=TimeoutConfig(
-                propose_ms=c.timeout_propose_ms,
-                propose_delta_ms=c.timeout_propose_delta_ms,
-                prevote_ms=c.timeout_prevote_ms,
-                prevote_delta_ms=c.timeout_prevote_delta_ms,
-                precommit_ms=c.timeout_precommit_ms,
-                precommit_delta_ms=c.timeout_precommit_delta_ms,
-            ),
+            timeouts=TimeoutConfig.from_config(c),
             validate_block=self._validate_block,
         )
         self._inputs_send, self._inputs_recv = trio.open_memory_channel[Any](INPUT_QUEUE)
@@ -312,7 +305,13 @@ class Node:
 
     # -- the consensus task ---------------------------------------------------------------------
     async def _consensus_loop(self) -> None:
-        await self._perform(self._start_next_height())
+        effects = self._start_next_height()
+        # Replay what this validator signed at this height before a restart, so the core re-sends
+        # those messages instead of signing conflicting ones (the WAL is written before sending).
+        for round_, kind, payload in self.store.wal_entries(self.height + 1):
+            msg = decode(payload, Proposal if kind == "proposal" else Vote)
+            effects.extend(self.core.handle(ProposalReceived(msg) if kind == "proposal" else VoteReceived(msg)))
+        await self._perform(effects)
         while True:
             inp = await self._inputs_recv.receive()
             if isinstance(inp, PeerCommit):
@@ -322,6 +321,9 @@ class Node:
             await self._perform(effects)
 
     def _start_next_height(self) -> list[Any]:
+        """Move the core to the height after the committed tip (no-op when it is already there)."""
+        if self.core.height >= self.height + 1:
+            return []
         self.metrics.round.set(0)
         return self.core.start_height(self.height + 1, self.validator_set)
 
@@ -347,9 +349,12 @@ class Node:
                 block = self._build_block(eff.height, eff.round)
                 queue.extend(self.core.handle(ValueToPropose(eff.height, eff.round, block)))
             elif isinstance(eff, Decide):
+                if eff.block.header.height <= self.height:  # already committed from a peer's commit
+                    queue.extend(self._start_next_height())
+                    continue
                 await self._commit(eff.block, eff.certificate, source="consensus")
-                await trio.sleep(self.config.consensus.timeout_commit_ms / 1000)
-                queue = self._start_next_height()
+                await trio.sleep(self.core.timeouts.commit_ms / 1000)
+                queue.extend(self._start_next_height())
             elif isinstance(eff, EvidenceFound):
                 self.store.put_evidence(eff.evidence.height, type(eff.evidence).__name__, encode(eff.evidence))
                 self.log.warning("equivocation_evidence", height=eff.evidence.height, validator=eff.evidence.validator[:16])
@@ -423,8 +428,10 @@ class Node:
         if pc.source == "sync":
             self.metrics.blocks_synced.inc()
         self._compare_execution(pc)
+        if pc.source == "sync" and max(self._peer_heights.values(), default=0) > self.height + 1:
+            return  # more synced blocks follow; restart the core once caught up
         if pc.source == "gossip":
-            await trio.sleep(self.config.consensus.timeout_commit_ms / 1000)
+            await trio.sleep(self.core.timeouts.commit_ms / 1000)
         await self._perform(self._start_next_height())
 
     def _commit_problem(self, block: Block, cert: CommitCertificate) -> str | None:
