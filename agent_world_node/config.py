@@ -36,25 +36,6 @@ class GenesisValidator(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     stake: int
 
 
-class GenesisValidator(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """A validator at genesis: ``public_key`` is hex Ed25519 (also its validator id); ``stake`` > 0."""
-
-    name: str
-    public_key: str
-    stake: int
-
-
-class WorldParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """World rules fixed at genesis. Units: resource units; grid coordinates are integers in
-    ``[-grid_size, grid_size]``."""
-
-    initial_electricity: int = 100
-    initial_data: int = 10
-    move_cost_per_step: int = 1
-    harvest_amount: int = 5
-    grid_size: int = 1000
-
-
 class Genesis(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The shared starting point of a chain: every node of a chain has the identical file."""
 

@@ -14,7 +14,6 @@ raises ``ExecutionError``; a gap is filled by replaying stored blocks first.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -143,22 +142,17 @@ class NodeRuntimeExecutionDriver:
         last = store.last_execution()
         target = last.height if last else 0
         world = genesis
-        # "current" is the newest snapshot; "old" survives a crash between the two renames of
-        # write_snapshot.
-        for name in ("current", "old"):
-            path = Path(snapshot_dir) / name
-            if not path.exists():
-                continue
+        path = Path(snapshot_dir) / "current"
+        if path.exists():
             try:
                 loaded = World.load_from_dir(path)
-            except Exception as exc:  # a damaged snapshot is recoverable: try the next, then genesis
+            except Exception as exc:  # a damaged snapshot is recoverable: replay from genesis
                 log.error("snapshot_load_failed", path=str(path), error=str(exc))
-                continue
-            if loaded.height > target:
-                log.warning("snapshot_ahead_of_records", snapshot_height=loaded.height, execution_height=target)
-                continue
-            world = loaded
-            break
+            else:
+                if loaded.height <= target:
+                    world = loaded
+                else:  # a snapshot newer than the records (a copied home): replay from genesis
+                    log.warning("snapshot_ahead_of_records", snapshot_height=loaded.height, execution_height=target)
         driver = cls(world, store, snapshot_dir, snapshot_interval, genesis_root)
         started = time.monotonic()
         for h in range(world.height + 1, target + 1):
@@ -261,20 +255,7 @@ class NodeRuntimeExecutionDriver:
         return record
 
     def write_snapshot(self) -> None:
-        """Write the world with ``save_to_dir`` into ``snapshot_dir/current`` atomically (a new
-        directory, then a rename), so a crash leaves the old or the new snapshot, never a mix."""
-        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.snapshot_dir / f"tmp-{self.world.height}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        self.world.save_to_dir(tmp)
-        current = self.snapshot_dir / "current"
-        old = self.snapshot_dir / "old"
-        if old.exists():
-            shutil.rmtree(old)
-        if current.exists():
-            current.rename(old)
-        tmp.rename(current)
-        if old.exists():
-            shutil.rmtree(old)
+        """Write the world into ``snapshot_dir/current`` with ``save_to_dir``, which is atomic in
+        place (a crash leaves the previous or the new snapshot) and appends only new journal events."""
+        self.world.save_to_dir(self.snapshot_dir / "current")
         log.info("snapshot_written", height=self.world.height)

@@ -1,0 +1,121 @@
+"""World events and the append-only event journal (DESIGN.md, "The world runtime").
+
+Every state change leaves events in the journal. An ``Event`` is ``{seq, height, kind, data}``:
+``seq`` counts from 1 over the whole journal, ``height`` is the block that produced it, ``kind`` is
+one of the stable names below and ``data`` holds only str/int/bool/bytes/lists/dicts (str keys), so
+its canonical encoding is the same on every machine.
+
+The journal keeps each event's canonical bytes as written, so a saved and reloaded journal is
+byte-identical, and a hash chain ``head_n = sha256(head_{n-1} || encode(event_n))`` with
+``head_0 = 32 zero bytes``, which the state root commits to.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterable
+
+import msgspec
+
+from .codec import decode, encode
+from .crypto import sha256
+
+# Event kinds (stable names, DESIGN.md "The world runtime").
+AGENT_REGISTERED = "domain.agent_registered"
+AGENT_MOVED = "domain.agent_moved"
+RADIATION_HARVESTED = "domain.radiation_harvested"
+RESOURCE_TRANSFERRED = "domain.resource_transferred"
+ACTION_REJECTED = "domain.action_rejected"
+ARTIFACT_COMPILED = "module.artifact_compiled"
+ARTIFACT_DEPLOYED = "module.artifact_deployed"
+MODULE_INSTALLED = "module.installed"
+MODULE_CALLED = "module.called"
+MODULE_CALL_FAILED = "module.call_failed"
+MODULE_EMITTED = "module.emitted"
+EFFECT_DENIED = "effect.denied"
+
+# Events produced by module calls; they are never routed to modules again (no recursion).
+MODULE_CALL_EVENT_KINDS = frozenset({MODULE_CALLED, MODULE_CALL_FAILED, MODULE_EMITTED, EFFECT_DENIED})
+
+ZERO_HEAD = b"\x00" * 32
+
+
+class Event(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One journal entry: ``seq`` (global, from 1), ``height`` (block), ``kind``, ``data``."""
+
+    seq: int
+    height: int
+    kind: str
+    data: dict[str, Any]
+
+
+def chain_head(prev_head: bytes, raw_event: bytes) -> bytes:
+    """Return the next journal head ``sha256(prev_head || raw_event)`` (32 bytes)."""
+    return sha256(prev_head + raw_event)
+
+
+class EventJournal:
+    """The ordered list of all events with their canonical bytes and the hash-chain head.
+
+    ``append`` assigns the next ``seq``. ``query`` serves API reads. ``raw`` returns the stored
+    encodings for persistence; ``from_raw`` rebuilds a journal from them, byte for byte.
+    """
+
+    def __init__(self) -> None:
+        self._events: list[Event] = []
+        self._raw: list[bytes] = []
+        self.head: bytes = ZERO_HEAD
+        self.kind_counts: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def append(self, height: int, kind: str, data: dict[str, Any]) -> Event:
+        """Append a new event and return it. ``data`` must hold only encodable plain values."""
+        event = Event(seq=len(self._events) + 1, height=height, kind=kind, data=data)
+        raw = encode(event)
+        self._events.append(event)
+        self._raw.append(raw)
+        self.head = chain_head(self.head, raw)
+        self.kind_counts[kind] += 1
+        return event
+
+    def raw_of(self, event: Event) -> bytes:
+        """Return the canonical bytes of a journal event (as stored)."""
+        return self._raw[event.seq - 1]
+
+    def raw(self, first_seq: int = 1, last_seq: int | None = None) -> list[bytes]:
+        """Return the stored encodings of events ``first_seq..last_seq`` (inclusive, 1-based)."""
+        end = len(self._raw) if last_seq is None else last_seq
+        return self._raw[max(first_seq, 1) - 1 : end]
+
+    def query(self, from_seq: int = 0, limit: int = 100, kind_prefix: str | None = None) -> list[Event]:
+        """Return up to ``limit`` events with ``seq >= from_seq``, oldest first, optionally only
+        those whose kind starts with ``kind_prefix``. Raises ValueError on a negative ``limit``."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        start = max(from_seq, 1) - 1
+        if kind_prefix is None:
+            return self._events[start : start + limit]
+        out: list[Event] = []
+        for event in self._events[start:]:
+            if len(out) >= limit:
+                break
+            if event.kind.startswith(kind_prefix):
+                out.append(event)
+        return out
+
+    @classmethod
+    def from_raw(cls, raws: Iterable[bytes]) -> "EventJournal":
+        """Rebuild a journal from stored encodings; raises codec.DecodeError on a bad entry and
+        ValueError if the sequence numbers are not 1, 2, 3, ..."""
+        journal = cls()
+        for raw in raws:
+            event = decode(raw, Event)
+            if event.seq != len(journal._events) + 1:
+                raise ValueError(f"journal out of order: event seq {event.seq} at position {len(journal._events) + 1}")
+            journal._events.append(event)
+            journal._raw.append(bytes(raw))
+            journal.head = chain_head(journal.head, raw)
+            journal.kind_counts[event.kind] += 1
+        return journal

@@ -1,0 +1,265 @@
+"""Saving and loading a World (DESIGN.md, "The world runtime": snapshot + journal + module store).
+
+Directory layout::
+
+    <dir>/CURRENT                               name of the current snapshot directory (one line)
+    <dir>/snapshot-<height>-<tag>/snapshot.msgpack   WorldSnapshot: every record, the journal
+                                                length and head, the list of journal segments
+    <dir>/journal/<first>-<last>-<sha>.seg      immutable journal segments: msgpack array of the
+                                                events' canonical bytes, seq first..last
+    <dir>/modules/<wasm_hash>.wasm              module store: artifact bytes by hash (registry
+                                                metadata is in the snapshot's artifact records)
+
+Atomicity: segments and artifacts are immutable, content-named files written as temp file +
+fsync + ``os.replace``; the snapshot is written into a temporary directory that is fsynced and
+renamed; only then is ``CURRENT`` replaced (temp file + ``os.replace``), which is the commit point.
+A crash at any moment leaves ``CURRENT`` naming a complete old or new snapshot. Files no longer
+referenced are removed after the switch. One writer per directory at a time; the directory belongs
+to the world (unreferenced files under ``journal/`` and ``modules/`` are deleted).
+
+Incremental journal: a World remembers which segments it wrote to (or loaded from) a directory;
+the next save there writes only the events since, as a new segment. After MAX_SEGMENTS segments
+the journal is rewritten as one.
+
+Loading verifies everything: segment and artifact hashes, the journal's sequence and hash-chain
+head, and the state root recomputed from the records against the one saved.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+import structlog
+
+from .codec import DecodeError, decode, encode
+from .crypto import sha256
+from .events import EventJournal
+from .modules.sandbox import Sandbox
+from .state import AgentRecord, ArtifactRecord, InstanceRecord, WorldMeta, WorldState
+
+if TYPE_CHECKING:
+    from .world import World
+
+log = structlog.get_logger(__name__)
+
+SNAPSHOT_FORMAT = 1
+MAX_SEGMENTS = 64
+CURRENT = "CURRENT"
+SNAPSHOT_FILE = "snapshot.msgpack"
+
+
+class SnapshotError(RuntimeError):
+    """The directory holds no valid world snapshot; the message names the file and the problem."""
+
+
+class JournalSegment(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One journal segment file: events ``first_seq..last_seq`` and the file's sha256."""
+
+    file: str
+    first_seq: int
+    last_seq: int
+    sha256: bytes
+
+
+class WorldSnapshot(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Everything needed to rebuild a World, except the journal events and artifact bytes, which
+    it references."""
+
+    format: int
+    height: int
+    meta: WorldMeta
+    state_root: bytes
+    journal_length: int
+    journal_head: bytes
+    segments: list[JournalSegment]
+    agents: list[AgentRecord]
+    artifacts: list[ArtifactRecord]
+    instances: list[InstanceRecord]
+    module_state: dict[str, bytes]
+
+
+@dataclass(frozen=True)
+class _SaveCache:
+    directory: Path
+    generation: str
+    segments: tuple[JournalSegment, ...]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_current(directory: Path) -> str | None:
+    try:
+        return (directory / CURRENT).read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def save_world(world: "World", directory: Path) -> None:
+    """Write ``world`` into ``directory`` as described in the module docstring."""
+    state: WorldState = world._state  # persistence is part of the runtime package
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "journal").mkdir(exist_ok=True)
+    (directory / "modules").mkdir(exist_ok=True)
+    resolved = directory.resolve()
+    journal = state.journal
+
+    cache: _SaveCache | None = world._save_cache
+    segments: list[JournalSegment] = []
+    if (cache is not None and cache.directory == resolved and _read_current(directory) == cache.generation
+            and len(cache.segments) < MAX_SEGMENTS
+            and all((directory / "journal" / s.file).is_file() for s in cache.segments)):
+        segments = list(cache.segments)
+    covered = segments[-1].last_seq if segments else 0
+    if len(journal) > covered:
+        first, last = covered + 1, len(journal)
+        blob = encode(journal.raw(first, last))
+        digest = sha256(blob)
+        name = f"{first:012d}-{last:012d}-{digest.hex()[:16]}.seg"
+        _write_atomic(directory / "journal" / name, blob)
+        segments.append(JournalSegment(file=name, first_seq=first, last_seq=last, sha256=digest))
+
+    for wasm_hash, wasm in state.artifact_bytes.items():
+        target = directory / "modules" / f"{wasm_hash}.wasm"
+        if not target.is_file() or target.stat().st_size != len(wasm):
+            _write_atomic(target, wasm)
+    _fsync_dir(directory / "journal")
+    _fsync_dir(directory / "modules")
+
+    snapshot = WorldSnapshot(
+        format=SNAPSHOT_FORMAT,
+        height=world.height,
+        meta=state.meta,
+        state_root=state.state_root(),
+        journal_length=len(journal),
+        journal_head=journal.head,
+        segments=segments,
+        agents=[state.agents[k] for k in sorted(state.agents)],
+        artifacts=[state.artifacts[k] for k in sorted(state.artifacts)],
+        instances=[state.instances[k] for k in sorted(state.instances)],
+        module_state=dict(sorted(state.module_state.items())),
+    )
+    generation = f"snapshot-{world.height:012d}-{uuid.uuid4().hex[:12]}"
+    tmp_dir = directory / f".tmp-{generation}"
+    tmp_dir.mkdir()
+    with open(tmp_dir / SNAPSHOT_FILE, "wb") as f:
+        f.write(encode(snapshot))
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp_dir)
+    os.replace(tmp_dir, directory / generation)
+    _fsync_dir(directory)
+    _write_atomic(directory / CURRENT, (generation + "\n").encode())
+    _fsync_dir(directory)  # commit point: CURRENT names the new snapshot
+
+    world._save_cache = _SaveCache(resolved, generation, tuple(segments))
+    _collect_garbage(directory, generation, {s.file for s in segments}, set(state.artifact_bytes))
+    log.info("world saved", path=str(directory), height=world.height, events=len(journal), segments=len(segments))
+
+
+def _collect_garbage(directory: Path, generation: str, segment_files: set[str], wasm_hashes: set[str]) -> None:
+    """Remove snapshots, segments and artifacts the current snapshot does not reference."""
+    try:
+        for entry in directory.iterdir():
+            if entry.name in (CURRENT, generation, "journal", "modules"):
+                continue
+            if entry.is_dir() and (entry.name.startswith("snapshot-") or entry.name.startswith(".tmp-")):
+                for child in entry.iterdir():
+                    child.unlink()
+                entry.rmdir()
+            elif entry.is_file() and entry.name.startswith(".tmp-"):
+                entry.unlink()
+        for entry in (directory / "journal").iterdir():
+            if entry.name not in segment_files:
+                entry.unlink()
+        for entry in (directory / "modules").iterdir():
+            if entry.suffix != ".wasm" or entry.stem not in wasm_hashes:
+                entry.unlink()
+    except OSError as exc:  # leftovers are harmless; the next save tries again
+        log.warning("could not remove old snapshot files", path=str(directory), error=str(exc))
+
+
+def load_world(cls: type["World"], directory: Path, *, sandbox: Sandbox | None = None) -> "World":
+    """Load and verify the snapshot ``directory/CURRENT`` names; raises SnapshotError."""
+    generation = _read_current(directory)
+    if generation is None:
+        raise SnapshotError(f"no world snapshot in {directory}: {CURRENT} is missing; save a world there first")
+    snap_path = directory / generation / SNAPSHOT_FILE
+    try:
+        snap = decode(snap_path.read_bytes(), WorldSnapshot)
+    except (OSError, DecodeError) as exc:
+        raise SnapshotError(f"cannot read {snap_path}: {exc}") from None
+    if snap.format != SNAPSHOT_FORMAT:
+        raise SnapshotError(f"{snap_path} has format {snap.format}; this runtime reads format {SNAPSHOT_FORMAT}")
+
+    raws: list[bytes] = []
+    for seg in snap.segments:
+        seg_path = directory / "journal" / seg.file
+        try:
+            blob = seg_path.read_bytes()
+        except OSError as exc:
+            raise SnapshotError(f"cannot read journal segment {seg_path}: {exc}") from None
+        if sha256(blob) != seg.sha256:
+            raise SnapshotError(f"journal segment {seg_path} is corrupt (sha256 mismatch)")
+        if seg.first_seq != len(raws) + 1:
+            raise SnapshotError(f"journal segment {seg_path} starts at seq {seg.first_seq}, expected {len(raws) + 1}")
+        try:
+            items = decode(blob, list[bytes])
+        except DecodeError as exc:
+            raise SnapshotError(f"journal segment {seg_path} is malformed: {exc}") from None
+        if len(items) != seg.last_seq - seg.first_seq + 1:
+            raise SnapshotError(f"journal segment {seg_path} holds {len(items)} events, expected {seg.last_seq - seg.first_seq + 1}")
+        raws.extend(items)
+    try:
+        journal = EventJournal.from_raw(raws)
+    except (DecodeError, ValueError) as exc:
+        raise SnapshotError(f"journal in {directory} is malformed: {exc}") from None
+    if len(journal) != snap.journal_length or journal.head != snap.journal_head:
+        raise SnapshotError(f"journal in {directory} does not match {snap_path} (length or hash-chain head differs)")
+
+    state = WorldState(snap.meta)
+    state.journal = journal
+    for agent in snap.agents:
+        state.agents[agent.agent_id] = agent
+    for art in snap.artifacts:
+        wasm_path = directory / "modules" / f"{art.wasm_hash}.wasm"
+        try:
+            wasm = wasm_path.read_bytes()
+        except OSError as exc:
+            raise SnapshotError(f"module store is missing artifact {art.wasm_hash} ({wasm_path}): {exc}") from None
+        if sha256(wasm).hex() != art.wasm_hash:
+            raise SnapshotError(f"module store file {wasm_path} is corrupt (sha256 mismatch)")
+        state.artifacts[art.wasm_hash] = art
+        state.artifact_bytes[art.wasm_hash] = wasm
+    for inst in snap.instances:
+        state.instances[inst.instance_id] = inst
+    state.module_state.update(snap.module_state)
+    state.rebuild_indexes()
+    root = state.rebuild_tree()
+    if root != snap.state_root:
+        raise SnapshotError(
+            f"state root recomputed from {snap_path} is {root.hex()}, but the snapshot recorded {snap.state_root.hex()}"
+        )
+    world = cls(state, snap.height, sandbox=sandbox)
+    world._save_cache = _SaveCache(directory.resolve(), generation, tuple(snap.segments))
+    log.info("world loaded", path=str(directory), height=snap.height, events=len(journal))
+    return world

@@ -1,0 +1,297 @@
+"""The deterministic world: actions → events → state, block by block (DESIGN.md, "The world runtime").
+
+A block is ``begin_block(height, timestamp_ms)``, any number of ``apply_action``, at most one
+effective ``step_with_modules`` and ``end_block()``, which returns the block's state root and
+events root. The same genesis and the same blocks give the same events and roots on every machine:
+the world reads no clock, no randomness and no environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import msgspec
+import structlog
+
+from . import events as ev
+from .actions import (
+    CompileModuleArtifactFromSource,
+    DeployModuleArtifact,
+    HarvestRadiation,
+    InstallModuleFromArtifact,
+    MoveAgent,
+    RegisterAgent,
+    SignedAction,
+    TransferResource,
+    action_kind,
+    encode_signed_action,
+    payload_hash,
+)
+from .admission import admission_reason
+from .events import Event
+from .merkle import merkle_root
+from .modules import lifecycle
+from .modules.router import ModuleRunner
+from .modules.sandbox import Sandbox, default_sandbox
+from .params import WorldParams
+from .rules import ActionContext, EventSpec, Rejected, apply_harvest, apply_move, apply_register, apply_transfer
+from .state import AgentRecord, InstanceRecord, WorldMeta, WorldState
+
+log = structlog.get_logger(__name__)
+
+MAX_CHAIN_ID_CHARS = 64
+
+
+class BlockOutcome(msgspec.Struct, frozen=True):
+    """What a block did: its ``height``, the 32-byte ``state_root`` after it, the
+    ``events_root`` (RFC 6962 Merkle root over the canonical encodings of its events, in order)
+    and the ``events`` themselves."""
+
+    height: int
+    state_root: bytes
+    events_root: bytes
+    events: list[Event]
+
+
+def compute_action_id(signed: SignedAction) -> bytes:
+    """Return the action id of ``signed``: sha256 of its canonical payload (as the node computes it)."""
+    return payload_hash(encode_signed_action(signed))
+
+
+def _coerce_params(params: Any) -> WorldParams:
+    if not isinstance(params, WorldParams):
+        params = WorldParams(**msgspec.structs.asdict(params))
+    for name in ("initial_electricity", "initial_data", "move_cost_per_step", "harvest_amount", "grid_size"):
+        value = getattr(params, name)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < (1 << 62):
+            raise ValueError(f"world param {name} must be an integer in [0, 2**62), got {value!r}")
+    return params
+
+
+class World:
+    """The world runtime. Create with ``World.from_genesis`` or ``World.load_from_dir``.
+
+    ``height`` is the last block completed with ``end_block`` (0 at genesis). Not thread-safe:
+    drive one World from one thread (or one trio task) at a time.
+    """
+
+    def __init__(self, state: WorldState, height: int, *, sandbox: Sandbox | None = None) -> None:
+        self._state = state
+        self.height = height
+        self._sandbox = sandbox or default_sandbox()
+        self._runner = ModuleRunner(state, self._sandbox)
+        self._in_block = False
+        self._ticked = False
+        self._block_events: list[Event] = []
+        self._save_cache: Any = None  # persistence bookkeeping (journal segments already on disk)
+        self._handlers: dict[type, Callable[[ActionContext, Any], list[EventSpec]]] = {
+            RegisterAgent: lambda c, a: apply_register(self._state, c, a),
+            MoveAgent: lambda c, a: apply_move(self._state, c, a),
+            HarvestRadiation: lambda c, a: apply_harvest(self._state, c, a),
+            TransferResource: lambda c, a: apply_transfer(self._state, c, a),
+            CompileModuleArtifactFromSource: lambda c, a: lifecycle.apply_compile(self._state, self._sandbox, c, a),
+            DeployModuleArtifact: lambda c, a: lifecycle.apply_deploy(self._state, self._sandbox, c, a),
+            InstallModuleFromArtifact: lambda c, a: lifecycle.apply_install(self._state, c, a),
+        }
+
+    @classmethod
+    def from_genesis(cls, chain_id: str, params: WorldParams, *, sandbox: Sandbox | None = None) -> "World":
+        """Return the world at height 0 for ``chain_id`` with rules ``params``.
+
+        ``params`` may be any struct with WorldParams' fields. Raises ValueError for an empty or
+        over-long chain id or a negative/huge parameter.
+        """
+        if not isinstance(chain_id, str) or not 0 < len(chain_id) <= MAX_CHAIN_ID_CHARS:
+            raise ValueError(f"chain_id must be a non-empty string of at most {MAX_CHAIN_ID_CHARS} characters")
+        meta = WorldMeta(chain_id=chain_id, params=_coerce_params(params), height=0, timestamp_ms=0)
+        return cls(WorldState(meta), 0, sandbox=sandbox)
+
+    # -- identity ------------------------------------------------------------------------------
+    @property
+    def chain_id(self) -> str:
+        """The chain id actions must be signed for."""
+        return self._state.meta.chain_id
+
+    @property
+    def params(self) -> WorldParams:
+        """The world rules fixed at genesis."""
+        return self._state.meta.params
+
+    @property
+    def in_block(self) -> bool:
+        """True between ``begin_block`` and ``end_block``."""
+        return self._in_block
+
+    # -- blocks --------------------------------------------------------------------------------
+    def begin_block(self, height: int, timestamp_ms: int) -> None:
+        """Open block ``height`` (must be ``self.height + 1``) with the block's timestamp (Unix ms).
+
+        Raises ValueError for a wrong height or a negative timestamp, RuntimeError if a block is
+        already open.
+        """
+        if self._in_block:
+            raise RuntimeError(f"block {self._state.meta.height} is still open; call end_block first")
+        if height != self.height + 1:
+            raise ValueError(f"next block must be height {self.height + 1}, got {height}")
+        if not isinstance(timestamp_ms, int) or timestamp_ms < 0:
+            raise ValueError(f"timestamp_ms must be a non-negative integer, got {timestamp_ms!r}")
+        self._state.set_meta(msgspec.structs.replace(self._state.meta, height=height, timestamp_ms=timestamp_ms))
+        self._runner.new_block()
+        self._in_block = True
+        self._ticked = False
+        self._block_events = []
+
+    def check_action(self, signed: SignedAction) -> str | None:
+        """Return None if ``signed`` would now pass the chain id, identity, signature and nonce
+        rules (see ``admission``), else the reason. Reads state only; does not check whether the
+        action itself would succeed (balances, positions)."""
+        return admission_reason(self._state, signed)
+
+    def apply_action(self, signed: SignedAction, action_id: bytes, *, signature_checked: bool = False) -> list[Event]:
+        """Apply one signed action inside the open block and return the events it produced.
+
+        Checks admission (signature skipped when ``signature_checked``), consumes the nonce, then
+        applies the action. Any rejection gives a single ``domain.action_rejected`` event
+        {action_id, agent_id, action_kind, reason}; a nonce that passed admission stays used even
+        if the world rules then reject the action. Every event produced is then routed to
+        subscribed module instances (post_event); their events follow. Never raises for bad
+        input; raises RuntimeError when no block is open.
+        """
+        self._require_block()
+        body = signed.body
+        kind = action_kind(body.action)
+        reason = admission_reason(self._state, signed, check_signature=not signature_checked)
+        if reason is None:
+            ctx = ActionContext(action_id=action_id, agent_id=body.agent_id, nonce=body.nonce,
+                                height=self._state.meta.height)
+            agent = self._state.agents.get(body.agent_id)
+            if agent is not None:
+                self._state.put_agent(msgspec.structs.replace(agent, last_nonce=body.nonce))
+            try:
+                specs = self._handlers[type(body.action)](ctx, body.action)
+            except Rejected as exc:
+                reason = exc.reason
+            except Exception as exc:  # a bug, never the client's fault: keep the node alive
+                log.exception("action handler failed", action_kind=kind, agent_id=body.agent_id, height=ctx.height)
+                reason = f"internal error while applying {kind}: {type(exc).__name__}"
+        if reason is not None:
+            log.debug("action rejected", action_kind=kind, agent_id=body.agent_id, reason=reason)
+            specs = [(ev.ACTION_REJECTED, {
+                "action_id": action_id, "agent_id": body.agent_id, "action_kind": kind, "reason": reason,
+            })]
+        produced = self._emit(specs)
+        out = list(produced)
+        for event in produced:
+            out.extend(self._emit(self._runner.route_event(event)))
+        return out
+
+    def step_with_modules(self) -> list[Event]:
+        """Run the ``tick`` subscriptions of active instances once for the open block and return
+        the events; a second call in the same block does nothing. Raises RuntimeError when no
+        block is open."""
+        self._require_block()
+        if self._ticked:
+            return []
+        self._ticked = True
+        return self._emit(self._runner.tick())
+
+    def end_block(self) -> BlockOutcome:
+        """Close the open block and return its BlockOutcome; raises RuntimeError when none is open."""
+        self._require_block()
+        root = self._state.state_root()
+        journal = self._state.journal
+        events_root = merkle_root([journal.raw_of(e) for e in self._block_events])
+        self.height = self._state.meta.height
+        self._in_block = False
+        events, self._block_events = self._block_events, []
+        return BlockOutcome(height=self.height, state_root=root, events_root=events_root, events=events)
+
+    def _require_block(self) -> None:
+        if not self._in_block:
+            raise RuntimeError(f"no block is open; call begin_block({self.height + 1}, timestamp_ms) first")
+
+    def _emit(self, specs: list[EventSpec]) -> list[Event]:
+        if not specs:
+            return []
+        height = self._state.meta.height
+        out = [self._state.journal.append(height, kind, data) for kind, data in specs]
+        self._state.journal_changed()
+        self._block_events.extend(out)
+        return out
+
+    # -- reads ---------------------------------------------------------------------------------
+    def state_root(self) -> bytes:
+        """Return the 32-byte state root of the current state (see ``state`` for the leaves)."""
+        return self._state.state_root()
+
+    def get_agent(self, agent_id: str) -> AgentRecord | None:
+        """Return the agent's record, or None if no such agent is registered."""
+        return self._state.agents.get(agent_id)
+
+    def get_instance(self, instance_id: str) -> InstanceRecord | None:
+        """Return a module instance record, or None."""
+        return self._state.instances.get(instance_id)
+
+    def module_state(self, instance_id: str) -> bytes | None:
+        """Return a reducer instance's stored state bytes, or None if it has none yet."""
+        return self._state.module_state.get(instance_id)
+
+    def events(self, from_seq: int = 0, limit: int = 100, kind_prefix: str | None = None) -> list[Event]:
+        """Return up to ``limit`` journal events with ``seq >= from_seq``, oldest first, optionally
+        only kinds starting with ``kind_prefix``. Raises ValueError for a negative limit."""
+        return self._state.journal.query(from_seq, limit, kind_prefix)
+
+    def journal_raw(self, first_seq: int = 1, last_seq: int | None = None) -> list[bytes]:
+        """Return the canonical bytes of journal events ``first_seq..last_seq`` (inclusive)."""
+        return self._state.journal.raw(first_seq, last_seq)
+
+    def module_status(self) -> dict[str, Any]:
+        """Return ``{"artifacts": [...], "instances": [...]}`` as plain JSON-ready dicts, sorted by
+        wasm_hash and instance_id."""
+        st = self._state
+        artifacts = [{
+            "wasm_hash": a.wasm_hash, "module_id": a.module_id, "version": a.version, "publisher": a.publisher,
+            "kind": a.manifest.kind, "size": a.size, "published_at": a.published_at, "origin": a.origin,
+        } for a in (st.artifacts[h] for h in sorted(st.artifacts))]
+        instances = [{
+            "instance_id": i.instance_id, "module_id": i.module_id, "version": i.version, "wasm_hash": i.wasm_hash,
+            "owner_agent_id": i.owner_agent_id, "install_target": i.install_target, "active": i.active,
+            "installed_at": i.installed_at, "state_bytes": len(st.module_state.get(i.instance_id, b"")),
+        } for i in (st.instances[k] for k in sorted(st.instances))]
+        return {"artifacts": artifacts, "instances": instances}
+
+    def stats(self) -> dict[str, int]:
+        """Return counters: height, agents, events, artifacts, instances, module_calls (calls
+        attempted: succeeded + failed), module_call_failures, module_emits, actions_rejected."""
+        st = self._state
+        counts = st.journal.kind_counts
+        return {
+            "height": self.height,
+            "agents": len(st.agents),
+            "events": len(st.journal),
+            "artifacts": len(st.artifacts),
+            "instances": len(st.instances),
+            "module_calls": counts[ev.MODULE_CALLED] + counts[ev.MODULE_CALL_FAILED],
+            "module_call_failures": counts[ev.MODULE_CALL_FAILED],
+            "module_emits": counts[ev.MODULE_EMITTED],
+            "actions_rejected": counts[ev.ACTION_REJECTED],
+        }
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save_to_dir(self, path: str | Path) -> None:
+        """Persist the world (snapshot, journal, module store) into directory ``path`` atomically;
+        see ``persistence``. Raises RuntimeError inside a block, OSError on I/O failure."""
+        from .persistence import save_world
+
+        if self._in_block:
+            raise RuntimeError("save_to_dir must be called between blocks (after end_block)")
+        save_world(self, Path(path))
+
+    @classmethod
+    def load_from_dir(cls, path: str | Path, *, sandbox: Sandbox | None = None) -> "World":
+        """Load a world saved with ``save_to_dir``; raises persistence.SnapshotError when the
+        directory holds no valid snapshot (the message names the file and the problem)."""
+        from .persistence import load_world
+
+        return load_world(cls, Path(path), sandbox=sandbox)
