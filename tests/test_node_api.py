@@ -1,0 +1,130 @@
+"""The HTTP API of a real (single-validator, in-process) node: admission errors and read routes."""
+
+from __future__ import annotations
+
+import httpx
+import trio
+
+from agent_world_runtime.actions import MoveAgent, RegisterAgent, sign_action
+from agent_world_runtime.codec import encode_json
+from agent_world_runtime.crypto import SigningKey
+
+from .node_harness import running_node, single_validator_home
+
+CHAIN = "api-test"
+
+
+async def _wait_for(predicate, what: str, timeout_s: float = 20.0):
+    with trio.fail_after(timeout_s):
+        while True:
+            value = await predicate()
+            if value:
+                return value
+            await trio.sleep(0.1)
+
+
+def _post(client, signed):
+    return client.post("/v1/actions", content=encode_json(signed), headers={"content-type": "application/json"})
+
+
+def test_admission_errors_and_read_routes(tmp_path):
+    home = single_validator_home(tmp_path / "solo", chain_id=CHAIN)
+
+    async def main():
+        async with running_node(home) as node:
+            base = f"http://{node.config.rpc.listen}"
+            async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+                alice = SigningKey(b"a" * 32)
+                mallory = SigningKey(b"m" * 32)
+
+                # malformed bodies: 400 with what was wrong
+                r = await client.post("/v1/actions", content=b"{not json")
+                assert r.status_code == 400 and r.json()["code"] == "malformed"
+                r = await client.post("/v1/actions", content=b'{"body": {"chain_id": 1}, "signature": ""}')
+                assert r.status_code == 400 and "SignedAction" in r.json()["error"]
+                r = await client.post("/v1/actions", content=b"x" * (600 * 1024))
+                assert r.status_code == 413 and r.json()["code"] == "too_large"
+
+                # unknown agent, wrong chain, bad signature
+                r = await _post(client, sign_action(alice, CHAIN, "alice", 1, MoveAgent(to=(1, 0, 0))))
+                assert r.status_code == 400 and r.json()["code"] == "unknown_agent", r.json()
+                r = await _post(client, sign_action(alice, "other-chain", "alice", 1, RegisterAgent(alice.public_key)))
+                assert r.status_code == 400 and r.json()["code"] == "wrong_chain"
+                forged = sign_action(mallory, CHAIN, "alice", 1, RegisterAgent(alice.public_key))
+                r = await _post(client, forged)
+                assert r.status_code == 400 and r.json()["code"] == "bad_signature"
+
+                # a valid registration is accepted once, then a duplicate
+                reg = sign_action(alice, CHAIN, "alice", 1, RegisterAgent(alice.public_key, (0, 0, 0)))
+                r = await _post(client, reg)
+                assert r.status_code == 202, r.json()
+                r2 = await _post(client, reg)
+                assert r2.status_code in (200, 400)  # duplicate while pending, or replay once committed
+
+                async def registered():
+                    resp = await client.get("/v1/agents/alice")
+                    return resp.json() if resp.status_code == 200 else None
+
+                agent = await _wait_for(registered, "alice registered")
+                assert agent["last_nonce"] == 1
+
+                # after commit: the same nonce is a replay, a forged move is a bad signature
+                r = await _post(client, sign_action(alice, CHAIN, "alice", 1, MoveAgent(to=(1, 0, 0))))
+                assert r.status_code == 400 and r.json()["code"] == "nonce_replayed", r.json()
+                r = await _post(client, sign_action(mallory, CHAIN, "alice", 2, MoveAgent(to=(1, 0, 0))))
+                assert r.status_code == 400 and r.json()["code"] == "bad_signature"
+                r = await _post(client, sign_action(alice, CHAIN, "alice", 2, MoveAgent(to=(1, 2, 0))))
+                assert r.status_code == 202
+
+                async def moved():
+                    resp = await client.get("/v1/agents/alice")
+                    return resp.json()["position"] == [1, 2, 0]
+
+                await _wait_for(moved, "alice moved")
+
+                status = (await client.get("/v1/status")).json()
+                assert status["chain_id"] == CHAIN and status["height"] >= 2
+                assert status["execution_height"] == status["height"] or status["execution_height"] >= 2
+                h = status["execution_height"]
+                block = (await client.get(f"/v1/blocks/{h}")).json()
+                assert block["height"] == h and len(block["block_hash"]) == 64
+                exe = (await client.get(f"/v1/execution/{h}")).json()
+                assert len(exe["execution_state_root"]) == 64
+                assert (await client.get("/v1/blocks/999999")).status_code == 404
+                assert (await client.get("/v1/blocks/-1")).status_code == 400
+                assert (await client.get("/v1/execution/abc")).status_code == 400
+                assert (await client.get("/v1/agents/nobody")).status_code == 404
+                events = (await client.get("/v1/events", params={"kind": "domain."})).json()["events"]
+                kinds = {e["kind"] for e in events}
+                assert {"domain.agent_registered", "domain.agent_moved"} <= kinds
+                assert (await client.get("/v1/events", params={"limit": "0"})).status_code == 400
+                metrics = (await client.get("/metrics")).text
+                assert "awnode_blocks_committed_total" in metrics
+                assert (await client.get("/health")).json() == {"status": "ok"}
+
+    trio.run(main)
+
+
+def test_full_mempool_answers_503_with_a_retry_hint(tmp_path):
+    home = single_validator_home(tmp_path / "solo", chain_id=CHAIN, max_mempool=1)
+
+    async def main():
+        async with running_node(home) as node:
+            # Hold the consensus back so nothing is reaped while we fill the pool.
+            node.mempool.max_actions = 1
+            keys = [SigningKey(bytes([i + 1]) * 32) for i in range(3)]
+            base = f"http://{node.config.rpc.listen}"
+            async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+                statuses = []
+                for i, k in enumerate(keys):
+                    r = await _post(client, sign_action(k, CHAIN, f"agent{i}", 1, RegisterAgent(k.public_key)))
+                    statuses.append(r)
+                busy = [r for r in statuses if r.status_code == 503]
+                # the pool holds one action; at least one of the two others, submitted before the
+                # next block, is refused with a retry hint (a block may free the slot in between)
+                assert busy, [r.status_code for r in statuses]
+                assert busy[0].json()["code"] == "mempool_full"
+                assert int(busy[0].headers["retry-after"]) >= 1
+                assert busy[0].json()["retry_after_ms"] > 0
+
+    trio.run(main)
