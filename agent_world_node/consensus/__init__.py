@@ -1,0 +1,68 @@
+"""Sans-IO Tendermint consensus (DESIGN.md, "Consensus"): validators and stake thresholds,
+proposer selection, vote tallies, commit certificates and the state machine ``ConsensusCore``.
+
+Nothing in this package does I/O, reads a clock or imports trio: the daemon and the simulated
+network both drive the same ``ConsensusCore`` through ``messages.Input`` and ``messages.Effect``.
+"""
+
+from .certificate import InvalidCertificate, build_commit_certificate, verify_commit_certificate
+from .core import ConsensusCore, RejectReason, Step
+from .evidence import DuplicateProposalEvidence, DuplicateVoteEvidence, Evidence, InvalidEvidence, verify_evidence
+from .messages import (
+    Broadcast,
+    Decide,
+    Effect,
+    EvidenceFound,
+    GetValue,
+    Input,
+    PersistWAL,
+    ProposalReceived,
+    ScheduleTimeout,
+    TimeoutFired,
+    ValueToPropose,
+    VoteReceived,
+)
+from .proposer import proposer_for, proposer_order
+from .timeouts import TimeoutConfig, TimeoutKind
+from .validators import Validator, ValidatorSchedule, ValidatorSet, ValidatorSetError, epoch_of
+from .votekeeper import AddVoteResult, AddVoteStatus, ThresholdEvent, ThresholdKind, VoteKeeper
+
+__all__ = [
+    "AddVoteResult",
+    "AddVoteStatus",
+    "Broadcast",
+    "ConsensusCore",
+    "Decide",
+    "DuplicateProposalEvidence",
+    "DuplicateVoteEvidence",
+    "Effect",
+    "Evidence",
+    "EvidenceFound",
+    "GetValue",
+    "Input",
+    "InvalidCertificate",
+    "InvalidEvidence",
+    "PersistWAL",
+    "ProposalReceived",
+    "RejectReason",
+    "ScheduleTimeout",
+    "Step",
+    "ThresholdEvent",
+    "ThresholdKind",
+    "TimeoutConfig",
+    "TimeoutFired",
+    "TimeoutKind",
+    "Validator",
+    "ValidatorSchedule",
+    "ValidatorSet",
+    "ValidatorSetError",
+    "ValueToPropose",
+    "VoteKeeper",
+    "VoteReceived",
+    "build_commit_certificate",
+    "epoch_of",
+    "proposer_for",
+    "proposer_order",
+    "verify_commit_certificate",
+    "verify_evidence",
+]

@@ -1,0 +1,663 @@
+"""The consensus state machine: Tendermint, Algorithm 1 of Buchman, Kwon, Milosevic, "The latest
+gossip on BFT consensus" (2018), written sans-IO (DESIGN.md, "Layers" and "Consensus").
+
+``ConsensusCore`` holds the state of one validator (or observer) for the current height. The driver
+feeds it inputs (``messages.Input``) and performs the effects it returns (``messages.Effect``); the
+core does no I/O, reads no clock and never blocks. Given the same inputs in the same order it
+returns the same effects (Ed25519 signatures are deterministic).
+
+How the paper maps onto the code:
+
+- Every message is checked before it counts (signature, sender in the validator set, proposer of
+  its (height, round), well-formed block); rejected ones are dropped and counted by reason in
+  ``rejected``.
+- Accepted messages go into the message log of the height: proposals in ``_proposals`` (the first one
+  per round; the first different one is equivocation evidence and its block is remembered), votes
+  in a ``VoteKeeper`` (which also counts an equivocator's votes for each value it signed, see there).
+- ``_transition`` is the paper's set of ``upon`` rules: each branch names its lines. The core
+  evaluates them after every input until none fires, so the order in which messages arrived does
+  not matter, only the set of messages (as in the paper, where rules are conditions on the log).
+- L49-L54: on a decision the core emits ``Decide`` and stops (step ``COMMIT``); lines L52-L54
+  (next height, reset, StartRound(0)) are ``start_height(height + 1)``, which the driver calls once
+  it has executed the block and waited the commit timeout.
+
+Deviations from the paper, each safe:
+
+- L21: the propose timeout is scheduled by the proposer too (as CometBFT does), so a driver that
+  never answers ``GetValue`` cannot stall its round.
+- L36 and L49 need "the PROPOSAL of round r with value v"; the core accepts v from any verified
+  proposal of this height whose block hashes to id(v) (a block is identified by its hash). This is
+  what malachite's full-proposal keeper and CometBFT's block parts do, and helps a validator that
+  missed one round's proposal but saw the value in another.
+- L55: only votes are counted for round skipping (not proposals), as in malachite.
+- Votes for rounds more than ``max_round_lookahead`` above the current round are dropped, and
+  messages for ``height + 1`` are buffered (at most ``future_buffer_per_validator`` per validator)
+  and replayed by ``start_height``; older heights are ignored. These bound the memory a Byzantine
+  validator can make a node spend. The driver re-gossips ``height_messages()`` (its whole message
+  log of the height, as CometBFT gossips votes) so that anything dropped this way or lost on the
+  network reaches its peers again: the paper's liveness assumes exactly this gossip property.
+- Restarts: a vote or proposal of this validator that arrives as input (e.g. replayed from the WAL)
+  is stored like any other; the core then never signs a different message for that step, and a
+  non-nil precommit of its own restores the lock it implies (L38-L39).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter, deque
+from typing import Callable, Optional
+
+import msgspec
+import structlog
+
+from agent_world_node.types import (
+    PROPOSAL_SIGN_DOMAIN,
+    VOTE_SIGN_DOMAIN,
+    Block,
+    Proposal,
+    Vote,
+    VoteType,
+    compute_consensus_action_root,
+)
+from agent_world_runtime.crypto import SigningKey, verify
+
+from .certificate import build_commit_certificate
+from .evidence import DuplicateProposalEvidence, Evidence
+from .messages import (
+    Broadcast,
+    Decide,
+    Effect,
+    EvidenceFound,
+    GetValue,
+    Input,
+    PersistWAL,
+    ProposalReceived,
+    ScheduleTimeout,
+    TimeoutFired,
+    ValueToPropose,
+    VoteReceived,
+)
+from .proposer import proposer_for
+from .timeouts import TIMEOUT_KINDS, TimeoutConfig, TimeoutKind
+from .validators import ValidatorSet
+from .votekeeper import AddVoteStatus, VoteKeeper
+
+log = structlog.get_logger(__name__)
+
+HASH_SIZE = 32
+DEFAULT_MAX_ROUND_LOOKAHEAD = 100
+DEFAULT_FUTURE_BUFFER_PER_VALIDATOR = 16
+DEFAULT_MAX_EVIDENCE = 1024
+
+
+class Step(enum.IntEnum):
+    """The step of the current round (paper L4), plus NEW_HEIGHT (before ``start_height``) and
+    COMMIT (the height is decided; waiting for ``start_height(height + 1)``)."""
+
+    NEW_HEIGHT = 0
+    PROPOSE = 1
+    PREVOTE = 2
+    PRECOMMIT = 3
+    COMMIT = 4
+
+
+class RejectReason:
+    """The reasons counted in ``ConsensusCore.rejected`` (keys are these strings)."""
+
+    STALE_HEIGHT = "stale_height"  # message for a height below the current one
+    FUTURE_HEIGHT = "future_height"  # more than one height ahead
+    FUTURE_BUFFER_FULL = "future_buffer_full"  # height + 1, but the sender's buffer is full
+    HEIGHT_DECIDED = "height_decided"  # current height already decided
+    BAD_ROUND = "bad_round"  # negative round
+    ROUND_TOO_FAR = "round_too_far"  # round beyond current round + max_round_lookahead
+    BAD_POL_ROUND = "bad_pol_round"  # proposal pol_round not in [-1, round - 1]
+    BAD_BLOCK_HASH = "bad_block_hash"  # vote block hash not 32 bytes
+    BAD_BLOCK = "bad_block"  # proposal block header does not match chain/height/actions
+    UNKNOWN_VALIDATOR = "unknown_validator"
+    WRONG_PROPOSER = "wrong_proposer"
+    BAD_SIGNATURE = "bad_signature"
+    DUPLICATE = "duplicate"  # identical copy of a message already counted
+    EQUIVOCATION = "equivocation"  # conflicting message; kept as evidence, not counted
+
+
+def _accept_every_block(block: Block) -> bool:
+    return True
+
+
+class ConsensusCore:
+    """Tendermint consensus for one node, sans-IO (see the module docstring).
+
+    ``signing_key`` None makes a non-validator observer that follows the protocol and decides but
+    never signs; so does a key whose public key is not in the validator set. ``validate_block`` is
+    the paper's ``valid(v)``: a pure function the driver supplies (parent hash, action root checks,
+    execution root, ...); it is called at most once per block hash and an exception counts as
+    invalid. The core itself checks that a proposed block's header has this chain id and height and
+    that its ``action_root``/``action_count`` match its actions.
+
+    Readable state: ``height``, ``round``, ``step``, ``locked_value``/``locked_round``,
+    ``valid_value``/``valid_round``, ``decision``, ``rejected`` (Counter by ``RejectReason``).
+    """
+
+    def __init__(
+        self,
+        chain_id: str,
+        validator_set: ValidatorSet,
+        signing_key: SigningKey | None,
+        timeouts: TimeoutConfig,
+        validate_block: Callable[[Block], bool] | None = None,
+        *,
+        max_round_lookahead: int = DEFAULT_MAX_ROUND_LOOKAHEAD,
+        future_buffer_per_validator: int = DEFAULT_FUTURE_BUFFER_PER_VALIDATOR,
+        max_evidence: int = DEFAULT_MAX_EVIDENCE,
+    ) -> None:
+        if max_round_lookahead < 1 or future_buffer_per_validator < 0 or max_evidence < 1:
+            raise ValueError("max_round_lookahead and max_evidence must be >= 1, future_buffer_per_validator >= 0")
+        self.chain_id = chain_id
+        self.validator_set = validator_set
+        self.timeouts = timeouts
+        self._key = signing_key
+        self.id: Optional[str] = signing_key.public_key.hex() if signing_key is not None else None
+        self._validate = validate_block or _accept_every_block
+        self._max_round_lookahead = max_round_lookahead
+        self._future_cap = future_buffer_per_validator
+        self._log = log.bind(node=self.id[:12] if self.id else "observer")
+
+        self.height = 0
+        self.round = -1
+        self.step = Step.NEW_HEIGHT
+        self.locked_round = -1
+        self._locked_hash: Optional[bytes] = None
+        self.valid_value: Optional[Block] = None
+        self.valid_round = -1
+        self.decision: Optional[Block] = None
+
+        self._keeper = VoteKeeper(0, validator_set)
+        self._proposals: dict[int, Proposal] = {}
+        self._blocks: dict[bytes, Block] = {}
+        self._validity: dict[bytes, bool] = {}
+        self._prevote_timeout_rounds: set[int] = set()  # L34 "for the first time"
+        self._polka_value_rounds: set[int] = set()  # L36 "for the first time"
+        self._precommit_timeout_rounds: set[int] = set()  # L47 "for the first time"
+        self._conflicting_proposals: dict[int, Proposal] = {}
+        self._future: dict[str, list[Proposal | Vote]] = {}
+        self._evidence: deque[Evidence] = deque(maxlen=max_evidence)
+        self.rejected: Counter[str] = Counter()
+
+    # -- readable state -------------------------------------------------------------------------
+
+    @property
+    def is_validator(self) -> bool:
+        """True iff this node has a key in the current validator set (it signs and votes)."""
+        return self.id is not None and self.id in self.validator_set
+
+    @property
+    def locked_value(self) -> Optional[Block]:
+        """The block this validator is locked on (paper lockedValue), or None. After a lock was
+        restored from a replayed precommit the block may be unknown: see ``locked_hash``."""
+        if self._locked_hash is None:
+            return None
+        return self._blocks.get(self._locked_hash)
+
+    @property
+    def locked_hash(self) -> Optional[bytes]:
+        """id(lockedValue): the hash of the locked block, or None."""
+        return self._locked_hash
+
+    def proposer(self, round: int) -> str:
+        """Return the proposer of (current height, ``round``)."""
+        return proposer_for(self.validator_set, self.height, round)
+
+    def height_messages(self) -> list[Proposal | Vote]:
+        """Return the message log of the current height: stored proposals (and the first conflicting
+        one of a round) and every vote held, by round. The driver re-gossips these so that a message
+        any correct node has reaches every correct node (the paper's gossip assumption), also after
+        drops, and so that both halves of an equivocation reach everyone."""
+        messages: list[Proposal | Vote] = []
+        for round in sorted(self._proposals):
+            messages.append(self._proposals[round])
+            if round in self._conflicting_proposals:
+                messages.append(self._conflicting_proposals[round])
+        messages.extend(self._keeper.all_votes())
+        return messages
+
+    def evidence(self) -> list[Evidence]:
+        """Return the equivocation evidence found (all heights, the most recent ``max_evidence``)."""
+        return list(self._evidence)
+
+    def rejected_counts(self) -> dict[str, int]:
+        """Return how many messages were dropped, by ``RejectReason``."""
+        return dict(self.rejected)
+
+    # -- entry points ---------------------------------------------------------------------------
+
+    def start_height(self, height: int, validator_set: ValidatorSet | None = None) -> list[Effect]:
+        """Begin ``height`` (paper L10 and L52-L54) with ``validator_set`` (default: keep the current
+        one; the driver passes a new set at an epoch boundary). Resets the round state, starts
+        round 0 and replays buffered messages of this height.
+
+        Raises ValueError when ``height`` is not above the current height.
+        """
+        if height <= self.height:
+            raise ValueError(f"cannot start height {height}: already at height {self.height}; heights only grow")
+        if validator_set is not None:
+            self.validator_set = validator_set
+        buffered = self._future if height == self.height + 1 else {}
+        self._future = {}
+        self.height = height
+        self.round = -1
+        self.step = Step.NEW_HEIGHT
+        # L53: reset lockedRound, lockedValue, validRound, validValue and the message log.
+        self.locked_round = -1
+        self._locked_hash = None
+        self.valid_value = None
+        self.valid_round = -1
+        self.decision = None
+        self._keeper = VoteKeeper(height, self.validator_set)
+        self._proposals = {}
+        self._blocks = {}
+        self._validity = {}
+        self._prevote_timeout_rounds = set()
+        self._polka_value_rounds = set()
+        self._precommit_timeout_rounds = set()
+        self._conflicting_proposals = {}
+        self._log.info("height_started", height=height, validators=len(self.validator_set))
+
+        effects: list[Effect] = []
+        self._start_round(0, effects)  # L10 / L54
+        for messages in buffered.values():
+            for message in messages:
+                if isinstance(message, Proposal):
+                    self._on_proposal(message, effects)
+                else:
+                    self._on_vote(message, effects)
+        self._run_rules(effects)
+        return effects
+
+    def handle(self, inp: Input) -> list[Effect]:
+        """Apply one input and return the effects to perform, in order.
+
+        Invalid or stale messages return [] and are counted in ``rejected``. Raises TypeError for an
+        object that is not an ``Input`` and ValueError for a ``TimeoutFired`` of unknown kind or a
+        ``ValueToPropose`` whose block does not fit (both are driver bugs, not network input).
+        """
+        effects: list[Effect] = []
+        if isinstance(inp, VoteReceived):
+            self._on_vote(inp.vote, effects)
+        elif isinstance(inp, ProposalReceived):
+            self._on_proposal(inp.proposal, effects)
+        elif isinstance(inp, TimeoutFired):
+            self._on_timeout(inp, effects)
+        elif isinstance(inp, ValueToPropose):
+            self._on_value(inp, effects)
+        else:
+            raise TypeError(f"not a consensus input: {type(inp).__name__}")
+        self._run_rules(effects)
+        return effects
+
+    # -- inputs -----------------------------------------------------------------------------------
+
+    def _reject(self, reason: str, message: Proposal | Vote) -> None:
+        self.rejected[reason] += 1
+        self._log.debug(
+            "message_rejected",
+            reason=reason,
+            kind=type(message).__name__,
+            height=message.height,
+            round=message.round,
+            sender=message.validator[:12],
+        )
+
+    def _check_height(self, message: Proposal | Vote) -> bool:
+        """True iff ``message`` is for the current, undecided height; buffers height + 1."""
+        if message.height == self.height and self.step != Step.NEW_HEIGHT:
+            if self.step == Step.COMMIT:
+                self._reject(RejectReason.HEIGHT_DECIDED, message)
+                return False
+            return True
+        if message.height <= self.height:
+            self._reject(RejectReason.STALE_HEIGHT, message)
+        elif message.height == self.height + 1:
+            self._buffer_future(message)
+        else:
+            self._reject(RejectReason.FUTURE_HEIGHT, message)
+        return False
+
+    def _buffer_future(self, message: Proposal | Vote) -> None:
+        if message.round < 0 or message.round > self._max_round_lookahead:
+            self._reject(RejectReason.ROUND_TOO_FAR if message.round >= 0 else RejectReason.BAD_ROUND, message)
+            return
+        validator = self.validator_set.get(message.validator)
+        if validator is None:
+            self._reject(RejectReason.UNKNOWN_VALIDATOR, message)
+            return
+        queue = self._future.setdefault(message.validator, [])
+        if message in queue:
+            self.rejected[RejectReason.DUPLICATE] += 1
+            return
+        if len(queue) >= self._future_cap:
+            self._reject(RejectReason.FUTURE_BUFFER_FULL, message)
+            return
+        domain = PROPOSAL_SIGN_DOMAIN if isinstance(message, Proposal) else VOTE_SIGN_DOMAIN
+        if not verify(validator.public_key, domain, message.sign_bytes(self.chain_id), message.signature):
+            self._reject(RejectReason.BAD_SIGNATURE, message)
+            return
+        queue.append(message)
+
+    def _check_round(self, message: Proposal | Vote) -> bool:
+        if message.round < 0:
+            self._reject(RejectReason.BAD_ROUND, message)
+            return False
+        if message.round > self.round + self._max_round_lookahead:
+            self._reject(RejectReason.ROUND_TOO_FAR, message)
+            return False
+        return True
+
+    def _on_vote(self, vote: Vote, effects: list[Effect]) -> None:
+        if not self._check_height(vote) or not self._check_round(vote):
+            return
+        if vote.block_hash is not None and len(vote.block_hash) != HASH_SIZE:
+            self._reject(RejectReason.BAD_BLOCK_HASH, vote)
+            return
+        if self._keeper.vote_of(vote.validator, vote.round, vote.vote_type) == vote:
+            # Byte-identical copy of a counted vote (gossip echo): no need to verify it again.
+            self.rejected[RejectReason.DUPLICATE] += 1
+            return
+        validator = self.validator_set.get(vote.validator)
+        if validator is None:
+            self._reject(RejectReason.UNKNOWN_VALIDATOR, vote)
+            return
+        if not verify(validator.public_key, VOTE_SIGN_DOMAIN, vote.sign_bytes(self.chain_id), vote.signature):
+            self._reject(RejectReason.BAD_SIGNATURE, vote)
+            return
+        result = self._keeper.add_vote(vote)
+        if result.status == AddVoteStatus.DUPLICATE:
+            self.rejected[RejectReason.DUPLICATE] += 1
+            return
+        if result.status == AddVoteStatus.EQUIVOCATION:
+            if not result.counted:
+                self._reject(RejectReason.EQUIVOCATION, vote)
+            if result.evidence is not None:
+                self._record_evidence(result.evidence, effects)
+            return
+        if vote.validator == self.id and vote.vote_type == VoteType.PRECOMMIT and vote.block_hash is not None:
+            # Our own precommit from before a restart: precommitting id(v) in round r is always
+            # paired with lockedValue <- v, lockedRound <- r (L38-L40), so restore that lock.
+            if vote.round > self.locked_round:
+                self.locked_round = vote.round
+                self._locked_hash = vote.block_hash
+
+    def _on_proposal(self, proposal: Proposal, effects: list[Effect]) -> None:
+        if not self._check_height(proposal) or not self._check_round(proposal):
+            return
+        if not -1 <= proposal.pol_round < proposal.round:
+            self._reject(RejectReason.BAD_POL_ROUND, proposal)
+            return
+        if proposal in (self._proposals.get(proposal.round), self._conflicting_proposals.get(proposal.round)):
+            # Byte-identical copy of a stored proposal (gossip echo): no need to verify it again.
+            self.rejected[RejectReason.DUPLICATE] += 1
+            return
+        validator = self.validator_set.get(proposal.validator)
+        if validator is None:
+            self._reject(RejectReason.UNKNOWN_VALIDATOR, proposal)
+            return
+        if proposal.validator != self.proposer(proposal.round):
+            self._reject(RejectReason.WRONG_PROPOSER, proposal)
+            return
+        if not self._block_well_formed(proposal.block):
+            self._reject(RejectReason.BAD_BLOCK, proposal)
+            return
+        sign_bytes = proposal.sign_bytes(self.chain_id)
+        if not verify(validator.public_key, PROPOSAL_SIGN_DOMAIN, sign_bytes, proposal.signature):
+            self._reject(RejectReason.BAD_SIGNATURE, proposal)
+            return
+        existing = self._proposals.get(proposal.round)
+        if existing is not None:
+            if existing.sign_bytes(self.chain_id) == sign_bytes:
+                self.rejected[RejectReason.DUPLICATE] += 1
+                return
+            conflicting = self._conflicting_proposals.get(proposal.round)
+            if conflicting is not None:
+                if conflicting.sign_bytes(self.chain_id) == sign_bytes:
+                    self.rejected[RejectReason.DUPLICATE] += 1
+                else:
+                    self._reject(RejectReason.EQUIVOCATION, proposal)
+                return
+            # The first conflicting proposal is kept as evidence, and its block is known from now
+            # on (both proposals are in the paper's message set): a quorum of precommits for it
+            # can then be decided here too.
+            self._conflicting_proposals[proposal.round] = proposal
+            self._blocks.setdefault(proposal.block.hash(), proposal.block)
+            self._record_evidence(DuplicateProposalEvidence(first=existing, second=proposal), effects)
+            return
+        self._proposals[proposal.round] = proposal
+        self._blocks.setdefault(proposal.block.hash(), proposal.block)
+
+    def _on_timeout(self, timeout: TimeoutFired, effects: list[Effect]) -> None:
+        if timeout.kind not in TIMEOUT_KINDS:
+            raise ValueError(f"unknown timeout kind {timeout.kind!r}; expected one of {TIMEOUT_KINDS}")
+        if timeout.height != self.height or self.step in (Step.NEW_HEIGHT, Step.COMMIT):
+            return
+        if timeout.round != self.round:
+            return
+        if timeout.kind == "propose":
+            # L57-L60: OnTimeoutPropose(h, r): if h = h_p ∧ r = round_p ∧ step_p = propose.
+            if self.step == Step.PROPOSE:
+                self._log.debug("timeout_propose", height=self.height, round=self.round)
+                self._vote(VoteType.PREVOTE, None, effects)
+                self.step = Step.PREVOTE
+        elif timeout.kind == "prevote":
+            # L61-L64: OnTimeoutPrevote(h, r): if h = h_p ∧ r = round_p ∧ step_p = prevote.
+            if self.step == Step.PREVOTE:
+                self._log.debug("timeout_prevote", height=self.height, round=self.round)
+                self._vote(VoteType.PRECOMMIT, None, effects)
+                self.step = Step.PRECOMMIT
+        else:
+            # L65-L67: OnTimeoutPrecommit(h, r): if h = h_p ∧ r = round_p then StartRound(round_p + 1).
+            self._log.debug("timeout_precommit", height=self.height, round=self.round)
+            self._start_round(self.round + 1, effects)
+
+    def _on_value(self, value: ValueToPropose, effects: list[Effect]) -> None:
+        # L18-L19: proposal <- getValue(); broadcast <PROPOSAL, h_p, round_p, proposal, validRound_p>.
+        # A late answer (another round, or we already proposed) is ignored.
+        if (value.height, value.round) != (self.height, self.round) or self.step != Step.PROPOSE:
+            return
+        if not self.is_validator or self.proposer(self.round) != self.id or self.round in self._proposals:
+            return
+        if not self._block_well_formed(value.block):
+            raise ValueError(
+                f"ValueToPropose block does not fit height {self.height} of chain {self.chain_id!r} "
+                "(header chain_id/height, or action_root/action_count not matching the actions)"
+            )
+        self._propose(value.block, self.valid_round, effects)
+
+    # -- the transition function -----------------------------------------------------------------
+
+    def _run_rules(self, effects: list[Effect]) -> None:
+        """Fire upon-rules until none applies (each firing changes state, so this terminates)."""
+        while self._transition(effects):
+            pass
+
+    def _transition(self, effects: list[Effect]) -> bool:
+        """Fire the first enabled upon-rule of Algorithm 1 on the current state and message log.
+
+        Returns True if a rule fired (state changed), False at a fixed point.
+        """
+        if self.step in (Step.NEW_HEIGHT, Step.COMMIT):
+            return False
+        keeper = self._keeper
+        r = self.round
+
+        # L49-L51: upon <PROPOSAL, h_p, r, v, *> from proposer(h_p, r) AND 2f+1 <PRECOMMIT, h_p, r, id(v)>
+        #          while decision_p[h_p] = nil: if valid(v) then decision_p[h_p] = v.
+        for decided_round, block_hash in keeper.precommit_quorums():
+            block = self._blocks.get(block_hash)
+            if block is not None and self._valid(block):
+                self._decide(decided_round, block, effects)
+                return True
+
+        # L55-L56: upon f+1 <*, h_p, round, *, *> with round > round_p: StartRound(round).
+        skip_to = keeper.highest_skip_round()
+        if skip_to > r:
+            self._log.info("round_skipped", height=self.height, round=r, to_round=skip_to)
+            self._start_round(skip_to, effects)
+            return True
+
+        proposal = self._proposals.get(r)
+        if self.step == Step.PROPOSE and proposal is not None:
+            v = proposal.block
+            vid = v.hash()
+            vr = proposal.pol_round
+            # L22-L27: upon <PROPOSAL, h_p, round_p, v, -1> from proposer(h_p, round_p) while step_p = propose:
+            #          prevote id(v) if valid(v) ∧ (lockedRound_p = -1 ∨ lockedValue_p = v), else nil.
+            if vr == -1:
+                ok = self._valid(v) and (self.locked_round == -1 or self._locked_hash == vid)
+                self._vote(VoteType.PREVOTE, vid if ok else None, effects)
+                self.step = Step.PREVOTE
+                return True
+            # L28-L33: upon <PROPOSAL, h_p, round_p, v, vr> from proposer(h_p, round_p)
+            #          AND 2f+1 <PREVOTE, h_p, vr, id(v)> while step_p = propose ∧ (vr >= 0 ∧ vr < round_p):
+            #          prevote id(v) if valid(v) ∧ (lockedRound_p <= vr ∨ lockedValue_p = v), else nil.
+            if 0 <= vr < r and keeper.polka_value(vr) == vid:
+                ok = self._valid(v) and (self.locked_round <= vr or self._locked_hash == vid)
+                self._vote(VoteType.PREVOTE, vid if ok else None, effects)
+                self.step = Step.PREVOTE
+                return True
+
+        # L34-L35: upon 2f+1 <PREVOTE, h_p, round_p, *> while step_p = prevote for the first time:
+        #          schedule OnTimeoutPrevote(h_p, round_p) after timeoutPrevote(round_p).
+        if self.step == Step.PREVOTE and r not in self._prevote_timeout_rounds and keeper.has_polka_any(r):
+            self._prevote_timeout_rounds.add(r)
+            self._schedule("prevote", effects)
+            return True
+
+        # L36-L43: upon <PROPOSAL, h_p, round_p, v, *> from proposer(h_p, round_p)
+        #          AND 2f+1 <PREVOTE, h_p, round_p, id(v)> while valid(v) ∧ step_p >= prevote for the first time:
+        #          if step_p = prevote: lock on v, precommit id(v), step_p <- precommit; validValue_p <- v.
+        if self.step >= Step.PREVOTE and r not in self._polka_value_rounds:
+            polka = keeper.polka_value(r)
+            block = self._blocks.get(polka) if polka is not None else None
+            if block is not None and self._valid(block):
+                self._polka_value_rounds.add(r)
+                if self.step == Step.PREVOTE:
+                    self._locked_hash = polka  # L38
+                    self.locked_round = r  # L39
+                    self._log.debug("locked", height=self.height, round=r, block=polka.hex()[:16])
+                    self._vote(VoteType.PRECOMMIT, polka, effects)  # L40
+                    self.step = Step.PRECOMMIT  # L41
+                self.valid_value = block  # L42
+                self.valid_round = r  # L43
+                return True
+
+        # L44-L46: upon 2f+1 <PREVOTE, h_p, round_p, nil> while step_p = prevote: precommit nil.
+        if self.step == Step.PREVOTE and keeper.has_polka_nil(r):
+            self._vote(VoteType.PRECOMMIT, None, effects)
+            self.step = Step.PRECOMMIT
+            return True
+
+        # L47-L48: upon 2f+1 <PRECOMMIT, h_p, round_p, *> for the first time:
+        #          schedule OnTimeoutPrecommit(h_p, round_p) after timeoutPrecommit(round_p).
+        if r not in self._precommit_timeout_rounds and keeper.has_precommit_any(r):
+            self._precommit_timeout_rounds.add(r)
+            self._schedule("precommit", effects)
+            return True
+
+        return False
+
+    # -- actions of the rules ----------------------------------------------------------------------
+
+    def _start_round(self, round: int, effects: list[Effect]) -> None:
+        """L11-L21: StartRound(round)."""
+        self.round = round  # L12
+        self.step = Step.PROPOSE  # L13
+        self._log.debug("round_started", height=self.height, round=round)
+        self._schedule("propose", effects)  # L21 (for every validator, see the module docstring)
+        if self.is_validator and self.proposer(round) == self.id:  # L14
+            own = self._proposals.get(round)
+            if own is not None:  # already proposed in this round before a restart: re-send it
+                effects.append(Broadcast(own))
+            elif self.valid_value is not None:  # L15-L16
+                self._propose(self.valid_value, self.valid_round, effects)  # L19
+            else:  # L17-L18
+                effects.append(GetValue(self.height, round))
+
+    def _propose(self, block: Block, pol_round: int, effects: list[Effect]) -> None:
+        """L19: broadcast <PROPOSAL, h_p, round_p, block, pol_round>; never twice per round."""
+        if self.round in self._proposals or self._key is None:
+            return
+        unsigned = Proposal(self.height, self.round, pol_round, block, self.id or "", b"")
+        signature = self._key.sign(PROPOSAL_SIGN_DOMAIN, unsigned.sign_bytes(self.chain_id))
+        proposal = msgspec.structs.replace(unsigned, signature=signature)
+        effects.append(PersistWAL(proposal))
+        effects.append(Broadcast(proposal))
+        self._proposals[self.round] = proposal
+        self._blocks.setdefault(block.hash(), block)
+        self._log.info("proposed", height=self.height, round=self.round, pol_round=pol_round,
+                       block=block.hash().hex()[:16], actions=len(block.actions))
+
+    def _vote(self, vote_type: VoteType, block_hash: Optional[bytes], effects: list[Effect]) -> None:
+        """Sign and broadcast our vote of ``vote_type`` for the current round; observers do nothing.
+        If we already signed one for this step (e.g. before a restart) it is re-sent, never a second."""
+        if not self.is_validator or self._key is None or self.id is None:
+            return
+        existing = self._keeper.vote_of(self.id, self.round, vote_type)
+        if existing is not None:
+            if existing.block_hash != block_hash:
+                self._log.warning("double_sign_refused", height=self.height, round=self.round,
+                                  vote_type=vote_type.name)
+            effects.append(Broadcast(existing))
+            return
+        unsigned = Vote(vote_type, self.height, self.round, block_hash, self.id, b"")
+        signature = self._key.sign(VOTE_SIGN_DOMAIN, unsigned.sign_bytes(self.chain_id))
+        vote = msgspec.structs.replace(unsigned, signature=signature)
+        effects.append(PersistWAL(vote))
+        effects.append(Broadcast(vote))
+        self._keeper.add_vote(vote)
+
+    def _schedule(self, kind: TimeoutKind, effects: list[Effect]) -> None:
+        effects.append(ScheduleTimeout(kind, self.height, self.round, self.timeouts.duration_ms(kind, self.round)))
+
+    def _decide(self, round: int, block: Block, effects: list[Effect]) -> None:
+        """L51: decision_p[h_p] = v, with the certificate of the precommits that formed the quorum."""
+        block_hash = block.hash()
+        precommits = self._keeper.votes_for(round, VoteType.PRECOMMIT, block_hash)
+        certificate = build_commit_certificate(self.height, round, block_hash, precommits)
+        self.decision = block
+        self.step = Step.COMMIT
+        self._log.info("decided", height=self.height, round=round, block=block_hash.hex()[:16],
+                       signatures=len(certificate.signatures), actions=len(block.actions))
+        effects.append(Decide(block, certificate))
+
+    def _record_evidence(self, evidence: Evidence, effects: list[Effect]) -> None:
+        self._evidence.append(evidence)
+        self._log.warning("equivocation_detected", kind=type(evidence).__name__, height=evidence.height,
+                          round=evidence.round, validator=evidence.validator[:12])
+        effects.append(EvidenceFound(evidence))
+
+    # -- values -------------------------------------------------------------------------------------
+
+    def _block_well_formed(self, block: Block) -> bool:
+        """The header is for this chain and height and commits to exactly these actions."""
+        header = block.header
+        return (
+            header.chain_id == self.chain_id
+            and header.height == self.height
+            and header.action_count == len(block.actions)
+            and header.action_root == compute_consensus_action_root(block.actions)
+        )
+
+    def _valid(self, block: Block) -> bool:
+        """The paper's valid(v): the driver's ``validate_block``, cached per block hash."""
+        block_hash = block.hash()
+        cached = self._validity.get(block_hash)
+        if cached is None:
+            try:
+                cached = bool(self._validate(block))
+            except Exception as exc:  # a hostile block must not crash the node
+                self._log.error("validate_block_failed", height=self.height, block=block_hash.hex()[:16],
+                                error=repr(exc))
+                cached = False
+            if not cached:
+                self._log.warning("invalid_block", height=self.height, block=block_hash.hex()[:16],
+                                  proposer=block.header.proposer[:12])
+            self._validity[block_hash] = cached
+        return cached

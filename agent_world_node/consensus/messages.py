@@ -1,0 +1,108 @@
+"""Inputs to and effects of the consensus core (the sans-IO boundary, DESIGN.md "Layers").
+
+The driver (the trio daemon, or the simulated network in tests) turns network messages, fired
+timers and mempool answers into *inputs*, feeds them to ``ConsensusCore.handle`` and performs the
+returned *effects* in order. Effects that sign come as ``PersistWAL`` then ``Broadcast``: the driver
+must make the WAL entry durable before it sends the message, so that a restarted node never signs a
+conflicting message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from agent_world_node.types import Block, CommitCertificate, Proposal, Vote
+
+from .evidence import Evidence
+from .timeouts import TimeoutKind
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalReceived:
+    """A proposal from the network (or replayed from the WAL); checked by the core before it counts."""
+
+    proposal: Proposal
+
+
+@dataclass(frozen=True, slots=True)
+class VoteReceived:
+    """A prevote or precommit from the network (or replayed from the WAL)."""
+
+    vote: Vote
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutFired:
+    """A timer scheduled by ``ScheduleTimeout`` has expired."""
+
+    kind: TimeoutKind
+    height: int
+    round: int
+
+
+@dataclass(frozen=True, slots=True)
+class ValueToPropose:
+    """The driver's answer to ``GetValue(height, round)``: the block to propose."""
+
+    height: int
+    round: int
+    block: Block
+
+
+Input = Union[ProposalReceived, VoteReceived, TimeoutFired, ValueToPropose]
+
+# -- effects --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """Send ``message`` (signed by this node, or re-sent unchanged) to all peers."""
+
+    message: Union[Proposal, Vote]
+
+
+@dataclass(frozen=True, slots=True)
+class PersistWAL:
+    """Durably record ``entry``, a message this node has just signed, before broadcasting it."""
+
+    entry: Union[Proposal, Vote]
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleTimeout:
+    """Fire ``TimeoutFired(kind, height, round)`` after ``duration_ms`` milliseconds."""
+
+    kind: TimeoutKind
+    height: int
+    round: int
+    duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetValue:
+    """This node proposes at (height, round) and has no valid value: answer with ``ValueToPropose``."""
+
+    height: int
+    round: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decide:
+    """``block`` is decided at its height, proved by ``certificate`` (the precommits of the quorum).
+    The driver executes it, waits ``TimeoutConfig.commit_ms`` and calls ``start_height(height + 1)``."""
+
+    block: Block
+    certificate: CommitCertificate
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceFound:
+    """A validator equivocated; ``evidence`` holds both signed messages."""
+
+    evidence: Evidence
+
+
+Effect = Union[Broadcast, PersistWAL, ScheduleTimeout, GetValue, Decide, EvidenceFound]
