@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .node import Node
 
 MAX_BODY_BYTES = 512 * 1024
+DRAIN_LIMIT_BYTES = 8 * 1024 * 1024
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -31,18 +32,23 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 
 async def _read_body(request: Request) -> bytes | None:
-    """Read the body, or None as soon as it exceeds MAX_BODY_BYTES."""
+    """Read the body, or return None when it exceeds MAX_BODY_BYTES.
+
+    An oversized body is still read and discarded up to DRAIN_LIMIT_BYTES, so the client gets the
+    413 answer instead of a connection reset in the middle of its upload; beyond that the
+    connection is dropped."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if declared is not None and declared.isdigit() and int(declared) > DRAIN_LIMIT_BYTES:
         return None
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
+        if size > DRAIN_LIMIT_BYTES:
             return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if size <= MAX_BODY_BYTES:
+            chunks.append(chunk)
+    return None if size > MAX_BODY_BYTES else b"".join(chunks)
 
 
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:

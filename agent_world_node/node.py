@@ -84,6 +84,8 @@ ACTION_BATCH_INTERVAL_S = 0.05
 STATUS_INTERVAL_S = 1.0
 SYNC_INTERVAL_S = 0.5
 SYNC_BATCH_HEIGHTS = 200
+REGOSSIP_AFTER_S = 1.5
+REGOSSIP_MAX_MESSAGES = 400
 INPUT_QUEUE = 20_000
 
 
@@ -167,6 +169,7 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._started_at = time.time()
         self._syncing = False
+        self._last_progress = 0.0
         self.actions_committed = 0
         self.log = log.bind(node=self.config.moniker)
 
@@ -385,6 +388,7 @@ class Node:
         self.mempool.drop_stale(self._last_nonce_of)
         self.store.wal_prune(hdr.height)
         self.actions_committed += len(block.actions)
+        self._last_progress = trio.current_time()
         m = self.metrics
         m.height.set(self.height)
         m.execution_height.set(result.execution_height)
@@ -532,6 +536,27 @@ class Node:
             )
             self.metrics.peers.set(len(self.net.connected_peers()))
             await trio.sleep(STATUS_INTERVAL_S)
+
+    async def _regossip_loop(self) -> None:
+        """Re-broadcast the current height's message log while the height makes no progress.
+
+        Tendermint's liveness assumes every message one correct node holds eventually reaches all
+        correct nodes (the paper's gossip assumption); gossipsub is best-effort, so a stalled
+        height re-sends what this node holds (proposals and votes, both halves of any
+        equivocation). Receivers drop exact duplicates cheaply."""
+        self._last_progress = trio.current_time()
+        while True:
+            await trio.sleep(REGOSSIP_AFTER_S / 2)
+            if trio.current_time() - self._last_progress < REGOSSIP_AFTER_S or self.core.height != self.height + 1:
+                continue
+            messages = self.core.height_messages()[-REGOSSIP_MAX_MESSAGES:]
+            self.log.info("regossip", height=self.core.height, round=self.core.round, messages=len(messages))
+            for msg in messages:
+                if isinstance(msg, Proposal):
+                    await self._publish("proposal", GossipProposalMessage(msg))
+                else:
+                    await self._publish("vote", GossipVoteMessage(msg))
+            self._last_progress = trio.current_time()
 
     async def _serve_sync(self, from_height: int, to_height: int) -> list[bytes]:
         """Serve stored blocks ``from_height..to_height`` (inclusive) as encoded payloads."""
@@ -693,6 +718,7 @@ class Node:
                     nursery.start_soon(self._sync_loop)
                     nursery.start_soon(self._action_gossip_loop)
                     nursery.start_soon(self._status_loop)
+                    nursery.start_soon(self._regossip_loop)
                     task_status.started()
         finally:
             self.store.close()
