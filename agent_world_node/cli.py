@@ -1,0 +1,418 @@
+"""``awnode``: the command line of an Agent World node (DESIGN.md, "Interfaces people use").
+
+Commands::
+
+    awnode init --home DIR [--moniker M] [--chain-id C]         a single-validator home
+    awnode testnet init --nodes N --dir DIR [--chain-id C]      N homes sharing one genesis
+    awnode testnet [--nodes 4] [--duration S] [--dir DIR] ...   run a local testnet with a workload
+    awnode start --home DIR [--peers MULTIADDR,...]             run a node until SIGINT/SIGTERM
+    awnode status --rpc URL [--json]                            a node's status
+    awnode submit --rpc URL --key FILE [--agent-id ID] [--nonce N] ACTION.json
+    awnode keygen --out FILE [--agent-id ID]                    a new agent key file
+
+Errors a user can fix (bad config, unreachable node, rejected action) are printed as one red line
+and exit with status 1, without a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import msgspec
+import structlog
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from agent_world_runtime.actions import AGENT_ID_RE, Action, RegisterAgent, action_kind, sign_action
+from agent_world_runtime.crypto import SigningKey
+
+from .client import AgentKey, ClientError, NotFound, SyncNodeClient
+from .config import ConfigError, Genesis, GenesisValidator, Home, init_home, peer_id_for_seed, read_key
+from .testnet import (
+    DEFAULT_STAKE,
+    DEFAULT_TESTNET_CHAIN_ID,
+    TestnetError,
+    TestnetOptions,
+    init_testnet,
+    prepare_testnet,
+    render_summary,
+    run_testnet,
+)
+
+DEFAULT_CHAIN_ID = "agent-world-local"
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+app = typer.Typer(
+    name="awnode",
+    help="Agent World node: init, start, status, submit actions, run a local testnet.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+testnet_app = typer.Typer(
+    help="Run a local multi-node testnet on loopback (or create one with `testnet init`).",
+    invoke_without_command=True,
+)
+app.add_typer(testnet_app, name="testnet")
+
+
+class CliError(RuntimeError):
+    """A usage error the user can fix; the message says what was wrong and what to do."""
+
+
+def quiet_logs() -> None:
+    """Library logs of client commands go to stderr, warnings and errors only (the daemon configures
+    its own logging in ``start``; the testnet launcher logs to a file)."""
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+
+
+@contextlib.contextmanager
+def friendly_errors() -> Iterator[None]:
+    """Turn errors a user can fix into one red line on stderr and exit status 1."""
+    try:
+        yield
+    except (ConfigError, ClientError, TestnetError, CliError) as exc:
+        err_console.print(f"[bold red]error:[/bold red] [red]{escape(str(exc))}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def make_client(rpc: str) -> SyncNodeClient:
+    """Return the client the commands use for ``--rpc`` (tests replace this to inject a transport)."""
+    return SyncNodeClient(rpc)
+
+
+# --- init ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    home: Path = typer.Option(..., "--home", help="Directory of the new node home."),
+    moniker: str = typer.Option("node", "--moniker", help="Human-readable node name."),
+    chain_id: str = typer.Option(DEFAULT_CHAIN_ID, "--chain-id", help="Chain id of the new genesis."),
+) -> None:
+    """Create a node home with new random keys and its own genesis (this node the sole validator)."""
+    quiet_logs()
+    with friendly_errors():
+        if not chain_id.strip():
+            raise CliError("--chain-id must not be empty")
+        validator_key = SigningKey.generate()
+        node_key = SigningKey.generate()
+        genesis = Genesis(
+            chain_id=chain_id,
+            genesis_time_ms=int(time.time() * 1000),
+            validators=[GenesisValidator(name=moniker, public_key=validator_key.public_key.hex(), stake=DEFAULT_STAKE)],
+        )
+        h = init_home(home, moniker=moniker, node_seed=node_key.seed, validator_seed=validator_key.seed, genesis=genesis)
+        console.print(f"initialized node home {h.root}", highlight=False)
+        console.print(f"  chain id     {chain_id}", highlight=False)
+        console.print(f"  validator    {validator_key.public_key.hex()}", highlight=False)
+        console.print(f"  peer id      {peer_id_for_seed(node_key.seed)}", highlight=False)
+        console.print(f"start it with: awnode start --home {h.root}", highlight=False)
+
+
+# --- testnet ------------------------------------------------------------------------------------
+
+
+def _log_to_file(path: Path) -> None:
+    """Send this process's structlog output to ``path`` as JSON lines (INFO and above), so the live
+    view owns the terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.WriteLoggerFactory(file=open(path, "a", buffering=1)),
+        cache_logger_on_first_use=False,
+    )
+
+
+@testnet_app.callback()
+def testnet(
+    ctx: typer.Context,
+    nodes: Optional[int] = typer.Option(None, "--nodes", help="Number of nodes (default 4; a reused testnet keeps its own)."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Seconds to run; default until Ctrl-C."),
+    directory: Optional[Path] = typer.Option(None, "--dir", help="Testnet directory; default a new temporary one."),
+    agents: int = typer.Option(20, "--agents", help="Scripted agents in the workload."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the workload's choices."),
+    rate: float = typer.Option(20.0, "--rate", help="Workload submissions per second, all agents together."),
+    chain_id: str = typer.Option(DEFAULT_TESTNET_CHAIN_ID, "--chain-id", help="Chain id of a new testnet."),
+    json_summary: Optional[Path] = typer.Option(None, "--json-summary", help="Also write the summary here as JSON."),
+) -> None:
+    """Run a local testnet: start every node, drive it with scripted agents, show a live table, and
+    on Ctrl-C or after --duration check that all nodes agree on every execution state root."""
+    if ctx.invoked_subcommand is not None:
+        return
+    quiet_logs()
+    with friendly_errors():
+        if nodes is not None and nodes < 1:
+            raise CliError(f"--nodes must be at least 1, got {nodes}")
+        if duration is not None and duration <= 0:
+            raise CliError(f"--duration must be positive, got {duration}")
+        if agents < 1:
+            raise CliError(f"--agents must be at least 1, got {agents}")
+        if rate <= 0:
+            raise CliError(f"--rate must be positive, got {rate}")
+        opts = TestnetOptions(
+            nodes=nodes,
+            duration_s=duration,
+            directory=directory,
+            agents=agents,
+            seed=seed,
+            chain_id=chain_id,
+            actions_per_s=rate,
+        )
+        path, testnet_nodes = prepare_testnet(opts, console)
+        _log_to_file(path / "testnet.log")
+        console.print(f"node logs: {path}/node*/node.log; launcher log: {path}/testnet.log", highlight=False)
+        summary = run_testnet(path, testnet_nodes, opts, console)
+        console.print(render_summary(summary))
+        if json_summary is not None:
+            json_summary.parent.mkdir(parents=True, exist_ok=True)
+            json_summary.write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
+            console.print(f"summary written to {json_summary}", highlight=False)
+        if summary.interrupted:
+            raise typer.Exit(130)
+        if not summary.ok:
+            raise typer.Exit(1)
+
+
+@testnet_app.command("init")
+def testnet_init(
+    nodes: int = typer.Option(4, "--nodes", help="Number of nodes, all validators with equal stake."),
+    directory: Path = typer.Option(..., "--dir", help="Directory for the homes node0..N-1."),
+    chain_id: str = typer.Option(DEFAULT_TESTNET_CHAIN_ID, "--chain-id", help="Chain id of the shared genesis."),
+) -> None:
+    """Create N node homes DIR/node0..N-1 sharing one genesis, on free loopback ports, each listing
+    every other node as a peer."""
+    quiet_logs()
+    with friendly_errors():
+        if not chain_id.strip():
+            raise CliError("--chain-id must not be empty")
+        homes = init_testnet(directory, nodes, chain_id=chain_id)
+        console.print(f"created a {nodes}-node testnet for chain {chain_id} in {Path(directory).resolve()}", highlight=False)
+        for i, h in enumerate(homes):
+            console.print(f"  node{i}: awnode start --home {h.root}", highlight=False)
+        console.print(f"or run them all with: awnode testnet --dir {Path(directory).resolve()}", highlight=False)
+
+
+# --- start --------------------------------------------------------------------------------------
+
+
+def parse_peers(peers: str | None) -> list[str] | None:
+    """Split a comma-separated ``--peers`` value; None when not given. Raises CliError for an entry
+    that is not a full ``/ip4|ip6|dns.../tcp/PORT/p2p/PEER_ID`` multiaddr."""
+    if peers is None:
+        return None
+    out = [p.strip() for p in peers.split(",") if p.strip()]
+    for p in out:
+        if not p.startswith("/") or "/p2p/" not in p:
+            raise CliError(f"--peers entry {p!r} is not a multiaddr like /ip4/127.0.0.1/tcp/26656/p2p/<peer id>")
+    return out
+
+
+@app.command()
+def start(
+    home: Path = typer.Option(..., "--home", help="Node home created by `awnode init` or `awnode testnet init`."),
+    peers: Optional[str] = typer.Option(
+        None, "--peers", help="Comma-separated peer multiaddrs; default: p2p.peers of config.toml."
+    ),
+) -> None:
+    """Run the node daemon until SIGINT or SIGTERM."""
+    with friendly_errors():
+        peer_list = parse_peers(peers)
+        if not Home(home).config_file.exists():
+            raise CliError(f"{home}: no node home here (no config/config.toml); run `awnode init --home {home}` first")
+        from .daemon import run_node
+
+        run_node(Path(home), peer_list)
+
+
+# --- status -------------------------------------------------------------------------------------
+
+_STATUS_ORDER = (
+    "moniker",
+    "node_id",
+    "chain_id",
+    "validator",
+    "height",
+    "round",
+    "execution_height",
+    "execution_block_hash",
+    "execution_state_root",
+    "peer_count",
+    "peers",
+    "mempool_size",
+    "actions_committed",
+    "module_calls",
+    "syncing",
+)
+
+
+@app.command()
+def status(
+    rpc: str = typer.Option("http://127.0.0.1:26657", "--rpc", help="The node's HTTP API."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
+) -> None:
+    """Show a node's status (height, execution height and state root, peers, mempool, ...)."""
+    quiet_logs()
+    with friendly_errors():
+        data = make_client(rpc).status()
+        if as_json:
+            typer.echo(json.dumps(data, indent=2, sort_keys=True))
+            return
+        table = Table(title=f"node {data.get('moniker', '')} at {rpc}", show_header=False)
+        table.add_column("field", style="bold")
+        table.add_column("value", overflow="fold")
+        keys = [k for k in _STATUS_ORDER if k in data] + sorted(k for k in data if k not in _STATUS_ORDER)
+        for key in keys:
+            value = data[key]
+            if isinstance(value, list):
+                value = "\n".join(str(v) for v in value) or "-"
+            table.add_row(key, escape(str(value)))
+        console.print(table)
+
+
+# --- submit -------------------------------------------------------------------------------------
+
+
+def load_action(source: str, key: SigningKey) -> Action:
+    """Read an unsigned action (msgspec JSON of ``actions.Action``, e.g. ``{"type": "move_agent",
+    "to": [1, 2, 0]}``) from the file ``source`` (``-`` for stdin).
+
+    A ``register_agent`` without ``public_key`` gets the key's public key. Raises CliError when the
+    file is missing, not JSON, not a known action, or registers a public key other than ``key``'s.
+    """
+    try:
+        raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read action file {source}: {exc.strerror or exc}") from None
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CliError(f"{source}: not JSON ({exc})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise CliError(f'{source}: expected a JSON object with a "type", like {{"type": "move_agent", "to": [1, 2, 0]}}')
+    if obj["type"] == "register_agent" and "public_key" not in obj:
+        obj["public_key"] = base64.b64encode(key.public_key).decode()
+    try:
+        action = msgspec.json.decode(json.dumps(obj), type=Action)
+    except msgspec.DecodeError as exc:
+        raise CliError(f"{source}: not a valid action ({exc})") from None
+    if isinstance(action, RegisterAgent) and action.public_key != key.public_key:
+        raise CliError(f"{source}: register_agent.public_key is not the public key of --key; omit it to use the key's")
+    return action
+
+
+def read_agent_key(path: Path) -> tuple[SigningKey, str | None]:
+    """Read a key file (``awnode keygen`` or node key format); return the key and its agent_id if any.
+    Raises ConfigError or ClientError naming the file."""
+    key = read_key(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    agent_id = data.get("agent_id") if isinstance(data, dict) else None
+    return key, agent_id if isinstance(agent_id, str) else None
+
+
+@app.command()
+def submit(
+    action_file: str = typer.Argument(..., metavar="ACTION.json", help="Unsigned action as JSON ('-' for stdin)."),
+    rpc: str = typer.Option("http://127.0.0.1:26657", "--rpc", help="The node's HTTP API."),
+    key_file: Path = typer.Option(..., "--key", help="Agent key file (from `awnode keygen`)."),
+    agent_id: Optional[str] = typer.Option(None, "--agent-id", help="Agent id; default: the key file's agent_id."),
+    nonce: Optional[int] = typer.Option(None, "--nonce", help="Nonce; default: the agent's last_nonce + 1 on the node."),
+    chain_id: Optional[str] = typer.Option(None, "--chain-id", help="Chain to sign for; default: the node's."),
+) -> None:
+    """Sign an action with an agent key and submit it to a node."""
+    quiet_logs()
+    with friendly_errors():
+        key, file_agent_id = read_agent_key(key_file)
+        agent = agent_id or file_agent_id
+        if not agent:
+            raise CliError(f"no agent id: pass --agent-id, or create the key with `awnode keygen --agent-id ID --out {key_file}`")
+        if not AGENT_ID_RE.match(agent):
+            raise CliError(f"invalid agent id {agent!r}: use 1-64 of a-z, 0-9, '_', '.', '-', starting with a letter or digit")
+        if nonce is not None and nonce < 1:
+            raise CliError(f"--nonce must be at least 1, got {nonce}")
+        action = load_action(action_file, key)
+        client = make_client(rpc)
+        if chain_id is None:
+            chain_id = client.status().get("chain_id")
+            if not isinstance(chain_id, str):
+                raise CliError(f"the node at {rpc} did not report a chain_id; pass --chain-id")
+        if nonce is None:
+            try:
+                record: dict[str, Any] | None = client.agent(agent)
+            except NotFound:
+                record = None
+            if record is None:
+                if not isinstance(action, RegisterAgent):
+                    raise CliError(
+                        f"agent {agent!r} is not registered on the node at {rpc}; submit a register_agent action first"
+                    )
+                nonce = 1
+            else:
+                last = record.get("last_nonce")
+                if not isinstance(last, int):
+                    raise CliError(f"the node at {rpc} reported no last_nonce for {agent!r}; pass --nonce")
+                nonce = last + 1
+        signed = sign_action(key, chain_id, agent, nonce, action)
+        result = client.submit(signed)
+        colour = "green" if result.status == "accepted" else "yellow"
+        console.print(
+            f"[{colour}]{result.status}[/{colour}] {action_kind(action)} agent={agent} nonce={nonce} "
+            f"action_id={result.action_id}",
+            highlight=False,
+        )
+
+
+# --- keygen -------------------------------------------------------------------------------------
+
+
+@app.command()
+def keygen(
+    out: Path = typer.Option(..., "--out", help="Where to write the key file (mode 0600; never overwritten)."),
+    agent_id: Optional[str] = typer.Option(None, "--agent-id", help="Agent id to store with the key."),
+) -> None:
+    """Create a new random agent key file."""
+    quiet_logs()
+    with friendly_errors():
+        key = SigningKey.generate()
+        AgentKey(key=key, agent_id=agent_id).save(out)
+        console.print(f"wrote {out}", highlight=False)
+        console.print(f"  public key  {key.public_key.hex()}", highlight=False)
+        if agent_id:
+            console.print(f"  agent id    {agent_id}", highlight=False)
+            console.print(
+                f"register it: echo '{{\"type\": \"register_agent\"}}' | awnode submit --key {out} --rpc URL -",
+                highlight=False,
+            )
+
+
+def main() -> None:
+    """Console entry point (``awnode``)."""
+    app(prog_name="awnode")
+
+
+if __name__ == "__main__":
+    main()

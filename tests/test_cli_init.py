@@ -1,0 +1,185 @@
+"""`awnode init`, `awnode testnet init` and `awnode keygen`: files, keys, genesis, ports and peers."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from agent_world_node import cli
+from agent_world_node.config import ConfigError, Home, peer_id_for_seed, read_config, read_genesis, read_key
+from agent_world_node.testnet import TestnetOptions, init_testnet, load_testnet, pick_free_ports, prepare_testnet
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(cli.app, list(args))
+
+
+def test_init_creates_a_single_validator_home(tmp_path):
+    home_dir = tmp_path / "n"
+    result = invoke("init", "--home", str(home_dir), "--moniker", "alpha", "--chain-id", "my-chain")
+    assert result.exit_code == 0, result.output
+    home = Home(home_dir)
+    for f in (home.config_file, home.genesis_file, home.node_key_file, home.validator_key_file):
+        assert f.exists(), f
+    assert (home.validator_key_file.stat().st_mode & 0o777) == 0o600
+    genesis = read_genesis(home.genesis_file)
+    validator = read_key(home.validator_key_file)
+    assert genesis.chain_id == "my-chain"
+    assert [(v.name, v.public_key, v.stake) for v in genesis.validators] == [("alpha", validator.public_key.hex(), 100)]
+    assert read_config(home.config_file).moniker == "alpha"
+    node_key = read_key(home.node_key_file)
+    assert node_key.seed != validator.seed
+    assert peer_id_for_seed(node_key.seed) in result.output
+
+
+def test_init_refuses_an_existing_home_without_traceback(tmp_path):
+    home_dir = tmp_path / "n"
+    assert invoke("init", "--home", str(home_dir)).exit_code == 0
+    before = Home(home_dir).validator_key_file.read_bytes()
+    result = invoke("init", "--home", str(home_dir))
+    assert result.exit_code == 1
+    assert "already exists" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    assert Home(home_dir).validator_key_file.read_bytes() == before
+
+
+def test_two_inits_make_different_random_keys(tmp_path):
+    assert invoke("init", "--home", str(tmp_path / "a")).exit_code == 0
+    assert invoke("init", "--home", str(tmp_path / "b")).exit_code == 0
+    a, b = Home(tmp_path / "a"), Home(tmp_path / "b")
+    assert read_key(a.validator_key_file).seed != read_key(b.validator_key_file).seed
+    assert read_key(a.node_key_file).seed != read_key(b.node_key_file).seed
+
+
+def _port(listen_multiaddr: str) -> int:
+    parts = listen_multiaddr.split("/")
+    return int(parts[parts.index("tcp") + 1])
+
+
+def test_testnet_init_shares_one_genesis_and_full_mesh_peers(tmp_path):
+    result = invoke("testnet", "init", "--nodes", "4", "--dir", str(tmp_path), "--chain-id", "tn-1")
+    assert result.exit_code == 0, result.output
+    homes = [Home(tmp_path / f"node{i}") for i in range(4)]
+    assert not (tmp_path / "node4").exists()
+    genesis_bytes = {h.genesis_file.read_bytes() for h in homes}
+    assert len(genesis_bytes) == 1
+    genesis = read_genesis(homes[0].genesis_file)
+    assert genesis.chain_id == "tn-1"
+    validator_keys = [read_key(h.validator_key_file) for h in homes]
+    assert [v.public_key for v in genesis.validators] == [k.public_key.hex() for k in validator_keys]
+    assert [v.stake for v in genesis.validators] == [100] * 4
+    assert len({k.seed for k in validator_keys}) == 4
+
+    configs = [read_config(h.config_file) for h in homes]
+    peer_ids = [peer_id_for_seed(read_key(h.node_key_file).seed) for h in homes]
+    assert len(set(peer_ids)) == 4
+    p2p_ports = [_port(c.p2p.listen) for c in configs]
+    rpc_ports = [int(c.rpc.listen.rsplit(":", 1)[1]) for c in configs]
+    assert len(set(p2p_ports + rpc_ports)) == 8
+    for i, c in enumerate(configs):
+        assert c.moniker == f"node{i}"
+        assert c.p2p.listen == f"/ip4/127.0.0.1/tcp/{p2p_ports[i]}"
+        assert c.rpc.listen.startswith("127.0.0.1:")
+        expected = {f"/ip4/127.0.0.1/tcp/{p2p_ports[j]}/p2p/{peer_ids[j]}" for j in range(4) if j != i}
+        assert set(c.p2p.peers) == expected and len(c.p2p.peers) == 3
+
+    nodes = load_testnet(tmp_path)
+    assert [n.name for n in nodes] == ["node0", "node1", "node2", "node3"]
+    assert [n.rpc_url for n in nodes] == [f"http://127.0.0.1:{p}" for p in rpc_ports]
+    assert {n.chain_id for n in nodes} == {"tn-1"}
+
+
+def test_testnet_init_uses_random_keys_each_time(tmp_path):
+    init_testnet(tmp_path / "a", 2)
+    init_testnet(tmp_path / "b", 2)
+    ka = read_key(Home(tmp_path / "a" / "node0").validator_key_file)
+    kb = read_key(Home(tmp_path / "b" / "node0").validator_key_file)
+    assert ka.seed != kb.seed
+
+
+def test_testnet_init_rejects_bad_counts_and_existing_homes(tmp_path):
+    result = invoke("testnet", "init", "--nodes", "0", "--dir", str(tmp_path / "z"))
+    assert result.exit_code == 1 and "at least 1" in result.stderr
+    assert invoke("testnet", "init", "--nodes", "2", "--dir", str(tmp_path / "t")).exit_code == 0
+    again = invoke("testnet", "init", "--nodes", "2", "--dir", str(tmp_path / "t"))
+    assert again.exit_code == 1 and "already exists" in again.stderr
+
+
+def test_load_testnet_detects_a_foreign_genesis(tmp_path):
+    init_testnet(tmp_path, 2)
+    g1 = Home(tmp_path / "node1").genesis_file
+    g1.write_text(g1.read_text().replace('"stake": 100', '"stake": 101', 1))
+    with pytest.raises(ConfigError, match="differs from node0"):
+        load_testnet(tmp_path)
+
+
+def test_pick_free_ports_are_distinct_and_bindable():
+    ports = pick_free_ports(6)
+    assert len(set(ports)) == 6
+    for p in ports:
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", p))
+        finally:
+            s.close()
+
+
+def test_prepare_testnet_creates_then_reuses_and_checks_node_count(tmp_path):
+    console = Console(record=True, width=200)
+    d, nodes = prepare_testnet(TestnetOptions(nodes=3, directory=tmp_path / "tn"), console)
+    assert len(nodes) == 3
+    before = Home(d / "node0").validator_key_file.read_bytes()
+    d2, nodes2 = prepare_testnet(TestnetOptions(directory=tmp_path / "tn"), console)
+    assert d2 == d and [n.rpc_url for n in nodes2] == [n.rpc_url for n in nodes]
+    assert Home(d / "node0").validator_key_file.read_bytes() == before
+    assert "reusing the 3-node testnet" in console.export_text()
+    with pytest.raises(ConfigError, match="holds a testnet of 3 nodes, not 5"):
+        prepare_testnet(TestnetOptions(nodes=5, directory=tmp_path / "tn"), console)
+
+
+def test_prepare_testnet_without_dir_makes_and_prints_a_temp_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    console = Console(record=True, width=300)
+    d, nodes = prepare_testnet(TestnetOptions(nodes=1), console)
+    assert d.parent == tmp_path and len(nodes) == 1
+    assert f"testnet directory: {d}" in console.export_text()
+
+
+def test_keygen_writes_a_private_key_file_and_never_overwrites(tmp_path):
+    out = tmp_path / "k.json"
+    result = invoke("keygen", "--out", str(out), "--agent-id", "alice")
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["agent_id"] == "alice" and len(bytes.fromhex(data["seed"])) == 32
+    assert data["public_key"] in result.output
+    assert (out.stat().st_mode & 0o777) == 0o600
+    again = invoke("keygen", "--out", str(out))
+    assert again.exit_code == 1 and "already exists" in again.stderr
+    assert json.loads(out.read_text()) == data
+    bad = invoke("keygen", "--out", str(tmp_path / "b.json"), "--agent-id", "Bad Id")
+    assert bad.exit_code == 1 and "invalid agent id" in bad.stderr
+
+
+def test_start_reports_a_missing_home_clearly(tmp_path):
+    result = invoke("start", "--home", str(tmp_path / "nothing"))
+    assert result.exit_code == 1
+    assert "no node home here" in result.stderr and "awnode init" in result.stderr
+
+
+def test_start_rejects_malformed_peers(tmp_path):
+    result = invoke("start", "--home", str(tmp_path), "--peers", "127.0.0.1:4001")
+    assert result.exit_code == 1 and "not a multiaddr" in result.stderr
+    assert cli.parse_peers("/ip4/1.2.3.4/tcp/1/p2p/QmA, /ip4/1.2.3.5/tcp/2/p2p/QmB") == [
+        "/ip4/1.2.3.4/tcp/1/p2p/QmA",
+        "/ip4/1.2.3.5/tcp/2/p2p/QmB",
+    ]
+    assert cli.parse_peers(None) is None

@@ -1,0 +1,208 @@
+"""`awnode submit` and `awnode status`: argument handling, nonce and agent-id defaults, signing, and
+how node answers become output and exit codes (fake node through httpx.MockTransport)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from agent_world_node import cli
+from agent_world_node.client import AgentKey, SyncNodeClient
+from agent_world_runtime.actions import (
+    MoveAgent,
+    RegisterAgent,
+    decode_signed_action_json,
+    verify_action_signature,
+)
+from agent_world_runtime.crypto import SigningKey
+
+runner = CliRunner()
+
+
+class FakeNode:
+    """Answers /v1/status, /v1/agents/{id} and /v1/actions; records what was posted."""
+
+    def __init__(self, chain_id: str = "fake-chain") -> None:
+        self.chain_id = chain_id
+        self.agents: dict[str, dict] = {}
+        self.posted = []
+        self.reject: tuple[str, str] | None = None
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/v1/status":
+            return httpx.Response(200, json={"chain_id": self.chain_id, "moniker": "fake", "height": 7, "peers": ["p1", "p2"]})
+        if path.startswith("/v1/agents/"):
+            agent = self.agents.get(path.rsplit("/", 1)[1])
+            if agent is None:
+                return httpx.Response(404, json={"error": "no agent", "code": "unknown_agent"})
+            return httpx.Response(200, json=agent)
+        if path == "/v1/actions" and request.method == "POST":
+            signed = decode_signed_action_json(request.content)
+            self.posted.append(signed)
+            if self.reject is not None:
+                code, reason = self.reject
+                return httpx.Response(400, json={"error": reason, "code": code})
+            return httpx.Response(202, json={"status": "accepted", "action_id": "aa" * 32})
+        return httpx.Response(404, json={"error": "no route"})
+
+
+@pytest.fixture
+def node(monkeypatch):
+    fake = FakeNode()
+    monkeypatch.setattr(cli, "make_client", lambda rpc: SyncNodeClient(rpc, transport=httpx.MockTransport(fake.handler)))
+    return fake
+
+
+@pytest.fixture
+def key_file(tmp_path):
+    key = SigningKey.generate()
+    path = tmp_path / "alice.json"
+    AgentKey(key=key, agent_id="alice").save(path)
+    return key, path
+
+
+def action_file(tmp_path, obj, name="action.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(obj))
+    return str(path)
+
+
+def submit(*args):
+    return runner.invoke(cli.app, ["submit", "--rpc", "http://fake:1", *args])
+
+
+def test_register_defaults_to_nonce_1_fills_the_public_key_and_uses_the_nodes_chain(node, key_file, tmp_path):
+    key, path = key_file
+    result = submit("--key", str(path), action_file(tmp_path, {"type": "register_agent", "position": [3, 4, 0]}))
+    assert result.exit_code == 0, result.output + result.stderr
+    (signed,) = node.posted
+    body = signed.body
+    assert (body.chain_id, body.agent_id, body.nonce) == ("fake-chain", "alice", 1)
+    assert body.action == RegisterAgent(public_key=key.public_key, position=(3, 4, 0))
+    assert verify_action_signature(signed, key.public_key)
+    assert "accepted" in result.output and "nonce=1" in result.output
+
+
+def test_nonce_defaults_to_last_nonce_plus_one(node, key_file, tmp_path):
+    key, path = key_file
+    node.agents["alice"] = {"agent_id": "alice", "public_key": key.public_key.hex(), "last_nonce": 41}
+    result = submit("--key", str(path), action_file(tmp_path, {"type": "move_agent", "to": [1, 2, 0]}))
+    assert result.exit_code == 0, result.stderr
+    (signed,) = node.posted
+    assert signed.body.nonce == 42 and signed.body.action == MoveAgent(to=(1, 2, 0))
+
+
+def test_explicit_nonce_agent_id_and_chain_id_win(node, key_file, tmp_path):
+    key, path = key_file
+    result = submit(
+        "--key", str(path), "--agent-id", "bob", "--nonce", "9", "--chain-id", "other",
+        action_file(tmp_path, {"type": "harvest_radiation"}),
+    )
+    assert result.exit_code == 0, result.stderr
+    (signed,) = node.posted
+    assert (signed.body.agent_id, signed.body.nonce, signed.body.chain_id) == ("bob", 9, "other")
+
+
+def test_action_from_stdin(node, key_file):
+    _, path = key_file
+    node.agents["alice"] = {"agent_id": "alice", "last_nonce": 0}
+    result = runner.invoke(
+        cli.app, ["submit", "--rpc", "http://fake:1", "--key", str(path), "-"], input='{"type": "harvest_radiation"}'
+    )
+    assert result.exit_code == 0, result.stderr
+    assert node.posted[0].body.nonce == 1
+
+
+def test_unregistered_agent_needs_register_first(node, key_file, tmp_path):
+    _, path = key_file
+    result = submit("--key", str(path), action_file(tmp_path, {"type": "move_agent", "to": [1, 0, 0]}))
+    assert result.exit_code == 1
+    assert "not registered" in result.stderr and "register_agent" in result.stderr
+    assert node.posted == []
+
+
+def test_key_without_agent_id_needs_the_option(node, tmp_path):
+    path = tmp_path / "anon.json"
+    AgentKey(key=SigningKey.generate()).save(path)
+    result = submit("--key", str(path), action_file(tmp_path, {"type": "harvest_radiation"}))
+    assert result.exit_code == 1 and "--agent-id" in result.stderr
+    assert node.posted == []
+
+
+def test_rejection_exits_1_with_code_and_reason(node, key_file, tmp_path):
+    _, path = key_file
+    node.reject = ("nonce_replayed", "nonce 1 already used by alice; use 2")
+    result = submit("--key", str(path), action_file(tmp_path, {"type": "register_agent"}))
+    assert result.exit_code == 1
+    assert "nonce_replayed" in result.stderr and "use 2" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not JSON"),
+        ("[1, 2]", 'JSON object with a "type"'),
+        ('{"type": "fly_away"}', "not a valid action"),
+        ('{"type": "move_agent"}', "not a valid action"),
+        ('{"type": "move_agent", "to": [1, 2, 0], "speed": 3}', "not a valid action"),
+    ],
+)
+def test_bad_action_files_are_clear_errors(node, key_file, tmp_path, content, message):
+    _, path = key_file
+    f = tmp_path / "a.json"
+    f.write_text(content)
+    result = submit("--key", str(path), str(f))
+    assert result.exit_code == 1 and message in result.stderr
+    assert node.posted == []
+
+
+def test_register_with_a_foreign_public_key_is_refused(node, key_file, tmp_path):
+    _, path = key_file
+    other = base64.b64encode(SigningKey.generate().public_key).decode()
+    result = submit("--key", str(path), action_file(tmp_path, {"type": "register_agent", "public_key": other}))
+    assert result.exit_code == 1 and "not the public key of --key" in result.stderr
+
+
+def test_missing_files_and_bad_options(node, key_file, tmp_path):
+    _, path = key_file
+    r1 = submit("--key", str(tmp_path / "nokey.json"), action_file(tmp_path, {"type": "harvest_radiation"}))
+    assert r1.exit_code == 1 and "key file not found" in r1.stderr
+    r2 = submit("--key", str(path), str(tmp_path / "missing.json"))
+    assert r2.exit_code == 1 and "cannot read action file" in r2.stderr
+    r3 = submit("--key", str(path), "--nonce", "0", action_file(tmp_path, {"type": "harvest_radiation"}))
+    assert r3.exit_code == 1 and "--nonce must be at least 1" in r3.stderr
+    r4 = submit("--key", str(path), "--agent-id", "UPPER", action_file(tmp_path, {"type": "harvest_radiation"}))
+    assert r4.exit_code == 1 and "invalid agent id" in r4.stderr
+    r5 = runner.invoke(cli.app, ["submit", "--rpc", "http://fake:1"])
+    assert r5.exit_code != 0 and r5.exit_code != 1
+    assert node.posted == []
+
+
+def test_unreachable_node_is_one_red_line(key_file, tmp_path):
+    _, path = key_file
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    result = runner.invoke(
+        cli.app, ["submit", "--rpc", f"127.0.0.1:{port}", "--key", str(path), action_file(tmp_path, {"type": "register_agent"})]
+    )
+    assert result.exit_code == 1
+    assert f"cannot reach node at http://127.0.0.1:{port}" in result.stderr and "is it running?" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_status_json_and_table(node):
+    r = runner.invoke(cli.app, ["status", "--rpc", "http://fake:1", "--json"])
+    assert r.exit_code == 0
+    assert json.loads(r.stdout)["chain_id"] == "fake-chain"
+    t = runner.invoke(cli.app, ["status", "--rpc", "http://fake:1"])
+    assert t.exit_code == 0 and "fake-chain" in t.stdout and "height" in t.stdout and "p2" in t.stdout

@@ -1,0 +1,393 @@
+"""The scripted workload against in-memory fake nodes (httpx.MockTransport) on trio's virtual clock:
+registration before acting, strictly increasing nonces, the builder's compile+install, pacing,
+counted rejections and 503 retries, and key reuse across runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from agent_world_node import workload as wl
+from agent_world_node.workload import Pacer, WorkloadStats, agent_id_for, find_artifact, find_instance, run_workload
+from agent_world_runtime.actions import (
+    CompileModuleArtifactFromSource,
+    HarvestRadiation,
+    InstallModuleFromArtifact,
+    MoveAgent,
+    RegisterAgent,
+    TransferResource,
+    decode_signed_action_json,
+    verify_action_signature,
+)
+
+CHAIN = "fake-chain"
+
+
+class FakeCluster:
+    """One shared world behind several node URLs. Actions execute at once, but a registration becomes
+    visible only ``commit_delay_s`` (virtual) seconds later, and artifacts/instances likewise. Every
+    ``busy_every``-th POST answers 503 once. Transfers to unknown agents are rejected with 400."""
+
+    def __init__(self, *, commit_delay_s: float = 1.0, busy_every: int = 9) -> None:
+        self.commit_delay_s = commit_delay_s
+        self.busy_every = busy_every
+        self.agents: dict[str, dict] = {}
+        self.visible_at: dict[str, float] = {}
+        self.artifacts: list[tuple[float, dict]] = []
+        self.instances: list[tuple[float, dict]] = []
+        self.log: list[tuple[str, str, int, str, float]] = []  # (host, agent, nonce, kind, time)
+        self.posts = 0
+        self.busy_answers = 0
+        self.premature = 0  # actions (other than register) from agents not yet visible
+
+    def _now(self) -> float:
+        return trio.current_time()
+
+    def visible(self, agent_id: str) -> bool:
+        return agent_id in self.agents and self._now() >= self.visible_at[agent_id]
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.startswith("/v1/agents/"):
+            agent_id = path.rsplit("/", 1)[1]
+            if not self.visible(agent_id):
+                return httpx.Response(404, json={"error": "unknown agent", "code": "unknown_agent"})
+            return httpx.Response(200, json=self.agents[agent_id])
+        if path == "/v1/modules":
+            now = self._now()
+            return httpx.Response(
+                200,
+                json={
+                    "artifacts": [a for t, a in self.artifacts if now >= t],
+                    "instances": [i for t, i in self.instances if now >= t],
+                },
+            )
+        if path == "/v1/actions":
+            return self.post(request)
+        return httpx.Response(404, json={"error": "no route"})
+
+    def post(self, request: httpx.Request) -> httpx.Response:
+        self.posts += 1
+        if self.busy_every and self.posts % self.busy_every == 0:
+            self.busy_answers += 1
+            return httpx.Response(503, json={"error": "mempool full", "retry_after_ms": 50}, headers={"Retry-After": "1"})
+        signed = decode_signed_action_json(request.content)
+        body = signed.body
+        assert body.chain_id == CHAIN
+        action = body.action
+        kind = type(action).__name__
+        self.log.append((request.url.host, body.agent_id, body.nonce, kind, self._now()))
+        if isinstance(action, RegisterAgent):
+            if body.agent_id in self.agents:
+                return httpx.Response(400, json={"error": "already registered", "code": "already_registered"})
+            assert verify_action_signature(signed, action.public_key)
+            self.agents[body.agent_id] = {
+                "agent_id": body.agent_id,
+                "public_key": action.public_key.hex(),
+                "position": list(action.position),
+                "electricity": 100,
+                "data": 10,
+                "last_nonce": body.nonce,
+            }
+            self.visible_at[body.agent_id] = self._now() + self.commit_delay_s
+            return httpx.Response(202, json={"status": "accepted", "action_id": f"{self.posts:064x}"})
+        if not self.visible(body.agent_id):
+            self.premature += 1
+            return httpx.Response(400, json={"error": "unknown agent", "code": "unknown_agent"})
+        agent = self.agents[body.agent_id]
+        assert verify_action_signature(signed, bytes.fromhex(agent["public_key"]))
+        if body.nonce <= agent["last_nonce"]:
+            return httpx.Response(400, json={"error": "nonce used", "code": "nonce_replayed"})
+        agent["last_nonce"] = body.nonce
+        if isinstance(action, MoveAgent):
+            cost = sum(abs(a - b) for a, b in zip(action.to, agent["position"]))
+            if cost <= agent["electricity"]:
+                agent["electricity"] -= cost
+                agent["position"] = list(action.to)
+        elif isinstance(action, HarvestRadiation):
+            agent["electricity"] += 5
+        elif isinstance(action, TransferResource):
+            if action.to not in self.agents:
+                return httpx.Response(400, json={"error": "no such agent", "code": "unknown_recipient"})
+            if agent[action.kind] >= action.amount:
+                agent[action.kind] -= action.amount
+                self.agents[action.to][action.kind] += action.amount
+        elif isinstance(action, CompileModuleArtifactFromSource):
+            manifest = json.loads(action.source_package.files[action.source_package.manifest_path])
+            self.artifacts.append(
+                (
+                    self._now() + self.commit_delay_s,
+                    {"wasm_hash": "be" * 32, "module_id": manifest["module_id"], "publisher": body.agent_id},
+                )
+            )
+        elif isinstance(action, InstallModuleFromArtifact):
+            self.instances.append(
+                (
+                    self._now() + self.commit_delay_s,
+                    {"instance_id": f"m@{body.agent_id}", "wasm_hash": action.wasm_hash, "owner_agent_id": body.agent_id},
+                )
+            )
+        return httpx.Response(202, json={"status": "accepted", "action_id": f"{self.posts:064x}"})
+
+
+@pytest.fixture
+def modules_dir(tmp_path):
+    d = tmp_path / "modules"
+    d.mkdir()
+    (d / "move_counter.wat").write_text("(module)")
+    (d / "move_counter.manifest.json").write_text(json.dumps({"module_id": "move_counter", "version": "0.1.0"}))
+    return d
+
+
+URLS = ["http://n0:1", "http://n1:1", "http://n2:1"]
+
+
+def run_for(cluster: FakeCluster, seconds: float, stats: WorkloadStats, **kwargs) -> float:
+    """Run the workload for ``seconds`` of virtual time; return the virtual start time."""
+    start = []
+
+    async def main():
+        stop = trio.Event()
+        start.append(trio.current_time())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: run_workload(URLS, CHAIN, stop=stop, stats=stats, transport=httpx.MockTransport(cluster.handler), **kwargs)
+            )
+            await trio.sleep(seconds)
+            stop.set()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return start[0]
+
+
+def test_agents_register_then_act_with_increasing_nonces_and_builder_installs(tmp_path, modules_dir):
+    cluster = FakeCluster()
+    stats = WorkloadStats()
+    t0 = run_for(cluster, 40.0, stats, agents=20, seed=7, key_dir=tmp_path / "keys", modules_dir=modules_dir)
+
+    ids = [agent_id_for(7, i) for i in range(20)]
+    assert set(cluster.agents) == set(ids)
+    assert stats.agents_registered == 20
+    assert cluster.premature == 0  # nobody acted before its registration was visible
+    # Round robin: agent i always talks to node i % 3.
+    for host, agent, *_ in cluster.log:
+        assert host == f"n{ids.index(agent) % 3}"
+    # Nonces strictly increase per agent, in submission order, and start at 1.
+    by_agent: dict[str, list[int]] = {}
+    for _, agent, nonce, _, _ in cluster.log:
+        by_agent.setdefault(agent, []).append(nonce)
+    for agent, nonces in by_agent.items():
+        assert nonces[0] == 1, agent
+        assert all(b > a for a, b in zip(nonces, nonces[1:])), agent
+    # The builder compiled the example and installed the artifact it published.
+    kinds0 = [k for _, a, _, k, _ in cluster.log if a == ids[0]]
+    assert "CompileModuleArtifactFromSource" in kinds0 and "InstallModuleFromArtifact" in kinds0
+    assert kinds0.index("CompileModuleArtifactFromSource") < kinds0.index("InstallModuleFromArtifact")
+    assert stats.module_installed and stats.module_wasm_hash == "be" * 32 and stats.module_error is None
+    # Every agent moved, and the mix includes harvests and transfers.
+    kinds = {k for *_, k, _ in cluster.log}
+    assert {"RegisterAgent", "MoveAgent", "HarvestRadiation", "TransferResource"} <= kinds
+    # Counters add up: every POST that reached the action handler is one submission outcome; at
+    # most one submission per agent was still in flight (waiting out a 503) when the run stopped.
+    outcomes = stats.accepted + stats.duplicate + stats.rejected_total
+    assert outcomes == len(cluster.log)
+    assert outcomes + stats.busy <= stats.submitted <= outcomes + stats.busy + 20
+    assert stats.retried_503 == cluster.busy_answers > 0
+    assert stats.unreachable == 0
+    # Pacing: at 20 actions/s (plus a burst of 5) over 40 virtual seconds.
+    assert len(cluster.log) <= 20 * 40 + 5 + cluster.busy_answers
+    assert len(cluster.log) >= 20 * 40 * 0.5
+
+
+def test_rate_limits_total_submissions(tmp_path, modules_dir):
+    cluster = FakeCluster(busy_every=0)
+    stats = WorkloadStats()
+    run_for(cluster, 30.0, stats, agents=20, seed=1, key_dir=tmp_path / "keys", modules_dir=modules_dir, actions_per_s=5.0)
+    assert stats.submitted <= 5 * 30 + 5
+    assert stats.submitted >= 5 * 30 * 0.8
+    times = [t for *_, t in cluster.log]
+    window = [t for t in times if times[0] + 10 <= t < times[0] + 20]
+    assert len(window) <= 5 * 10 + 1
+
+
+def test_rejections_are_counted_not_raised(tmp_path, modules_dir, monkeypatch):
+    cluster = FakeCluster(busy_every=0)
+    real = cluster.post
+
+    def post(request):
+        signed = decode_signed_action_json(request.content)
+        if isinstance(signed.body.action, HarvestRadiation):
+            cluster.posts += 1
+            cluster.log.append((request.url.host, signed.body.agent_id, signed.body.nonce, "HarvestRadiation", trio.current_time()))
+            return httpx.Response(400, json={"error": "no radiation here", "code": "no_radiation"})
+        return real(request)
+
+    cluster.post = post
+    stats = WorkloadStats()
+    run_for(cluster, 30.0, stats, agents=5, seed=3, key_dir=tmp_path / "keys", modules_dir=modules_dir)
+    assert stats.rejected.get("no_radiation", 0) > 0
+    assert stats.rejected["no_radiation"] == sum(1 for *_, k, _ in cluster.log if k == "HarvestRadiation")
+    assert stats.agents_registered == 5
+
+
+def test_second_run_reuses_keys_and_continues_nonces(tmp_path, modules_dir):
+    cluster = FakeCluster(busy_every=0)
+    keys = tmp_path / "keys"
+    run_for(cluster, 15.0, WorkloadStats(), agents=4, seed=2, key_dir=keys, modules_dir=modules_dir)
+    first = {a: max(n for _, b, n, _, _ in cluster.log if b == a) for a in cluster.agents}
+    files = sorted(p.name for p in keys.iterdir())
+    assert files == [f"{agent_id_for(2, i)}.json" for i in range(4)]
+    n_logged = len(cluster.log)
+    # A new trio.run restarts the virtual clock at 0: everything from run 1 is committed by now.
+    cluster.visible_at = {a: -math.inf for a in cluster.visible_at}
+    cluster.artifacts = [(-math.inf, a) for _, a in cluster.artifacts]
+    cluster.instances = [(-math.inf, i) for _, i in cluster.instances]
+    stats = WorkloadStats()
+    run_for(cluster, 10.0, stats, agents=4, seed=2, key_dir=keys, modules_dir=modules_dir)
+    second = cluster.log[n_logged:]
+    assert second and all(k != "RegisterAgent" for *_, k, _ in second)
+    assert all(k not in ("CompileModuleArtifactFromSource", "InstallModuleFromArtifact") for *_, k, _ in second)
+    for _, agent, nonce, _, _ in second:
+        assert nonce > first[agent]
+    assert "nonce_replayed" not in stats.rejected
+    assert stats.module_installed and stats.agents_registered == 4
+
+
+def test_agent_id_taken_by_another_key_stops_only_that_agent(tmp_path, modules_dir):
+    cluster = FakeCluster(busy_every=0)
+    taken = agent_id_for(0, 1)
+    cluster.agents[taken] = {"agent_id": taken, "public_key": "00" * 32, "position": [0, 0, 0], "electricity": 1, "data": 0, "last_nonce": 5}
+    cluster.visible_at[taken] = -math.inf
+    stats = WorkloadStats()
+    run_for(cluster, 10.0, stats, agents=3, seed=0, key_dir=tmp_path / "keys", modules_dir=modules_dir)
+    assert stats.rejected.get("agent_id_taken") == 1
+    assert all(a != taken for _, a, *_ in cluster.log)
+    assert stats.agents_registered == 2
+
+
+def test_missing_module_source_is_recorded_and_the_builder_keeps_acting(tmp_path):
+    cluster = FakeCluster(busy_every=0)
+    stats = WorkloadStats()
+    run_for(cluster, 10.0, stats, agents=2, seed=0, key_dir=tmp_path / "keys", modules_dir=tmp_path / "nowhere")
+    assert not stats.module_installed and "cannot read module source" in (stats.module_error or "")
+    builder = agent_id_for(0, 0)
+    assert any(a == builder and k == "MoveAgent" for _, a, _, k, _ in cluster.log)
+
+
+def test_unreachable_nodes_are_counted(tmp_path, modules_dir):
+    def handler(request):
+        raise httpx.ConnectError("refused", request=request)
+
+    stats = WorkloadStats()
+
+    async def main():
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: run_workload(
+                    URLS, CHAIN, agents=3, key_dir=tmp_path / "k", stop=stop, stats=stats,
+                    modules_dir=modules_dir, transport=httpx.MockTransport(handler),
+                )
+            )
+            await trio.sleep(20)
+            stop.set()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert stats.unreachable > 0 and stats.accepted == 0 and stats.agents_registered == 0
+
+
+class _NoClient:
+    base_url = "http://unused"
+
+
+NO_CLIENT = _NoClient()
+
+
+def test_choices_are_deterministic_from_the_seed():
+    def sequence(seed: int) -> list:
+        shared = wl._Shared(CHAIN, WorkloadStats(), Pacer(1.0), {"a", "b", "c"}, 0.5, 30, 60, wl.default_modules_dir())
+        agent = wl._Agent(0, "a", wl.SigningKey(bytes(32)), NO_CLIENT, seed, shared)  # type: ignore[arg-type]
+        agent.electricity, agent.data = 100, 10
+        out = []
+        for _ in range(50):
+            action = agent.choose()
+            agent._expect(action)
+            out.append(action)
+        return out
+
+    assert sequence(5) == sequence(5)
+    assert sequence(5) != sequence(6)
+    moves = [a for a in sequence(5) if isinstance(a, MoveAgent)]
+    assert moves and all(abs(a.to[0]) <= wl.WANDER_BOUND for a in moves)
+
+
+def test_low_electricity_means_harvest():
+    shared = wl._Shared(CHAIN, WorkloadStats(), Pacer(1.0), {"a"}, 0.5, 30, 60, wl.default_modules_dir())
+    agent = wl._Agent(0, "a", wl.SigningKey(bytes(32)), NO_CLIENT, 0, shared)  # type: ignore[arg-type]
+    agent.electricity = wl.LOW_ELECTRICITY - 1
+    assert all(isinstance(agent.choose(), HarvestRadiation) for _ in range(20))
+
+
+def test_pacer_spaces_slots_and_does_not_burst_after_idle():
+    times = []
+
+    async def main():
+        pacer = Pacer(10.0, burst=2)
+        for _ in range(5):
+            await pacer.wait()
+            times.append(trio.current_time())
+        await trio.sleep(100)
+        for _ in range(4):
+            await pacer.wait()
+            times.append(trio.current_time())
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps[:4] == pytest.approx([0.1] * 4)
+    assert gaps[5:] == pytest.approx([0.1] * 3)
+
+
+def test_find_artifact_and_instance_match_module_and_owner():
+    modules = {
+        "artifacts": [
+            {"wasm_hash": "11", "module_id": "other", "publisher": "a"},
+            {"wasm_hash": "22", "module_id": "move_counter", "publisher": "someone"},
+            {"wasm_hash": "33", "module_id": "move_counter", "publisher": "a"},
+        ],
+        "instances": [{"instance_id": "x", "wasm_hash": "33", "owner_agent_id": "b"}],
+    }
+    assert find_artifact(modules, "move_counter", "a") == "33"
+    assert find_artifact(modules, "move_counter", "z") is None
+    assert find_instance(modules, "33", "a") is None
+    assert find_instance(modules, "33", "b") == {"instance_id": "x", "wasm_hash": "33", "owner_agent_id": "b"}
+
+
+def test_bad_arguments(tmp_path):
+    async def go(**kw):
+        await run_workload(stop=trio.Event(), stats=WorkloadStats(), key_dir=tmp_path, chain_id=CHAIN, **kw)
+
+    with pytest.raises(ValueError, match="at least one node"):
+        trio.run(lambda: go(rpc_urls=[]))
+    with pytest.raises(ValueError, match="agents must be"):
+        trio.run(lambda: go(rpc_urls=URLS, agents=0))
+
+
+def test_server_errors_are_counted_not_raised(tmp_path, modules_dir):
+    cluster = FakeCluster(busy_every=0)
+    real = cluster.handler
+
+    def handler(request):
+        if request.method == "POST" and cluster.posts % 4 == 3:
+            cluster.posts += 1
+            return httpx.Response(500, text="Internal Server Error")
+        return real(request)
+
+    cluster.handler = handler  # run_for passes cluster.handler to the transport
+    stats = WorkloadStats()
+    run_for(cluster, 15.0, stats, agents=4, seed=0, key_dir=tmp_path / "keys", modules_dir=modules_dir)
+    assert stats.bad_responses > 0 and stats.accepted > 0 and stats.agents_registered == 4
