@@ -11,16 +11,12 @@ wrongly set to more than 1/2 of the stake.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 import pytest  # noqa: E402
-from consensus_sim import SimConfig, check_safety, run_cluster  # noqa: E402
+from .consensus_sim import SimConfig, check_safety, run_cluster  # noqa: E402
 
 from agent_world_node.consensus import DuplicateProposalEvidence, DuplicateVoteEvidence, ValidatorSet  # noqa: E402
 
