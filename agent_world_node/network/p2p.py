@@ -1,0 +1,444 @@
+"""``P2PNetwork``: the node's libp2p host, gossip topics, block-sync protocol and peer upkeep.
+
+DESIGN.md, "The node daemon": one libp2p host (Noise + yamux), gossipsub topics for proposals,
+votes, commits and batched actions (plus status), and a stream protocol for height-keyed sync of
+committed blocks. This class owns all of it; the daemon sees bytes in (``incoming``) and bytes out
+(``publish``, ``fetch_blocks``), and never touches libp2p objects.
+
+What runs inside ``run()`` (all stopped on exit or cancellation):
+
+- the host listening on ``listen_addr`` (see ``host.py`` for the settings that differ from the
+  library defaults and why);
+- Pubsub + GossipSub, subscribed to every topic of the chain; one task per topic drains its
+  subscription at once into ``incoming`` (the library's own 32-message channel must never fill),
+  dropping our own echoed publishes and payloads above ``max_gossip_bytes``;
+- the reconnect loop: every ``reconnect_interval_s`` each configured peer that is not connected is
+  dialled with its full ``PeerInfo`` (the library forgets addresses after 120 s) after
+  ``unblock_peer`` (the library refuses to redial for 60 s after a failure);
+- dead-peer detection by pings (``liveness.py``);
+- the sync server (``sync.py``).
+
+Back-pressure: ``incoming`` is bounded (``incoming_queue_size``); when the daemon falls behind, the
+OLDEST queued message is dropped (newer consensus messages matter more; anything lost is recovered
+by sync) and counted in ``stats()["dropped"]["queue_full"]``. The pubsub readers never block.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+import trio
+from libp2p.abc import IHost, ISubscriptionAPI
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+from .config import InboundMessage, NetworkConfig, parse_listen_addr, parse_peer_addr
+from .host import build_gossipsub, build_host, build_pubsub, check_listen_address_free, key_pair_from_seed
+from .liveness import PeerLiveness
+from .log_bridge import install_libp2p_log_bridge
+from .stats import NetworkStats
+from .sync import SYNC_PROTOCOL_ID, SyncError, SyncHandler, SyncServer, request_blocks
+from .topics import topic_ids
+
+log = structlog.get_logger(__name__)
+
+#: How long closing the host (connections, listeners) may take when the network stops.
+HOST_CLOSE_TIMEOUT_S = 5.0
+#: How long disconnecting a dead peer may take.
+DISCONNECT_TIMEOUT_S = 2.0
+#: Minimum seconds between two "incoming queue full" warnings (each drop is still counted).
+QUEUE_FULL_LOG_INTERVAL_S = 1.0
+
+
+class P2PNetwork:
+    """A node's libp2p network. Construct, then ``async with network.run():`` (once per instance).
+
+    ``config``: a ``NetworkConfig`` (validated here; ``NetworkConfigError`` if invalid).
+    ``sync_handler(from_height, to_height)``: returns the encoded ``ReplicatedCommitPayload`` bytes
+    this node has for those heights (inclusive, height order, possibly fewer); it serves other
+    nodes' ``fetch_blocks``. Attributes: ``peer_id`` (base58 of this node), ``incoming`` (a bounded
+    ``trio.MemoryReceiveChannel[InboundMessage]``, closed when ``run()`` exits).
+    """
+
+    def __init__(self, config: NetworkConfig, sync_handler: SyncHandler) -> None:
+        config.validate()
+        self.config = config
+        self._key_pair = key_pair_from_seed(config.key_seed)
+        self._id = ID.from_pubkey(self._key_pair.public_key)
+        self.peer_id: str = self._id.to_base58()
+        self._listen_maddr = parse_listen_addr(config.listen_addr)
+        self._peer_infos: list[PeerInfo] = []
+        seen: set[ID] = set()
+        for addr in config.peers:
+            info = info_from_p2p_addr(parse_peer_addr(addr))
+            if info.peer_id == self._id or info.peer_id in seen:
+                continue  # our own address (testnets list every node), or a duplicate
+            seen.add(info.peer_id)
+            self._peer_infos.append(info)
+        self._topics = topic_ids(config.chain_id)
+        send, receive = trio.open_memory_channel[InboundMessage](config.incoming_queue_size)
+        self._incoming_send = send
+        self.incoming: trio.MemoryReceiveChannel[InboundMessage] = receive
+        self._sync_server = SyncServer(
+            config.chain_id,
+            sync_handler,
+            max_heights=config.max_sync_heights,
+            max_frame_bytes=config.max_stream_message_bytes,
+            max_concurrent=config.max_concurrent_sync_serves,
+            serve_timeout_s=config.sync_serve_timeout_s,
+        )
+        self._liveness = PeerLiveness(config.dead_peer_timeout_s, self._on_dead_peer, self._on_ping_answer)
+        self._stats = NetworkStats()
+        self._last_seen: dict[str, float] = {}
+        self._ever_connected: set[ID] = set()
+        self._lost: set[ID] = set()  # configured peers seen connected, then not
+        self._dialing: set[ID] = set()
+        self._dial_failures_in_row: dict[ID, int] = {}
+        self._last_queue_full_log = 0.0
+        self._host: IHost | None = None
+        self._pubsub: Pubsub | None = None
+        self._router: GossipSub | None = None
+        self._entered = False
+        self._running = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @asynccontextmanager
+    async def run(self) -> AsyncIterator["P2PNetwork"]:
+        """Start the host, pubsub, subscriptions, reconnect loop, dead-peer detection and sync
+        server; yield this network; stop everything on exit or cancellation and close ``incoming``.
+
+        Raises RuntimeError if entered a second time (make a new ``P2PNetwork`` to restart; the
+        same seed and port give the same peer id and address), ``ListenAddressInUseError`` if
+        another socket listens on ``listen_addr``. Other errors from the library while starting
+        propagate.
+        """
+        if self._entered:
+            raise RuntimeError("P2PNetwork.run() can be entered only once; create a new P2PNetwork to restart")
+        self._entered = True
+        install_libp2p_log_bridge()
+        check_listen_address_free(self._listen_maddr)
+        host = build_host(self._key_pair, self._listen_maddr)
+        router = build_gossipsub(
+            len(self._peer_infos) + 1,
+            degree=self.config.gossip_degree,
+            heartbeat_interval_s=self.config.heartbeat_interval_s,
+        )
+        pubsub = build_pubsub(host, router, set(self._topics.values()))
+        host.set_stream_handler(SYNC_PROTOCOL_ID, self._sync_server.handle_stream)
+        try:
+            async with host.run([self._listen_maddr]):
+                try:
+                    async with background_trio_service(pubsub), background_trio_service(router):
+                        await pubsub.wait_until_ready()
+                        self._host, self._pubsub, self._router = host, pubsub, router
+                        subscriptions = {name: await pubsub.subscribe(tid) for name, tid in self._topics.items()}
+                        async with trio.open_nursery() as nursery:
+                            for name, subscription in subscriptions.items():
+                                nursery.start_soon(self._drain, name, subscription)
+                            nursery.start_soon(self._reconnect_loop)
+                            nursery.start_soon(self._liveness.run, host)
+                            self._running = True
+                            log.info(
+                                "network_started",
+                                peer=self.peer_id,
+                                listen=[str(a) for a in host.get_transport_addrs()],
+                                configured_peers=len(self._peer_infos),
+                            )
+                            try:
+                                yield self
+                            finally:
+                                self._running = False
+                                nursery.cancel_scope.cancel()
+                                # Close every connection while pubsub still runs: a pubsub stream
+                                # reader that outlives the pubsub service crashes the swarm with
+                                # "Nursery is closed to new arrivals" (py-libp2p 0.8.1).
+                                await self._close_host(host)
+                finally:
+                    await self._close_host(host)  # idempotent; covers a failed start
+        finally:
+            self._running = False
+            self._incoming_send.close()
+            log.info("network_stopped", peer=self.peer_id)
+
+    async def _close_host(self, host: IHost) -> None:
+        """Close connections and listening sockets, shielded from cancellation.
+
+        Needed because py-libp2p 0.8.1 runs each TCP listener as a trio *system* task: when the
+        host's service is merely cancelled (the ``host.run()`` exit path) the swarm's cleanup is
+        itself cancelled before it closes the listener, which then keeps accepting connections on
+        the port after the node has stopped (and, with SO_REUSEPORT, steals connections from a
+        restarted node on the same port).
+        """
+        with trio.move_on_after(HOST_CLOSE_TIMEOUT_S) as scope:
+            scope.shield = True
+            try:
+                # Listeners first, so no peer reconnects while the connections are being closed.
+                listeners = getattr(host.get_network(), "listeners", {})
+                for listener in list(listeners.values()):
+                    await listener.close()
+                await host.close()
+            except Exception as exc:
+                log.warning("host_close_failed", peer=self.peer_id, error=repr(exc))
+        if scope.cancelled_caught:
+            log.warning("host_close_timeout", peer=self.peer_id, timeout_s=HOST_CLOSE_TIMEOUT_S)
+
+    def _require_running(self) -> tuple[IHost, Pubsub]:
+        if not self._running or self._host is None or self._pubsub is None:
+            raise RuntimeError("the network is not running; use it inside `async with network.run():`")
+        return self._host, self._pubsub
+
+    # ------------------------------------------------------------------ gossip
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Publish ``data`` on logical ``topic`` (one of ``topics.TOPIC_NAMES``), best-effort.
+
+        Raises ValueError for an unknown topic or when ``len(data) > max_gossip_bytes`` (send large
+        data by sync instead), TypeError if ``data`` is not bytes, RuntimeError if not running. A
+        failure inside the library is logged and counted (``dropped["publish_error"]``), not raised:
+        gossip is best-effort and everything is recoverable by sync.
+        """
+        if topic not in self._topics:
+            raise ValueError(f"unknown topic {topic!r}; use one of {', '.join(self._topics)}")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        if len(data) > self.config.max_gossip_bytes:
+            raise ValueError(
+                f"payload of {len(data)} bytes on topic {topic!r} exceeds max_gossip_bytes="
+                f"{self.config.max_gossip_bytes}; send large data over the sync protocol"
+            )
+        _, pubsub = self._require_running()
+        try:
+            await pubsub.publish(self._topics[topic], bytes(data))
+        except Exception as exc:
+            NetworkStats.bump(self._stats.dropped, "publish_error")
+            log.error("publish_failed", topic=topic, size=len(data), error=repr(exc))
+            return
+        NetworkStats.bump(self._stats.published, topic)
+
+    async def _drain(self, topic: str, subscription: ISubscriptionAPI) -> None:
+        """Move every message of one subscription into ``incoming`` without ever blocking."""
+        own = self._id.to_bytes()
+        limit = self.config.max_gossip_bytes
+        async for msg in subscription:
+            if msg.from_id == own:
+                self._stats.own_filtered += 1
+                continue
+            try:
+                sender = ID(msg.from_id).to_base58()
+            except Exception:
+                NetworkStats.bump(self._stats.dropped, "bad_sender")
+                continue
+            data = bytes(msg.data)
+            if len(data) > limit:
+                NetworkStats.bump(self._stats.dropped, "oversize")
+                log.warning("gossip_oversize_dropped", topic=topic, peer=sender, size=len(data), limit=limit)
+                continue
+            self._last_seen[sender] = time.monotonic()
+            self._deliver(InboundMessage(topic=topic, data=data, peer_id=sender))
+
+    def _deliver(self, message: InboundMessage) -> None:
+        try:
+            self._incoming_send.send_nowait(message)
+        except trio.WouldBlock:
+            try:
+                self.incoming.receive_nowait()  # drop the oldest queued message
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
+                pass
+            NetworkStats.bump(self._stats.dropped, "queue_full")
+            now = time.monotonic()
+            if now - self._last_queue_full_log >= QUEUE_FULL_LOG_INTERVAL_S:
+                self._last_queue_full_log = now
+                log.warning(
+                    "incoming_queue_full",
+                    topic=message.topic,
+                    capacity=self.config.incoming_queue_size,
+                    dropped_total=self._stats.dropped["queue_full"],
+                )
+            try:
+                self._incoming_send.send_nowait(message)
+            except trio.WouldBlock:
+                NetworkStats.bump(self._stats.dropped, "queue_full")
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                NetworkStats.bump(self._stats.dropped, "consumer_closed")
+                return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            NetworkStats.bump(self._stats.dropped, "consumer_closed")
+            return
+        NetworkStats.bump(self._stats.received, message.topic)
+
+    # ------------------------------------------------------------------ peers
+
+    async def _reconnect_loop(self) -> None:
+        """Dial every configured peer that is not connected, every ``reconnect_interval_s``."""
+        host = self._host
+        assert host is not None
+        async with trio.open_nursery() as nursery:
+            while True:
+                connected = set(host.get_connected_peers())
+                for info in self._peer_infos:
+                    if info.peer_id in connected:
+                        self._note_connected(info.peer_id)
+                        continue
+                    if info.peer_id in self._ever_connected and info.peer_id not in self._lost:
+                        self._lost.add(info.peer_id)
+                        log.info("peer_lost", peer=info.peer_id.to_base58())
+                    if info.peer_id not in self._dialing:
+                        self._dialing.add(info.peer_id)
+                        nursery.start_soon(self._dial, host, info)
+                await trio.sleep(self.config.reconnect_interval_s)
+
+    def _note_connected(self, peer_id: ID) -> None:
+        """Count a configured peer's first connection or its return after a loss (whoever dialled:
+        this node, the peer, or the library's own auto-connector)."""
+        if peer_id in self._lost:
+            self._lost.discard(peer_id)
+            self._stats.reconnects += 1
+            log.info("peer_reconnected", peer=peer_id.to_base58())
+        elif peer_id not in self._ever_connected:
+            self._ever_connected.add(peer_id)
+            self._stats.connects += 1
+            log.info("peer_connected", peer=peer_id.to_base58())
+
+    async def _dial(self, host: IHost, info: PeerInfo) -> None:
+        peer = info.peer_id.to_base58()
+        try:
+            network = host.get_network()
+            unblock = getattr(network, "unblock_peer", None)
+            if unblock is not None:
+                unblock(info.peer_id)  # the library's 60 s negative cache would hide a restarted peer
+            with trio.move_on_after(self.config.dial_timeout_s) as scope:
+                await host.connect(info)
+            if scope.cancelled_caught:
+                raise TimeoutError(f"dial did not finish within {self.config.dial_timeout_s} s")
+        except Exception as exc:
+            self._stats.dial_failures += 1
+            failures = self._dial_failures_in_row.get(info.peer_id, 0) + 1
+            self._dial_failures_in_row[info.peer_id] = failures
+            # Log the first failure of a streak; later ones (once per interval) only at debug.
+            (log.info if failures == 1 else log.debug)(
+                "peer_dial_failed", peer=peer, failures_in_row=failures, error=f"{type(exc).__name__}: {exc}"
+            )
+            return
+        finally:
+            self._dialing.discard(info.peer_id)
+        self._dial_failures_in_row[info.peer_id] = 0
+        self._note_connected(info.peer_id)
+
+    async def _on_dead_peer(self, peer_id: ID, silent_for_s: float) -> None:
+        self._stats.dead_peers += 1
+        if peer_id in self._ever_connected:
+            self._lost.add(peer_id)
+        log.warning("peer_dead", peer=peer_id.to_base58(), silent_for_s=round(silent_for_s, 3))
+        host = self._host
+        if host is None:
+            return
+        with trio.move_on_after(DISCONNECT_TIMEOUT_S):
+            try:
+                await host.disconnect(peer_id)
+            except Exception as exc:
+                log.warning("peer_disconnect_failed", peer=peer_id.to_base58(), error=repr(exc))
+
+    def _on_ping_answer(self, peer_id: ID) -> None:
+        self._last_seen[peer_id.to_base58()] = time.monotonic()
+
+    def connected_peers(self) -> list[str]:
+        """Return the base58 ids of peers with an open connection, sorted ([] when not running)."""
+        if self._host is None or not self._running:
+            return []
+        return sorted(p.to_base58() for p in self._host.get_connected_peers())
+
+    def last_seen(self, peer_id: str) -> float | None:
+        """Return when (``time.monotonic()`` seconds) ``peer_id`` was last heard from: a gossip
+        message it published or a ping it answered; None if never."""
+        return self._last_seen.get(peer_id)
+
+    def mesh_peers(self, topic: str) -> list[str]:
+        """Return the base58 ids of this node's GossipSub mesh peers for logical ``topic``, sorted.
+        Raises ValueError for an unknown topic."""
+        if topic not in self._topics:
+            raise ValueError(f"unknown topic {topic!r}; use one of {', '.join(self._topics)}")
+        if self._router is None or not self._running:
+            return []
+        return sorted(p.to_base58() for p in self._router.mesh.get(self._topics[topic], set()))
+
+    def listen_addrs(self) -> list[str]:
+        """Return the full multiaddrs (with ``/p2p/<peer id>``) this node listens on; with port 0
+        in ``listen_addr`` they carry the port actually bound. Raises RuntimeError if not running."""
+        host, _ = self._require_running()
+        return [f"{addr}/p2p/{self.peer_id}" for addr in host.get_transport_addrs()]
+
+    # ------------------------------------------------------------------ sync
+
+    async def fetch_blocks(self, peer_id: str, from_height: int, to_height: int, *, timeout_s: float = 10) -> list[bytes]:
+        """Fetch the committed payloads of heights ``from_height..to_height`` (inclusive) from
+        ``peer_id`` over ``/agent-world/sync/1.0.0``; return them in height order (fewer if the
+        peer has fewer, never more). A configured peer that is not connected is dialled first.
+
+        Raises ValueError for a bad range (``to < from``, negative, more than ``max_sync_heights``
+        heights: split it) or peer id; ``SyncError`` (with ``.reason``) on timeout after
+        ``timeout_s`` seconds, refusal, oversize or malformed response, or an unreachable peer;
+        RuntimeError if not running.
+        """
+        host, _ = self._require_running()
+        info = next((i for i in self._peer_infos if i.peer_id.to_base58() == peer_id), None)
+        try:
+            payloads = await request_blocks(
+                host,
+                peer_id,
+                self.config.chain_id,
+                from_height,
+                to_height,
+                timeout_s=timeout_s,
+                max_frame_bytes=self.config.max_stream_message_bytes,
+                max_heights=self.config.max_sync_heights,
+                max_total_bytes=self.config.max_sync_response_bytes,
+                peer_info=info,
+            )
+        except SyncError as exc:
+            self._stats.sync_fetch_failures += 1
+            log.info("sync_fetch_failed", peer=peer_id, from_height=from_height, to_height=to_height,
+                     reason=exc.reason)
+            raise
+        self._stats.sync_fetches += 1
+        return payloads
+
+    # ------------------------------------------------------------------ stats
+
+    def stats(self) -> dict:
+        """Return a snapshot of the counters (see ``NetworkStats``) as plain data:
+        ``published`` / ``received`` (totals) with ``*_by_topic``, ``dropped`` by reason,
+        ``own_filtered``, ``connects``, ``reconnects``, ``dial_failures``, ``dead_peers``,
+        ``sync_requests_served``, ``sync_requests_refused`` by reason, ``sync_payloads_sent``,
+        ``sync_bytes_sent``, ``sync_fetches``, ``sync_fetch_failures``, ``connected_peers``,
+        ``peer_rtt_ms`` (last ping round trip per connected peer), ``incoming_queued``."""
+        s = self._stats
+        served = self._sync_server.stats
+        return {
+            "published": sum(s.published.values()),
+            "published_by_topic": dict(s.published),
+            "received": sum(s.received.values()),
+            "received_by_topic": dict(s.received),
+            "dropped": dict(s.dropped),
+            "own_filtered": s.own_filtered,
+            "connects": s.connects,
+            "reconnects": s.reconnects,
+            "dial_failures": s.dial_failures,
+            "dead_peers": s.dead_peers,
+            "sync_requests_served": served.served,
+            "sync_requests_refused": dict(served.refused),
+            "sync_payloads_sent": served.payloads_sent,
+            "sync_bytes_sent": served.bytes_sent,
+            "sync_fetches": s.sync_fetches,
+            "sync_fetch_failures": s.sync_fetch_failures,
+            "connected_peers": len(self.connected_peers()),
+            "peer_rtt_ms": {p.to_base58(): rtt for p, rtt in self._liveness.rtt_ms.items()},
+            "incoming_queued": self.incoming.statistics().current_buffer_used,
+        }

@@ -1,0 +1,38 @@
+"""Counters of the network layer, read by the daemon's metrics and status endpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class NetworkStats:
+    """Counters since the network started (all plain integers, by logical topic or reason key).
+
+    - ``published`` / ``received``: gossip messages published by this node / delivered to
+      ``P2PNetwork.incoming``, by topic;
+    - ``dropped``: received messages not delivered, by reason (``queue_full``: the incoming queue
+      was full and its oldest message was dropped; ``oversize``: above ``max_gossip_bytes``;
+      ``bad_sender``: unreadable ``from`` field; ``consumer_closed``: the daemon closed ``incoming``)
+      plus ``publish_error`` for publishes the library failed;
+    - ``own_filtered``: our own publishes echoed back by pubsub and discarded;
+    - ``connects`` / ``reconnects``: successful dials of configured peers, first time / after a loss;
+    - ``dial_failures``: failed dials; ``dead_peers``: peers disconnected for missing pings;
+    - ``sync_fetches`` / ``sync_fetch_failures``: ``fetch_blocks`` calls that succeeded / raised.
+    """
+
+    published: dict[str, int] = field(default_factory=dict)
+    received: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    own_filtered: int = 0
+    connects: int = 0
+    reconnects: int = 0
+    dial_failures: int = 0
+    dead_peers: int = 0
+    sync_fetches: int = 0
+    sync_fetch_failures: int = 0
+
+    @staticmethod
+    def bump(counter: dict[str, int], key: str, n: int = 1) -> None:
+        """Add ``n`` to ``counter[key]`` (creating it at 0)."""
+        counter[key] = counter.get(key, 0) + n

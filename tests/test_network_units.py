@@ -1,0 +1,218 @@
+"""Network-layer pieces that need no sockets: sync frame packing and checking, request checks,
+config validation, topic names, mesh degrees, the incoming-queue drop policy and the libp2p log
+bridge."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import structlog
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent_world_node.config import peer_id_for_seed
+from agent_world_node.network import InboundMessage, NetworkConfig, NetworkConfigError, P2PNetwork, SyncError
+from agent_world_node.network.host import gossip_degrees
+from agent_world_node.network.log_bridge import install_libp2p_log_bridge
+from agent_world_node.network.sync import (
+    FRAME_OVERHEAD,
+    SyncEnd,
+    SyncPayloadPart,
+    SyncPayloads,
+    SyncRefused,
+    SyncRequest,
+    SyncResponseReader,
+    SyncServer,
+    encode_response_frames,
+)
+from agent_world_node.network.topics import TOPIC_NAMES, topic_id
+from agent_world_runtime.codec import encode
+
+SEED = b"\x07" * 32
+OTHER_SEED = b"\x09" * 32
+
+
+async def no_blocks(from_height: int, to_height: int) -> list[bytes]:
+    return []
+
+
+def config(**overrides: object) -> NetworkConfig:
+    fields: dict[str, object] = dict(chain_id="unit", listen_addr="/ip4/127.0.0.1/tcp/0", peers=[], key_seed=SEED)
+    fields.update(overrides)
+    return NetworkConfig(**fields)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- sync frames
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=3000), max_size=30),
+    max_frame=st.integers(min_value=FRAME_OVERHEAD + 6, max_value=2500),
+)
+def test_frames_respect_the_limit_and_reassemble_exactly(sizes: list[int], max_frame: int) -> None:
+    payloads = [bytes([i % 251]) * n + i.to_bytes(2, "big") for i, n in enumerate(sizes)]
+    frames = list(encode_response_frames(payloads, max_frame))
+    assert all(len(f) <= max_frame for f in frames)
+    reader = SyncResponseReader("peer", max_payloads=len(payloads), max_total_bytes=10**9)
+    done = [reader.feed(f) for f in frames]
+    assert done[-1] is True and not any(done[:-1])
+    assert reader.payloads == payloads
+
+
+def test_frames_pack_small_payloads_together() -> None:
+    frames = list(encode_response_frames([b"a" * 100] * 10, 4096))
+    assert len(frames) == 2  # one payloads frame + the end marker
+
+
+def feed_all(reader: SyncResponseReader, frames: list[object]) -> None:
+    for frame in frames:
+        reader.feed(encode(frame))
+
+
+def test_reader_rejects_protocol_violations() -> None:
+    cases: list[tuple[list[object], str, dict[str, int]]] = [
+        ([SyncPayloads(payloads=[b"a", b"b", b"c"])], "more than the 2 payloads", {}),
+        ([SyncPayloads(payloads=[b"x" * 60])], "oversize response", {"max_total_bytes": 50}),
+        ([SyncPayloads(payloads=[b"a"]), SyncEnd(count=2)], "end marker says 2", {}),
+        ([SyncPayloadPart(data=b"a", last=False), SyncEnd(count=1)], "inside a split payload", {}),
+        ([SyncPayloadPart(data=b"a", last=False), SyncPayloads(payloads=[b"b"])], "inside a split payload", {}),
+        ([SyncEnd(count=0), SyncEnd(count=0)], "after the end marker", {}),
+        ([SyncRefused(reason="busy")], "peer refused: busy", {}),
+    ]
+    for frames, reason, limits in cases:
+        reader = SyncResponseReader("peer", max_payloads=2, max_total_bytes=limits.get("max_total_bytes", 10**6))
+        with pytest.raises(SyncError, match=reason):
+            feed_all(reader, frames)
+    reader = SyncResponseReader("peer", max_payloads=2, max_total_bytes=100)
+    with pytest.raises(SyncError, match="malformed response frame"):
+        reader.feed(b"\xc1 not msgpack")
+    with pytest.raises(SyncError, match="malformed response frame"):
+        reader.feed(encode({"type": "payloads", "payloads": [1, 2]}))
+
+
+def test_split_payload_is_reassembled() -> None:
+    reader = SyncResponseReader("peer", max_payloads=2, max_total_bytes=100)
+    feed_all(reader, [SyncPayloadPart(data=b"ab", last=False), SyncPayloadPart(data=b"cd", last=True),
+                      SyncPayloads(payloads=[b"e"])])
+    assert reader.feed(encode(SyncEnd(count=2))) is True
+    assert reader.payloads == [b"abcd", b"e"]
+
+
+def test_server_request_checks() -> None:
+    server = SyncServer("unit", no_blocks, max_heights=10)
+    assert server.check_request(SyncRequest(chain_id="unit", from_height=0, to_height=9)) is None
+    assert server.check_request(SyncRequest(chain_id="other", from_height=0, to_height=1))[0] == "wrong_chain"
+    assert server.check_request(SyncRequest(chain_id="unit", from_height=5, to_height=4))[0] == "bad_range"
+    assert server.check_request(SyncRequest(chain_id="unit", from_height=-1, to_height=4))[0] == "bad_range"
+    assert server.check_request(SyncRequest(chain_id="unit", from_height=0, to_height=10))[0] == "range_too_large"
+
+
+def test_sync_request_wire_names() -> None:
+    import msgspec
+
+    raw = msgspec.msgpack.decode(encode(SyncRequest(chain_id="c", from_height=3, to_height=7)))
+    assert raw == {"chain_id": "c", "from": 3, "to": 7}
+
+
+# ---------------------------------------------------------------- config, topics, degrees
+
+
+def test_config_validation_names_the_bad_setting() -> None:
+    good_peer = f"/ip4/127.0.0.1/tcp/1234/p2p/{peer_id_for_seed(OTHER_SEED)}"
+    config(peers=[good_peer]).validate()
+    bad = [
+        ({"chain_id": ""}, "chain_id"),
+        ({"chain_id": "a/b"}, "chain_id"),
+        ({"key_seed": b"short"}, "key_seed"),
+        ({"listen_addr": "127.0.0.1:26656"}, "listen_addr"),
+        ({"listen_addr": "/ip4/127.0.0.1/udp/1"}, "listen_addr"),
+        ({"peers": ["/ip4/127.0.0.1/tcp/1234"]}, "/p2p/"),
+        ({"peers": ["/ip4/127.0.0.1/tcp/1234/p2p/notapeerid"]}, "peer"),
+        ({"max_gossip_bytes": 1_048_576}, "max_gossip_bytes"),
+        ({"max_stream_message_bytes": 8 * 1024 * 1024}, "max_stream_message_bytes"),
+        ({"dead_peer_timeout_s": 0}, "dead_peer_timeout_s"),
+        ({"incoming_queue_size": 0}, "incoming_queue_size"),
+        ({"gossip_degree": 1}, "gossip_degree"),
+    ]
+    for overrides, word in bad:
+        with pytest.raises(NetworkConfigError, match=word):
+            config(**overrides).validate()
+
+
+def test_peer_id_matches_the_node_key_derivation() -> None:
+    net = P2PNetwork(config(), no_blocks)
+    assert net.peer_id == peer_id_for_seed(SEED)
+
+
+def test_own_address_and_duplicates_in_peers_are_skipped() -> None:
+    me = f"/ip4/127.0.0.1/tcp/1/p2p/{peer_id_for_seed(SEED)}"
+    other = f"/ip4/127.0.0.1/tcp/2/p2p/{peer_id_for_seed(OTHER_SEED)}"
+    net = P2PNetwork(config(peers=[me, other, other]), no_blocks)
+    assert [i.peer_id.to_base58() for i in net._peer_infos] == [peer_id_for_seed(OTHER_SEED)]
+
+
+def test_topic_names_are_namespaced_by_chain() -> None:
+    assert topic_id("chain-7", "vote") == "/agent-world/chain-7/vote/1"
+    assert len({topic_id("a", t) for t in TOPIC_NAMES} | {topic_id("b", t) for t in TOPIC_NAMES}) == 10
+    with pytest.raises(ValueError, match="unknown topic"):
+        topic_id("a", "blocks")
+
+
+def test_gossip_degrees() -> None:
+    assert gossip_degrees(4) == (3, 2, 4)
+    assert gossip_degrees(20) == (6, 4, 12)
+    assert gossip_degrees(4, degree=5) == (5, 4, 6)
+
+
+def test_publish_and_fetch_need_a_running_network() -> None:
+    net = P2PNetwork(config(), no_blocks)
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="not running"):
+            await net.publish("vote", b"x")
+        with pytest.raises(RuntimeError, match="not running"):
+            await net.fetch_blocks(net.peer_id, 1, 2)
+        assert net.connected_peers() == []
+
+    trio.run(main)
+
+
+# ---------------------------------------------------------------- incoming queue policy
+
+
+def test_full_incoming_queue_drops_the_oldest_message() -> None:
+    net = P2PNetwork(config(incoming_queue_size=3), no_blocks)
+    for k in range(5):
+        net._deliver(InboundMessage(topic="vote", data=bytes([k]), peer_id="p"))
+    kept = [net.incoming.receive_nowait().data for _ in range(3)]
+    assert kept == [b"\x02", b"\x03", b"\x04"]
+    stats = net.stats()
+    assert stats["dropped"] == {"queue_full": 2}
+    assert stats["received"] == 5 and stats["received_by_topic"] == {"vote": 5}
+
+
+def test_closed_consumer_is_counted_not_raised() -> None:
+    net = P2PNetwork(config(), no_blocks)
+    net.incoming.close()
+    net._deliver(InboundMessage(topic="vote", data=b"x", peer_id="p"))
+    assert net.stats()["dropped"] == {"consumer_closed": 1}
+
+
+# ---------------------------------------------------------------- log bridge
+
+
+def test_libp2p_warnings_reach_structlog_and_routine_errors_are_demoted() -> None:
+    handler = install_libp2p_log_bridge()
+    assert install_libp2p_log_bridge() is handler  # installed once
+    with structlog.testing.capture_logs() as captured:
+        logging.getLogger("libp2p.pubsub.pubsub").warning("fail to deliver message to subscription for topic %s", "t")
+        logging.getLogger("libp2p.transport.tcp.tcp").error("Failed to open TCP stream: all attempts failed")
+        logging.getLogger("libp2p.pubsub.pubsub").debug("not forwarded below WARNING")
+    assert [(e["event"], e["log_level"], e["logger"]) for e in captured] == [
+        ("libp2p_log", "warning", "libp2p.pubsub.pubsub"),
+        ("libp2p_log", "debug", "libp2p.transport.tcp.tcp"),
+    ]
+    assert captured[0]["text"] == "fail to deliver message to subscription for topic t"
