@@ -139,6 +139,7 @@ async def scenario(nodes, procs, key_dir: Path):
 
             # Phase 3: restart node3 from its home; it catches up and agrees.
             victim.start()
+            restarted_at = trio.current_time()
             target = max(observer.height(n) for n in names[:3])
             await wait_for(
                 lambda: observer.exec_height("node3") >= target,
@@ -147,6 +148,10 @@ async def scenario(nodes, procs, key_dir: Path):
                 lambda: f"statuses: {observer.status}\nnode3 log:\n{victim.log_tail(40)}",
             )
             assert not victim.failed(), victim.log_tail()
+            print(
+                f"\nnode3 restarted at execution height {before_kill}, caught up to {target} "
+                f"({target - before_kill} heights) in {trio.current_time() - restarted_at:.1f} s after restart"
+            )
             await trio.sleep(3)
             stop.set()
             nursery.cancel_scope.cancel()
