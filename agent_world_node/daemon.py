@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -11,10 +12,13 @@ import trio
 from . import config as cfg
 from .logsetup import configure_logging
 
+if TYPE_CHECKING:
+    from .node import Node
+
 log = structlog.get_logger(__name__)
 
 
-async def _run_until_signal(node: "Node") -> None:  # noqa: F821 - imported lazily below
+async def _run_until_signal(node: "Node") -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)

@@ -748,6 +748,10 @@ def test_timeouts_grow_linearly_with_the_round():
     assert t.duration_ms("prevote", 7) == 17
     with pytest.raises(ValueError):
         TimeoutConfig(propose_ms=-1)
+    # A zero increment would keep every round's timeouts the same: liveness needs them to grow.
+    for field in ("propose_delta_ms", "prevote_delta_ms", "precommit_delta_ms"):
+        with pytest.raises(ValueError, match=f"{field} must be at least 1 ms"):
+            TimeoutConfig(**{field: 0})
 
 
 def test_height_messages_hold_everything_needed_for_regossip():

@@ -110,8 +110,7 @@ def test_full_mempool_answers_503_with_a_retry_hint(tmp_path):
 
     async def main():
         async with running_node(home) as node:
-            # Hold the consensus back so nothing is reaped while we fill the pool.
-            node.mempool.max_actions = 1
+            assert node.replica.mempool.max_actions == 1
             keys = [SigningKey(bytes([i + 1]) * 32) for i in range(3)]
             base = f"http://{node.config.rpc.listen}"
             async with httpx.AsyncClient(base_url=base, timeout=10) as client:

@@ -36,9 +36,19 @@ Deviations from the paper, each safe:
   validator can make a node spend. The driver re-gossips ``height_messages()`` (its whole message
   log of the height, as CometBFT gossips votes) so that anything dropped this way or lost on the
   network reaches its peers again: the paper's liveness assumes exactly this gossip property.
-- Restarts: a vote or proposal of this validator that arrives as input (e.g. replayed from the WAL)
-  is stored like any other; the core then never signs a different message for that step, and a
-  non-nil precommit of its own restores the lock it implies (L38-L39).
+- Restarts: ``resume(height, signed)`` starts a height from this validator's write-ahead log (the
+  messages it signed at that height before a crash). They enter the message log as received and as
+  already signed, the lock and valid value they imply are restored (a non-nil precommit for id(v) in
+  round r is always paired with lockedValue, validValue <- v and lockedRound, validRound <- r,
+  L38-L43), and the core moves straight to the highest round among them, re-sending what it signed
+  there. It never signs a second, different message for a step it signed before, and never signs
+  anything in a round below the one it had reached (signing in an earlier round after voting in a
+  later one breaks the locking argument of the paper's safety proof). A vote or proposal of this
+  validator that arrives through ``handle`` is likewise stored and never contradicted.
+
+Overridable checks (used only by the test-only broken variants in tests/broken_cores.py, which show
+that the simulator's property tests catch a core without each of them): ``_lock_allows_prevote``
+(L23/L29), ``_vote_signature_ok`` and ``_new_vote_keeper`` (the 2f+1 threshold).
 """
 
 from __future__ import annotations
@@ -79,7 +89,7 @@ from .messages import (
 )
 from .proposer import proposer_for
 from .timeouts import TIMEOUT_KINDS, TimeoutConfig, TimeoutKind
-from .validators import ValidatorSet
+from .validators import Validator, ValidatorSet
 from .votekeeper import AddVoteStatus, VoteKeeper
 
 log = structlog.get_logger(__name__)
@@ -171,7 +181,7 @@ class ConsensusCore:
         self.valid_round = -1
         self.decision: Optional[Block] = None
 
-        self._keeper = VoteKeeper(0, validator_set)
+        self._keeper = self._new_vote_keeper(0)
         self._proposals: dict[int, Proposal] = {}
         self._blocks: dict[bytes, Block] = {}
         self._validity: dict[bytes, bool] = {}
@@ -239,6 +249,94 @@ class ConsensusCore:
         """
         if height <= self.height:
             raise ValueError(f"cannot start height {height}: already at height {self.height}; heights only grow")
+        buffered = self._reset_height(height, validator_set)
+        effects: list[Effect] = []
+        self._start_round(0, effects)  # L10 / L54
+        self._replay_buffered(buffered, effects)
+        self._run_rules(effects)
+        return effects
+
+    def resume(
+        self, height: int, signed: list[Proposal | Vote], validator_set: ValidatorSet | None = None
+    ) -> list[Effect]:
+        """Begin ``height`` after a restart, from ``signed``: the proposals and votes this validator
+        signed at ``height`` before it stopped (its WAL entries of the height, in any order).
+
+        The messages enter the height's message log as received (they count for thresholds) and as
+        already signed (the core re-sends them, never signs a different one for the same step).
+        The lock and valid value they imply are restored: the highest round r with a non-nil own
+        precommit for id(v) gives lockedRound = validRound = r and lockedValue = v (L38-L43; the
+        block v itself is known once a proposal carrying it is seen). The core then goes to round
+        R = the highest round among ``signed`` (0 if ``signed`` is empty, which makes this
+        ``start_height``): if it had not voted in R yet, that is StartRound(R) (L11-L21; it re-sends
+        its own proposal of R instead of proposing again); if it had, it is in the step after its
+        last vote of R (prevote or precommit) and re-sends the votes (and proposal) it signed in R.
+        Messages buffered for this height are then replayed as by ``start_height``. No message of a
+        round below R is ever signed afterwards.
+
+        Returns the effects to perform. Raises ValueError, changing nothing, when ``height`` is not
+        above the current height, or when ``signed`` holds a message that is not this validator's
+        well-formed, correctly signed message for ``height`` (another validator, another height or
+        chain, bad signature, a proposal for a round it does not propose, a malformed block or
+        hash), or two different messages for the same step: such a WAL is corrupt or belongs to
+        another node, and a validator must not start from it. Also ValueError when ``signed`` is
+        not empty but this core cannot sign (observer, or key outside the validator set).
+        """
+        if height <= self.height:
+            raise ValueError(f"cannot resume height {height}: already at height {self.height}; heights only grow")
+        vset = validator_set if validator_set is not None else self.validator_set
+        signed = list(signed)
+        if signed and (self._key is None or self.id is None or self.id not in vset):
+            raise ValueError(
+                f"cannot resume height {height} from {len(signed)} signed messages: this node has no "
+                "validator key in the validator set of that height, so it cannot have signed them"
+            )
+        self._check_signed(height, vset, signed)
+
+        buffered = self._reset_height(height, validator_set)
+        for message in signed:
+            if isinstance(message, Proposal):
+                self._proposals[message.round] = message
+                self._note_block(message.block)
+            else:
+                self._keeper.add_vote(message)
+                self._restore_lock(message)
+
+        target = max((m.round for m in signed), default=0)
+        effects: list[Effect] = []
+        prevote = precommit = None
+        if signed and self.id is not None:
+            prevote = self._keeper.vote_of(self.id, target, VoteType.PREVOTE)
+            precommit = self._keeper.vote_of(self.id, target, VoteType.PRECOMMIT)
+        if prevote is None and precommit is None:
+            self._start_round(target, effects)  # L11-L21, re-sending our proposal of the round if any
+        else:
+            # StartRound(target) ran before the crash and we had already left its propose step
+            # (L24/L30/L59, and L40/L45/L63 if we precommitted): resume in the step after our last
+            # vote and re-send what we signed in this round.
+            self.round = target
+            self.step = Step.PRECOMMIT if precommit is not None else Step.PREVOTE
+            own = self._proposals.get(target)
+            if own is not None:
+                effects.append(Broadcast(own))
+            for vote in (prevote, precommit):
+                if vote is not None:
+                    effects.append(Broadcast(vote))
+        self._log.info(
+            "height_resumed",
+            height=height,
+            round=self.round,
+            step=self.step.name,
+            signed=len(signed),
+            locked_round=self.locked_round,
+        )
+        self._replay_buffered(buffered, effects)
+        self._run_rules(effects)
+        return effects
+
+    def _reset_height(self, height: int, validator_set: ValidatorSet | None) -> dict[str, list[Proposal | Vote]]:
+        """Set up the empty state of ``height`` (L53: reset lockedRound, lockedValue, validRound,
+        validValue and the message log); return the messages buffered for it, by sender."""
         if validator_set is not None:
             self.validator_set = validator_set
         buffered = self._future if height == self.height + 1 else {}
@@ -246,13 +344,12 @@ class ConsensusCore:
         self.height = height
         self.round = -1
         self.step = Step.NEW_HEIGHT
-        # L53: reset lockedRound, lockedValue, validRound, validValue and the message log.
         self.locked_round = -1
         self._locked_hash = None
         self.valid_value = None
         self.valid_round = -1
         self.decision = None
-        self._keeper = VoteKeeper(height, self.validator_set)
+        self._keeper = self._new_vote_keeper(height)
         self._proposals = {}
         self._blocks = {}
         self._validity = {}
@@ -261,17 +358,54 @@ class ConsensusCore:
         self._precommit_timeout_rounds = set()
         self._conflicting_proposals = {}
         self._log.info("height_started", height=height, validators=len(self.validator_set))
+        return buffered
 
-        effects: list[Effect] = []
-        self._start_round(0, effects)  # L10 / L54
+    def _replay_buffered(self, buffered: dict[str, list[Proposal | Vote]], effects: list[Effect]) -> None:
         for messages in buffered.values():
             for message in messages:
                 if isinstance(message, Proposal):
                     self._on_proposal(message, effects)
                 else:
                     self._on_vote(message, effects)
-        self._run_rules(effects)
-        return effects
+
+    def _check_signed(self, height: int, vset: ValidatorSet, signed: list[Proposal | Vote]) -> None:
+        """Check the WAL messages given to ``resume`` (see there); raise ValueError on the first bad one."""
+        me = vset.get(self.id) if self.id is not None else None
+        seen: dict[tuple, Proposal | Vote] = {}
+        for i, message in enumerate(signed):
+            where = f"signed message {i} ({type(message).__name__}, height {getattr(message, 'height', '?')}, " \
+                    f"round {getattr(message, 'round', '?')})"
+            if not isinstance(message, (Proposal, Vote)):
+                raise ValueError(f"{where}: not a Proposal or Vote")
+            if message.validator != self.id or me is None:
+                raise ValueError(f"{where}: signed by {message.validator[:16]}, not by this validator; wrong WAL")
+            if message.height != height:
+                raise ValueError(f"{where}: not for height {height}; pass only the WAL entries of that height")
+            if message.round < 0:
+                raise ValueError(f"{where}: negative round; the WAL is corrupt")
+            if isinstance(message, Proposal):
+                if not -1 <= message.pol_round < message.round:
+                    raise ValueError(f"{where}: pol_round {message.pol_round} not in [-1, round - 1]; the WAL is corrupt")
+                if proposer_for(vset, height, message.round) != self.id:
+                    raise ValueError(f"{where}: this validator is not the proposer of that round; wrong validator set?")
+                if not self._block_fits(message.block, height):
+                    raise ValueError(f"{where}: block header does not match chain, height or actions; the WAL is corrupt")
+                domain = PROPOSAL_SIGN_DOMAIN
+                step_key: tuple = ("proposal", message.round)
+            else:
+                if message.block_hash is not None and len(message.block_hash) != HASH_SIZE:
+                    raise ValueError(f"{where}: block hash is not {HASH_SIZE} bytes; the WAL is corrupt")
+                domain = VOTE_SIGN_DOMAIN
+                step_key = ("vote", message.round, int(message.vote_type))
+            if not verify(me.public_key, domain, message.sign_bytes(self.chain_id), message.signature):
+                raise ValueError(f"{where}: bad signature for chain {self.chain_id!r}; the WAL is corrupt or another chain's")
+            earlier = seen.get(step_key)
+            if earlier is not None and earlier != message:
+                raise ValueError(
+                    f"{where}: this validator signed two different messages for the same step; refusing "
+                    "to start (is the validator key used by another node?)"
+                )
+            seen[step_key] = message
 
     def handle(self, inp: Input) -> list[Effect]:
         """Apply one input and return the effects to perform, in order.
@@ -337,8 +471,12 @@ class ConsensusCore:
         if len(queue) >= self._future_cap:
             self._reject(RejectReason.FUTURE_BUFFER_FULL, message)
             return
-        domain = PROPOSAL_SIGN_DOMAIN if isinstance(message, Proposal) else VOTE_SIGN_DOMAIN
-        if not verify(validator.public_key, domain, message.sign_bytes(self.chain_id), message.signature):
+        if isinstance(message, Proposal):
+            signed_ok = verify(validator.public_key, PROPOSAL_SIGN_DOMAIN, message.sign_bytes(self.chain_id),
+                               message.signature)
+        else:
+            signed_ok = self._vote_signature_ok(validator, message)
+        if not signed_ok:
             self._reject(RejectReason.BAD_SIGNATURE, message)
             return
         queue.append(message)
@@ -366,7 +504,7 @@ class ConsensusCore:
         if validator is None:
             self._reject(RejectReason.UNKNOWN_VALIDATOR, vote)
             return
-        if not verify(validator.public_key, VOTE_SIGN_DOMAIN, vote.sign_bytes(self.chain_id), vote.signature):
+        if not self._vote_signature_ok(validator, vote):
             self._reject(RejectReason.BAD_SIGNATURE, vote)
             return
         result = self._keeper.add_vote(vote)
@@ -379,12 +517,7 @@ class ConsensusCore:
             if result.evidence is not None:
                 self._record_evidence(result.evidence, effects)
             return
-        if vote.validator == self.id and vote.vote_type == VoteType.PRECOMMIT and vote.block_hash is not None:
-            # Our own precommit from before a restart: precommitting id(v) in round r is always
-            # paired with lockedValue <- v, lockedRound <- r (L38-L40), so restore that lock.
-            if vote.round > self.locked_round:
-                self.locked_round = vote.round
-                self._locked_hash = vote.block_hash
+        self._restore_lock(vote)
 
     def _on_proposal(self, proposal: Proposal, effects: list[Effect]) -> None:
         if not self._check_height(proposal) or not self._check_round(proposal):
@@ -426,11 +559,11 @@ class ConsensusCore:
             # on (both proposals are in the paper's message set): a quorum of precommits for it
             # can then be decided here too.
             self._conflicting_proposals[proposal.round] = proposal
-            self._blocks.setdefault(proposal.block.hash(), proposal.block)
+            self._note_block(proposal.block)
             self._record_evidence(DuplicateProposalEvidence(first=existing, second=proposal), effects)
             return
         self._proposals[proposal.round] = proposal
-        self._blocks.setdefault(proposal.block.hash(), proposal.block)
+        self._note_block(proposal.block)
 
     def _on_timeout(self, timeout: TimeoutFired, effects: list[Effect]) -> None:
         if timeout.kind not in TIMEOUT_KINDS:
@@ -468,7 +601,12 @@ class ConsensusCore:
                 f"ValueToPropose block does not fit height {self.height} of chain {self.chain_id!r} "
                 "(header chain_id/height, or action_root/action_count not matching the actions)"
             )
-        self._propose(value.block, self.valid_round, effects)
+        if self.valid_value is not None:
+            # L15-L16: a valid value learnt since GetValue (a restored lock whose block just
+            # arrived) takes precedence over a fresh block, with its proof-of-lock round.
+            self._propose(self.valid_value, self.valid_round, effects)
+        else:
+            self._propose(value.block, -1, effects)
 
     # -- the transition function -----------------------------------------------------------------
 
@@ -510,7 +648,7 @@ class ConsensusCore:
             # L22-L27: upon <PROPOSAL, h_p, round_p, v, -1> from proposer(h_p, round_p) while step_p = propose:
             #          prevote id(v) if valid(v) ∧ (lockedRound_p = -1 ∨ lockedValue_p = v), else nil.
             if vr == -1:
-                ok = self._valid(v) and (self.locked_round == -1 or self._locked_hash == vid)
+                ok = self._valid(v) and self._lock_allows_prevote(vid, vr)
                 self._vote(VoteType.PREVOTE, vid if ok else None, effects)
                 self.step = Step.PREVOTE
                 return True
@@ -518,7 +656,7 @@ class ConsensusCore:
             #          AND 2f+1 <PREVOTE, h_p, vr, id(v)> while step_p = propose ∧ (vr >= 0 ∧ vr < round_p):
             #          prevote id(v) if valid(v) ∧ (lockedRound_p <= vr ∨ lockedValue_p = v), else nil.
             if 0 <= vr < r and keeper.polka_value(vr) == vid:
-                ok = self._valid(v) and (self.locked_round <= vr or self._locked_hash == vid)
+                ok = self._valid(v) and self._lock_allows_prevote(vid, vr)
                 self._vote(VoteType.PREVOTE, vid if ok else None, effects)
                 self.step = Step.PREVOTE
                 return True
@@ -590,7 +728,7 @@ class ConsensusCore:
         effects.append(PersistWAL(proposal))
         effects.append(Broadcast(proposal))
         self._proposals[self.round] = proposal
-        self._blocks.setdefault(block.hash(), block)
+        self._note_block(block)
         self._log.info("proposed", height=self.height, round=self.round, pol_round=pol_round,
                        block=block.hash().hex()[:16], actions=len(block.actions))
 
@@ -636,14 +774,58 @@ class ConsensusCore:
     # -- values -------------------------------------------------------------------------------------
 
     def _block_well_formed(self, block: Block) -> bool:
-        """The header is for this chain and height and commits to exactly these actions."""
+        """The header is for this chain and the current height and commits to exactly these actions."""
+        return self._block_fits(block, self.height)
+
+    def _block_fits(self, block: Block, height: int) -> bool:
+        """The header is for this chain and ``height`` and commits to exactly these actions."""
         header = block.header
         return (
             header.chain_id == self.chain_id
-            and header.height == self.height
+            and header.height == height
             and header.action_count == len(block.actions)
             and header.action_root == compute_consensus_action_root(block.actions)
         )
+
+    def _note_block(self, block: Block) -> None:
+        """Remember ``block`` (from a proposal of this height). If it is the value of a lock restored
+        from our own precommit (``_restore_lock``) that was not known yet, it is also our valid value
+        from the lock's round on (L42-L43 always accompany L38-L39)."""
+        block_hash = block.hash()
+        self._blocks.setdefault(block_hash, block)
+        if block_hash == self._locked_hash and self.valid_round < self.locked_round:
+            self.valid_value = self._blocks[block_hash]
+            self.valid_round = self.locked_round
+
+    def _restore_lock(self, vote: Vote) -> None:
+        """Our own non-nil precommit for id(v) in round r, from before a restart: precommitting it
+        was paired with lockedValue, validValue <- v and lockedRound, validRound <- r (L38-L43), so
+        restore the lock (if r is above the current one) and, once v is known, the valid value."""
+        if vote.validator != self.id or vote.vote_type != VoteType.PRECOMMIT or vote.block_hash is None:
+            return
+        if vote.round > self.locked_round:
+            self.locked_round = vote.round
+            self._locked_hash = vote.block_hash
+            block = self._blocks.get(vote.block_hash)
+            if block is not None:
+                self._note_block(block)
+
+    # -- checks a test-only broken variant may override (tests/broken_cores.py) ----------------------
+
+    def _lock_allows_prevote(self, value_hash: bytes, pol_round: int) -> bool:
+        """The locking condition of L23 (pol_round = -1: lockedRound = -1 ∨ lockedValue = v) and L29
+        (pol_round = vr >= 0: lockedRound <= vr ∨ lockedValue = v); with lockedRound = -1 when not
+        locked, both read ``locked_round <= pol_round or locked value = v``."""
+        return self.locked_round <= pol_round or self._locked_hash == value_hash
+
+    def _vote_signature_ok(self, validator: Validator, vote: Vote) -> bool:
+        """True iff ``vote`` carries ``validator``'s Ed25519 signature over its sign bytes on this
+        chain (DESIGN.md: every consensus message is checked before it counts)."""
+        return verify(validator.public_key, VOTE_SIGN_DOMAIN, vote.sign_bytes(self.chain_id), vote.signature)
+
+    def _new_vote_keeper(self, height: int) -> VoteKeeper:
+        """The vote keeper of ``height`` over the current validator set (2f+1 = more than 2/3 of the stake)."""
+        return VoteKeeper(height, self.validator_set)
 
     def _valid(self, block: Block) -> bool:
         """The paper's valid(v): the driver's ``validate_block``, cached per block hash."""

@@ -20,7 +20,11 @@ TIMEOUT_KINDS: tuple[TimeoutKind, ...] = ("propose", "prevote", "precommit")
 
 @dataclass(frozen=True, slots=True)
 class TimeoutConfig:
-    """Base and per-round increment of each consensus timeout, in milliseconds (all >= 0)."""
+    """Base and per-round increment of each consensus timeout, in milliseconds.
+
+    Bases and ``commit_ms`` are >= 0; every ``*_delta_ms`` is >= 1 (timeouts must grow with the
+    round). Raises ValueError naming the field otherwise.
+    """
 
     propose_ms: int = 1500
     propose_delta_ms: int = 500
@@ -33,8 +37,15 @@ class TimeoutConfig:
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"timeout {name} must be a non-negative integer of milliseconds, got {value!r}")
+            if name.endswith("_delta_ms") and value == 0:
+                # Liveness (paper, "Termination"): after the network stabilises with an unknown
+                # delay bound, some round must have timeouts longer than it; a zero delta never gets there.
+                raise ValueError(
+                    f"timeout {name} must be at least 1 ms: timeouts must grow with the round so that "
+                    "consensus makes progress once the network is stable; set timeout_*_delta_ms > 0"
+                )
 
     @classmethod
     def from_config(cls, config: "ConsensusConfig") -> "TimeoutConfig":

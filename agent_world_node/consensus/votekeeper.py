@@ -32,7 +32,8 @@ Rules:
   SKIP_ROUND          f+1 of distinct validators voting in round      L55
   ==================  ==============================================  ===================
 
-  where ``2f+1`` is ``ValidatorSet.quorum`` and ``f+1`` is ``ValidatorSet.f_plus_one``.
+  where ``2f+1`` is ``VoteKeeper.quorum`` (``ValidatorSet.quorum``: more than 2/3 of the stake) and
+  ``f+1`` is ``ValidatorSet.f_plus_one``.
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ class VoteKeeper:
 
     Memory: per validator and (round, vote_type) at most ``1 + max_conflicting_values`` votes and
     one evidence pair; the caller bounds the rounds it accepts.
+
+    ``quorum`` is the stake every 2f+1 threshold needs (``validator_set.quorum``); it is an
+    attribute so that a test-only broken keeper (tests/broken_cores.py) can lower it.
     """
 
     def __init__(self, height: int, validator_set: ValidatorSet, max_conflicting_values: int = 2) -> None:
@@ -104,6 +108,7 @@ class VoteKeeper:
         self.height = height
         self.validator_set = validator_set
         self.max_conflicting_values = max_conflicting_values
+        self.quorum: int = validator_set.quorum
         self._votes: dict[tuple[int, VoteType], dict[str, Vote]] = {}
         self._conflicting: dict[tuple[int, VoteType, str], dict[Optional[bytes], Vote]] = {}
         self._tally: dict[tuple[int, VoteType, Optional[bytes]], int] = {}
@@ -152,7 +157,7 @@ class VoteKeeper:
 
         votes[vote.validator] = vote
         events: list[ThresholdEvent] = []
-        quorum = self.validator_set.quorum
+        quorum = self.quorum
         self._count_value(vote, stake, events)
 
         type_stake = self._type_stake.get(key, 0) + stake
@@ -178,7 +183,7 @@ class VoteKeeper:
         value_key = (vote.round, vote.vote_type, vote.block_hash)
         value_stake = self._tally.get(value_key, 0) + stake
         self._tally[value_key] = value_stake
-        quorum = self.validator_set.quorum
+        quorum = self.quorum
         if value_stake >= quorum and value_stake - stake < quorum:
             if vote.block_hash is None:
                 self._quorum_nil.add(key)
