@@ -36,7 +36,8 @@ def decode(data: bytes, type: type[T], *, max_size: int | None = None) -> T:
         raise DecodeError(f"message of {len(data)} bytes exceeds the limit of {max_size} bytes")
     try:
         return msgspec.msgpack.decode(data, type=type)
-    except msgspec.DecodeError as exc:  # includes ValidationError
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # ValidationError; msgspec raises
+        # UnicodeDecodeError (not DecodeError) for a struct field name that is not UTF-8
         raise DecodeError(f"invalid {getattr(type, '__name__', type)}: {exc}") from None
 
 
@@ -49,7 +50,7 @@ def decode_json(data: bytes | str, type: type[T]) -> T:
     """Decode JSON ``data`` as ``type``; raises DecodeError with the reason on any mismatch."""
     try:
         return msgspec.json.decode(data, type=type)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DecodeError(f"invalid {getattr(type, '__name__', type)}: {exc}") from None
 
 
