@@ -8,7 +8,7 @@ NODES    ?= 4
 DURATION ?=
 TESTNET_ARGS := --nodes $(NODES) $(if $(DURATION),--duration $(DURATION),)
 
-.PHONY: venv testnet test bench clean
+.PHONY: venv testnet test bench clean sim sim-long
 
 venv: $(STAMP)
 
@@ -26,6 +26,18 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# Cluster simulator (agent_world_node/sim). `make sim SEED=42` replays one scenario with its
+# per-height trace and verdict; a failing test prints the exact command, with SIM_ARGS.
+# `make sim-long MINUTES=30 JOBS=2` runs random scenarios until the time is up.
+MINUTES ?= 10
+JOBS    ?= 2
+sim: $(STAMP)
+	@test -n "$(SEED)" || { echo "usage: make sim SEED=<seed> [SIM_ARGS=\"--stakes 1,2,3,4 --byzantine 0:twins ...\"]"; exit 2; }
+	$(BIN)/python -m agent_world_node.sim --seed $(SEED) $(SIM_ARGS)
+
+sim-long: $(STAMP)
+	$(BIN)/python -m agent_world_node.sim --minutes $(MINUTES) --jobs $(JOBS) $(if $(SEED),--seed $(SEED),) $(SIM_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

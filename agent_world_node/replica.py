@@ -379,10 +379,17 @@ class Replica:
     def height_messages_to_regossip(self) -> list[Publish]:
         """The current height's message log (proposals, votes, both halves of any equivocation), to
         re-send while a height stalls: Tendermint's liveness assumes every message a correct node
-        holds eventually reaches every correct node, and gossipsub is best-effort."""
+        holds eventually reaches every correct node, and gossipsub is best-effort.
+
+        The commit of our last committed height comes first: a peer one height behind whose copy
+        of that commit was lost cannot sync it (``sync_target`` waits for a gap of two) and may be
+        the stake the stalled height needs; found by the simulator (issue 3)."""
         if self.core.height != self.height + 1:
             return []
         out = []
+        last = self.store.get_block(self.height) if self.height > 0 else None
+        if last is not None:
+            out.append(_publish("commit", GossipCommitMessage(last.block, last.certificate, last.execution)))
         for msg in self.core.height_messages():
             if isinstance(msg, Proposal):
                 out.append(_publish("proposal", GossipProposalMessage(msg)))

@@ -15,8 +15,8 @@ Rules:
   validator's message for v is in that set even if it also signed another value), and it is needed
   for liveness: if nodes counted only the first vote they saw, an equivocator could show one half
   of the cluster a polka that the other half can never see, so the half that locked on it and the
-  half that did not would never agree again (the simulated cluster in
-  tests/test_consensus_cluster.py hits exactly this). It does not weaken safety: two quorums of one
+  half that did not would never agree again (the cluster simulator, agent_world_node/sim, hits
+  exactly this with an equivocating proposer). It does not weaken safety: two quorums of one
   round still intersect in more than 1/3 of the stake, which holds a correct validator, and a
   correct validator votes once. The cap bounds memory.
 - Each threshold event is reported once, when the stake first crosses it:

@@ -1,0 +1,39 @@
+"""The fixed parts of a simulated chain: validator keys derived from the scenario seed, the
+genesis, and the consensus timeouts of simulated nodes (virtual milliseconds)."""
+
+from __future__ import annotations
+
+from agent_world_runtime.crypto import SigningKey, sha256
+
+from ..config import ConsensusConfig, Genesis, GenesisValidator
+from .scenario import Scenario
+
+SIM_CONSENSUS = ConsensusConfig(
+    timeout_propose_ms=400,
+    timeout_propose_delta_ms=100,
+    timeout_prevote_ms=200,
+    timeout_prevote_delta_ms=100,
+    timeout_precommit_ms=200,
+    timeout_precommit_delta_ms=100,
+    timeout_commit_ms=50,
+    max_block_actions=16,
+    max_block_bytes=200_000,
+)
+"""Consensus timeouts of simulated nodes, in virtual ms (small, so heights are quick)."""
+
+GENESIS_TIME_MS = 1_700_000_000_000
+
+
+def validator_keys(seed: int, count: int) -> list[SigningKey]:
+    """The deterministic validator keys of a scenario seed."""
+    return [SigningKey(sha256(f"sim-validator/{seed}/{i}".encode())) for i in range(count)]
+
+
+def make_genesis(scenario: Scenario) -> tuple[Genesis, list[SigningKey]]:
+    """The genesis of a scenario (chain ``sim-<seed>``) and the validators' keys."""
+    keys = validator_keys(scenario.seed, len(scenario.stakes))
+    validators = [
+        GenesisValidator(name=f"v{i}", public_key=k.public_key.hex(), stake=s)
+        for i, (k, s) in enumerate(zip(keys, scenario.stakes))
+    ]
+    return Genesis(chain_id=f"sim-{scenario.seed}", genesis_time_ms=GENESIS_TIME_MS, validators=validators), keys

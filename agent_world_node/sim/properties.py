@@ -1,0 +1,268 @@
+"""The properties every simulated scenario is checked against, and the record they are checked on.
+
+``PropertyChecker`` is fed by the cluster as the run goes (every commit of every node, every
+consensus message an honest validator publishes) and at the end (every node's store); it keeps the
+violations it finds. The properties (the simulator brief; DESIGN.md, "Consensus"):
+
+- ``agreement``: no two honest nodes commit different blocks at one height, and no honest node
+  commits two different blocks at one height (e.g. across a crash and restart).
+- ``validity``: every committed block's header, action root (recomputed over the payload hashes,
+  each ``sha256(payload)``) and commit certificate (``verify_commit_certificate``: more than 2/3
+  of the stake, valid signatures) verify; every block extends the one below it; every committed
+  action was submitted by a simulated client and appears once in the chain.
+- ``execution_agreement``: honest nodes have the same execution state root and execution block
+  hash at every height, equal to those of a fresh replay of the agreed chain from genesis.
+- ``double_sign``: no honest validator ever signed two different votes for one (height, round,
+  type) or two different proposals for one (height, round): checked over every message it
+  published and every WAL entry it ever made durable, across crashes; and no stored evidence
+  accuses an honest validator.
+- ``liveness``: after ``heal_at`` every honest node commits a new height within
+  ``PROGRESS_BOUND_MS`` and reaches the target height within the scenario's liveness bound.
+- ``robustness``: no input makes a replica raise (nothing hostile crashes a node).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent_world_runtime import World
+from agent_world_runtime.codec import DecodeError, decode
+from agent_world_runtime.crypto import sha256
+
+from ..config import Genesis
+from ..consensus import InvalidCertificate, ValidatorSet, verify_commit_certificate
+from ..consensus.evidence import DuplicateProposalEvidence, DuplicateVoteEvidence
+from ..execution import NodeRuntimeExecutionDriver
+from ..store import ExecutionRecord, NodeStore
+from ..types import Block, CommitCertificate, Proposal, Vote, VoteType, compute_consensus_action_root
+
+PROPERTIES = ("agreement", "validity", "execution_agreement", "double_sign", "liveness", "robustness")
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """A property that failed: which, where (height, nodes), when (virtual ms) and why."""
+
+    property: str
+    detail: str
+    height: int | None = None
+    nodes: tuple[str, ...] = ()
+    time_ms: int = 0
+
+    def __str__(self) -> str:
+        where = f" height={self.height}" if self.height is not None else ""
+        who = f" nodes={','.join(self.nodes)}" if self.nodes else ""
+        return f"[{self.property}]{where}{who} t={self.time_ms}ms: {self.detail}"
+
+
+@dataclass(slots=True)
+class CommitInfo:
+    """The first honest commit of a height: who, when, and the block."""
+
+    node: str
+    time_ms: int
+    block: Block
+    certificate: CommitCertificate
+
+
+def _message_kind(message: Proposal | Vote) -> str:
+    if isinstance(message, Proposal):
+        return "proposal"
+    return "prevote" if message.vote_type == VoteType.PREVOTE else "precommit"
+
+
+class PropertyChecker:
+    """Collects observations of one run and checks the properties of the module docstring.
+
+    ``honest`` are the names of honest nodes, ``honest_validators`` their validator ids,
+    ``submitted`` the action ids clients submitted (shared with the client population, so it grows
+    during the run).
+    """
+
+    def __init__(
+        self,
+        genesis: Genesis,
+        validator_set: ValidatorSet,
+        honest: set[str],
+        honest_validators: set[str],
+        submitted: dict[bytes, str],
+    ) -> None:
+        self.genesis = genesis
+        self.chain_id = genesis.chain_id
+        self.validator_set = validator_set
+        self.honest = honest
+        self.honest_validators = honest_validators
+        self.submitted = submitted
+        self.chain: dict[int, bytes] = {}
+        self.first_commit: dict[int, CommitInfo] = {}
+        self.commits: dict[str, dict[int, bytes]] = {name: {} for name in honest}
+        self.commit_times: dict[str, list[tuple[int, int]]] = {name: [] for name in honest}
+        self.executions: dict[int, tuple[bytes, bytes, str]] = {}
+        self.action_heights: dict[bytes, int] = {}
+        self.signed: dict[tuple[str, int, int, str], tuple[bytes, str, str]] = {}
+        self.violations: list[Violation] = []
+        self._validated: set[bytes] = set()
+
+    def fail(self, prop: str, detail: str, *, height: int | None = None, nodes: tuple[str, ...] = (), now: int = 0) -> None:
+        """Record a violation of ``prop``."""
+        self.violations.append(Violation(prop, detail, height, nodes, now))
+
+    # -- observations during the run --------------------------------------------------------------
+    def on_commit(
+        self, node: str, height: int, block: Block, certificate: CommitCertificate,
+        record: ExecutionRecord | None, now: int,
+    ) -> None:
+        """Node ``node`` committed ``block`` at ``height`` (and executed it into ``record``)."""
+        if node not in self.honest:
+            return
+        bh = block.hash()
+        mine = self.commits[node]
+        if mine.get(height, bh) != bh:
+            self.fail("agreement", f"committed block {bh.hex()[:16]} after having committed {mine[height].hex()[:16]}",
+                      height=height, nodes=(node,), now=now)
+        mine[height] = bh
+        self.commit_times[node].append((now, height))
+        agreed = self.chain.get(height)
+        if agreed is None:
+            self.chain[height] = bh
+            self.first_commit[height] = CommitInfo(node, now, block, certificate)
+        elif agreed != bh:
+            first = self.first_commit[height].node
+            self.fail("agreement", f"{first} committed {agreed.hex()[:16]}, {node} committed {bh.hex()[:16]}",
+                      height=height, nodes=(first, node), now=now)
+        if bh not in self._validated:
+            self._validated.add(bh)
+            self._check_block(node, height, block, certificate, now)
+        if record is None:
+            self.fail("execution_agreement", "committed block has no execution record", height=height, nodes=(node,), now=now)
+        else:
+            self._check_execution(node, record, now)
+
+    def _check_execution(self, node: str, record: ExecutionRecord, now: int) -> None:
+        seen = self.executions.get(record.height)
+        mine = (record.execution_state_root, record.execution_block_hash)
+        if seen is None:
+            self.executions[record.height] = (*mine, node)
+        elif seen[:2] != mine:
+            self.fail("execution_agreement",
+                      f"state root {record.execution_state_root.hex()[:16]} differs from {seen[2]}'s {seen[0].hex()[:16]}",
+                      height=record.height, nodes=(seen[2], node), now=now)
+
+    def _check_block(self, node: str, height: int, block: Block, cert: CommitCertificate, now: int) -> None:
+        hdr = block.header
+        where = dict(height=height, nodes=(node,), now=now)
+        bh = block.hash()
+        if hdr.chain_id != self.chain_id or hdr.height != height:
+            self.fail("validity", f"header says chain {hdr.chain_id!r} height {hdr.height}", **where)
+        try:
+            verify_commit_certificate(cert, bh, self.chain_id, self.validator_set, height=height)
+        except InvalidCertificate as exc:
+            self.fail("validity", f"commit certificate does not verify: {exc}", **where)
+        if hdr.action_count != len(block.actions) or hdr.action_root != compute_consensus_action_root(block.actions):
+            self.fail("validity", "action root or count does not match the block's actions", **where)
+        parent = self.chain.get(height - 1) if height > 1 else None
+        if parent is not None and hdr.prev_block_hash != parent:
+            self.fail("validity", f"block does not extend the committed block of height {height - 1}", **where)
+        for act in block.actions:
+            if act.payload_hash != sha256(act.payload) or act.action_id != act.payload_hash:
+                self.fail("validity", f"action {act.action_id.hex()[:16]}: id or payload hash is not sha256(payload)", **where)
+            if act.action_id not in self.submitted:
+                self.fail("validity", f"action {act.action_id.hex()[:16]} was never submitted by a client", **where)
+            earlier = self.action_heights.get(act.action_id)
+            if earlier is not None:
+                self.fail("validity", f"action {act.action_id.hex()[:16]} was already committed at height {earlier}", **where)
+            self.action_heights[act.action_id] = height
+
+    def on_signed(self, node: str, message: Proposal | Vote, source: str, now: int) -> None:
+        """An honest node published (``source`` "publish") or made durable (``source`` "wal") a
+        consensus message; two different ones for one step are a double sign."""
+        if message.validator not in self.honest_validators:
+            return
+        key = (message.validator, message.height, message.round, _message_kind(message))
+        sign_bytes = message.sign_bytes(self.chain_id)
+        seen = self.signed.get(key)
+        if seen is None:
+            self.signed[key] = (sign_bytes, node, source)
+        elif seen[0] != sign_bytes:
+            self.fail("double_sign",
+                      f"validator {message.validator[:12]} signed two different {key[3]}s for round {message.round} "
+                      f"({seen[2]} on {seen[1]}, {source} on {node})",
+                      height=message.height, nodes=(seen[1], node), now=now)
+
+    def on_exception(self, node: str, what: str, exc: BaseException, now: int) -> None:
+        """A replica raised while handling ``what``."""
+        self.fail("robustness", f"replica raised {type(exc).__name__}: {exc} while handling {what}", nodes=(node,), now=now)
+
+    # -- checks at the end ------------------------------------------------------------------------
+    def check_store(self, node: str, store: NodeStore, wal_history: list[tuple[int, int, str, bytes]], now: int) -> None:
+        """Check an honest node's store: its blocks and execution records against the agreed
+        chain, its WAL history for double signs, its evidence for accusations of honest validators."""
+        for h in range(1, store.last_block_height() + 1):
+            bh = store.block_hash(h)
+            if bh is not None and self.chain.get(h, bh) != bh:
+                self.fail("agreement", f"stored block {bh.hex()[:16]} is not the committed {self.chain[h].hex()[:16]}",
+                          height=h, nodes=(node,), now=now)
+            record = store.get_execution(h)
+            if record is not None:
+                self._check_execution(node, record, now)
+        for _height, _round, kind, payload in wal_history:
+            try:
+                message = decode(payload, Proposal if kind == "proposal" else Vote)
+            except DecodeError as exc:
+                self.fail("double_sign", f"unreadable WAL entry: {exc}", nodes=(node,), now=now)
+                continue
+            self.on_signed(node, message, "wal", now)
+        for height, _kind, payload in store.evidence(limit=1_000_000):
+            try:
+                ev = decode(payload, DuplicateVoteEvidence | DuplicateProposalEvidence)
+            except DecodeError:
+                continue
+            if ev.validator in self.honest_validators:
+                self.fail("double_sign", f"stored evidence accuses honest validator {ev.validator[:12]}",
+                          height=height, nodes=(node,), now=now)
+
+    def check_chain(self, now: int) -> None:
+        """Check that the agreed chain links by parent hash and that a fresh replay of it from
+        genesis gives every height's agreed execution roots."""
+        heights = sorted(self.chain)
+        for h in heights:
+            if h > 1 and h - 1 in self.chain:
+                if self.first_commit[h].block.header.prev_block_hash != self.chain[h - 1]:
+                    self.fail("validity", f"block does not extend the committed block of height {h - 1}", height=h, now=now)
+        with tempfile.TemporaryDirectory(prefix="aw-sim-replay-") as tmp:
+            store = NodeStore(":memory:")
+            try:
+                genesis = self.genesis
+                driver = NodeRuntimeExecutionDriver.open(
+                    store, lambda: World.from_genesis(genesis.chain_id, genesis.world), Path(tmp), 10**9
+                )
+                for h in heights:
+                    if h != driver.last_height + 1:
+                        break
+                    info = self.first_commit[h]
+                    result = driver.on_commit(driver.context_for(info.block, self.chain_id, "replay", info.block.header.epoch))
+                    agreed = self.executions.get(h)
+                    if agreed is not None and agreed[:2] != (result.execution_state_root, result.execution_block_hash):
+                        self.fail("execution_agreement",
+                                  f"nodes' state root {agreed[0].hex()[:16]} differs from a fresh replay's "
+                                  f"{result.execution_state_root.hex()[:16]}", height=h, now=now)
+            finally:
+                store.close()
+
+    def check_liveness(self, heights: dict[str, int], heights_at_heal: dict[str, int], target: int, heal_at: int,
+                       progress_bound: int, deadline: int, now: int) -> None:
+        """Every honest node reached ``target`` by ``deadline``, and every honest node below
+        ``target`` when the network healed (``heights_at_heal``) committed a new height within
+        ``progress_bound`` ms after ``heal_at``."""
+        for node in sorted(self.honest):
+            if heights.get(node, 0) < target:
+                self.fail("liveness", f"reached height {heights.get(node, 0)} of {target} by {now} ms "
+                          f"(healed at {heal_at} ms, bound {deadline} ms)", nodes=(node,), now=now)
+            if heights_at_heal.get(node, 0) >= target:
+                continue
+            after = [t for t, _ in self.commit_times[node] if t >= heal_at]
+            if not after or after[0] > heal_at + progress_bound:
+                self.fail("liveness", f"no new height within {progress_bound} ms after the network healed at "
+                          f"{heal_at} ms (first commit after: {after[0] if after else None})", nodes=(node,), now=now)
