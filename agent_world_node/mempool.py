@@ -29,6 +29,7 @@ class MempoolEntry:
 
     @property
     def sort_key(self) -> tuple[str, int, bytes]:
+        """The deterministic block order: (submitter, nonce, action id)."""
         return (self.action.submitter, self.nonce, self.action.action_id)
 
 
