@@ -26,6 +26,7 @@ from agent_world_runtime import World
 from agent_world_runtime.actions import SignedAction, decode_signed_action
 from agent_world_runtime.codec import DecodeError, encode
 from agent_world_runtime.crypto import sha256
+from agent_world_runtime.modules.sandbox import Sandbox
 
 from .store import ExecutionRecord, NodeStore
 from .types import ZERO_HASH, Block, NodeConsensusAction
@@ -132,6 +133,7 @@ class NodeRuntimeExecutionDriver:
         genesis_world: Callable[[], World],
         snapshot_dir: Path,
         snapshot_interval: int,
+        sandbox: Sandbox | None = None,
     ) -> "NodeRuntimeExecutionDriver":
         """Restore the world: load the newest snapshot (or build genesis with ``genesis_world()``),
         then replay stored blocks up to the last execution record, checking every replayed height's
@@ -145,7 +147,7 @@ class NodeRuntimeExecutionDriver:
         path = Path(snapshot_dir) / "current"
         if path.exists():
             try:
-                loaded = World.load_from_dir(path)
+                loaded = World.load_from_dir(path, sandbox=sandbox)
             except Exception as exc:  # a damaged snapshot is recoverable: replay from genesis
                 log.error("snapshot_load_failed", path=str(path), error=str(exc))
             else:

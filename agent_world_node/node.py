@@ -21,6 +21,7 @@ import trio
 
 from agent_world_runtime import World
 from agent_world_runtime.codec import to_builtins
+from agent_world_runtime.modules.sandbox import Sandbox
 
 from . import config as cfg
 from .consensus import TimeoutFired
@@ -78,6 +79,9 @@ class Node:
             now_ms=lambda: int(time.time() * 1000),
             mempool_size=self.config.mempool.max_actions,
             metrics=self.metrics,
+            # compiled modules are cached on disk, keyed by (wasm_hash, wasmtime version, engine
+            # configuration) and checked before loading
+            sandbox=Sandbox(cache_dir=home.data_dir / "module-cache"),
         )
         self._sync_wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None

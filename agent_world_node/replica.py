@@ -30,6 +30,7 @@ from agent_world_runtime.actions import (
 )
 from agent_world_runtime.codec import DecodeError, decode, encode
 from agent_world_runtime.crypto import SigningKey, sha256
+from agent_world_runtime.modules.sandbox import Sandbox
 
 from . import config as cfg
 from .consensus import (
@@ -207,12 +208,18 @@ class Replica:
         mempool_size: int = 20_000,
         metrics: NodeMetrics | None = None,
         core_factory: Callable[..., ConsensusCore] = ConsensusCore,
+        sandbox: Sandbox | None = None,
     ) -> "Replica":
         """Restore a replica from ``store`` (and the newest world snapshot under ``snapshot_dir``),
-        replaying stored blocks up to the last execution record. Raises ``ExecutionError`` when the
-        stored state cannot be restored."""
+        replaying stored blocks up to the last execution record. ``sandbox`` runs the world's
+        modules (default: the process-wide one, memory cache only). Raises ``ExecutionError`` when
+        the stored state cannot be restored."""
         driver = NodeRuntimeExecutionDriver.open(
-            store, lambda: World.from_genesis(genesis.chain_id, genesis.world), snapshot_dir, snapshot_interval
+            store,
+            lambda: World.from_genesis(genesis.chain_id, genesis.world, sandbox=sandbox),
+            snapshot_dir,
+            snapshot_interval,
+            sandbox=sandbox,
         )
         return cls(
             genesis=genesis,

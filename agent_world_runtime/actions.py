@@ -81,10 +81,28 @@ class DeployModuleArtifact(_Action, tag="deploy_module_artifact"):
 
 class InstallModuleFromArtifact(_Action, tag="install_module_from_artifact"):
     """Install the artifact ``wasm_hash`` as a new instance owned by this agent (the artifact's
-    publisher only). ``instance_id`` defaults to ``<module_id>@<agent_id>``."""
+    publisher only). ``instance_id`` defaults to ``<module_id>@<agent_id>``.
+
+    ``install_target``: ``""``/``self_agent`` (routed every matching event and action),
+    ``agent:<agent_id>`` (only those of that agent) or ``location:<x>,<y>,<z>`` (only those of
+    agents standing there). ``grant_caps``: capabilities the installer grants the instance over
+    its own agent; each must be among the manifest's ``required_caps``."""
 
     wasm_hash: str
     instance_id: str = ""
+    activate: bool = True
+    install_target: str = ""
+    grant_caps: list[str] = []
+
+
+class UpgradeModuleFromArtifact(_Action, tag="upgrade_module_from_artifact"):
+    """Move instance ``instance_id`` (owned by the signing agent, the upgrader) to the artifact
+    ``wasm_hash``, whose manifest is the next manifest; ``activate`` sets the instance's active
+    flag. Rules (docs/module-abi.md, "Upgrades"): owner only, same module id, same
+    interface_version and kind, no export removed, every existing subscription still covered."""
+
+    instance_id: str
+    wasm_hash: str
     activate: bool = True
 
 
@@ -96,6 +114,7 @@ Action = Union[
     CompileModuleArtifactFromSource,
     DeployModuleArtifact,
     InstallModuleFromArtifact,
+    UpgradeModuleFromArtifact,
 ]
 
 

@@ -21,8 +21,11 @@ Incremental journal: a World remembers which segments it wrote to (or loaded fro
 the next save there writes only the events since, as a new segment. After MAX_SEGMENTS segments
 the journal is rewritten as one.
 
-Loading verifies everything: segment and artifact hashes, the journal's sequence and hash-chain
-head, and the state root recomputed from the records against the one saved.
+Loading verifies everything: segment and artifact hashes (each artifact's bytes are re-hashed
+against its ``wasm_hash``), the journal's sequence and hash-chain head, and the state root
+recomputed from the records against the one saved. A directory written before the module store
+existed (a snapshot without ``artifacts``/``instances``/``module_state`` and no ``modules/``)
+loads as a world without modules; the next save adds the module store.
 """
 
 from __future__ import annotations
@@ -78,9 +81,10 @@ class WorldSnapshot(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     journal_head: bytes
     segments: list[JournalSegment]
     agents: list[AgentRecord]
-    artifacts: list[ArtifactRecord]
-    instances: list[InstanceRecord]
-    module_state: dict[str, bytes]
+    # The module store; absent in directories written before it existed (they load as "no modules").
+    artifacts: list[ArtifactRecord] = []
+    instances: list[InstanceRecord] = []
+    module_state: dict[str, bytes] = {}
 
 
 @dataclass(frozen=True)

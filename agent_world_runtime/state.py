@@ -70,8 +70,12 @@ class ArtifactRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     origin: str
 
 
-class InstanceRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """An installed module instance; routing and module state are per instance."""
+class InstanceRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """An installed module instance; routing and module state are per instance.
+
+    ``install_target`` is ``self_agent``, ``agent:<agent_id>`` or ``location:<x>,<y>,<z>``;
+    ``granted_caps`` are the capabilities its owner granted at install (omitted when empty, so
+    records written before capabilities existed encode, and hash, as before)."""
 
     instance_id: str
     module_id: str
@@ -81,6 +85,7 @@ class InstanceRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     install_target: str
     active: bool
     installed_at: int
+    granted_caps: list[str] = []
 
 
 _AGENT, _ARTIFACT, _INSTANCE, _MSTATE = "agent/", "artifact/", "instance/", "mstate/"

@@ -24,6 +24,7 @@ from .actions import (
     RegisterAgent,
     SignedAction,
     TransferResource,
+    UpgradeModuleFromArtifact,
     action_kind,
     encode_signed_action,
     payload_hash,
@@ -33,7 +34,7 @@ from .events import Event
 from .merkle import merkle_root
 from .modules import lifecycle
 from .modules.router import ModuleRunner
-from .modules.sandbox import Sandbox, default_sandbox
+from .modules.sandbox import Sandbox, check_module_limits_max, default_sandbox
 from .params import WorldParams
 from .rules import ActionContext, EventSpec, Rejected, apply_harvest, apply_move, apply_register, apply_transfer
 from .state import AgentRecord, InstanceRecord, WorldMeta, WorldState
@@ -62,8 +63,12 @@ def compute_action_id(signed: SignedAction) -> bytes:
 def _coerce_params(params: Any) -> WorldParams:
     if not isinstance(params, WorldParams):
         params = WorldParams(**msgspec.structs.asdict(params))
-    for name in ("initial_electricity", "initial_data", "move_cost_per_step", "harvest_amount", "grid_size"):
+    for field in msgspec.structs.fields(WorldParams):
+        name = field.name
         value = getattr(params, name)
+        if name == "module_limits_max":
+            check_module_limits_max(value)  # ValueError naming the bad field
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < (1 << 62):
             raise ValueError(f"world param {name} must be an integer in [0, 2**62), got {value!r}")
     return params
@@ -93,6 +98,7 @@ class World:
             CompileModuleArtifactFromSource: lambda c, a: lifecycle.apply_compile(self._state, self._sandbox, c, a),
             DeployModuleArtifact: lambda c, a: lifecycle.apply_deploy(self._state, self._sandbox, c, a),
             InstallModuleFromArtifact: lambda c, a: lifecycle.apply_install(self._state, c, a),
+            UpgradeModuleFromArtifact: lambda c, a: lifecycle.apply_upgrade(self._state, c, a),
         }
 
     @classmethod
@@ -154,20 +160,29 @@ class World:
         Checks admission (signature skipped when ``signature_checked``), consumes the nonce, then
         applies the action. Any rejection gives a single ``domain.action_rejected`` event
         {action_id, agent_id, action_kind, reason}; a nonce that passed admission stays used even
-        if the world rules then reject the action. Every event produced is then routed to
-        subscribed module instances (post_event); their events follow. Never raises for bad
-        input; raises RuntimeError when no block is open.
+        if the world rules then reject the action. An admitted action is first offered to
+        ``pre_action`` subscribers; every event produced is then routed to ``post_event``
+        subscribers, and the action (with ``outcome``) to ``post_action`` subscribers; module
+        events follow in that order (``modules.router``). Never raises for bad input; raises
+        RuntimeError when no block is open.
         """
         self._require_block()
         body = signed.body
         kind = action_kind(body.action)
         reason = admission_reason(self._state, signed, check_signature=not signature_checked)
+        out: list[Event] = []
+        action_map: dict[str, Any] | None = None
+        trace = f"{self._state.meta.height}/{action_id.hex()[:16]}"
         if reason is None:
             ctx = ActionContext(action_id=action_id, agent_id=body.agent_id, nonce=body.nonce,
                                 height=self._state.meta.height)
             agent = self._state.agents.get(body.agent_id)
             if agent is not None:
                 self._state.put_agent(msgspec.structs.replace(agent, last_nonce=body.nonce))
+            if self._runner.has_action_routes():
+                action_map = msgspec.to_builtins(body.action, builtin_types=(bytes,))
+                action_map.update(agent_id=body.agent_id, nonce=body.nonce)
+                out.extend(self._emit(self._runner.route_action("pre_action", kind, action_map, trace)))
             try:
                 specs = self._handlers[type(body.action)](ctx, body.action)
             except Rejected as exc:
@@ -181,9 +196,12 @@ class World:
                 "action_id": action_id, "agent_id": body.agent_id, "action_kind": kind, "reason": reason,
             })]
         produced = self._emit(specs)
-        out = list(produced)
+        out.extend(produced)
         for event in produced:
             out.extend(self._emit(self._runner.route_event(event)))
+        if action_map is not None:
+            action_map["outcome"] = "rejected" if reason is not None else "applied"
+            out.extend(self._emit(self._runner.route_action("post_action", kind, action_map, trace)))
         return out
 
     def step_with_modules(self) -> list[Event]:
@@ -257,7 +275,8 @@ class World:
         instances = [{
             "instance_id": i.instance_id, "module_id": i.module_id, "version": i.version, "wasm_hash": i.wasm_hash,
             "owner_agent_id": i.owner_agent_id, "install_target": i.install_target, "active": i.active,
-            "installed_at": i.installed_at, "state_bytes": len(st.module_state.get(i.instance_id, b"")),
+            "installed_at": i.installed_at, "granted_caps": list(i.granted_caps),
+            "state_bytes": len(st.module_state.get(i.instance_id, b"")),
         } for i in (st.instances[k] for k in sorted(st.instances))]
         return {"artifacts": artifacts, "instances": instances}
 

@@ -5,7 +5,9 @@ Figures (units in the names):
 - ``execute_block_1000_actions_ms``: executing one block of 1,000 signed move/harvest actions
   (signatures already verified at admission, as in the node) into a world of ``agents`` agents,
   median of several blocks, for 1,000 and 10,000 agents.
-- ``module_call_us``: one ``move_counter`` module call (fresh instance, fuel, memory limit).
+- ``module_*``: module calls (``benchmarks/modules.py``): bare fresh-instance wasmtime calls/s,
+  ``Sandbox.call`` calls/s and their ratio, and the full World path per ``move_counter`` call
+  (``module_world_call_per_s``, ``module_call_us``).
 """
 
 from __future__ import annotations
@@ -16,16 +18,11 @@ import time
 from pathlib import Path
 
 from agent_world_runtime import World
-from agent_world_runtime.actions import (
-    CompileModuleArtifactFromSource,
-    HarvestRadiation,
-    InstallModuleFromArtifact,
-    MoveAgent,
-)
+from agent_world_runtime.actions import HarvestRadiation, MoveAgent
 from agent_world_runtime.crypto import SigningKey, verify
-from agent_world_runtime.modules.source import package_from_files
 from agent_world_runtime.params import WorldParams
 from agent_world_runtime.signer import AgentSigner
+from benchmarks import modules
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAIN = "bench"
@@ -41,7 +38,7 @@ def bench_verify(n: int = 5_000) -> float:
     return n / (time.perf_counter() - start)
 
 
-PARAMS = WorldParams(initial_electricity=10**12)  # enough that no benchmark move is rejected
+PARAMS = WorldParams(initial_electricity=10**12, initial_data=10**12)  # enough that no move or module call fails to pay
 
 
 def _world_with_agents(n: int) -> tuple[World, list[AgentSigner]]:
@@ -77,41 +74,6 @@ def bench_execute(agents: int, blocks: int = 5, per_block: int = 1_000) -> float
     return statistics.median(times)
 
 
-def bench_module_call(moves: int = 500) -> float:
-    world, (builder,) = _world_with_agents(1)
-    ex = ROOT / "examples" / "modules"
-    pkg = package_from_files([ex / "move_counter.wat", ex / "move_counter.manifest.json"], ex / "move_counter.manifest.json")
-    world.begin_block(2, 2)
-    world.apply_action(builder.sign(CompileModuleArtifactFromSource("move_counter", pkg)), b"c" * 32)
-    wasm_hash = world.module_status()["artifacts"][0]["wasm_hash"]
-    world.apply_action(builder.sign(InstallModuleFromArtifact(wasm_hash=wasm_hash)), b"i" * 32)
-    world.end_block()
-
-    per_block = 100  # move_counter's max_call_rate per block
-    calls_before = world.stats()["module_calls"]
-    elapsed = 0.0
-    for b in range(moves // per_block):
-        height = world.height + 1
-        world.begin_block(height, height)
-        batch = [builder.sign(MoveAgent(to=(i % 2 + 1, b, 0))) for i in range(per_block)]
-        start = time.perf_counter()
-        for i, a in enumerate(batch):
-            world.apply_action(a, (height * 10_000 + i).to_bytes(32, "big"), signature_checked=True)
-        elapsed += time.perf_counter() - start
-        world.end_block()
-    calls = world.stats()["module_calls"] - calls_before
-    if calls != moves:
-        raise RuntimeError(f"expected {moves} module calls, saw {calls}")
-    baseline_world, (plain,) = _world_with_agents(1)
-    baseline_world.begin_block(2, 2)
-    batch = [plain.sign(MoveAgent(to=(i % 2 + 1, 0, 0))) for i in range(moves)]
-    start = time.perf_counter()
-    for i, a in enumerate(batch):
-        baseline_world.apply_action(a, i.to_bytes(32, "big"), signature_checked=True)
-    baseline = time.perf_counter() - start
-    return (elapsed - baseline) / moves * 1e6
-
-
 def main() -> None:
     import logging
 
@@ -127,7 +89,7 @@ def main() -> None:
     record("ed25519_verify_per_s", bench_verify())
     for agents in (1_000, 10_000):
         record(f"execute_block_1000_actions_ms_at_{agents}_agents", bench_execute(agents))
-    record("module_call_us", bench_module_call())
+    modules.run_all(record)
     out = ROOT / "benchmarks" / "results.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {out}")

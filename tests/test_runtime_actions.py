@@ -79,7 +79,7 @@ def test_genesis_rejects_bad_chain_id_and_params():
 def test_genesis_accepts_any_struct_with_the_world_params_fields():
     class GenesisWorld(msgspec.Struct):  # e.g. the node's genesis.json "world" section
         initial_electricity: int = 100
-        initial_data: int = 10
+        initial_data: int = 1000
         move_cost_per_step: int = 1
         harvest_amount: int = 7
         grid_size: int = 1000

@@ -30,39 +30,18 @@ EMIT_LIMIT_EXCEEDED = "EMIT_LIMIT_EXCEEDED"
 CALL_RATE_EXCEEDED = "CALL_RATE_EXCEEDED"
 TRAP = "TRAP"
 INVALID_OUTPUT = "INVALID_OUTPUT"
-
-# World-wide ceilings; a manifest's limits are capped by these before every call.
-WORLD_MODULE_LIMITS_MAX = ModuleLimits(
-    max_mem_bytes=16 << 20,
-    max_gas=50_000_000,
-    max_call_rate=10_000,
-    max_output_bytes=256 * 1024,
-    max_effects=64,
-    max_emits=64,
-)
-
+INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
+LOAD_FAILED = "LOAD_FAILED"
 
 # Total fuel all module calls of one block may reserve (about half a second of wasm); bounds the
 # work any set of instances can force on every node per block.
 BLOCK_MODULE_GAS_BUDGET = 500_000_000
 
 
-def effective_limits(limits: ModuleLimits) -> ModuleLimits:
-    """Return ``limits`` with each field capped at ``WORLD_MODULE_LIMITS_MAX``."""
-    cap = WORLD_MODULE_LIMITS_MAX
-    return ModuleLimits(
-        max_mem_bytes=min(limits.max_mem_bytes, cap.max_mem_bytes),
-        max_gas=min(limits.max_gas, cap.max_gas),
-        max_call_rate=min(limits.max_call_rate, cap.max_call_rate),
-        max_output_bytes=min(limits.max_output_bytes, cap.max_output_bytes),
-        max_effects=min(limits.max_effects, cap.max_effects),
-        max_emits=min(limits.max_emits, cap.max_emits),
-    )
-
-
 class ModuleContext(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """What the guest knows about the call: the world (``chain_id``, block ``height``,
-    ``timestamp_ms``), the call (``stage``: ``post_event`` or ``tick``; ``trace_id``) and itself."""
+    ``timestamp_ms``), the call (``stage``: ``pre_action``, ``post_action``, ``post_event`` or
+    ``tick``; ``trace_id``) and itself."""
 
     chain_id: str
     height: int
@@ -76,12 +55,16 @@ class ModuleContext(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class ModuleCallInput(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
-    """The guest's input. ``event`` is set for ``post_event`` calls; ``state`` is the reducer
-    instance's stored state (absent before its first ``new_state``)."""
+    """The guest's input. ``event`` is set for ``post_event`` calls; ``action`` for ``pre_action``
+    and ``post_action`` calls (the action as a map: ``type`` is its kind, plus ``agent_id``,
+    ``nonce`` and the action's own fields; ``post_action`` adds ``outcome``: ``applied`` or
+    ``rejected``); ``state`` is the reducer instance's stored state (absent before its first
+    ``new_state``)."""
 
     ctx: ModuleContext
     event: Optional[Event] = None
     state: Optional[bytes] = None
+    action: Optional[dict[str, Any]] = None
 
 
 class EmitIntent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

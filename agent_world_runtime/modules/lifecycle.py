@@ -13,6 +13,12 @@ Rules:
   ``call`` for pure modules).
 * Only an artifact's publisher may install it; instance ids are unique and default to
   ``<module_id>@<agent_id>``; an agent owns at most MAX_INSTANCES_PER_AGENT instances.
+* Fees (electricity, ``WorldParams.module_{deploy,compile,install}_fee``) are charged to the
+  publisher or installer after every other check passed; an agent that cannot pay is rejected and
+  nothing is written.
+* Capabilities: a manifest may only require capabilities in CAPABILITIES; an installer may grant an
+  instance only capabilities its manifest requires (over the installer's own agent).
+* Upgrades (``apply_upgrade``) keep the interface; each failed rule is a rejection naming the rule.
 """
 
 from __future__ import annotations
@@ -20,12 +26,19 @@ from __future__ import annotations
 import re
 
 from .. import events as ev
-from ..actions import CompileModuleArtifactFromSource, DeployModuleArtifact, InstallModuleFromArtifact
+import msgspec
+
+from ..actions import (
+    CompileModuleArtifactFromSource,
+    DeployModuleArtifact,
+    InstallModuleFromArtifact,
+    UpgradeModuleFromArtifact,
+)
 from ..crypto import sha256
 from ..rules import ActionContext, EventSpec, Rejected
 from ..state import ArtifactRecord, InstanceRecord, WorldState
 from .abi import ABI_INTERFACE_VERSION
-from .manifest import MODULE_KINDS, ModuleManifest
+from .manifest import MODULE_KINDS, ModuleManifest, Subscription
 from .sandbox import ModuleValidationError, Sandbox
 from .source import SourceRejected, build_source_package
 
@@ -33,7 +46,10 @@ MODULE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
 INSTANCE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.@-]{0,129}$")
 WASM_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
-SUPPORTED_STAGES = ("post_event", "tick")
+SUPPORTED_STAGES = ("pre_action", "post_action", "post_event", "tick")
+# Capability name -> the effect kind it allows (docs/module-abi.md, "Capabilities and policy").
+CAPABILITIES = {"agent.transfer": "transfer_resource"}
+LOCATION_TARGET_RE = re.compile(r"^location:(-?[0-9]{1,10}),(-?[0-9]{1,10}),(-?[0-9]{1,10})$")
 MAX_SUBSCRIPTIONS = 32
 MAX_FILTERS = 8
 INSTALL_TARGET_SELF = "self_agent"
@@ -48,7 +64,8 @@ def entry_point(kind: str) -> str:
 def check_manifest(m: ModuleManifest) -> None:
     """Raise Rejected unless this runtime can honour manifest ``m``: valid module id and version,
     a known kind, interface version 1, its entry point among ``exports``, at most
-    MAX_SUBSCRIPTIONS subscriptions on supported stages, positive limits, no capabilities."""
+    MAX_SUBSCRIPTIONS subscriptions on supported stages, positive limits, only known capabilities
+    (CAPABILITIES)."""
     if not MODULE_ID_RE.match(m.module_id):
         raise Rejected(f"invalid module_id {m.module_id[:64]!r}: use 1-64 characters of a-z, 0-9, '_', '.', '-'")
     if not VERSION_RE.match(m.version):
@@ -79,15 +96,37 @@ def check_manifest(m: ModuleManifest) -> None:
     for name in ("max_effects", "max_emits"):
         if getattr(lim, name) < 0:
             raise Rejected(f"limits.{name} must be >= 0, got {getattr(lim, name)}")
-    if m.required_caps:
+    for cap in m.required_caps:
+        if cap not in CAPABILITIES:
+            raise Rejected(
+                f"capability {cap[:60]!r} is not available in this world; known capabilities: {sorted(CAPABILITIES)}"
+            )
+
+
+def charge_fee(state: WorldState, agent_id: str, fee: int, what: str) -> None:
+    """Take ``fee`` electricity from ``agent_id`` for ``what`` (e.g. "deploying a module").
+
+    Raises Rejected (nothing written) if the agent is unknown or holds less than ``fee``."""
+    check_can_pay(state, agent_id, fee, what)
+    if fee:
+        agent = state.agents[agent_id]
+        state.put_agent(msgspec.structs.replace(agent, electricity=agent.electricity - fee))
+
+
+def check_can_pay(state: WorldState, agent_id: str, fee: int, what: str) -> None:
+    """Raise Rejected unless ``agent_id`` exists and holds at least ``fee`` electricity."""
+    agent = state.agents.get(agent_id)
+    if agent is None:
+        raise Rejected(f"agent {agent_id!r} is not registered; register it before {what}")
+    if agent.electricity < fee:
         raise Rejected(
-            f"capability {m.required_caps[0][:60]!r} is not available: this world grants no effect capabilities yet; "
-            "remove required_caps"
+            f"insufficient electricity: {what} costs {fee}, agent {agent_id!r} has {agent.electricity}; "
+            "harvest radiation or receive a transfer first"
         )
 
 
 def _publish(state: WorldState, sandbox: Sandbox, ctx: ActionContext, manifest: ModuleManifest, wasm: bytes,
-             origin: str, kind: str) -> list[EventSpec]:
+             origin: str, kind: str, fee: int) -> list[EventSpec]:
     check_manifest(manifest)
     wasm_hash = sha256(wasm).hex()
     existing = state.artifacts.get(wasm_hash)
@@ -122,6 +161,7 @@ def _publish(state: WorldState, sandbox: Sandbox, ctx: ActionContext, manifest: 
         published_at=ctx.height,
         origin=origin,
     )
+    charge_fee(state, ctx.agent_id, fee, f"{'compiling' if origin == 'compiled' else 'deploying'} a module")
     state.put_artifact(record, wasm)
     return [(kind, {
         "action_id": ctx.action_id,
@@ -130,17 +170,22 @@ def _publish(state: WorldState, sandbox: Sandbox, ctx: ActionContext, manifest: 
         "version": manifest.version,
         "wasm_hash": wasm_hash,
         "size": len(wasm),
+        "fee": fee,
     })]
 
 
 def apply_compile(state: WorldState, sandbox: Sandbox, ctx: ActionContext,
                   action: CompileModuleArtifactFromSource) -> list[EventSpec]:
-    """Build the source package in-process and publish the artifact (event module.artifact_compiled)."""
+    """Build the source package (see ``source``) and publish the artifact (event
+    module.artifact_compiled, whose ``wasm_hash`` records the bytes every node must have built).
+    The fee is checked before the build and charged after it succeeds."""
+    fee = state.meta.params.module_compile_fee
+    check_can_pay(state, ctx.agent_id, fee, "compiling a module")
     try:
         manifest, wasm = build_source_package(action.module_id, action.source_package)
     except SourceRejected as exc:
         raise Rejected(str(exc)) from None
-    return _publish(state, sandbox, ctx, manifest, wasm, "compiled", ev.ARTIFACT_COMPILED)
+    return _publish(state, sandbox, ctx, manifest, wasm, "compiled", ev.ARTIFACT_COMPILED, fee)
 
 
 def apply_deploy(state: WorldState, sandbox: Sandbox, ctx: ActionContext, action: DeployModuleArtifact) -> list[EventSpec]:
@@ -150,7 +195,8 @@ def apply_deploy(state: WorldState, sandbox: Sandbox, ctx: ActionContext, action
     actual = sha256(action.wasm_bytes).hex()
     if actual != action.wasm_hash:
         raise Rejected(f"wasm_hash {action.wasm_hash} does not match sha256 of the bytes ({actual})")
-    return _publish(state, sandbox, ctx, action.manifest, action.wasm_bytes, "deployed", ev.ARTIFACT_DEPLOYED)
+    return _publish(state, sandbox, ctx, action.manifest, action.wasm_bytes, "deployed", ev.ARTIFACT_DEPLOYED,
+                    state.meta.params.module_deploy_fee)
 
 
 def apply_install(state: WorldState, ctx: ActionContext, action: InstallModuleFromArtifact) -> list[EventSpec]:
@@ -168,15 +214,25 @@ def apply_install(state: WorldState, ctx: ActionContext, action: InstallModuleFr
     owned = sum(1 for i in state.instances.values() if i.owner_agent_id == ctx.agent_id)
     if owned >= MAX_INSTANCES_PER_AGENT:
         raise Rejected(f"agent {ctx.agent_id!r} already owns {owned} module instances; the limit is {MAX_INSTANCES_PER_AGENT}")
+    target = check_install_target(state, action.install_target or INSTALL_TARGET_SELF)
+    required = artifact.manifest.required_caps
+    for cap in action.grant_caps:
+        if cap not in required:
+            raise Rejected(f"cannot grant capability {cap[:60]!r}: the manifest's required_caps are {list(required)}")
+    if len(set(action.grant_caps)) != len(action.grant_caps):
+        raise Rejected("grant_caps lists a capability twice")
+    fee = state.meta.params.module_install_fee
+    charge_fee(state, ctx.agent_id, fee, "installing a module")
     record = InstanceRecord(
         instance_id=instance_id,
         module_id=artifact.module_id,
         version=artifact.version,
         wasm_hash=artifact.wasm_hash,
         owner_agent_id=ctx.agent_id,
-        install_target=INSTALL_TARGET_SELF,
+        install_target=target,
         active=action.activate,
         installed_at=ctx.height,
+        granted_caps=sorted(action.grant_caps),
     )
     state.put_instance(record)
     return [(ev.MODULE_INSTALLED, {
@@ -185,6 +241,102 @@ def apply_install(state: WorldState, ctx: ActionContext, action: InstallModuleFr
         "instance_id": instance_id,
         "module_id": artifact.module_id,
         "version": artifact.version,
+        "wasm_hash": artifact.wasm_hash,
+        "active": action.activate,
+        "install_target": target,
+        "granted_caps": sorted(action.grant_caps),
+        "fee": fee,
+    })]
+
+
+def check_install_target(state: WorldState, target: str) -> str:
+    """Return ``target`` if it is ``self_agent``, ``agent:<registered agent id>`` or
+    ``location:<x>,<y>,<z>`` inside the grid; raise Rejected otherwise."""
+    if target == INSTALL_TARGET_SELF:
+        return target
+    if target.startswith("agent:"):
+        if target[6:] not in state.agents:
+            raise Rejected(f"install_target {target[:80]!r} names no registered agent")
+        return target
+    m = LOCATION_TARGET_RE.match(target)
+    if m:
+        g = state.meta.params.grid_size
+        if any(not -g <= int(c) <= g for c in m.groups()):
+            raise Rejected(f"install_target {target[:80]!r} is outside the grid [-{g}, {g}]")
+        return target
+    raise Rejected(
+        f"invalid install_target {target[:80]!r}: use 'self_agent', 'agent:<agent_id>' or 'location:<x>,<y>,<z>'"
+    )
+
+
+def subscription_covers(new: Subscription, old: Subscription) -> bool:
+    """Return True if ``new`` selects everything ``old`` selects: same stage, a kind pattern at least
+    as wide (equal, or a ``*`` prefix that matches the old kind or old prefix) and filters that are
+    a subset of the old ones."""
+    if new.stage != old.stage:
+        return False
+    if new.kind.endswith("*"):
+        if not old.kind.rstrip("*").startswith(new.kind[:-1]):
+            return False
+    elif old.kind.endswith("*") or new.kind != old.kind:
+        return False
+    return all(old.filters.get(k) == v for k, v in new.filters.items())
+
+
+def check_upgrade(old: ModuleManifest, new: ModuleManifest) -> None:
+    """Raise Rejected naming the first rule the manifest pair breaks (docs/module-abi.md,
+    "Upgrades"): same module id, same interface_version, same kind (the ABI contract: entry point
+    and state), a different version, no export removed, every old subscription covered."""
+    if new.module_id != old.module_id:
+        raise Rejected(f"upgrade rule 'same module id' failed: instance runs {old.module_id!r}, artifact is {new.module_id!r}")
+    if new.interface_version != old.interface_version:
+        raise Rejected(
+            f"upgrade rule 'same interface_version' failed: {old.interface_version} -> {new.interface_version}"
+        )
+    if new.kind != old.kind:
+        raise Rejected(f"upgrade rule 'compatible ABI contract' failed: module kind changes {old.kind!r} -> {new.kind!r}")
+    if new.version == old.version:
+        raise Rejected(f"upgrade rule 'new version' failed: both artifacts are version {old.version!r}")
+    removed = sorted(set(old.exports) - set(new.exports))
+    if removed:
+        raise Rejected(f"upgrade rule 'no export removed' failed: the next manifest drops {removed}")
+    for sub in old.subscriptions:
+        if not any(subscription_covers(n, sub) for n in new.subscriptions):
+            raise Rejected(
+                f"upgrade rule 'subscriptions still covered' failed: nothing in the next manifest covers "
+                f"{sub.kind!r} at stage {sub.stage!r} with filters {dict(sub.filters)}"
+            )
+
+
+def apply_upgrade(state: WorldState, ctx: ActionContext, action: UpgradeModuleFromArtifact) -> list[EventSpec]:
+    """Point instance ``action.instance_id`` at artifact ``action.wasm_hash`` (event
+    module.upgraded {instance_id, from_version, to_version, ...}); its module state and granted
+    capabilities are kept, capabilities the next manifest no longer requires are dropped.
+    Raises Rejected naming the failed rule (owner only, plus ``check_upgrade``)."""
+    inst = state.instances.get(action.instance_id)
+    if inst is None:
+        raise Rejected(f"unknown instance {action.instance_id[:80]!r}; install the module first")
+    if inst.owner_agent_id != ctx.agent_id:
+        raise Rejected(f"upgrade rule 'owner only' failed: instance {inst.instance_id!r} is owned by {inst.owner_agent_id!r}")
+    artifact = state.artifacts.get(action.wasm_hash)
+    if artifact is None:
+        raise Rejected(f"unknown artifact {action.wasm_hash[:80]!r}: deploy or compile the next version first")
+    if artifact.wasm_hash == inst.wasm_hash:
+        raise Rejected(f"instance {inst.instance_id!r} already runs artifact {artifact.wasm_hash}")
+    check_upgrade(state.artifacts[inst.wasm_hash].manifest, artifact.manifest)
+    record = msgspec.structs.replace(
+        inst, version=artifact.version, wasm_hash=artifact.wasm_hash, active=action.activate,
+        granted_caps=[c for c in inst.granted_caps if c in artifact.manifest.required_caps],
+    )
+    state.put_instance(record)
+    return [(ev.MODULE_UPGRADED, {
+        "action_id": ctx.action_id,
+        "agent_id": ctx.agent_id,
+        "instance_id": inst.instance_id,
+        "module_id": inst.module_id,
+        "from_version": inst.version,
+        "to_version": artifact.version,
+        "from_wasm_hash": inst.wasm_hash,
         "wasm_hash": artifact.wasm_hash,
         "active": action.activate,
     })]

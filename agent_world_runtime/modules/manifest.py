@@ -47,3 +47,24 @@ class ModuleManifest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     subscriptions: list[Subscription] = []
     required_caps: list[str] = []
     limits: ModuleLimits = msgspec.field(default_factory=ModuleLimits)
+
+
+class ModuleLimitsMax(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """World-wide ceilings on every manifest's ``ModuleLimits`` (same fields and units). They are
+    part of the world's genesis parameters (``WorldParams.module_limits_max``), hence consensus, and
+    capped again by the engine's own hard limits in the sandbox."""
+
+    max_mem_bytes: int = 16 << 20
+    max_gas: int = 50_000_000
+    max_call_rate: int = 10_000
+    max_output_bytes: int = 256 * 1024
+    max_effects: int = 64
+    max_emits: int = 64
+
+
+def cap_module_limits(limits: ModuleLimits, maximum: ModuleLimitsMax) -> ModuleLimits:
+    """Return ``limits`` with each field replaced by ``max(0, min(field, maximum.field))``: what
+    metering, billing and output checks use for a call."""
+    return ModuleLimits(
+        **{n: max(0, min(getattr(limits, n), getattr(maximum, n))) for n in ModuleLimits.__struct_fields__}
+    )

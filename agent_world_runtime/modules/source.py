@@ -1,17 +1,38 @@
 """Building a module artifact from a source package (DESIGN.md, "WASM modules",
 ``CompileModuleArtifactFromSource``).
 
-A ``ModuleSourcePackage`` maps relative paths to UTF-8 text and names its JSON manifest. The build
-is in-process and deterministic: exactly one ``.wat`` source is compiled with the engine's WAT
-compiler. Other languages are rejected with a clear reason (compile them off-chain and use
-``deploy_module_artifact``). Paths are validated (relative, no ``..``, no absolute or drive paths,
-no backslashes) and sizes are bounded.
+A ``ModuleSourcePackage`` maps relative paths to UTF-8 text and names its JSON manifest. Paths
+are validated (relative, no ``..``, no absolute or drive paths, no backslashes) and sizes are
+bounded. The build:
+
+1. a package with a ``.wat`` source: exactly one, compiled in-process by the engine's WAT compiler
+   (deterministic for the pinned engine);
+2. otherwise the files are written into a temporary workspace and built by the command in the
+   environment variable ``AGENT_WORLD_MODULE_SOURCE_COMPILER`` (split like a shell command) or, if
+   unset, ``scripts/build-wasm-module.sh`` (C via clang or ziglang, Rust via a wasm32 rustc). The
+   command is run as ``<command> <src_dir> <out.wasm>`` with cwd ``src_dir``, at most
+   BUILD_TIMEOUT_S seconds; the output must exist and be at most MAX_BUILD_OUTPUT_BYTES. A missing
+   toolchain, a failed or timed-out build is a SourceRejected carrying the compiler's message.
+
+Determinism rule (docs/module-abi.md, "Compiling from source"): compilation happens while the
+action executes, on every node. WAT is deterministic. An external toolchain is node configuration
+that every validator of a world must pin identically (same command, same compiler version): the
+``module.artifact_compiled`` event records the resulting ``wasm_hash``, and a node whose toolchain
+produces other bytes computes another state root and falls out of consensus visibly rather than
+silently. Worlds that cannot pin a toolchain should compile client-side and deploy the bytes with
+``deploy_module_artifact``.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import subprocess
+import tempfile
 from pathlib import Path
+
+import structlog
 
 from ..actions import ModuleSourcePackage
 from ..codec import DecodeError, decode_json
@@ -22,7 +43,14 @@ MAX_SOURCE_FILES = 32
 MAX_PATH_CHARS = 200
 MAX_SOURCE_FILE_BYTES = 192 * 1024
 MAX_SOURCE_TOTAL_BYTES = 224 * 1024
-OTHER_SOURCE_SUFFIXES = (".rs", ".c", ".cc", ".cpp", ".zig", ".go", ".ts", ".as", ".toml")
+COMPILER_ENV = "AGENT_WORLD_MODULE_SOURCE_COMPILER"
+BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build-wasm-module.sh"
+BUILD_TIMEOUT_S = 120
+MAX_BUILD_OUTPUT_BYTES = 1 << 20
+MAX_COMPILER_MESSAGE_CHARS = 1500
+
+log = structlog.get_logger(__name__)
+
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 
 
@@ -51,8 +79,8 @@ def build_source_package(module_id: str, package: ModuleSourcePackage) -> tuple[
     """Validate ``package`` and compile it; return ``(manifest, wasm_bytes)``.
 
     Raises SourceRejected when paths or sizes are invalid, the manifest is missing, is not a
-    ModuleManifest, or names another module id, when there is no single ``.wat`` source, or when
-    the WAT does not compile.
+    ModuleManifest, or names another module id, when there is more than one ``.wat`` source, when
+    the WAT does not compile, or when the external build (``build_external``) fails.
     """
     files = package.files
     if not files:
@@ -81,13 +109,7 @@ def build_source_package(module_id: str, package: ModuleSourcePackage) -> tuple[
         )
     wat_files = sorted(p for p in files if p.endswith(".wat"))
     if not wat_files:
-        others = sorted(p for p in files if p.endswith(OTHER_SOURCE_SUFFIXES))
-        if others:
-            raise SourceRejected(
-                f"cannot compile {others[0]!r} in-world: only WebAssembly text (.wat) is compiled in-world for now; "
-                "build other languages to .wasm yourself and use deploy_module_artifact"
-            )
-        raise SourceRejected("source package has no .wat source file")
+        return manifest, build_external(files)
     if len(wat_files) > 1:
         raise SourceRejected(f"source package has {len(wat_files)} .wat files {wat_files[:4]}; include exactly one")
     try:
@@ -95,6 +117,63 @@ def build_source_package(module_id: str, package: ModuleSourcePackage) -> tuple[
     except ModuleValidationError as exc:
         raise SourceRejected(f"{wat_files[0]}: {exc}") from None
     return manifest, wasm
+
+
+def compiler_command() -> list[str]:
+    """Return the external build command: ``AGENT_WORLD_MODULE_SOURCE_COMPILER`` split like a
+    shell command, or ``bash scripts/build-wasm-module.sh``. Raises SourceRejected if the
+    variable is set but empty or unparsable."""
+    configured = os.environ.get(COMPILER_ENV)
+    if configured is None:
+        return ["bash", str(BUILD_SCRIPT)]
+    try:
+        cmd = shlex.split(configured)
+    except ValueError as exc:
+        raise SourceRejected(f"{COMPILER_ENV}={configured[:80]!r} cannot be parsed: {exc}") from None
+    if not cmd:
+        raise SourceRejected(f"{COMPILER_ENV} is set but empty; unset it or name a compiler command")
+    return cmd
+
+
+def build_external(files: dict[str, str]) -> bytes:
+    """Write ``files`` (paths already validated) into a temporary workspace, run
+    ``compiler_command() + [src_dir, out_wasm]`` there under BUILD_TIMEOUT_S and return the
+    module bytes. Raises SourceRejected with the compiler's message (stderr, else stdout,
+    truncated) when the command is missing, fails, times out, or writes no or too large output."""
+    cmd = compiler_command()
+    with tempfile.TemporaryDirectory(prefix="aw-module-build-") as tmp:
+        src = Path(tmp) / "src"
+        out = Path(tmp) / "out.wasm"
+        for rel, text in files.items():
+            target = src / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        try:
+            proc = subprocess.run(
+                [*cmd, str(src), str(out)], cwd=src, capture_output=True, timeout=BUILD_TIMEOUT_S,
+                stdin=subprocess.DEVNULL, check=False,
+            )
+        except FileNotFoundError:
+            raise SourceRejected(
+                f"module source compiler {cmd[0]!r} was not found; install it or set {COMPILER_ENV} to a working command"
+            ) from None
+        except PermissionError:
+            raise SourceRejected(f"module source compiler {cmd[0]!r} is not executable") from None
+        except subprocess.TimeoutExpired:
+            raise SourceRejected(f"module build took longer than {BUILD_TIMEOUT_S} s and was stopped") from None
+        if proc.returncode != 0:
+            message = (proc.stderr or proc.stdout).decode("utf-8", "replace").strip()
+            log.info("module build failed", exit_code=proc.returncode, compiler=cmd[0])
+            raise SourceRejected(
+                f"module build failed (exit {proc.returncode}): {message[-MAX_COMPILER_MESSAGE_CHARS:] or 'no message'}"
+            )
+        try:
+            size = out.stat().st_size
+        except OSError:
+            raise SourceRejected("module build succeeded but wrote no output .wasm file") from None
+        if size > MAX_BUILD_OUTPUT_BYTES:
+            raise SourceRejected(f"module build output is {size} bytes; the limit is {MAX_BUILD_OUTPUT_BYTES}")
+        return out.read_bytes()
 
 
 def package_from_files(paths: list[str | Path], manifest: str | Path) -> ModuleSourcePackage:

@@ -1,0 +1,31 @@
+;; hostile_effects: a reducer that returns {"effects": [{"kind": "k"} x 1000]}, far above any
+;; max_effects: module.call_failed code EFFECT_LIMIT_EXCEEDED, nothing applied.
+(module
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  ;; alloc(len) -> ptr: bump allocation from 1024, growing memory as needed (fresh instance per call).
+  (func $alloc (export "alloc") (param $len i32) (result i32)
+    (local $p i32) (local $need i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (local.get $p) (local.get $len)))
+    (local.set $need (i32.sub (i32.shr_u (i32.add (global.get $heap) (i32.const 65535)) (i32.const 16)) (memory.size)))
+    (if (i32.gt_s (local.get $need) (i32.const 0))
+      (then (if (i32.eq (memory.grow (local.get $need)) (i32.const -1)) (then unreachable))))
+    (local.get $p))
+  ;; 8: fixmap(1) + key "effects" + array16 header (count 1000 = 0x03e8)
+  (data (i32.const 8) "\81\a7effects\dc\03\e8")
+  ;; 32: one element {"kind": "k"} (8 bytes)
+  (data (i32.const 32) "\81\a4kind\a1k")
+  (func (export "reduce") (param i32 i32) (result i64)
+    (local $out i32) (local $o i32) (local $i i32)
+    (local.set $out (call $alloc (i32.const 9000)))
+    (memory.copy (local.get $out) (i32.const 8) (i32.const 12))
+    (local.set $o (i32.add (local.get $out) (i32.const 12)))
+    (loop $next
+      (memory.copy (local.get $o) (i32.const 32) (i32.const 8))
+      (local.set $o (i32.add (local.get $o) (i32.const 8)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $next (i32.lt_u (local.get $i) (i32.const 1000))))
+    (i64.or (i64.shl (i64.extend_i32_u (local.get $out)) (i64.const 32))
+            (i64.extend_i32_u (i32.sub (local.get $o) (local.get $out)))))
+)

@@ -1,0 +1,19 @@
+;; hostile_rate: a reducer subscribed to every domain event that returns {} (no change). Its
+;; manifest allows max_call_rate calls per block; the call after that in the same block is
+;; module.call_failed code CALL_RATE_EXCEEDED without running (per block, never wall clock).
+(module
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  ;; alloc(len) -> ptr: bump allocation from 1024, growing memory as needed (fresh instance per call).
+  (func $alloc (export "alloc") (param $len i32) (result i32)
+    (local $p i32) (local $need i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (local.get $p) (local.get $len)))
+    (local.set $need (i32.sub (i32.shr_u (i32.add (global.get $heap) (i32.const 65535)) (i32.const 16)) (memory.size)))
+    (if (i32.gt_s (local.get $need) (i32.const 0))
+      (then (if (i32.eq (memory.grow (local.get $need)) (i32.const -1)) (then unreachable))))
+    (local.get $p))
+  (data (i32.const 8) "\80")
+  (func (export "reduce") (param i32 i32) (result i64)
+    (i64.or (i64.shl (i64.const 8) (i64.const 32)) (i64.const 1)))
+)

@@ -1,0 +1,151 @@
+"""Billing of module calls and lifecycle fees (issue 4, "Billing"): every call is billed to the
+artifact owner as module.runtime_charged; a payer who cannot pay makes the call fail with
+INSUFFICIENT_FUNDS and nothing of its output is applied; deploy, compile and install cost
+electricity."""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+from agent_world_runtime import World, compute_action_id
+from agent_world_runtime.actions import CompileModuleArtifactFromSource, HarvestRadiation, InstallModuleFromArtifact
+from agent_world_runtime.crypto import sha256
+from agent_world_runtime.modules.router import compute_fee, electricity_fee
+from agent_world_runtime.params import WorldParams
+from agent_world_runtime.signer import AgentSigner
+from tests.test_runtime_modules import CHAIN, const_module, deploy, example_package, manifest, rejection
+
+STATEFUL_EMIT = msgspec.msgpack.encode({"new_state": b"S" * 10, "emits": [{"kind": "tick.seen", "data": {"n": 1}}]})
+
+
+def setup(electricity: int = 1000, data: int = 1000) -> tuple[World, AgentSigner, AgentSigner]:
+    w = World.from_genesis(CHAIN, WorldParams(initial_electricity=electricity, initial_data=data))
+    w.begin_block(1, 1_000)
+    alice = AgentSigner.from_seed("alice", b"\x01" * 32, CHAIN)
+    bob = AgentSigner.from_seed("bob", b"\x02" * 32, CHAIN)
+    for who in (alice, bob):
+        w.apply_action(s := who.register(), compute_action_id(s))
+    return w, alice, bob
+
+
+def act(w: World, signed) -> list:
+    return w.apply_action(signed, compute_action_id(signed))
+
+
+def install(w: World, who: AgentSigner, wasm: bytes, m) -> str:
+    [deployed] = deploy(w, who, wasm, m)
+    assert deployed.kind == "module.artifact_deployed", deployed.data
+    [installed] = act(w, who.sign(InstallModuleFromArtifact(wasm_hash=sha256(wasm).hex())))
+    assert installed.kind == "module.installed", installed.data
+    return installed.data["instance_id"]
+
+
+def test_fee_formulas():
+    assert compute_fee(0, 0, 0, 0) == 0
+    assert compute_fee(1, 1024, 0, 0) == 2
+    assert compute_fee(1025, 2049, 3, 4) == 2 + 3 + 6 + 4
+    assert electricity_fee(0, 0, False) == 1
+    assert electricity_fee(2, 3, True) == 7
+
+
+def test_every_call_is_billed_to_the_artifact_owner():
+    w, alice, bob = setup()
+    iid = install(w, alice, const_module(STATEFUL_EMIT), manifest("biller"))
+    before_alice, before_bob = w.get_agent("alice"), w.get_agent("bob")
+    harvested, called, charged, emitted = act(w, bob.sign(HarvestRadiation()))
+    assert [harvested.kind, called.kind, charged.kind, emitted.kind] == [
+        "domain.radiation_harvested", "module.called", "module.runtime_charged", "module.emitted"]
+    d = charged.data
+    assert d["payer_agent_id"] == "alice" and d["module_id"] == "biller" and d["trace_id"] == called.data["trace_id"]
+    assert (d["output_bytes"], d["effect_count"], d["emit_count"]) == (len(STATEFUL_EMIT), 0, 1)
+    assert d["compute_fee_kind"] == "data" and d["electricity_fee_kind"] == "electricity"
+    assert d["compute_fee_amount"] == math.ceil(d["input_bytes"] / 1024) + math.ceil(len(STATEFUL_EMIT) / 1024) + 1
+    assert d["electricity_fee_amount"] == 1 + 0 + 1 + 1  # base + one emit + new state
+    assert d["gas_used"] == called.data["gas_used"] > 0
+    after_alice = w.get_agent("alice")
+    assert after_alice.data == before_alice.data - d["compute_fee_amount"]
+    assert after_alice.electricity == before_alice.electricity - d["electricity_fee_amount"]
+    assert w.get_agent("bob").electricity == before_bob.electricity + 5  # the actor pays nothing
+    assert w.module_state(iid) == b"S" * 10
+
+
+def test_payer_who_cannot_pay_fails_the_call_and_nothing_is_applied():
+    params = WorldParams()
+    # alice keeps exactly 1 electricity after the deploy and install fees: the base fee, not the full fee (3)
+    w, alice, bob = setup(electricity=params.module_deploy_fee + params.module_install_fee + 1)
+    iid = install(w, alice, const_module(STATEFUL_EMIT), manifest("biller"))
+    assert w.get_agent("alice").electricity == 1
+    harvested, failed, charged = act(w, bob.sign(HarvestRadiation()))
+    assert failed.kind == "module.call_failed" and failed.data["code"] == "INSUFFICIENT_FUNDS"
+    assert "electricity fee is 3, the payer has 1" in failed.data["detail"]
+    assert charged.kind == "module.runtime_charged" and charged.data["electricity_fee_amount"] == 1  # base fee
+    assert (charged.data["output_bytes"], charged.data["emit_count"]) == (0, 0)
+    assert w.module_state(iid) is None and w.events(kind_prefix="module.emitted") == []
+    # Now alice cannot even pay the base fee: the call is not started and nothing is charged.
+    harvested, failed = act(w, bob.sign(HarvestRadiation()))
+    assert failed.data["code"] == "INSUFFICIENT_FUNDS" and failed.data["gas_used"] == 0
+    assert "cannot pay the base fee" in failed.data["detail"]
+    assert w.get_agent("alice").electricity == 0
+
+
+def test_failed_calls_are_billed_the_base_fee():
+    w, alice, bob = setup()
+    trapper = const_module(b"\xc1")  # invalid output
+    install(w, alice, trapper, manifest("bad"))
+    before = w.get_agent("alice")
+    _, failed, charged = act(w, bob.sign(HarvestRadiation()))
+    assert failed.data["code"] == "INVALID_OUTPUT"
+    assert charged.data["electricity_fee_amount"] == 1
+    assert charged.data["compute_fee_amount"] == math.ceil(charged.data["input_bytes"] / 1024)
+    assert w.get_agent("alice").electricity == before.electricity - 1
+
+
+def test_deploy_install_and_compile_fees():
+    p = WorldParams()
+    w, alice, bob = setup()
+    wasm = const_module(b"\x80")
+    start = w.get_agent("alice").electricity
+    [deployed] = deploy(w, alice, wasm, manifest("feed"))
+    assert deployed.data["fee"] == p.module_deploy_fee
+    assert w.get_agent("alice").electricity == start - p.module_deploy_fee
+    [installed] = act(w, alice.sign(InstallModuleFromArtifact(wasm_hash=sha256(wasm).hex())))
+    assert installed.data["fee"] == p.module_install_fee
+    assert w.get_agent("alice").electricity == start - p.module_deploy_fee - p.module_install_fee
+    [compiled] = act(w, bob.sign(CompileModuleArtifactFromSource(module_id="move_counter",
+                                                                 source_package=example_package("move_counter"))))
+    assert compiled.kind == "module.artifact_compiled" and compiled.data["fee"] == p.module_compile_fee
+    assert w.get_agent("bob").electricity == start - p.module_compile_fee
+
+
+def test_unaffordable_lifecycle_actions_are_rejected_and_nothing_is_written():
+    p = WorldParams()
+    w, alice, bob = setup(electricity=p.module_install_fee - 1)
+    wasm = const_module(b"\x80")
+    reason = rejection(deploy(w, alice, wasm, manifest("poor")))
+    assert reason.startswith(f"insufficient electricity: deploying a module costs {p.module_deploy_fee}, agent 'alice' has")
+    assert w.module_status()["artifacts"] == []
+    reason = rejection(act(w, alice.sign(CompileModuleArtifactFromSource(
+        module_id="move_counter", source_package=example_package("move_counter")))))
+    assert "compiling a module costs" in reason and w.module_status()["artifacts"] == []
+    # Give alice enough to deploy but not to install.
+    rich = World.from_genesis(CHAIN, WorldParams(initial_electricity=p.module_deploy_fee + p.module_install_fee - 1))
+    rich.begin_block(1, 1_000)
+    act(rich, alice.register())
+    deploy(rich, alice, wasm, manifest("poor"))
+    reason = rejection(act(rich, alice.sign(InstallModuleFromArtifact(wasm_hash=sha256(wasm).hex()))))
+    assert "installing a module costs" in reason and rich.module_status()["instances"] == []
+
+
+def test_replay_applies_the_same_charges():
+    def run() -> tuple[bytes, list[bytes]]:
+        w, alice, bob = setup(electricity=40)
+        install(w, alice, const_module(STATEFUL_EMIT), manifest("biller"))
+        for _ in range(12):  # runs alice out of electricity part way
+            act(w, bob.sign(HarvestRadiation()))
+        return w.end_block().state_root, w.journal_raw()
+
+    (root1, journal1), (root2, journal2) = run(), run()
+    assert root1 == root2 and journal1 == journal2
+    assert any(b"INSUFFICIENT_FUNDS" in raw for raw in journal1)
