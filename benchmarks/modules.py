@@ -137,19 +137,33 @@ def sandbox_call(sandbox: Sandbox, wasm: bytes):
     return run
 
 
-def bench_world_module_call(moves: int = 1_000) -> tuple[float, float]:
-    """Return (module calls per second, microseconds per module call) of the full World path:
-    moves with the example ``move_counter`` reducer installed minus the same moves without it."""
+def bench_world_module_call(moves: int = 1_000, *, trivial: bool = False) -> tuple[float, float]:
+    """Return (module calls per second, microseconds per module call) of the full World path
+    (routing, every limit and output check, billing, events): moves with a reducer subscribed to
+    ``domain.agent_moved`` installed minus the same moves without it. The reducer is the example
+    ``move_counter`` or, with ``trivial``, the trivial reducer of this directory."""
     from benchmarks.run import _world_with_agents  # shared world setup
 
-    from agent_world_runtime.actions import CompileModuleArtifactFromSource, InstallModuleFromArtifact
+    from agent_world_runtime.actions import (
+        CompileModuleArtifactFromSource,
+        DeployModuleArtifact,
+        InstallModuleFromArtifact,
+    )
+    from agent_world_runtime.crypto import sha256
+    from agent_world_runtime.modules.manifest import ModuleLimits, ModuleManifest, Subscription
     from agent_world_runtime.modules.source import package_from_files
 
     world, (builder,) = _world_with_agents(1)
-    ex = ROOT / "examples" / "modules"
-    pkg = package_from_files([ex / "move_counter.wat", ex / "move_counter.manifest.json"], ex / "move_counter.manifest.json")
     world.begin_block(2, 2)
-    world.apply_action(builder.sign(CompileModuleArtifactFromSource("move_counter", pkg)), b"c" * 32)
+    if trivial:
+        wasm = wat_to_wasm(TRIVIAL_REDUCER.read_text())
+        manifest = ModuleManifest(module_id="trivial", version="1.0.0", subscriptions=[Subscription("domain.agent_moved")],
+                                  limits=ModuleLimits(max_call_rate=1_000))
+        world.apply_action(builder.sign(DeployModuleArtifact(sha256(wasm).hex(), wasm, manifest)), b"d" * 32)
+    else:
+        ex = ROOT / "examples" / "modules"
+        pkg = package_from_files([ex / "move_counter.wat", ex / "move_counter.manifest.json"], ex / "move_counter.manifest.json")
+        world.apply_action(builder.sign(CompileModuleArtifactFromSource("move_counter", pkg)), b"c" * 32)
     wasm_hash = world.module_status()["artifacts"][0]["wasm_hash"]
     world.apply_action(builder.sign(InstallModuleFromArtifact(wasm_hash=wasm_hash)), b"i" * 32)
     world.end_block()
@@ -207,6 +221,9 @@ def run_all(record, calls: int = CALLS, repeats: int = REPEATS) -> None:
     world_rate, world_us = bench_world_module_call()
     record("module_world_call_per_s", world_rate)
     record("module_call_us", world_us)
+    trivial_rate, trivial_us = bench_world_module_call(trivial=True)
+    record("module_world_trivial_call_per_s", trivial_rate)
+    record("module_world_trivial_over_bare_ratio", bare_rate / trivial_rate)
 
 
 def main() -> None:

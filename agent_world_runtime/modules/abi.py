@@ -209,7 +209,8 @@ def decode_module_output(raw: bytes, limits: ModuleLimits, *, reducer: bool) -> 
     if len(raw) > limits.max_output_bytes:
         raise OutputRejected(OUTPUT_TOO_LARGE, f"output is {len(raw)} bytes; the limit is {limits.max_output_bytes}")
     try:
-        msgpack_nesting_depth(raw, MAX_NESTING_DEPTH)
+        if len(raw) > MAX_NESTING_DEPTH:  # each level takes at least one byte: shorter output cannot nest deeper
+            msgpack_nesting_depth(raw, MAX_NESTING_DEPTH)
         out = msgspec.msgpack.decode(raw, type=ModuleOutput)
     except (ValueError, msgspec.DecodeError) as exc:
         raise OutputRejected(INVALID_OUTPUT, f"output is not a valid ModuleOutput: {exc}") from None

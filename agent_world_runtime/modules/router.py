@@ -50,7 +50,7 @@ from ..rules import MAX_BALANCE
 from ..state import InstanceRecord, WorldState
 from . import abi
 from .lifecycle import CAPABILITIES, LOCATION_TARGET_RE, entry_point
-from .manifest import Subscription, cap_module_limits
+from .manifest import ModuleLimits, ModuleLimitsMax, Subscription, cap_module_limits
 from .sandbox import ModuleValidationError, Sandbox
 
 log = structlog.get_logger(__name__)
@@ -117,6 +117,7 @@ class ModuleRunner:
         self._calls_this_block: dict[str, int] = {}
         self.gas_left = abi.BLOCK_MODULE_GAS_BUDGET
         self._routes_cache: tuple[int, dict[str, list[Route]], list[InstanceRecord]] | None = None
+        self._capped: dict[tuple[ModuleLimits, ModuleLimitsMax], ModuleLimits] = {}
 
     def new_block(self) -> None:
         """Reset the per-block call counts and gas budget."""
@@ -197,7 +198,10 @@ class ModuleRunner:
         state = self.state
         artifact = state.artifacts[inst.wasm_hash]
         manifest = artifact.manifest
-        limits = cap_module_limits(manifest.limits, state.meta.params.module_limits_max)
+        key = (manifest.limits, state.meta.params.module_limits_max)
+        limits = self._capped.get(key)
+        if limits is None:
+            limits = self._capped[key] = cap_module_limits(*key)
         reducer = manifest.kind == "reducer"
         base = {"module_id": inst.module_id, "instance_id": inst.instance_id, "trace_id": trace_id}
         count = self._calls_this_block.get(inst.instance_id, 0)
