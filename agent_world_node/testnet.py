@@ -53,6 +53,7 @@ from .config import (
     read_genesis,
 )
 from agent_world_runtime.crypto import SigningKey
+from agent_world_runtime.params import WorldParams
 
 from .workload import WorkloadStats, run_workload
 
@@ -101,6 +102,12 @@ def is_testnet(directory: Path) -> bool:
     return Home(node_dir(directory, 0)).genesis_file.exists()
 
 
+# The local testnet's world rules: a harvest yields 20 electricity (default 5), so that the
+# scripted economy can pay for a module billed on every move of every agent (each call of the
+# example reducer costs its owner 2 electricity and about 2 data).
+TESTNET_WORLD = WorldParams(harvest_amount=20)
+
+
 def init_testnet(
     directory: Path,
     nodes: int,
@@ -137,6 +144,7 @@ def init_testnet(
             GenesisValidator(name=f"node{i}", public_key=key.public_key.hex(), stake=stake)
             for i, key in enumerate(validator_keys)
         ],
+        world=TESTNET_WORLD,
     )
     homes = []
     for i in range(nodes):

@@ -224,6 +224,8 @@ class _Shared:
     registration_timeout_s: float
     module_timeout_s: float
     modules_dir: Path
+    # The agent paying for every call of the installed module (its owner), once installed.
+    module_payer: str | None = None
 
 
 class _Agent:
@@ -409,20 +411,29 @@ class _Agent:
                 self.log.error("module_instance_missing", wasm_hash=wasm_hash)
                 return
         stats.module_installed = True
+        self.shared.module_payer = self.agent_id
         self.log.info("module_installed", module_id=module_id, wasm_hash=wasm_hash)
 
     def choose(self) -> Action:
-        """Pick the next action from the agent's seeded generator and its state estimate."""
-        if self.electricity < LOW_ELECTRICITY:
+        """Pick the next action from the agent's seeded generator and its state estimate.
+
+        Every call of the installed module is billed to its owner (one electricity or more per
+        call, one call per move of any agent), so once the module is installed its owner spends
+        its turns harvesting and most transfers of the others (electricity and data) go to it: the
+        users pay for the service they use."""
+        payer = self.shared.module_payer
+        if self.electricity < LOW_ELECTRICITY or payer == self.agent_id:
             return HarvestRadiation()
         r = self.rng.random()
         others = sorted(self.shared.registered - {self.agent_id})
         if r < 0.15:
             return HarvestRadiation()
         if r < 0.3 and others:
-            to = self.rng.choice(others)
-            amount = self.rng.randint(1, 3)
-            if self.rng.random() < 0.3 and self.data > amount + 2:
+            to = payer if payer is not None and self.rng.random() < 0.8 else self.rng.choice(others)
+            amount = self.rng.randint(1, 3) if to != payer else self.rng.randint(5, 10)
+            # the module's owner pays its compute fees in data, which no action creates
+            data_share = 0.5 if to == payer else 0.3
+            if self.rng.random() < data_share and self.data > amount + 2:
                 return TransferResource(to=to, kind="data", amount=amount)
             return TransferResource(to=to, kind="electricity", amount=amount)
         x, y, z = self.position
