@@ -28,6 +28,7 @@ from .consensus import TimeoutFired
 from .metrics import NodeMetrics
 from .network import NetworkConfig, P2PNetwork, SyncError
 from .replica import MAX_GOSSIP_BYTES, AdmissionResult, Output, Publish, Replica, StartTimer
+from .store import NodeStore
 
 log = structlog.get_logger(__name__)
 
@@ -48,8 +49,6 @@ class Node:
     """
 
     def __init__(self, home: cfg.Home, peers: list[str] | None = None) -> None:
-        from .store import NodeStore
-
         self.home = home
         self.config = cfg.read_config(home.config_file)
         genesis = cfg.read_genesis(home.genesis_file)
