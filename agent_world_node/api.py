@@ -9,10 +9,14 @@ Routes (hashes and bytes are lowercase hex in responses):
 - ``GET /v1/status``, ``GET /v1/blocks/{height}``, ``GET /v1/execution/{height}``,
   ``GET /v1/agents/{agent_id}``, ``GET /v1/events?from_seq=&limit=&kind=``, ``GET /v1/modules``,
   ``GET /v1/evidence``, ``GET /health``, ``GET /ready``, ``GET /metrics`` (Prometheus text).
+- Only with ``rpc.unsafe = true`` in config.toml (local testnets and fault tests): ``GET`` and
+  ``POST /v1/unsafe/peer_filter`` with ``{"blocked": [peer id, ...]}``: this node disconnects the
+  listed peers and ignores them until the list changes. Otherwise these answer 403.
 """
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -146,6 +150,27 @@ def create_app(node: "Node") -> Starlette:
         ok, reason = node.readiness()
         return JSONResponse({"ready": ok, "reason": reason}, status_code=200 if ok else 503)
 
+    async def peer_filter(request: Request) -> Response:
+        if not node.config.rpc.unsafe:
+            return _error(403, "unsafe_disabled", "the unsafe routes are off; set rpc.unsafe = true in config.toml "
+                          "(local testnets only) and restart the node")
+        if request.method == "GET":
+            return JSONResponse({"blocked": sorted(node.net.peer_filter.blocked)})
+        body = await _read_body(request)
+        if body is None:
+            return _error(413, "too_large", f"request body exceeds {MAX_BODY_BYTES} bytes")
+        try:
+            doc = json.loads(body)
+        except ValueError as exc:
+            return _error(400, "malformed", f"body is not JSON: {exc}")
+        blocked = doc.get("blocked") if isinstance(doc, dict) else None
+        if not isinstance(blocked, list) or not all(isinstance(p, str) for p in blocked) or set(doc) != {"blocked"}:
+            return _error(400, "malformed", 'send {"blocked": ["<peer id>", ...]} and nothing else')
+        try:
+            return JSONResponse({"blocked": node.set_peer_filter(blocked)})
+        except ValueError as exc:
+            return _error(400, "bad_peer_id", str(exc))
+
     async def metrics(request: Request) -> Response:
         body, content_type = node.metrics.render()
         return Response(body, media_type=content_type)
@@ -162,5 +187,6 @@ def create_app(node: "Node") -> Starlette:
         Route("/health", health),
         Route("/ready", ready),
         Route("/metrics", metrics),
+        Route("/v1/unsafe/peer_filter", peer_filter, methods=["GET", "POST"]),
     ]
     return Starlette(routes=routes)

@@ -270,6 +270,20 @@ class NodeClient:
             raise BadResponse(f"node at {self.base_url} answered /v1/status with {type(body).__name__}, not an object")
         return body
 
+    async def set_peer_filter(self, blocked: list[str]) -> list[str]:
+        """POST /v1/unsafe/peer_filter: make the node disconnect and ignore the ``blocked`` peer ids
+        (an empty list lifts the filter); returns the list the node now applies. Needs
+        ``rpc.unsafe = true`` on the node; raises BadResponse otherwise (403) or for a bad id (400)."""
+        response = await self._request("POST", "/v1/unsafe/peer_filter", json={"blocked": list(blocked)})
+        body = _json_body(response)
+        if response.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("blocked"), list):
+            raise BadResponse(
+                f"node at {self.base_url} answered POST /v1/unsafe/peer_filter with HTTP {response.status_code}: "
+                f"{_error_text(body, response)}",
+                status=response.status_code,
+            )
+        return body["blocked"]
+
     async def block(self, height: int) -> dict[str, Any]:
         """GET /v1/blocks/{height}: height, block_hash, header, actions, certificate. NotFound if unknown."""
         return await self._get_json(f"/v1/blocks/{int(height)}", what=f"block at height {height}")

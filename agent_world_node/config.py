@@ -54,9 +54,12 @@ class P2PConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class RPCConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """HTTP API listen address, ``host:port``."""
+    """HTTP API listen address, ``host:port``. ``unsafe`` enables the operator routes under
+    ``/v1/unsafe/`` (the peer filter), as CometBFT's ``rpc.unsafe``: only for local testnets and
+    fault tests, never on a node reachable by others."""
 
     listen: str = "127.0.0.1:26657"
+    unsafe: bool = False
 
 
 class ConsensusConfig(msgspec.Struct, forbid_unknown_fields=True):

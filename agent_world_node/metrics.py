@@ -25,6 +25,16 @@ class NodeMetrics:
         self.execution_mismatches = Counter(
             "awnode_execution_mismatches", "Peer execution hashes that differ from ours", registry=r
         )
+        self.execution_diverged = Gauge(
+            "awnode_execution_diverged", "1 when this node's execution root differs from the quorum's", registry=r
+        )
+        self.peer_penalties = Counter(
+            "awnode_peer_penalties", "Misbehaviour offences scored against peers", ["reason"], registry=r
+        )
+        self.peer_bans = Gauge("awnode_peers_banned", "Peers banned for misbehaviour right now", registry=r)
+        self.gossip_dropped = Gauge(
+            "awnode_gossip_dropped", "Gossip messages dropped by the network layer, by reason", ["reason"], registry=r
+        )
 
     def render(self) -> tuple[bytes, str]:
         """Return the Prometheus text exposition and its content type."""

@@ -27,7 +27,7 @@ from . import config as cfg
 from .consensus import TimeoutFired
 from .metrics import NodeMetrics
 from .network import NetworkConfig, P2PNetwork, SyncError
-from .replica import MAX_GOSSIP_BYTES, AdmissionResult, Output, Publish, Replica, StartTimer
+from .replica import MAX_GOSSIP_BYTES, AdmissionResult, Misbehaviour, Output, Publish, Replica, StartTimer
 from .store import NodeStore
 
 log = structlog.get_logger(__name__)
@@ -39,6 +39,12 @@ SYNC_BATCH_HEIGHTS = 200
 REGOSSIP_AFTER_S = 1.5
 
 __all__ = ["AdmissionResult", "Node"]
+
+
+def _divergence_json(d: Any) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    return {"height": d.height, "our_state_root": d.our_root.hex(), "quorum_state_root": d.quorum_root.hex()}
 
 
 class Node:
@@ -118,6 +124,9 @@ class Node:
             elif isinstance(out, StartTimer):
                 assert self._nursery is not None
                 self._nursery.start_soon(self._timer, out)
+            elif isinstance(out, Misbehaviour):
+                self.metrics.peer_penalties.labels(out.reason).inc()
+                self.net.penalize(out.peer, out.reason)
         if self.replica.sync_target(set(self.net.connected_peers())) is not None:
             self._sync_wakeup.set()
 
@@ -144,6 +153,10 @@ class Node:
             out = self.replica.status_message()
             await self.net.publish(out.topic, out.data)
             self.metrics.peers.set(len(self.net.connected_peers()))
+            net = self.net.stats()
+            self.metrics.peer_bans.set(len(net["banned_peers"]))
+            for reason, n in net["dropped"].items():
+                self.metrics.gossip_dropped.labels(reason).set(n)
             await trio.sleep(STATUS_INTERVAL_S)
 
     async def _regossip_loop(self) -> None:
@@ -192,6 +205,8 @@ class Node:
             await self._perform(self.replica.handle_synced(payloads, peer))
             if self.replica.height == before:
                 self.replica.forget_peer_height(peer)
+                self.log.warning("sync_made_no_progress", peer=peer, from_height=start, to_height=end,
+                                 payloads=len(payloads))
             else:
                 self.log.info("synced", peer=peer, from_height=before + 1, to_height=self.replica.height, target=height)
 
@@ -214,6 +229,12 @@ class Node:
             "mempool_size": len(self.replica.mempool),
             "actions_committed": self.replica.actions_committed,
             "execution_mismatches": self.replica.execution_mismatches,
+            "execution_diverged": _divergence_json(self.replica.divergence),
+            "peer_filter": {
+                "blocked": sorted(self.net.peer_filter.blocked),
+                "banned": self.net.peer_filter.banned(),
+                "bans_total": self.net.peer_filter.bans_total,
+            },
             "module_calls": self.world.stats().get("module_calls", 0),
             "syncing": self._syncing,
             "uptime_s": round(time.time() - self._started_at, 1),
@@ -267,8 +288,17 @@ class Node:
         """Stored equivocation evidence (newest first)."""
         return [{"height": h, "kind": k, "payload": p.hex()} for h, k, p in self.replica.store.evidence()]
 
+    def set_peer_filter(self, blocked: list[str]) -> list[str]:
+        """Replace the operator's block list (``POST /v1/unsafe/peer_filter``); returns it sorted.
+        Raises ValueError for a string that is not a peer id."""
+        self.net.set_blocked_peers(blocked)
+        return sorted(self.net.peer_filter.blocked)
+
     def readiness(self) -> tuple[bool, str]:
-        """Ready when connected to a peer (or alone in the validator set) and not syncing."""
+        """Ready when connected to a peer (or alone in the validator set), not syncing, and not
+        diverged from the quorum's execution."""
+        if self.replica.divergence is not None:
+            return False, f"execution diverged from the quorum at height {self.replica.divergence.height}"
         if len(self.replica.validator_set) > 1 and not self.net.connected_peers():
             return False, "no peers connected"
         if self._syncing:

@@ -104,7 +104,40 @@ class StartTimer:
     duration_ms: int
 
 
-Output = Publish | StartTimer
+@dataclass(frozen=True, slots=True)
+class Misbehaviour:
+    """``peer`` sent something no correct node sends (``reason``: a key of
+    ``network.peer_filter.PENALTY_POINTS``, e.g. "malformed", "bad_signature", "invalid_commit",
+    "bad_sync_response"); the driver scores it, and a peer that keeps misbehaving is banned."""
+
+    peer: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """This node's execution disagrees with the quorum's: a block committed at ``height + 1``
+    (certified by more than 2/3 of the stake, so checked by at least one correct validator)
+    carries ``quorum_root`` as the execution state root of ``height``, and ours is ``our_root``."""
+
+    height: int
+    our_root: bytes
+    quorum_root: bytes
+
+
+Output = Publish | StartTimer | Misbehaviour
+
+#: Consensus rejections that no correct node causes: the sender is scored for them.
+_PUNISHED_REJECTIONS = {
+    "bad_signature": "bad_signature",
+    "unknown_validator": "unknown_validator",
+    "wrong_proposer": "invalid_message",
+    "bad_block": "invalid_message",
+    "bad_block_hash": "invalid_message",
+    "bad_round": "invalid_message",
+    "bad_pol_round": "invalid_message",
+}
+DIVERGED_META_KEY = "execution_diverged"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +223,15 @@ class Replica:
         self.peer_heights: dict[str, int] = {}
         self.actions_committed = 0
         self.execution_mismatches = 0
+        self.divergence: Divergence | None = None
         self._pending_gossip: list[bytes] = []
         self.log = log.bind(node=node_id[:16])
+        stored = store.get_meta(DIVERGED_META_KEY)
+        if stored is not None:
+            # Diverged before a restart: replaying the same blocks gives the same wrong roots, so
+            # stay silent until the operator resyncs this home from peers.
+            h, ours, quorum = decode(stored, tuple[int, bytes, bytes])
+            self._enter_divergence(Divergence(h, ours, quorum), persist=False)
 
     @classmethod
     def open(
@@ -269,24 +309,26 @@ class Replica:
         except DecodeError as exc:
             self.metrics.messages_dropped.labels("malformed").inc()
             self.log.warning("gossip_malformed", peer=peer, error=str(exc)[:200])
-            return []
+            return [Misbehaviour(peer, "malformed")]
         if isinstance(msg, GossipVoteMessage):
             self._note_peer_height(peer, msg.vote.height - 1)
-            return self._perform(self.core.handle(VoteReceived(msg.vote)))
+            return self._judged(peer, VoteReceived(msg.vote))
         if isinstance(msg, GossipProposalMessage):
             self._note_peer_height(peer, msg.proposal.height - 1)
-            return self._perform(self.core.handle(ProposalReceived(msg.proposal)))
+            return self._judged(peer, ProposalReceived(msg.proposal))
         if isinstance(msg, GossipCommitMessage):
             return self._on_peer_commit(ReplicatedCommitPayload(msg.block, msg.certificate, msg.execution), peer, "gossip")
         if isinstance(msg, GossipActionBatch):
+            malformed = 0
             for payload in msg.payloads[:MAX_BATCH_ACTIONS]:
                 try:
                     signed = decode_signed_action(payload)
                 except DecodeError:
                     self.metrics.actions_refused.labels("malformed").inc()
+                    malformed += 1
                     continue
                 self.admit(payload, signed, source="gossip")
-            return []
+            return [Misbehaviour(peer, "malformed")] if malformed else []
         if isinstance(msg, GossipStatusMessage):
             self._note_peer_height(peer, msg.height)
         return []
@@ -311,8 +353,10 @@ class Replica:
             except DecodeError as exc:
                 self.metrics.messages_dropped.labels("malformed").inc()
                 self.log.warning("sync_malformed", peer=peer, error=str(exc)[:200])
+                outputs.append(Misbehaviour(peer, "bad_sync_response"))
                 break
             if payload.block.header.height != self.height + 1:
+                outputs.append(Misbehaviour(peer, "bad_sync_response"))
                 break
             before = self.height
             outputs.extend(self._on_peer_commit(payload, peer, "sync"))
@@ -549,6 +593,7 @@ class Replica:
         """Persist, execute and announce a committed block; advance the tip. Returns the commit
         announcement (not for synced blocks) and the commit-wait timer."""
         hdr = block.header
+        self._check_quorum_execution(block)
         self.store.put_block(block, certificate)
         result = self.driver.on_commit(self.driver.context_for(block, self.chain_id, self.node_id, hdr.epoch))
         self.height = hdr.height
@@ -596,26 +641,34 @@ class Replica:
             return []
         if h > self.height + 1:
             return []
-        problem = self._commit_problem(block, cert)
+        problem, punish = self._commit_problem(block, cert)
         if problem is not None:
             self.metrics.messages_dropped.labels("invalid_commit").inc()
             self.log.warning("peer_commit_rejected", height=h, peer=peer, source=source, reason=problem)
-            return []
+            if not punish:
+                return []
+            return [Misbehaviour(peer, "bad_sync_response" if source == "sync" else "invalid_commit")]
         outputs = self._commit(block, cert, source=source)
         self._compare_execution(payload, peer)
         return outputs
 
-    def _commit_problem(self, block: Block, cert: CommitCertificate) -> str | None:
+    def _commit_problem(self, block: Block, cert: CommitCertificate) -> tuple[str | None, bool]:
+        """Why a peer's committed block cannot be committed here (None if it can), and whether
+        that is the sender's fault (a forged certificate or actions) rather than ours."""
         h = block.header
         if cert.height != h.height or cert.block_hash != block.hash():
-            return "certificate is for another block"
+            return "certificate is for another block", True
         try:
             verify_commit_certificate(cert, block.hash(), self.chain_id, self.validator_set)
         except InvalidCertificate as exc:
-            return f"invalid commit certificate: {exc}"
+            return f"invalid commit certificate: {exc}", True
+        problem = _actions_problem(block)
+        if problem is not None:
+            return problem, True
         if h.chain_id != self.chain_id or h.prev_block_hash != self.last_block_hash:
-            return "block does not extend our chain"
-        return _actions_problem(block)
+            # certified by the quorum but not on our chain: our store is the odd one out
+            return "block does not extend our chain", False
+        return None, False
 
     def _compare_execution(self, payload: ReplicatedCommitPayload, peer: str) -> None:
         theirs = payload.execution
@@ -637,6 +690,47 @@ class Replica:
                 ours=ours.execution_state_root.hex(),
                 theirs=theirs.execution_state_root.hex(),
             )
+
+    def _judged(self, peer: str, inp: VoteReceived | ProposalReceived) -> list[Output]:
+        """Hand a vote or proposal to the core; a rejection no correct node causes (forged
+        signature, unknown validator, misshapen message) is reported as the sender's misbehaviour.
+        ``peer`` is the pubsub origin, authenticated by pubsub's strict signing."""
+        rejected = self.core.rejected
+        before = {k: rejected[k] for k in _PUNISHED_REJECTIONS}
+        outputs = self._perform(self.core.handle(inp))
+        for key, reason in _PUNISHED_REJECTIONS.items():
+            if rejected[key] > before[key]:
+                outputs.append(Misbehaviour(peer, reason))
+        return outputs
+
+    def _check_quorum_execution(self, block: Block) -> None:
+        """Compare the execution root a committed block carries for the previous height with ours.
+        The block is certified by more than 2/3 of the stake, and correct validators prevote only
+        for blocks whose execution root equals their own (``_block_problem``), so a difference
+        means this node's execution diverged: it stops signing (DESIGN.md, "Execution")."""
+        h = block.header
+        if self.divergence is not None or h.last_execution_height != self.driver.last_height:
+            return
+        if h.last_execution_state_root == self.driver.last_state_root:
+            return
+        self._enter_divergence(
+            Divergence(h.last_execution_height, self.driver.last_state_root, h.last_execution_state_root)
+        )
+
+    def _enter_divergence(self, d: Divergence, persist: bool = True) -> None:
+        self.divergence = d
+        self.core.stop_signing()
+        self.metrics.execution_diverged.set(1)
+        if persist:
+            self.store.set_meta(DIVERGED_META_KEY, encode((d.height, d.our_root, d.quorum_root)))
+        self.log.error(
+            "execution_diverged",
+            height=d.height,
+            ours=d.our_root.hex(),
+            quorum=d.quorum_root.hex(),
+            action="this validator stopped signing; stop the node, move its data directory away and "
+            "restart it to resync from peers, then report the two roots",
+        )
 
     def _note_peer_height(self, peer: str, height: int) -> None:
         if height > self.peer_heights.get(peer, -1):

@@ -51,6 +51,7 @@ from .config import (
     peer_id_for_seed,
     read_config,
     read_genesis,
+    read_key,
 )
 from agent_world_runtime.crypto import SigningKey
 from agent_world_runtime.params import WorldParams
@@ -153,7 +154,7 @@ def init_testnet(
             listen=f"/ip4/127.0.0.1/tcp/{p2p_ports[i]}",
             peers=[f"/ip4/127.0.0.1/tcp/{p2p_ports[j]}/p2p/{peer_ids[j]}" for j in range(nodes) if j != i],
         )
-        cfg.rpc = RPCConfig(listen=f"127.0.0.1:{rpc_ports[i]}")
+        cfg.rpc = RPCConfig(listen=f"127.0.0.1:{rpc_ports[i]}", unsafe=cfg.rpc.unsafe)
         homes.append(
             init_home(
                 node_dir(directory, i),
@@ -166,6 +167,34 @@ def init_testnet(
         )
     log.info("testnet_created", dir=str(directory), nodes=nodes, chain_id=chain_id)
     return homes
+
+
+def add_testnet_node(directory: Path, *, config: NodeConfig | None = None) -> Home:
+    """Add a full node (not a validator: it follows and executes the chain but never votes) to the
+    testnet in ``directory`` as the next ``nodeN``, with an empty data directory, the testnet's
+    genesis, new keys, free loopback ports, and every existing node as a peer. It syncs from
+    genesis when started (a late joiner). Existing nodes do not list it as a peer; it dials them.
+
+    Raises ConfigError if there is no testnet in ``directory``.
+    """
+    directory = Path(directory)
+    existing = load_testnet(directory)
+    genesis = read_genesis(existing[0].home.genesis_file)
+    peers = []
+    for node in existing:
+        c = read_config(node.home.config_file)
+        peers.append(f"{c.p2p.listen}/p2p/{peer_id_for_seed(read_key(node.home.node_key_file).seed)}")
+    index = len(existing)
+    node_seed = SigningKey.generate().seed
+    p2p_port, rpc_port = pick_free_ports(2)
+    cfg = config or NodeConfig()
+    cfg.p2p = P2PConfig(listen=f"/ip4/127.0.0.1/tcp/{p2p_port}", peers=peers)
+    cfg.rpc = RPCConfig(listen=f"127.0.0.1:{rpc_port}", unsafe=cfg.rpc.unsafe)
+    # The validator key file is written (every home has one) but is not in the genesis validator
+    # set, so this node never signs a proposal or a vote.
+    home = init_home(node_dir(directory, index), moniker=f"node{index}", config=cfg, node_seed=node_seed, genesis=genesis)
+    log.info("testnet_node_added", dir=str(directory), node=f"node{index}", peers=len(peers))
+    return home
 
 
 @dataclass(frozen=True)
@@ -249,9 +278,13 @@ class NodeProcess:
     then stops the nodes in order) and gets SIGTERM if the launcher dies (Linux).
     """
 
-    def __init__(self, node: TestnetNode, *, command: list[str] | None = None) -> None:
+    def __init__(
+        self, node: TestnetNode, *, command: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        """``env``: extra environment variables for the child (e.g. ``AGENT_WORLD_FAILPOINTS``)."""
         self.node = node
         self.command = command or [sys.executable, "-m", "agent_world_node.cli", "start", "--home", str(node.home.root)]
+        self.env = dict(env or {})
         self.popen: subprocess.Popen[bytes] | None = None
         self.stopping = False
         self._term_sent = False
@@ -268,6 +301,7 @@ class NodeProcess:
         if self.alive():
             raise TestnetError(f"{self.name} is already running (pid {self.pid})")
         env = dict(os.environ)
+        env.update(self.env)
         env["PYTHONUNBUFFERED"] = "1"
         repo_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH", "")) if p)
@@ -317,6 +351,7 @@ class NodeProcess:
             self._term_sent = True
             try:
                 self.popen.send_signal(signal.SIGTERM)
+                self.popen.send_signal(signal.SIGCONT)  # a paused node must wake to handle it
             except ProcessLookupError:
                 pass
 
@@ -343,6 +378,21 @@ class NodeProcess:
         if self.popen.poll() is None:
             self.popen.kill()
         return self.popen.wait()
+
+    def pause(self) -> None:
+        """Freeze the process with SIGSTOP (a stalled VM or a long GC pause, as CometBFT's e2e
+        "pause" perturbation). Raises TestnetError if it is not running."""
+        self._signal(signal.SIGSTOP, "pause")
+
+    def resume(self) -> None:
+        """Continue a paused process with SIGCONT. Raises TestnetError if it is not running."""
+        self._signal(signal.SIGCONT, "resume")
+
+    def _signal(self, sig: signal.Signals, what: str) -> None:
+        if not self.alive():
+            raise TestnetError(f"cannot {what} {self.name}: it is not running")
+        assert self.popen is not None
+        self.popen.send_signal(sig)
 
     def log_tail(self, lines: int = 20) -> str:
         """Return the last ``lines`` lines of the node's log (empty if none)."""

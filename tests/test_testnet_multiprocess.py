@@ -23,9 +23,8 @@ import pytest
 import structlog
 import trio
 
-from agent_world_node.client import ClientError, NodeClient
+from agent_world_node.client import NodeClient
 from agent_world_node.testnet import (
-    AgreementChecker,
     NodeProcess,
     init_testnet,
     load_testnet,
@@ -33,6 +32,8 @@ from agent_world_node.testnet import (
     wait_until_ready,
 )
 from agent_world_node.workload import WorkloadStats, run_workload
+
+from .cluster_harness import Observer, agree_on_all_common_heights, wait_for
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(300)]
 
@@ -48,50 +49,6 @@ def _quiet_structlog():
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     yield
     structlog.reset_defaults()
-
-
-class Observer:
-    """Polls every node's status every 0.25 s; records each node's execution_height series."""
-
-    def __init__(self, nodes, clients):
-        self.nodes = nodes
-        self.clients = clients
-        self.status: dict[str, dict] = {}
-        self.exec_series: dict[str, list[int]] = {n.name: [] for n in nodes}
-
-    async def run(self):
-        while True:
-            for node in self.nodes:
-                try:
-                    s = await self.clients[node.name].status()
-                except ClientError:
-                    continue
-                self.status[node.name] = s
-                self.exec_series[node.name].append(s["execution_height"])
-            await trio.sleep(0.25)
-
-    def height(self, name: str) -> int:
-        return self.status.get(name, {}).get("height", -1)
-
-    def exec_height(self, name: str) -> int:
-        return self.status.get(name, {}).get("execution_height", -1)
-
-
-async def wait_for(predicate, timeout_s: float, what: str, detail=lambda: ""):
-    with trio.move_on_after(timeout_s):
-        while not predicate():
-            await trio.sleep(0.25)
-        return
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{detail()}")
-
-
-async def agree_on_all_common_heights(nodes, clients) -> int:
-    statuses = [await clients[n.name].status() for n in nodes]
-    common = min(s["execution_height"] for s in statuses)
-    checker = AgreementChecker({n.name: clients[n.name] for n in nodes})
-    assert await checker.check_up_to(common), f"roots differ: {checker.mismatch}"
-    assert checker.checked_up_to == common, checker.last_error
-    return common
 
 
 async def scenario(nodes, procs, key_dir: Path):

@@ -193,6 +193,12 @@ class ConsensusCore:
         self._evidence: deque[Evidence] = deque(maxlen=max_evidence)
         self.rejected: Counter[str] = Counter()
 
+    def stop_signing(self) -> None:
+        """Never sign a proposal or vote again; the core goes on following the protocol and
+        deciding as an observer. For a validator whose execution diverged from the quorum's
+        (DESIGN.md: it stops voting rather than sign a wrong state)."""
+        self._key = None
+
     # -- readable state -------------------------------------------------------------------------
 
     @property

@@ -56,6 +56,10 @@ class NetworkConfig:
     - ``heartbeat_interval_s``: gossipsub heartbeat (mesh maintenance) period.
     - ``dial_timeout_s``: how long one dial of a peer may take.
     - ``sync_serve_timeout_s``: how long serving one sync request may take (slow readers are cut off).
+    - ``publish_timeout_s``: how long one publish may take before it is abandoned (counted).
+    - ``peer_rate_limit`` / ``peer_rate_burst``: gossip messages per second (and burst) accepted
+      from one origin; more are dropped and scored as misbehaviour (``peer_filter``).
+    - ``ban_threshold`` / ``ban_seconds``: misbehaviour points that ban a peer, and for how long.
 
     Raises ``NetworkConfigError`` from ``validate()`` (called by ``P2PNetwork``).
     """
@@ -76,6 +80,11 @@ class NetworkConfig:
     heartbeat_interval_s: float = 0.5
     dial_timeout_s: float = 5.0
     sync_serve_timeout_s: float = 60.0
+    publish_timeout_s: float = 5.0
+    peer_rate_limit: float = 300.0
+    peer_rate_burst: float = 1000.0
+    ban_threshold: float = 100.0
+    ban_seconds: float = 60.0
 
     def validate(self) -> None:
         """Check every field; raise ``NetworkConfigError`` naming the first bad one and the fix."""
@@ -103,10 +112,11 @@ class NetworkConfig:
                 f"{STREAM_MESSAGE_MIN}..{STREAM_MESSAGE_HARD_LIMIT} (py-libp2p fails above ~6.5 MiB)"
             )
         for name in ("reconnect_interval_s", "dead_peer_timeout_s", "heartbeat_interval_s",
-                     "dial_timeout_s", "sync_serve_timeout_s"):
+                     "dial_timeout_s", "sync_serve_timeout_s", "publish_timeout_s", "peer_rate_limit",
+                     "peer_rate_burst", "ban_threshold", "ban_seconds"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
-                raise NetworkConfigError(f"{name}={value!r} must be a positive number of seconds")
+                raise NetworkConfigError(f"{name}={value!r} must be a positive number")
         for name in ("incoming_queue_size", "max_sync_heights", "max_sync_response_bytes",
                      "max_concurrent_sync_serves"):
             value = getattr(self, name)

@@ -16,7 +16,12 @@ What runs inside ``run()`` (all stopped on exit or cancellation):
   dialled with its full ``PeerInfo`` (the library forgets addresses after 120 s) after
   ``unblock_peer`` (the library refuses to redial for 60 s after a failure);
 - dead-peer detection by pings (``liveness.py``);
-- the sync server (``sync.py``).
+- the sync server (``sync.py``);
+- the peer filter (``peer_filter.py``): peers on the operator's block list or banned for
+  misbehaviour are disconnected, not dialled, their gossip is dropped (even when relayed: pubsub's
+  strict signing authenticates the origin) and their sync streams are refused. Gossip above a
+  per-origin rate limit is dropped and scored; the daemon scores what it finds invalid with
+  ``penalize``.
 
 Back-pressure: ``incoming`` is bounded (``incoming_queue_size``); when the daemon falls behind, the
 OLDEST queued message is dropped (newer consensus messages matter more; anything lost is recovered
@@ -42,6 +47,7 @@ from .config import InboundMessage, NetworkConfig, parse_listen_addr, parse_peer
 from .host import build_gossipsub, build_host, build_pubsub, check_listen_address_free, key_pair_from_seed
 from .liveness import PeerLiveness
 from .log_bridge import install_libp2p_log_bridge
+from .peer_filter import PeerFilter, RateLimiter
 from .stats import NetworkStats
 from .sync import SYNC_PROTOCOL_ID, SyncError, SyncHandler, SyncServer, request_blocks
 from .topics import topic_ids
@@ -94,6 +100,9 @@ class P2PNetwork:
             serve_timeout_s=config.sync_serve_timeout_s,
         )
         self._liveness = PeerLiveness(config.dead_peer_timeout_s, self._on_dead_peer, self._on_ping_answer)
+        self.peer_filter = PeerFilter(ban_threshold=config.ban_threshold, ban_seconds=config.ban_seconds)
+        self._rate = RateLimiter(config.peer_rate_limit, config.peer_rate_burst)
+        self._tasks: trio.Nursery | None = None
         self._stats = NetworkStats()
         self._last_seen: dict[str, float] = {}
         self._ever_connected: set[ID] = set()
@@ -131,7 +140,7 @@ class P2PNetwork:
             heartbeat_interval_s=self.config.heartbeat_interval_s,
         )
         pubsub = build_pubsub(host, router, set(self._topics.values()))
-        host.set_stream_handler(SYNC_PROTOCOL_ID, self._sync_server.handle_stream)
+        host.set_stream_handler(SYNC_PROTOCOL_ID, self._handle_sync_stream)
         try:
             async with host.run([self._listen_maddr]):
                 try:
@@ -140,6 +149,7 @@ class P2PNetwork:
                         self._host, self._pubsub, self._router = host, pubsub, router
                         subscriptions = {name: await pubsub.subscribe(tid) for name, tid in self._topics.items()}
                         async with trio.open_nursery() as nursery:
+                            self._tasks = nursery
                             for name, subscription in subscriptions.items():
                                 nursery.start_soon(self._drain, name, subscription)
                             nursery.start_soon(self._reconnect_loop)
@@ -155,6 +165,7 @@ class P2PNetwork:
                                 yield self
                             finally:
                                 self._running = False
+                                self._tasks = None
                                 nursery.cancel_scope.cancel()
                                 # Close every connection while pubsub still runs: a pubsub stream
                                 # reader that outlives the pubsub service crashes the swarm with
@@ -215,7 +226,12 @@ class P2PNetwork:
             )
         _, pubsub = self._require_running()
         try:
-            await pubsub.publish(self._topics[topic], bytes(data))
+            with trio.move_on_after(self.config.publish_timeout_s) as scope:
+                await pubsub.publish(self._topics[topic], bytes(data))
+            if scope.cancelled_caught:
+                NetworkStats.bump(self._stats.dropped, "publish_timeout")
+                log.warning("publish_timeout", topic=topic, size=len(data), timeout_s=self.config.publish_timeout_s)
+                return
         except Exception as exc:
             NetworkStats.bump(self._stats.dropped, "publish_error")
             log.error("publish_failed", topic=topic, size=len(data), error=repr(exc))
@@ -235,10 +251,18 @@ class P2PNetwork:
             except Exception:
                 NetworkStats.bump(self._stats.dropped, "bad_sender")
                 continue
+            if self.peer_filter.refuses(sender):
+                NetworkStats.bump(self._stats.dropped, "refused_peer")
+                continue
+            if not self._rate.allow(sender):
+                NetworkStats.bump(self._stats.dropped, "rate_limited")
+                self.penalize(sender, "rate_limited")
+                continue
             data = bytes(msg.data)
             if len(data) > limit:
                 NetworkStats.bump(self._stats.dropped, "oversize")
                 log.warning("gossip_oversize_dropped", topic=topic, peer=sender, size=len(data), limit=limit)
+                self.penalize(sender, "oversize")
                 continue
             self._last_seen[sender] = time.monotonic()
             self._deliver(InboundMessage(topic=topic, data=data, peer_id=sender))
@@ -274,6 +298,61 @@ class P2PNetwork:
             return
         NetworkStats.bump(self._stats.received, message.topic)
 
+    # ------------------------------------------------------------------ peer filter
+
+    def penalize(self, peer_id: str, reason: str, count: int = 1) -> None:
+        """Score ``count`` offences of kind ``reason`` (see ``peer_filter.PENALTY_POINTS``) against
+        ``peer_id``; a peer whose score reaches the threshold is banned and disconnected."""
+        if peer_id == self.peer_id:
+            return
+        NetworkStats.bump(self._stats.penalties, reason, count)
+        if self.peer_filter.penalize(peer_id, reason, count):
+            log.warning("peer_banned", peer=peer_id, reason=reason, ban_s=self.peer_filter.ban_seconds)
+            self._disconnect_soon(peer_id)
+
+    def set_blocked_peers(self, peer_ids: list[str]) -> None:
+        """Replace the operator's block list (base58 peer ids) and disconnect the blocked peers now.
+        Raises ValueError for a string that is not a peer id."""
+        for p in peer_ids:
+            try:
+                ID.from_base58(p)
+            except Exception:
+                raise ValueError(f"{p!r} is not a base58 libp2p peer id") from None
+        self.peer_filter.set_blocked(peer_ids)
+        log.info("peer_filter_set", blocked=sorted(peer_ids))
+        for p in peer_ids:
+            self._disconnect_soon(p)
+
+    def _disconnect_soon(self, peer_id: str) -> None:
+        if self._tasks is None or self._host is None:
+            return
+        self._tasks.start_soon(self._disconnect, ID.from_base58(peer_id))
+
+    async def _disconnect(self, peer_id: ID) -> None:
+        host = self._host
+        if host is None or peer_id not in host.get_connected_peers():
+            return
+        with trio.move_on_after(DISCONNECT_TIMEOUT_S):
+            try:
+                await host.disconnect(peer_id)
+            except Exception as exc:
+                log.warning("peer_disconnect_failed", peer=peer_id.to_base58(), error=repr(exc))
+
+    async def _handle_sync_stream(self, stream) -> None:
+        try:
+            peer = stream.muxed_conn.peer_id.to_base58()
+        except Exception:
+            peer = ""
+        if peer and self.peer_filter.refuses(peer):
+            NetworkStats.bump(self._stats.dropped, "refused_sync_stream")
+            with trio.move_on_after(DISCONNECT_TIMEOUT_S):
+                try:
+                    await stream.reset()
+                except Exception:
+                    pass
+            return
+        await self._sync_server.handle_stream(stream)
+
     # ------------------------------------------------------------------ peers
 
     async def _reconnect_loop(self) -> None:
@@ -283,7 +362,12 @@ class P2PNetwork:
         async with trio.open_nursery() as nursery:
             while True:
                 connected = set(host.get_connected_peers())
+                for peer_id in connected:  # inbound connections from refused peers are cut here
+                    if self.peer_filter.refuses(peer_id.to_base58()):
+                        nursery.start_soon(self._disconnect, peer_id)
                 for info in self._peer_infos:
+                    if self.peer_filter.refuses(info.peer_id.to_base58()):
+                        continue
                     if info.peer_id in connected:
                         self._note_connected(info.peer_id)
                         continue
@@ -353,7 +437,8 @@ class P2PNetwork:
         """Return the base58 ids of peers with an open connection, sorted ([] when not running)."""
         if self._host is None or not self._running:
             return []
-        return sorted(p.to_base58() for p in self._host.get_connected_peers())
+        peers = (p.to_base58() for p in self._host.get_connected_peers())
+        return sorted(p for p in peers if not self.peer_filter.refuses(p))
 
     def last_seen(self, peer_id: str) -> float | None:
         """Return when (``time.monotonic()`` seconds) ``peer_id`` was last heard from: a gossip
@@ -388,6 +473,8 @@ class P2PNetwork:
         RuntimeError if not running.
         """
         host, _ = self._require_running()
+        if self.peer_filter.refuses(peer_id):
+            raise SyncError(peer_id, "the peer is blocked or banned on this node")
         info = next((i for i in self._peer_infos if i.peer_id.to_base58() == peer_id), None)
         try:
             payloads = await request_blocks(
@@ -418,7 +505,8 @@ class P2PNetwork:
         ``own_filtered``, ``connects``, ``reconnects``, ``dial_failures``, ``dead_peers``,
         ``sync_requests_served``, ``sync_requests_refused`` by reason, ``sync_payloads_sent``,
         ``sync_bytes_sent``, ``sync_fetches``, ``sync_fetch_failures``, ``connected_peers``,
-        ``peer_rtt_ms`` (last ping round trip per connected peer), ``incoming_queued``."""
+        ``peer_rtt_ms`` (last ping round trip per connected peer), ``incoming_queued``,
+        ``penalties`` by reason, ``bans`` (total), ``banned_peers`` (seconds left), ``blocked_peers``."""
         s = self._stats
         served = self._sync_server.stats
         return {
@@ -441,4 +529,8 @@ class P2PNetwork:
             "connected_peers": len(self.connected_peers()),
             "peer_rtt_ms": {p.to_base58(): rtt for p, rtt in self._liveness.rtt_ms.items()},
             "incoming_queued": self.incoming.statistics().current_buffer_used,
+            "penalties": dict(s.penalties),
+            "bans": self.peer_filter.bans_total,
+            "banned_peers": self.peer_filter.banned(),
+            "blocked_peers": sorted(self.peer_filter.blocked),
         }

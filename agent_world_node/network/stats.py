@@ -18,7 +18,10 @@ class NetworkStats:
     - ``own_filtered``: our own publishes echoed back by pubsub and discarded;
     - ``connects`` / ``reconnects``: successful dials of configured peers, first time / after a loss;
     - ``dial_failures``: failed dials; ``dead_peers``: peers disconnected for missing pings;
-    - ``sync_fetches`` / ``sync_fetch_failures``: ``fetch_blocks`` calls that succeeded / raised.
+    - ``sync_fetches`` / ``sync_fetch_failures``: ``fetch_blocks`` calls that succeeded / raised;
+    - ``penalties``: misbehaviour offences scored against peers, by reason (``peer_filter``);
+      ``dropped`` also counts ``refused_peer`` (gossip from a blocked or banned origin),
+      ``rate_limited``, ``refused_sync_stream`` and ``publish_timeout``.
     """
 
     published: dict[str, int] = field(default_factory=dict)
@@ -31,6 +34,7 @@ class NetworkStats:
     dead_peers: int = 0
     sync_fetches: int = 0
     sync_fetch_failures: int = 0
+    penalties: dict[str, int] = field(default_factory=dict)
 
     @staticmethod
     def bump(counter: dict[str, int], key: str, n: int = 1) -> None:

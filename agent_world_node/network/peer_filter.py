@@ -1,0 +1,154 @@
+"""Which peers this node refuses to talk to: the operator's block list and misbehaviour bans.
+
+Sans-IO (the clock is injected). ``P2PNetwork`` consults it before delivering a gossip message,
+serving or fetching sync, dialling, and keeping a connection.
+
+Misbehaviour scoring follows the shape of gossipsub v1.1's peer score and CometBFT's peer
+"punishment": each offence adds points (``PENALTY_POINTS``, by reason), the score decays linearly
+by ``decay_per_s`` points per second, and a peer whose score reaches ``ban_threshold`` is banned
+for ``ban_seconds``: disconnected, its gossip dropped even when relayed by others (pubsub's strict
+signing authenticates the origin), its sync streams refused, and it is not redialled. Its score
+restarts at zero when the ban ends. Honest peers do not send undecodable messages, forged
+signatures or invalid certificates, so the threshold only has to tolerate a few accidents (e.g. a
+peer running another version); a flood is scored per message above the rate limit.
+
+The operator's block list (``set_blocked``) is separate and has no expiry: the unsafe RPC route
+sets it, e.g. to cut a testnet in two partitions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+#: Points per offence. A ban needs ``ban_threshold`` (default 100) points, less decay.
+PENALTY_POINTS: dict[str, float] = {
+    "malformed": 10.0,  # undecodable or misshapen gossip message
+    "oversize": 20.0,  # gossip above the size limit
+    "bad_signature": 20.0,  # vote or proposal whose signature does not verify
+    "unknown_validator": 10.0,  # vote or proposal from a key outside the validator set
+    "invalid_message": 10.0,  # wrong proposer, bad round, bad block hash, misshapen block
+    "invalid_commit": 25.0,  # commit whose certificate or actions do not verify
+    "bad_sync_response": 25.0,  # malformed or unverifiable blocks served over sync
+    "rate_limited": 1.0,  # each gossip message above the per-peer rate limit
+}
+
+
+@dataclass
+class _Score:
+    points: float
+    at: float
+
+
+class PeerFilter:
+    """The block list and ban state of one node.
+
+    ``ban_threshold``: points at which a peer is banned; ``ban_seconds``: ban length;
+    ``decay_per_s``: points forgiven per second; ``clock``: seconds, monotonic.
+    Raises ValueError for a non-positive threshold, ban length or negative decay.
+    """
+
+    def __init__(
+        self,
+        *,
+        ban_threshold: float = 100.0,
+        ban_seconds: float = 60.0,
+        decay_per_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ban_threshold <= 0 or ban_seconds <= 0 or decay_per_s < 0:
+            raise ValueError("ban_threshold and ban_seconds must be positive and decay_per_s non-negative")
+        self.ban_threshold = ban_threshold
+        self.ban_seconds = ban_seconds
+        self.decay_per_s = decay_per_s
+        self.clock = clock
+        self._blocked: frozenset[str] = frozenset()
+        self._scores: dict[str, _Score] = {}
+        self._banned_until: dict[str, float] = {}
+        self.bans_total = 0
+
+    # -- operator block list --------------------------------------------------------------------
+    def set_blocked(self, peers: Iterable[str]) -> None:
+        """Replace the operator's block list with ``peers`` (base58 peer ids)."""
+        self._blocked = frozenset(peers)
+
+    @property
+    def blocked(self) -> frozenset[str]:
+        """The operator's block list."""
+        return self._blocked
+
+    # -- misbehaviour ---------------------------------------------------------------------------
+    def penalize(self, peer: str, reason: str, count: int = 1) -> bool:
+        """Add the points of ``count`` offences of kind ``reason`` (a key of ``PENALTY_POINTS``;
+        unknown reasons count 10 points) to ``peer``'s score. Returns True iff this call banned it."""
+        if self.is_banned(peer):
+            return False
+        now = self.clock()
+        score = self._current(peer, now)
+        score.points += PENALTY_POINTS.get(reason, 10.0) * count
+        if score.points < self.ban_threshold:
+            return False
+        self._banned_until[peer] = now + self.ban_seconds
+        self._scores.pop(peer, None)
+        self.bans_total += 1
+        return True
+
+    def score(self, peer: str) -> float:
+        """``peer``'s current misbehaviour points (after decay); 0 for a peer never penalized."""
+        return self._current(peer, self.clock()).points if peer in self._scores else 0.0
+
+    def _current(self, peer: str, now: float) -> _Score:
+        score = self._scores.get(peer)
+        if score is None:
+            score = self._scores[peer] = _Score(0.0, now)
+        else:
+            score.points = max(0.0, score.points - (now - score.at) * self.decay_per_s)
+            score.at = now
+        return score
+
+    def is_banned(self, peer: str) -> bool:
+        """True while ``peer`` serves a misbehaviour ban."""
+        until = self._banned_until.get(peer)
+        if until is None:
+            return False
+        if self.clock() >= until:
+            del self._banned_until[peer]
+            return False
+        return True
+
+    def banned(self) -> dict[str, float]:
+        """Peers currently banned, with the seconds left of their ban."""
+        now = self.clock()
+        return {p: round(u - now, 1) for p, u in list(self._banned_until.items()) if self.is_banned(p)}
+
+    # -- the one question the network asks -------------------------------------------------------
+    def refuses(self, peer: str) -> bool:
+        """True iff this node must not talk to ``peer`` (operator-blocked or banned)."""
+        return peer in self._blocked or self.is_banned(peer)
+
+
+class RateLimiter:
+    """Per-peer token bucket for inbound gossip: ``rate`` messages per second, bursts of ``burst``.
+
+    ``allow(peer)`` returns False for a message above the limit (the caller drops and scores it).
+    """
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, peer: str) -> bool:
+        """Take one token from ``peer``'s bucket; False when it is empty."""
+        now = self.clock()
+        tokens, at = self._buckets.get(peer, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < 1:
+            self._buckets[peer] = (tokens, now)
+            return False
+        self._buckets[peer] = (tokens - 1, now)
+        return True
