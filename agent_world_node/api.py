@@ -4,7 +4,7 @@ Routes (hashes and bytes are lowercase hex in responses):
 
 - ``POST /v1/actions``: a JSON ``SignedAction`` (msgspec JSON form, bytes as base64), at most
   ``MAX_BODY_BYTES``. 202 accepted, 200 duplicate, 400 ``{"error", "code"}`` when malformed or
-  inadmissible, 413 too large, 503 ``{"error", "retry_after_ms"}`` with ``Retry-After`` when the
+  inadmissible, 413 too large, 415 when a ``Content-Type`` other than JSON is declared, 503 ``{"error", "retry_after_ms"}`` with ``Retry-After`` when the
   mempool is full.
 - ``GET /v1/status``, ``GET /v1/blocks/{height}``, ``GET /v1/execution/{height}``,
   ``GET /v1/agents/{agent_id}``, ``GET /v1/events?from_seq=&limit=&kind=``, ``GET /v1/modules``,
@@ -12,14 +12,21 @@ Routes (hashes and bytes are lowercase hex in responses):
 - Only with ``rpc.unsafe = true`` in config.toml (local testnets and fault tests): ``GET`` and
   ``POST /v1/unsafe/peer_filter`` with ``{"blocked": [peer id, ...]}``: this node disconnects the
   listed peers and ignores them until the list changes. Otherwise these answer 403.
+
+Every error is JSON ``{"error": what was wrong and what to do, "code": short name}``, also for
+unknown routes (404 ``not_found``), wrong methods (405 ``method_not_allowed``) and, should a
+handler fail, 500 ``internal_error`` (logged with the traceback).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -27,8 +34,13 @@ from starlette.routing import Route
 if TYPE_CHECKING:
     from .node import Node
 
+log = structlog.get_logger(__name__)
+
 MAX_BODY_BYTES = 512 * 1024
 DRAIN_LIMIT_BYTES = 8 * 1024 * 1024
+#: Largest height a route accepts (the block store keys heights as SQLite 64-bit integers).
+MAX_HEIGHT = (1 << 63) - 1
+_HEIGHT_RE = re.compile(r"[0-9]{1,19}")
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -55,6 +67,21 @@ async def _read_body(request: Request) -> bytes | None:
     return None if size > MAX_BODY_BYTES else b"".join(chunks)
 
 
+def _content_type_error(request: Request) -> JSONResponse | None:
+    """Return a 415 answer when the request declares a ``Content-Type`` that is not JSON
+    (``application/json`` or ``application/*+json``); a missing header is accepted."""
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return None
+    media = declared.split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return None
+    return _error(
+        415, "unsupported_media_type",
+        f"Content-Type {declared[:100]!r} is not supported; send the body as JSON with Content-Type: application/json",
+    )
+
+
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
@@ -72,6 +99,9 @@ def create_app(node: "Node") -> Starlette:
     """Return the ASGI application serving ``node``."""
 
     async def submit_action(request: Request) -> Response:
+        wrong_type = _content_type_error(request)
+        if wrong_type is not None:
+            return wrong_type
         body = await _read_body(request)
         if body is None:
             return _error(413, "too_large", f"request body exceeds {MAX_BODY_BYTES} bytes; split the action or shrink it")
@@ -93,13 +123,9 @@ def create_app(node: "Node") -> Starlette:
 
     def _height(request: Request) -> int | Response:
         raw = request.path_params["height"]
-        try:
-            h = int(raw)
-        except ValueError:
-            return _error(400, "bad_height", f"height must be a non-negative integer, got {raw!r}")
-        if h < 0:
-            return _error(400, "bad_height", f"height must be a non-negative integer, got {h}")
-        return h
+        if not _HEIGHT_RE.fullmatch(raw) or int(raw) > MAX_HEIGHT:
+            return _error(400, "bad_height", f"height must be an integer in 0..{MAX_HEIGHT} (decimal digits), got {raw[:40]!r}")
+        return int(raw)
 
     async def block(request: Request) -> Response:
         h = _height(request)
@@ -125,7 +151,7 @@ def create_app(node: "Node") -> Starlette:
         agent_id = request.path_params["agent_id"]
         data = node.agent_json(agent_id)
         if data is None:
-            return _error(404, "unknown_agent", f"no agent {agent_id!r}; register it with a register_agent action")
+            return _error(404, "unknown_agent", f"no agent {agent_id[:64]!r}; register it with a register_agent action")
         return JSONResponse(data)
 
     async def events(request: Request) -> Response:
@@ -156,6 +182,9 @@ def create_app(node: "Node") -> Starlette:
                           "(local testnets only) and restart the node")
         if request.method == "GET":
             return JSONResponse({"blocked": sorted(node.net.peer_filter.blocked)})
+        wrong_type = _content_type_error(request)
+        if wrong_type is not None:
+            return wrong_type
         body = await _read_body(request)
         if body is None:
             return _error(413, "too_large", f"request body exceeds {MAX_BODY_BYTES} bytes")
@@ -163,6 +192,8 @@ def create_app(node: "Node") -> Starlette:
             doc = json.loads(body)
         except ValueError as exc:
             return _error(400, "malformed", f"body is not JSON: {exc}")
+        except RecursionError:
+            return _error(400, "malformed", 'body nests too deeply; send {"blocked": ["<peer id>", ...]}')
         blocked = doc.get("blocked") if isinstance(doc, dict) else None
         if not isinstance(blocked, list) or not all(isinstance(p, str) for p in blocked) or set(doc) != {"blocked"}:
             return _error(400, "malformed", 'send {"blocked": ["<peer id>", ...]} and nothing else')
@@ -189,4 +220,33 @@ def create_app(node: "Node") -> Starlette:
         Route("/metrics", metrics),
         Route("/v1/unsafe/peer_filter", peer_filter, methods=["GET", "POST"]),
     ]
-    return Starlette(routes=routes)
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
+
+
+_ROUTE_LIST = "/v1/actions, /v1/status, /v1/blocks/{height}, /v1/execution/{height}, /v1/agents/{agent_id}, " \
+    "/v1/events, /v1/modules, /v1/evidence, /health, /ready, /metrics"
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Answer Starlette's own errors (no such route, wrong method) as JSON like every other error."""
+    assert isinstance(exc, HTTPException)
+    path = request.url.path[:200]
+    if exc.status_code == 404:
+        return _error(404, "not_found", f"no route {request.method} {path}; the routes are {_ROUTE_LIST}")
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return _error(
+            405, "method_not_allowed", f"method {request.method} is not allowed on {path}; use {allowed or 'another method'}",
+            headers=exc.headers,
+        )
+    return _error(exc.status_code, "http_error", str(exc.detail), headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """Last resort for a handler bug: log it with the traceback and answer JSON 500."""
+    log.error("api_internal_error", method=request.method, path=request.url.path[:200], error=repr(exc)[:500],
+              exc_info=exc)
+    return _error(500, "internal_error", "the node failed to answer this request (logged); report it with the node's log")

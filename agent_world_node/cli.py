@@ -36,7 +36,17 @@ from agent_world_runtime.actions import AGENT_ID_RE, Action, RegisterAgent, acti
 from agent_world_runtime.crypto import SigningKey
 
 from .client import AgentKey, ClientError, NotFound, SyncNodeClient
-from .config import ConfigError, Genesis, GenesisValidator, Home, init_home, peer_id_for_seed, read_key
+from .config import (
+    ConfigError,
+    Genesis,
+    GenesisValidator,
+    Home,
+    NodeConfig,
+    init_home,
+    peer_id_for_seed,
+    read_genesis,
+    read_key,
+)
 from .testnet import (
     DEFAULT_STAKE,
     DEFAULT_TESTNET_CHAIN_ID,
@@ -104,23 +114,45 @@ def init(
     home: Path = typer.Option(..., "--home", help="Directory of the new node home."),
     moniker: str = typer.Option("node", "--moniker", help="Human-readable node name."),
     chain_id: str = typer.Option(DEFAULT_CHAIN_ID, "--chain-id", help="Chain id of the new genesis."),
+    genesis: Optional[Path] = typer.Option(
+        None, "--genesis", help="Join an existing chain: copy this genesis.json instead of creating one."
+    ),
+    peers: Optional[str] = typer.Option(
+        None, "--peers", help="Comma-separated peer multiaddrs (/ip4/HOST/tcp/PORT/p2p/PEER_ID) to dial."
+    ),
 ) -> None:
-    """Create a node home with new random keys and its own genesis (this node the sole validator)."""
+    """Create a node home with new random keys. Without --genesis it starts its own chain (this node
+    the sole validator); with --genesis it joins that chain as a full node that syncs from --peers
+    (its validator key is not in the genesis, so it never votes)."""
     quiet_logs()
     with friendly_errors():
-        if not chain_id.strip():
-            raise CliError("--chain-id must not be empty")
+        peer_list = parse_peers(peers) or []
         validator_key = SigningKey.generate()
         node_key = SigningKey.generate()
-        genesis = Genesis(
-            chain_id=chain_id,
-            genesis_time_ms=int(time.time() * 1000),
-            validators=[GenesisValidator(name=moniker, public_key=validator_key.public_key.hex(), stake=DEFAULT_STAKE)],
-        )
-        h = init_home(home, moniker=moniker, node_seed=node_key.seed, validator_seed=validator_key.seed, genesis=genesis)
+        if genesis is not None:
+            try:
+                chain = read_genesis(genesis)
+            except OSError as exc:
+                raise CliError(f"cannot read --genesis {genesis}: {exc.strerror or exc}") from None
+            if not peer_list:
+                raise CliError("--genesis joins an existing chain: also give --peers so the node can sync it")
+        else:
+            if not chain_id.strip():
+                raise CliError("--chain-id must not be empty")
+            chain = Genesis(
+                chain_id=chain_id,
+                genesis_time_ms=int(time.time() * 1000),
+                validators=[GenesisValidator(name=moniker, public_key=validator_key.public_key.hex(), stake=DEFAULT_STAKE)],
+            )
+        config = NodeConfig()
+        config.p2p.peers = peer_list
+        h = init_home(home, moniker=moniker, config=config, node_seed=node_key.seed,
+                      validator_seed=validator_key.seed, genesis=chain)
+        joined = genesis is not None
         console.print(f"initialized node home {h.root}", highlight=False)
-        console.print(f"  chain id     {chain_id}", highlight=False)
-        console.print(f"  validator    {validator_key.public_key.hex()}", highlight=False)
+        console.print(f"  chain id     {chain.chain_id}", highlight=False)
+        role = "full node (not in the validator set)" if joined else validator_key.public_key.hex()
+        console.print(f"  validator    {role}", highlight=False)
         console.print(f"  peer id      {peer_id_for_seed(node_key.seed)}", highlight=False)
         console.print(f"start it with: awnode start --home {h.root}", highlight=False)
 

@@ -47,10 +47,18 @@ class Genesis(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class P2PConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """libp2p listen address and the peers to keep connected to (full /p2p/ multiaddrs)."""
+    """libp2p listen address and the peers to keep connected to (full /p2p/ multiaddrs).
+
+    Misbehaviour policy (``network/peer_filter.py``): gossip above ``peer_rate_limit`` messages per
+    second (bursts of ``peer_rate_burst``) from one origin is dropped and scored; a peer reaching
+    ``ban_threshold`` points is banned for ``ban_seconds``."""
 
     listen: str = "/ip4/127.0.0.1/tcp/26656"
     peers: list[str] = []
+    peer_rate_limit: float = 150.0
+    peer_rate_burst: float = 300.0
+    ban_threshold: float = 100.0
+    ban_seconds: float = 60.0
 
 
 class RPCConfig(msgspec.Struct, forbid_unknown_fields=True):

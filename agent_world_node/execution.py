@@ -26,6 +26,7 @@ from agent_world_runtime import World
 from agent_world_runtime.actions import SignedAction, decode_signed_action
 from agent_world_runtime.codec import DecodeError, encode
 from agent_world_runtime.crypto import sha256
+from agent_world_runtime.failpoints import failpoint
 from agent_world_runtime.modules.sandbox import Sandbox
 
 from .store import ExecutionRecord, NodeStore
@@ -253,6 +254,7 @@ class NodeRuntimeExecutionDriver:
         self.last_state_root = outcome.state_root
         self.actions_executed += len(actions)
         if persist and height % self.snapshot_interval == 0:
+            failpoint("execution.after_put_execution")
             self.write_snapshot()
         return record
 

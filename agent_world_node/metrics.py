@@ -28,8 +28,9 @@ class NodeMetrics:
         self.execution_diverged = Gauge(
             "awnode_execution_diverged", "1 when this node's execution root differs from the quorum's", registry=r
         )
-        self.peer_penalties = Counter(
-            "awnode_peer_penalties", "Misbehaviour offences scored against peers", ["reason"], registry=r
+        self.peer_penalties = Gauge(
+            "awnode_peer_penalties", "Misbehaviour offences scored against peers since start, by reason",
+            ["reason"], registry=r
         )
         self.peer_bans = Gauge("awnode_peers_banned", "Peers banned for misbehaviour right now", registry=r)
         self.gossip_dropped = Gauge(

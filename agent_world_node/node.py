@@ -69,6 +69,10 @@ class Node:
                 peers=list(self.config.p2p.peers),
                 key_seed=node_key.seed,
                 max_gossip_bytes=MAX_GOSSIP_BYTES,
+                peer_rate_limit=self.config.p2p.peer_rate_limit,
+                peer_rate_burst=self.config.p2p.peer_rate_burst,
+                ban_threshold=self.config.p2p.ban_threshold,
+                ban_seconds=self.config.p2p.ban_seconds,
             ),
             sync_handler=self._serve_sync,
         )
@@ -125,7 +129,7 @@ class Node:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._timer, out)
             elif isinstance(out, Misbehaviour):
-                self.metrics.peer_penalties.labels(out.reason).inc()
+                self.log.info("peer_misbehaved", peer=out.peer, reason=out.reason)
                 self.net.penalize(out.peer, out.reason)
         if self.replica.sync_target(set(self.net.connected_peers())) is not None:
             self._sync_wakeup.set()
@@ -157,6 +161,8 @@ class Node:
             self.metrics.peer_bans.set(len(net["banned_peers"]))
             for reason, n in net["dropped"].items():
                 self.metrics.gossip_dropped.labels(reason).set(n)
+            for reason, n in net["penalties"].items():
+                self.metrics.peer_penalties.labels(reason).set(n)
             await trio.sleep(STATUS_INTERVAL_S)
 
     async def _regossip_loop(self) -> None:

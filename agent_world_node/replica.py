@@ -30,6 +30,7 @@ from agent_world_runtime.actions import (
 )
 from agent_world_runtime.codec import DecodeError, decode, encode
 from agent_world_runtime.crypto import SigningKey, sha256
+from agent_world_runtime.failpoints import failpoint
 from agent_world_runtime.modules.sandbox import Sandbox
 
 from . import config as cfg
@@ -158,6 +159,7 @@ _REASON_CODES = (
     ("nonce", "nonce_replayed"),
     ("chain id", "wrong_chain"),
     ("already registered", "already_registered"),
+    ("agent id", "bad_agent_id"),
 )
 
 
@@ -355,8 +357,10 @@ class Replica:
                 self.log.warning("sync_malformed", peer=peer, error=str(exc)[:200])
                 outputs.append(Misbehaviour(peer, "bad_sync_response"))
                 break
-            if payload.block.header.height != self.height + 1:
-                outputs.append(Misbehaviour(peer, "bad_sync_response"))
+            h = payload.block.header.height
+            if h <= self.height:  # committed meanwhile from gossip
+                continue
+            if h != self.height + 1:
                 break
             before = self.height
             outputs.extend(self._on_peer_commit(payload, peer, "sync"))
@@ -595,7 +599,9 @@ class Replica:
         hdr = block.header
         self._check_quorum_execution(block)
         self.store.put_block(block, certificate)
+        failpoint("commit.after_put_block")
         result = self.driver.on_commit(self.driver.context_for(block, self.chain_id, self.node_id, hdr.epoch))
+        failpoint("commit.after_execute")
         self.height = hdr.height
         self.last_block_hash = block.hash()
         self.last_block_time_ms = hdr.timestamp_ms
@@ -637,6 +643,7 @@ class Replica:
         h = block.header.height
         self._note_peer_height(peer, h)
         if h <= self.height:
+            self.metrics.messages_dropped.labels("stale_commit").inc()
             self._compare_execution(payload, peer)
             return []
         if h > self.height + 1:

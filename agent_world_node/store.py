@@ -22,6 +22,7 @@ from pathlib import Path
 import msgspec
 
 from agent_world_runtime.codec import decode, encode
+from agent_world_runtime.failpoints import failpoint
 
 from .types import Block, CommitCertificate, ExecutionHashes, ReplicatedCommitPayload
 
@@ -183,6 +184,7 @@ class NodeStore:
             self._db.execute(
                 "INSERT INTO wal(height, round, kind, payload) VALUES (?,?,?,?)", (height, round, kind, payload)
             )
+        failpoint("wal.after_append")  # durable, not yet sent: a restart must re-send it, not sign anew
 
     def wal_entries(self, height: int) -> list[tuple[int, str, bytes]]:
         """Return ``(round, kind, payload)`` of every WAL entry at ``height`` in write order."""

@@ -15,14 +15,18 @@ from typing import Union
 
 import msgspec
 
-from .codec import decode, decode_json, encode
-from .crypto import SigningKey, sha256, verify
+from .codec import DecodeError, decode, decode_json, encode
+from .crypto import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, SigningKey, sha256, verify
 from .modules.manifest import ModuleManifest
 
 ACTION_SIGN_DOMAIN = b"agent-world/action/v1\x00"
 MAX_ACTION_PAYLOAD_BYTES = 256 * 1024
 AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 RESOURCE_KINDS = ("electricity", "data")
+#: Largest nonce: msgpack encodes integers up to 2**64 - 1.
+MAX_NONCE = (1 << 64) - 1
+#: Largest transfer amount: no balance can exceed 2**63 - 1 (``rules.MAX_BALANCE``).
+MAX_TRANSFER_AMOUNT = (1 << 63) - 1
 
 Position = tuple[int, int, int]
 
@@ -162,8 +166,53 @@ def decode_signed_action(payload: bytes) -> SignedAction:
 
 
 def decode_signed_action_json(data: bytes | str) -> SignedAction:
-    """Decode the JSON form (bytes fields as base64) used by the HTTP API; raises ``codec.DecodeError``."""
-    return decode_json(data, SignedAction)
+    """Decode the JSON form (bytes fields as base64) used by the HTTP API and check the fields
+    that need no world state (``static_action_problem``). Raises ``codec.DecodeError`` naming
+    the field that is wrong and what to send instead."""
+    signed = decode_json(data, SignedAction)
+    problem = static_action_problem(signed)
+    if problem is not None:
+        raise DecodeError(f"invalid SignedAction: {problem}")
+    return signed
+
+
+def static_action_problem(signed: SignedAction) -> str | None:
+    """Return why ``signed`` can never be admitted whatever the world state, or None.
+
+    Checks: a 64-byte signature; a 32-byte ``RegisterAgent.public_key``; a nonce in
+    0..``MAX_NONCE``; a ``TransferResource`` amount in 1..``MAX_TRANSFER_AMOUNT`` of a kind in
+    ``RESOURCE_KINDS``; and every integer within what canonical msgpack can encode (-2**63 ..
+    2**64 - 1). JSON allows integers of any size, and one outside that range cannot be encoded
+    into a consensus payload. Used on client input only (the HTTP API); the consensus path keeps
+    the world rules' own rejections, so which blocks are valid does not change.
+    """
+    if len(signed.signature) != SIGNATURE_SIZE:
+        return (
+            f"signature must be {SIGNATURE_SIZE} bytes (Ed25519), got {len(signed.signature)}; "
+            "sign encode(body) with the agent key (actions.sign_action)"
+        )
+    body = signed.body
+    if not 0 <= body.nonce <= MAX_NONCE:
+        return f"body.nonce must be an integer in 0..{MAX_NONCE}, got {body.nonce}; use the agent's last nonce + 1"
+    action = body.action
+    if isinstance(action, RegisterAgent) and len(action.public_key) != PUBLIC_KEY_SIZE:
+        return (
+            f"body.action.public_key must be {PUBLIC_KEY_SIZE} bytes (an Ed25519 public key), "
+            f"got {len(action.public_key)}"
+        )
+    if isinstance(action, TransferResource):
+        if not 1 <= action.amount <= MAX_TRANSFER_AMOUNT:
+            return (
+                f"body.action.amount must be a positive integer up to {MAX_TRANSFER_AMOUNT}, "
+                f"got {action.amount}"
+            )
+        if action.kind not in RESOURCE_KINDS:
+            return f"body.action.kind must be one of {list(RESOURCE_KINDS)}, got {action.kind[:40]!r}"
+    try:
+        encode(signed)
+    except OverflowError:
+        return "an integer in the action is outside -2**63..2**64-1 and cannot be encoded; use smaller values"
+    return None
 
 
 def payload_hash(payload: bytes) -> bytes:

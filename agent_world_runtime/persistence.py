@@ -42,6 +42,7 @@ import structlog
 from .codec import DecodeError, decode, encode
 from .crypto import sha256
 from .events import EventJournal
+from .failpoints import failpoint
 from .modules.sandbox import Sandbox
 from .state import AgentRecord, ArtifactRecord, InstanceRecord, WorldMeta, WorldState
 
@@ -141,6 +142,7 @@ def save_world(world: "World", directory: Path) -> None:
         name = f"{first:012d}-{last:012d}-{digest.hex()[:16]}.seg"
         _write_atomic(directory / "journal" / name, blob)
         segments.append(JournalSegment(file=name, first_seq=first, last_seq=last, sha256=digest))
+    failpoint("snapshot.after_journal")
 
     for wasm_hash, wasm in state.artifact_bytes.items():
         target = directory / "modules" / f"{wasm_hash}.wasm"
@@ -170,10 +172,13 @@ def save_world(world: "World", directory: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     _fsync_dir(tmp_dir)
+    failpoint("snapshot.before_rename")
     os.replace(tmp_dir, directory / generation)
     _fsync_dir(directory)
+    failpoint("snapshot.after_rename")
     _write_atomic(directory / CURRENT, (generation + "\n").encode())
     _fsync_dir(directory)  # commit point: CURRENT names the new snapshot
+    failpoint("snapshot.after_current")
 
     world._save_cache = _SaveCache(resolved, generation, tuple(segments))
     _collect_garbage(directory, generation, {s.file for s in segments}, set(state.artifact_bytes))

@@ -183,3 +183,29 @@ def test_start_rejects_malformed_peers(tmp_path):
         "/ip4/1.2.3.5/tcp/2/p2p/QmB",
     ]
     assert cli.parse_peers(None) is None
+
+
+def test_init_with_genesis_joins_an_existing_chain_as_a_full_node(tmp_path):
+    chain = tmp_path / "chain"
+    assert invoke("init", "--home", str(chain), "--chain-id", "shared").exit_code == 0
+    peer = f"/ip4/127.0.0.1/tcp/26656/p2p/{peer_id_for_seed(read_key(Home(chain).node_key_file).seed)}"
+    joiner = tmp_path / "joiner"
+    result = invoke("init", "--home", str(joiner), "--genesis", str(Home(chain).genesis_file), "--peers", peer)
+    assert result.exit_code == 0, result.output
+    home = Home(joiner)
+    assert home.genesis_file.read_bytes() == Home(chain).genesis_file.read_bytes()
+    assert read_config(home.config_file).p2p.peers == [peer]
+    validators = {v.public_key for v in read_genesis(home.genesis_file).validators}
+    assert read_key(home.validator_key_file).public_key.hex() not in validators  # never votes
+    assert "full node" in result.output
+
+
+def test_init_with_genesis_needs_peers_and_a_readable_file(tmp_path):
+    chain = tmp_path / "chain"
+    assert invoke("init", "--home", str(chain)).exit_code == 0
+    result = invoke("init", "--home", str(tmp_path / "j1"), "--genesis", str(Home(chain).genesis_file))
+    assert result.exit_code != 0 and "--peers" in result.output
+    result = invoke("init", "--home", str(tmp_path / "j2"), "--genesis", str(tmp_path / "missing.json"),
+                    "--peers", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWAbc")
+    assert result.exit_code != 0 and "missing.json" in result.output
+    assert not Home(tmp_path / "j2").config_file.exists()

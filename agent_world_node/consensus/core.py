@@ -192,6 +192,10 @@ class ConsensusCore:
         self._future: dict[str, list[Proposal | Vote]] = {}
         self._evidence: deque[Evidence] = deque(maxlen=max_evidence)
         self.rejected: Counter[str] = Counter()
+        #: (reason, message) of every rejection during the last ``handle`` call, so the driver can
+        #: tell the rejection of the message it passed in from those of buffered messages replayed
+        #: by the same call.
+        self.last_rejections: list[tuple[str, Proposal | Vote]] = []
 
     def stop_signing(self) -> None:
         """Never sign a proposal or vote again; the core goes on following the protocol and
@@ -421,6 +425,7 @@ class ConsensusCore:
         ``ValueToPropose`` whose block does not fit (both are driver bugs, not network input).
         """
         effects: list[Effect] = []
+        self.last_rejections = []
         if isinstance(inp, VoteReceived):
             self._on_vote(inp.vote, effects)
         elif isinstance(inp, ProposalReceived):
@@ -438,6 +443,7 @@ class ConsensusCore:
 
     def _reject(self, reason: str, message: Proposal | Vote) -> None:
         self.rejected[reason] += 1
+        self.last_rejections.append((reason, message))
         self._log.debug(
             "message_rejected",
             reason=reason,

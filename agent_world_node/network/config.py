@@ -81,8 +81,8 @@ class NetworkConfig:
     dial_timeout_s: float = 5.0
     sync_serve_timeout_s: float = 60.0
     publish_timeout_s: float = 5.0
-    peer_rate_limit: float = 300.0
-    peer_rate_burst: float = 1000.0
+    peer_rate_limit: float = 150.0
+    peer_rate_burst: float = 300.0
     ban_threshold: float = 100.0
     ban_seconds: float = 60.0
 

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Awaitable, Callable
 
+import structlog
+import trio
 from libp2p import new_host
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
@@ -32,7 +35,10 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.peer.id import ID
 from multiaddr import Multiaddr
+
+log = structlog.get_logger(__name__)
 
 #: GossipSub protocol versions offered, most preferred first.
 PUBSUB_PROTOCOLS: tuple[TProtocol, ...] = (PROTOCOL_ID_V11, PROTOCOL_ID)
@@ -122,9 +128,38 @@ def build_gossipsub(cluster_size: int, *, degree: int | None = None, heartbeat_i
     )
 
 
-def build_pubsub(host: IHost, router: GossipSub, allowed_topics: set[str]) -> Pubsub:
+def build_pubsub(
+    host: IHost,
+    router: GossipSub,
+    allowed_topics: set[str],
+    on_bad_stream: Callable[[ID, Exception], Awaitable[None]] | None = None,
+) -> Pubsub:
     """Return a signing Pubsub service on ``host`` with its message counter seeded from
-    ``time.time_ns()`` (see module docstring) and remote subscriptions limited to ``allowed_topics``."""
+    ``time.time_ns()`` (see module docstring) and remote subscriptions limited to ``allowed_topics``.
+
+    Each pubsub stream is read inside a guard: py-libp2p 0.8.1's ``Pubsub.stream_handler`` catches
+    stream and varint errors but not ``google.protobuf.message.DecodeError``, so one frame that is
+    not a protobuf RPC ends the whole host (a hostile peer could stop any node with it). The guard
+    resets that stream, drops the peer from pubsub and awaits ``on_bad_stream(peer_id, error)``
+    (the network scores and disconnects the peer; it is redialled if configured)."""
     pubsub = Pubsub(host, router, strict_signing=True, allowed_topics=allowed_topics)
     pubsub.counter = time.time_ns()
+
+    async def guarded_stream_handler(stream: INetStream) -> None:
+        try:
+            await pubsub.stream_handler(stream)
+        except Exception as exc:
+            peer_id = stream.muxed_conn.peer_id
+            log.warning("pubsub_stream_failed", peer=peer_id.to_base58(), error=repr(exc)[:200])
+            with trio.move_on_after(2.0):
+                try:
+                    await stream.reset()
+                except Exception:
+                    pass
+            pubsub._handle_dead_peer(peer_id)
+            if on_bad_stream is not None:
+                await on_bad_stream(peer_id, exc)
+
+    for protocol in router.get_protocols():
+        host.set_stream_handler(protocol, guarded_stream_handler)
     return pubsub

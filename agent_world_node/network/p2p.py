@@ -36,7 +36,7 @@ from contextlib import asynccontextmanager
 
 import structlog
 import trio
-from libp2p.abc import IHost, ISubscriptionAPI
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee, ISubscriptionAPI
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import GossipSub
@@ -60,6 +60,36 @@ HOST_CLOSE_TIMEOUT_S = 5.0
 DISCONNECT_TIMEOUT_S = 2.0
 #: Minimum seconds between two "incoming queue full" warnings (each drop is still counted).
 QUEUE_FULL_LOG_INTERVAL_S = 1.0
+
+
+class _ConnectionGate(INotifee):
+    """Cuts a new connection from a peer the filter refuses as soon as it opens (the reconnect
+    loop's sweep would take up to ``reconnect_interval_s``, long enough for a banned peer to
+    deliver a burst)."""
+
+    def __init__(self, network: "P2PNetwork") -> None:
+        self._network = network
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        peer = conn.muxed_conn.peer_id.to_base58()
+        if self._network.peer_filter.refuses(peer):
+            NetworkStats.bump(self._network._stats.dropped, "refused_connection")
+            self._network._disconnect_soon(peer)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        pass
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def listen(self, network: INetwork, multiaddr) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr) -> None:  # type: ignore[no-untyped-def]
+        pass
 
 
 class P2PNetwork:
@@ -139,8 +169,9 @@ class P2PNetwork:
             degree=self.config.gossip_degree,
             heartbeat_interval_s=self.config.heartbeat_interval_s,
         )
-        pubsub = build_pubsub(host, router, set(self._topics.values()))
+        pubsub = build_pubsub(host, router, set(self._topics.values()), on_bad_stream=self._on_bad_pubsub_stream)
         host.set_stream_handler(SYNC_PROTOCOL_ID, self._handle_sync_stream)
+        host.get_network().register_notifee(_ConnectionGate(self))
         try:
             async with host.run([self._listen_maddr]):
                 try:
@@ -309,6 +340,13 @@ class P2PNetwork:
         if self.peer_filter.penalize(peer_id, reason, count):
             log.warning("peer_banned", peer=peer_id, reason=reason, ban_s=self.peer_filter.ban_seconds)
             self._disconnect_soon(peer_id)
+
+    async def _on_bad_pubsub_stream(self, peer_id: ID, error: Exception) -> None:
+        """A pubsub stream from ``peer_id`` sent a frame the library cannot parse: score it, and
+        drop the connection so the pubsub handshake starts afresh when it is redialled."""
+        NetworkStats.bump(self._stats.dropped, "bad_pubsub_frame")
+        self.penalize(peer_id.to_base58(), "malformed")
+        await self._disconnect(peer_id)
 
     def set_blocked_peers(self, peer_ids: list[str]) -> None:
         """Replace the operator's block list (base58 peer ids) and disconnect the blocked peers now.

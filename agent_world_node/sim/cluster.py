@@ -45,7 +45,7 @@ from agent_world_runtime.codec import DecodeError, decode
 from agent_world_runtime.crypto import SigningKey, sha256, verify
 
 from ..consensus import ConsensusCore, TimeoutFired, ValidatorSet
-from ..replica import Publish, Replica, StartTimer
+from ..replica import Misbehaviour, Publish, Replica, StartTimer
 from ..types import PROPOSAL_SIGN_DOMAIN, VOTE_SIGN_DOMAIN, GossipProposalMessage, GossipVoteMessage, Proposal
 from .chain import GENESIS_TIME_MS, SIM_CONSENSUS, make_genesis
 from .byzantine import Behaviour, ByzContext, Send, make_behaviour
@@ -295,6 +295,13 @@ class SimCluster:
                 self._send(node, sends)
             elif isinstance(out, StartTimer):
                 self.queue.after(out.duration_ms, Timer(node.name, node.incarnation, out.kind, out.height, out.round))
+            elif isinstance(out, Misbehaviour):
+                self.stats[f"misbehaviour_{out.reason}"] += 1
+                peer = self.nodes.get(out.peer)
+                if node.honest and peer is not None and peer.honest:
+                    # a correct node must never score another correct node: it would ban it
+                    self.checker.fail("robustness", f"honest {out.peer} reported as misbehaving ({out.reason})",
+                                      nodes=(node.name, out.peer), now=self.queue.now)
             else:
                 self.checker.fail("robustness", f"unknown replica output {out!r}", nodes=(node.name,), now=self.queue.now)
 
@@ -381,10 +388,11 @@ class SimCluster:
         replica = node.replica
         if node.behaviour is not None:
             self._send(node, node.behaviour.on_receive(ev.topic, ev.data))
-        self._step(node, f"gossip {ev.topic} from {ev.src}", lambda: replica.handle_gossip(ev.data, ev.src))
+        origin = ev.origin or ev.src
+        self._step(node, f"gossip {ev.topic} from {ev.src}", lambda: replica.handle_gossip(ev.data, origin))
         if node.up and node.relays and ev.topic in ("proposal", "vote") and self.rng.random() < RELAY_PROB:
             peer = self.rng.choice([p for p in self.nodes if p != node.name])
-            self.network.transmit(Delivery(peer, node.name, ev.topic, ev.data))
+            self.network.transmit(Delivery(peer, node.name, ev.topic, ev.data, origin))
 
     def _sync_request(self, ev: SyncRequest) -> None:
         server = self.nodes[ev.dst]

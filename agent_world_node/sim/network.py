@@ -26,12 +26,15 @@ from .clock import EventQueue
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """A gossip message (``data``: an encoded ``GossipMessage``) from ``src`` arriving at ``dst``."""
+    """A gossip message (``data``: an encoded ``GossipMessage``) from ``src`` arriving at ``dst``.
+    ``origin`` is the node that published it ("" = ``src``); a relay keeps it, as pubsub's signed
+    ``from`` field does, and the receiver attributes the message to it."""
 
     dst: str
     src: str
     topic: str
     data: bytes
+    origin: str = ""
 
 
 @dataclass(frozen=True, slots=True)
