@@ -8,7 +8,7 @@ NODES    ?= 4
 DURATION ?=
 TESTNET_ARGS := --nodes $(NODES) $(if $(DURATION),--duration $(DURATION),)
 
-.PHONY: venv testnet test bench clean sim sim-long
+.PHONY: venv testnet test bench clean sim sim-long test-faults
 
 venv: $(STAMP)
 
@@ -38,6 +38,14 @@ sim: $(STAMP)
 
 sim-long: $(STAMP)
 	$(BIN)/python -m agent_world_node.sim --minutes $(MINUTES) --jobs $(JOBS) $(if $(SEED),--seed $(SEED),) $(SIM_ARGS)
+
+# Fault tests with real processes (tests/test_faults.py): `make test` runs the short scenarios;
+# `make test-faults MINUTES=30` runs a random seeded schedule of kills, pauses, partitions and
+# 2-of-4 outages for that long (FAULT_SEED=<seed> replays one; figures go to FAULT_REPORT if set).
+# MINUTES ?= 5 for this target (the 10 above is sim-long's default; a MINUTES you pass wins).
+FAULT_MINUTES := $(if $(filter file,$(origin MINUTES)),5,$(MINUTES))
+test-faults: $(STAMP)
+	AGENT_WORLD_FAULT_MINUTES=$(FAULT_MINUTES) $(if $(FAULT_SEED),AGENT_WORLD_FAULT_SEED=$(FAULT_SEED),) $(if $(FAULT_REPORT),AGENT_WORLD_FAULT_REPORT=$(FAULT_REPORT),) $(BIN)/python -m pytest -q -s -m faults_long tests/test_faults.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

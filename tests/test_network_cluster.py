@@ -215,3 +215,40 @@ def test_second_node_on_a_used_port_fails_clearly() -> None:
                     assert again.listen_addrs()[0].startswith(f"/ip4/127.0.0.1/tcp/{port}/p2p/")
 
     trio.run(main)
+
+
+def test_a_disconnect_that_hangs_is_forced_by_closing_the_socket() -> None:
+    """A graceful close to a frozen peer can block (its receive buffer is full); the network then
+    closes the TCP socket itself, and the peer is not counted as reconnected meanwhile."""
+    from agent_world_node.network.p2p import _tcp_socket_stream
+
+    async def main() -> None:
+        with trio.fail_after(RUN_LIMIT_S):
+            async with trio.open_nursery() as nursery:
+                handles = await start_local_cluster(nursery, SEEDS[:2], no_blocks, reconnect_interval_s=0.3)
+                a, b = (h.network for h in handles)
+                await wait_for_full_mesh([a, b])
+                host = a._host
+                conns = host.get_network().get_connections(b._id)
+                assert conns and all(_tcp_socket_stream(c) is not None for c in conns), "layer walk broken"
+
+                async def hang(peer_id):  # the graceful close never returns
+                    await trio.sleep_forever()
+
+                host.disconnect = hang
+                reconnects = a.stats()["reconnects"]
+                started = trio.current_time()
+                await a._disconnect(b._id)
+                assert b.peer_id not in a.connected_peers()
+                assert a.stats()["dropped"]["forced_disconnect"] == 1
+                assert a.stats()["reconnects"] == reconnects  # no false "reconnected" while closing
+                forced_s = trio.current_time() - started
+                # b notices the closed socket and a's reconnect loop dials b again
+                while b.peer_id not in a.connected_peers() or a.peer_id not in b.connected_peers():
+                    await trio.sleep(0.05)
+                print(f"measured: forced disconnect in {forced_s:.2f} s, reconnected "
+                      f"{trio.current_time() - started:.2f} s after the disconnect began")
+                for h in handles:
+                    await h.stop()
+
+    trio.run(main)

@@ -62,6 +62,28 @@ DISCONNECT_TIMEOUT_S = 2.0
 QUEUE_FULL_LOG_INTERVAL_S = 1.0
 
 
+#: Attributes leading from a swarm connection down to its TCP stream in py-libp2p 0.8.1:
+#: SwarmConn.muxed_conn (Yamux) .secured_conn (SecureSession) .conn (Noise read-writer)
+#: .read_writer (Noise packets) .read_writer (RawConnection) .stream (TrioTCPStream) .stream.
+_LAYERS = ("muxed_conn", "secured_conn", "conn", "read_writer", "stream")
+
+
+def _tcp_socket_stream(conn: object) -> trio.SocketStream | None:
+    """The ``trio.SocketStream`` under a libp2p connection, or None if the layers differ."""
+    obj = conn
+    for _ in range(12):
+        if isinstance(obj, trio.SocketStream):
+            return obj
+        for attr in _LAYERS:
+            inner = getattr(obj, attr, None)
+            if inner is not None and inner is not obj:
+                obj = inner
+                break
+        else:
+            return None
+    return None
+
+
 class _ConnectionGate(INotifee):
     """Cuts a new connection from a peer the filter refuses as soon as it opens (the reconnect
     loop's sweep would take up to ``reconnect_interval_s``, long enough for a banned peer to
@@ -77,7 +99,7 @@ class _ConnectionGate(INotifee):
             self._network._disconnect_soon(peer)
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        pass
+        self._network._disconnecting.discard(conn.muxed_conn.peer_id)
 
     async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
         pass
@@ -138,6 +160,7 @@ class P2PNetwork:
         self._ever_connected: set[ID] = set()
         self._lost: set[ID] = set()  # configured peers seen connected, then not
         self._dialing: set[ID] = set()
+        self._disconnecting: set[ID] = set()  # being disconnected by us; not "reconnected"
         self._dial_failures_in_row: dict[ID, int] = {}
         self._last_queue_full_log = 0.0
         self._host: IHost | None = None
@@ -367,14 +390,32 @@ class P2PNetwork:
         self._tasks.start_soon(self._disconnect, ID.from_base58(peer_id))
 
     async def _disconnect(self, peer_id: ID) -> None:
+        """Close every connection to ``peer_id``: gracefully (yamux GO_AWAY) within
+        ``DISCONNECT_TIMEOUT_S``, else by closing the TCP socket under it. The graceful close
+        blocks when a frozen (SIGSTOPped) peer's receive buffer is full, and py-libp2p 0.8.1 then
+        marks the connection closed without removing it, so it would linger until the next
+        dead-peer sweep. Until the library reports it gone, the peer is not counted as connected
+        again by the reconnect loop."""
         host = self._host
         if host is None or peer_id not in host.get_connected_peers():
             return
-        with trio.move_on_after(DISCONNECT_TIMEOUT_S):
+        self._disconnecting.add(peer_id)
+        with trio.move_on_after(DISCONNECT_TIMEOUT_S) as scope:
             try:
                 await host.disconnect(peer_id)
             except Exception as exc:
                 log.warning("peer_disconnect_failed", peer=peer_id.to_base58(), error=repr(exc))
+        if scope.cancelled_caught or peer_id in host.get_connected_peers():
+            closed = 0
+            for conn in host.get_network().get_connections(peer_id):
+                sock = _tcp_socket_stream(conn)
+                if sock is not None:
+                    sock.socket.close()  # wakes every task blocked on it with ClosedResourceError
+                    closed += 1
+            host.get_network().connections.pop(peer_id, None)
+            NetworkStats.bump(self._stats.dropped, "forced_disconnect")
+            log.warning("peer_disconnect_forced", peer=peer_id.to_base58(), sockets_closed=closed,
+                        graceful_timeout_s=DISCONNECT_TIMEOUT_S)
 
     async def _handle_sync_stream(self, stream) -> None:
         try:
@@ -403,8 +444,11 @@ class P2PNetwork:
                 for peer_id in connected:  # inbound connections from refused peers are cut here
                     if self.peer_filter.refuses(peer_id.to_base58()):
                         nursery.start_soon(self._disconnect, peer_id)
+                self._disconnecting &= connected
                 for info in self._peer_infos:
                     if self.peer_filter.refuses(info.peer_id.to_base58()):
+                        continue
+                    if info.peer_id in self._disconnecting:
                         continue
                     if info.peer_id in connected:
                         self._note_connected(info.peer_id)
@@ -459,14 +503,7 @@ class P2PNetwork:
         if peer_id in self._ever_connected:
             self._lost.add(peer_id)
         log.warning("peer_dead", peer=peer_id.to_base58(), silent_for_s=round(silent_for_s, 3))
-        host = self._host
-        if host is None:
-            return
-        with trio.move_on_after(DISCONNECT_TIMEOUT_S):
-            try:
-                await host.disconnect(peer_id)
-            except Exception as exc:
-                log.warning("peer_disconnect_failed", peer=peer_id.to_base58(), error=repr(exc))
+        await self._disconnect(peer_id)
 
     def _on_ping_answer(self, peer_id: ID) -> None:
         self._last_seen[peer_id.to_base58()] = time.monotonic()
