@@ -95,16 +95,25 @@ def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> i
     return value
 
 
+async def _json_body(request: Request) -> bytes | Response:
+    """The request body, or the error response for a wrong content type (415) or a body above
+    ``MAX_BODY_BYTES`` (413)."""
+    wrong_type = _content_type_error(request)
+    if wrong_type is not None:
+        return wrong_type
+    body = await _read_body(request)
+    if body is None:
+        return _error(413, "too_large", f"request body exceeds {MAX_BODY_BYTES} bytes; split the action or shrink it")
+    return body
+
+
 def create_app(node: "Node") -> Starlette:
     """Return the ASGI application serving ``node``."""
 
     async def submit_action(request: Request) -> Response:
-        wrong_type = _content_type_error(request)
-        if wrong_type is not None:
-            return wrong_type
-        body = await _read_body(request)
-        if body is None:
-            return _error(413, "too_large", f"request body exceeds {MAX_BODY_BYTES} bytes; split the action or shrink it")
+        body = await _json_body(request)
+        if isinstance(body, Response):
+            return body
         result = node.admit_json(body)
         if result.status == "accepted":
             return JSONResponse({"status": "accepted", "action_id": result.action_id.hex()}, status_code=202)
@@ -182,12 +191,9 @@ def create_app(node: "Node") -> Starlette:
                           "(local testnets only) and restart the node")
         if request.method == "GET":
             return JSONResponse({"blocked": sorted(node.net.peer_filter.blocked)})
-        wrong_type = _content_type_error(request)
-        if wrong_type is not None:
-            return wrong_type
-        body = await _read_body(request)
-        if body is None:
-            return _error(413, "too_large", f"request body exceeds {MAX_BODY_BYTES} bytes")
+        body = await _json_body(request)
+        if isinstance(body, Response):
+            return body
         try:
             doc = json.loads(body)
         except ValueError as exc:
