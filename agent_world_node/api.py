@@ -6,6 +6,11 @@ Routes (hashes and bytes are lowercase hex in responses):
   ``MAX_BODY_BYTES``. 202 accepted, 200 duplicate, 400 ``{"error", "code"}`` when malformed or
   inadmissible, 413 too large, 415 when a ``Content-Type`` other than JSON is declared, 503 ``{"error", "retry_after_ms"}`` with ``Retry-After`` when the
   mempool is full.
+- ``POST /v1/actions/batch``: ``{"actions": [SignedAction, ...]}`` (at most ``MAX_SUBMIT_BATCH``
+  actions, ``MAX_BATCH_BODY_BYTES``): 200 ``{"results": [{"status", "action_id", "code"?,
+  "error"?, "retry_after_ms"?}, ...], "counts": {status: n}}`` in request order (each admitted as
+  by ``POST /v1/actions``); 503 with ``Retry-After`` when every action met a full mempool; 400
+  when the body is not such a document.
 - ``GET /v1/status``, ``GET /v1/blocks/{height}``, ``GET /v1/execution/{height}``,
   ``GET /v1/agents/{agent_id}``, ``GET /v1/events?from_seq=&limit=&kind=``, ``GET /v1/modules``,
   ``GET /v1/evidence``, ``GET /health``, ``GET /ready``, ``GET /metrics`` (Prometheus text).
@@ -33,10 +38,13 @@ from starlette.routing import Route
 
 if TYPE_CHECKING:
     from .node import Node
+    from .replica import AdmissionResult
 
 log = structlog.get_logger(__name__)
 
 MAX_BODY_BYTES = 512 * 1024
+#: A batch of at most ``replica.MAX_SUBMIT_BATCH`` actions (each at most a few KiB in practice).
+MAX_BATCH_BODY_BYTES = 4 * 1024 * 1024
 DRAIN_LIMIT_BYTES = 8 * 1024 * 1024
 #: Largest height a route accepts (the block store keys heights as SQLite 64-bit integers).
 MAX_HEIGHT = (1 << 63) - 1
@@ -47,8 +55,8 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return JSONResponse({"error": message, "code": code, **extra}, status_code=status, headers=headers)
 
 
-async def _read_body(request: Request) -> bytes | None:
-    """Read the body, or return None when it exceeds MAX_BODY_BYTES.
+async def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes | None:
+    """Read the body, or return None when it exceeds ``limit`` bytes.
 
     An oversized body is still read and discarded up to DRAIN_LIMIT_BYTES, so the client gets the
     413 answer instead of a connection reset in the middle of its upload; beyond that the
@@ -62,9 +70,9 @@ async def _read_body(request: Request) -> bytes | None:
         size += len(chunk)
         if size > DRAIN_LIMIT_BYTES:
             return None
-        if size <= MAX_BODY_BYTES:
+        if size <= limit:
             chunks.append(chunk)
-    return None if size > MAX_BODY_BYTES else b"".join(chunks)
+    return None if size > limit else b"".join(chunks)
 
 
 def _content_type_error(request: Request) -> JSONResponse | None:
@@ -95,16 +103,26 @@ def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> i
     return value
 
 
-async def _json_body(request: Request) -> bytes | Response:
+async def _json_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes | Response:
     """The request body, or the error response for a wrong content type (415) or a body above
-    ``MAX_BODY_BYTES`` (413)."""
+    ``limit`` bytes (413)."""
     wrong_type = _content_type_error(request)
     if wrong_type is not None:
         return wrong_type
-    body = await _read_body(request)
+    body = await _read_body(request, limit)
     if body is None:
-        return _error(413, "too_large", f"request body exceeds {MAX_BODY_BYTES} bytes; split the action or shrink it")
+        return _error(413, "too_large", f"request body exceeds {limit} bytes; send fewer or smaller actions")
     return body
+
+
+def _result_json(result: "AdmissionResult") -> dict[str, Any]:
+    doc: dict[str, Any] = {"status": result.status, "action_id": result.action_id.hex()}
+    if result.code:
+        doc["code"] = result.code
+        doc["error"] = result.reason
+    if result.retry_after_ms:
+        doc["retry_after_ms"] = result.retry_after_ms
+    return doc
 
 
 def create_app(node: "Node") -> Starlette:
@@ -126,6 +144,24 @@ def create_app(node: "Node") -> Starlette:
                 retry_after_ms=retry_ms,
             )
         return _error(400, result.code, result.reason)
+
+    async def submit_batch(request: Request) -> Response:
+        body = await _json_body(request, MAX_BATCH_BODY_BYTES)
+        if isinstance(body, Response):
+            return body
+        try:
+            results = node.admit_batch_json(body)
+        except ValueError as exc:
+            return _error(400, "malformed", str(exc))
+        busy = [r for r in results if r.status == "busy"]
+        if busy and len(busy) == len(results):
+            retry_ms = max(r.retry_after_ms for r in busy)
+            return _error(503, "mempool_full", busy[0].reason,
+                          headers={"Retry-After": str(max(1, (retry_ms + 999) // 1000))}, retry_after_ms=retry_ms)
+        counts: dict[str, int] = {}
+        for r in results:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        return JSONResponse({"results": [_result_json(r) for r in results], "counts": counts})
 
     async def status(request: Request) -> Response:
         return JSONResponse(node.status())
@@ -214,6 +250,7 @@ def create_app(node: "Node") -> Starlette:
 
     routes = [
         Route("/v1/actions", submit_action, methods=["POST"]),
+        Route("/v1/actions/batch", submit_batch, methods=["POST"]),
         Route("/v1/status", status),
         Route("/v1/blocks/{height}", block),
         Route("/v1/execution/{height}", execution),

@@ -262,6 +262,37 @@ class NodeClient:
                 status=status,
             )
 
+    async def submit_batch(self, signed: list[SignedAction]) -> list[dict[str, Any]]:
+        """POST the actions to ``/v1/actions/batch`` (at most 1,000); return the per-action results
+        in order (``status``: accepted | duplicate | rejected | busy, ``action_id``, and ``code``,
+        ``error``, ``retry_after_ms`` when set). When every action met a full mempool (503) it waits
+        the node's hint and retries, at most ``max_503_retries`` times, then raises NodeBusy.
+        Raises ActionRejected (400/413) for a malformed batch, NodeUnreachable, or BadResponse."""
+        payload = b'{"actions":[' + b",".join(encode_json(a) for a in signed) + b"]}"
+        retries = 0
+        while True:
+            response = await self._request(
+                "POST", "/v1/actions/batch", content=payload, headers={"content-type": "application/json"}
+            )
+            body = _json_body(response)
+            status = response.status_code
+            if status == 200 and isinstance(body, dict) and isinstance(body.get("results"), list):
+                return body["results"]
+            if status in (400, 413, 415):
+                code = body.get("code") if isinstance(body, dict) else None
+                raise ActionRejected(code if isinstance(code, str) and code else "rejected",
+                                     _error_text(body, response), status=status)
+            if status == 503 and retries < self.max_503_retries:
+                retries += 1
+                await anyio.sleep(retry_wait_s(response, body, default_s=DEFAULT_RETRY_WAIT_S, max_s=self.max_retry_wait_s))
+                continue
+            if status == 503:
+                raise NodeBusy(f"node at {self.base_url} is busy after {retries} retries; slow down", retries=retries)
+            raise BadResponse(
+                f"node at {self.base_url} answered POST /v1/actions/batch with HTTP {status}: {_error_text(body, response)}",
+                status=status,
+            )
+
     async def status(self) -> dict[str, Any]:
         """GET /v1/status: node_id, moniker, chain_id, height, execution_height, execution_state_root,
         peers, peer_count, mempool_size, actions_committed, module_calls, syncing, ..."""

@@ -79,7 +79,7 @@ class ConsensusConfig(msgspec.Struct, forbid_unknown_fields=True):
     timeout_prevote_delta_ms: int = 250
     timeout_precommit_ms: int = 500
     timeout_precommit_delta_ms: int = 250
-    timeout_commit_ms: int = 200
+    timeout_commit_ms: int = 50
     max_block_actions: int = 2000
     max_block_bytes: int = 900_000
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,8 +34,16 @@ async def _run_until_signal(node: "Node") -> None:
             nursery.start_soon(_wait_signal)
 
 
+#: Log level of the daemon: debug, info (default), warning or error.
+LOG_LEVEL_ENV = "AGENT_WORLD_LOG_LEVEL"
+#: When set, the daemon runs under cProfile and writes the stats to this path when it stops
+#: (read them with ``python -m pstats PATH``); used to profile nodes under benchmark load.
+PROFILE_ENV = "AGENT_WORLD_PROFILE"
+
+
 def run_node(home: Path, peers: list[str] | None = None) -> None:
-    """Run the node whose home is ``home`` until SIGINT or SIGTERM, then stop cleanly.
+    """Run the node whose home is ``home`` until SIGINT or SIGTERM, then stop cleanly (profiled
+    with cProfile when ``AGENT_WORLD_PROFILE`` names a file).
 
     ``peers`` (full /p2p/ multiaddrs) replaces the peers of ``config.toml`` when given.
     Raises ``config.ConfigError`` for a missing or invalid home and ``execution.ExecutionError``
@@ -41,8 +51,22 @@ def run_node(home: Path, peers: list[str] | None = None) -> None:
     """
     h = cfg.Home(home)
     config = cfg.read_config(h.config_file)
-    configure_logging(config.log_format)
+    level = os.environ.get(LOG_LEVEL_ENV, "info").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise cfg.ConfigError(f"{LOG_LEVEL_ENV}={level.lower()!r}: use debug, info, warning or error")
+    configure_logging(config.log_format, getattr(logging, level))
     from .node import Node
 
     node = Node(h, peers)
-    trio.run(_run_until_signal, node)
+    profile_to = os.environ.get(PROFILE_ENV)
+    if not profile_to:
+        trio.run(_run_until_signal, node)
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        profiler.runcall(trio.run, _run_until_signal, node)
+    finally:
+        profiler.dump_stats(profile_to)
+        log.info("profile_written", path=profile_to)

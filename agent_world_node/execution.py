@@ -15,7 +15,6 @@ raises ``ExecutionError``; a gap is filled by replaying stored blocks first.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
@@ -69,28 +68,6 @@ def chain_execution_block_hash(prev: bytes, height: int, state_root: bytes, even
     return sha256(encode([prev, height, state_root, events_root]))
 
 
-class VerifiedSignatureCache:
-    """Payload hashes whose action signature this node already verified (bounded, LRU).
-
-    Safe because an agent's key never changes once registered and a ``RegisterAgent`` is verified
-    against the key it carries: a signature valid at admission is valid at execution.
-    """
-
-    def __init__(self, capacity: int = 200_000) -> None:
-        self._items: OrderedDict[bytes, None] = OrderedDict()
-        self.capacity = capacity
-
-    def add(self, payload_hash: bytes) -> None:
-        """Remember that ``payload_hash``'s signature verified."""
-        self._items[payload_hash] = None
-        self._items.move_to_end(payload_hash)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-
-    def __contains__(self, payload_hash: bytes) -> bool:
-        return payload_hash in self._items
-
-
 class NodeRuntimeExecutionDriver:
     """Executes committed blocks into a ``World`` and persists the results.
 
@@ -113,7 +90,6 @@ class NodeRuntimeExecutionDriver:
         self.store = store
         self.snapshot_dir = Path(snapshot_dir)
         self.snapshot_interval = max(1, snapshot_interval)
-        self.signature_cache = VerifiedSignatureCache()
         self.genesis_state_root = genesis_state_root
         self.actions_executed = 0
         base = store.get_execution(world.height) if world.height else None
@@ -242,7 +218,10 @@ class NodeRuntimeExecutionDriver:
                 # Validators refuse blocks with undecodable payloads; this only guards the runtime.
                 log.error("undecodable_committed_action", height=height, action_id=act.action_id.hex(), error=str(exc))
                 continue
-            world.apply_action(signed, act.action_id, signature_checked=act.payload_hash in self.signature_cache)
+            # Committed blocks carry only validly signed actions: valid(v) verifies them
+            # (Replica._block_problem) and more than 2/3 of the stake prevoted for the block, so
+            # at least one correct validator checked it. Syncing and replay need not verify again.
+            world.apply_action(signed, act.action_id, signature_checked=True)
         world.step_with_modules()
         outcome = world.end_block()
         block_hash = chain_execution_block_hash(self.last_block_hash, height, outcome.state_root, outcome.events_root)

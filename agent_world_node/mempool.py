@@ -2,12 +2,13 @@
 
 Admission is checked by the caller (signature, agent, nonce against the executed world). The pool
 keeps at most ``max_actions`` entries; a full pool refuses new actions (the HTTP API answers 503 with
-a retry hint) rather than accepting and dropping them. A proposer reaps in the deterministic order
-(submitter, nonce, action id) up to a count and byte budget.
+a retry hint) rather than accepting and dropping them. A proposer reaps the oldest actions up to a
+count and byte budget, ordered by (submitter, nonce, action id).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -60,17 +61,20 @@ class Mempool:
         return True
 
     def reap(self, max_actions: int, max_bytes: int) -> list[NodeConsensusAction]:
-        """Return up to ``max_actions`` pending actions whose payloads total at most ``max_bytes``,
-        in (submitter, nonce, action id) order. The actions stay pending until ``remove``."""
-        out: list[NodeConsensusAction] = []
+        """Return up to ``max_actions`` pending actions whose payloads total at most ``max_bytes``:
+        the oldest first (admission order, so a backlog drains fairly and no agent waits behind
+        others), then put in (submitter, nonce, action id) order so each agent's actions execute
+        in nonce order. The actions stay pending until ``remove``."""
+        picked: list[MempoolEntry] = []
         size = 0
-        for entry in sorted(self._entries.values(), key=lambda e: e.sort_key):
+        for entry in self._entries.values():  # dicts keep insertion (admission) order
             n = len(entry.action.payload) + 100  # per-action framing overhead, generous
-            if len(out) >= max_actions or size + n > max_bytes:
+            if len(picked) >= max_actions or size + n > max_bytes:
                 break
-            out.append(entry.action)
+            picked.append(entry)
             size += n
-        return out
+        picked.sort(key=lambda e: e.sort_key)
+        return [e.action for e in picked]
 
     def remove(self, action_ids: list[bytes]) -> None:
         """Drop committed actions."""
@@ -87,3 +91,26 @@ class Mempool:
                 stale.append(aid)
         self.remove(stale)
         return len(stale)
+
+
+class VerifiedSignatureCache:
+    """Payload hashes whose action signature this node already verified (bounded, LRU).
+
+    Safe because an agent's key never changes once registered and a ``RegisterAgent`` is verified
+    against the key it carries: a signature valid at admission is valid when a proposal carrying
+    the action is validated.
+    """
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._items: OrderedDict[bytes, None] = OrderedDict()
+        self.capacity = capacity
+
+    def add(self, payload_hash: bytes) -> None:
+        """Remember that ``payload_hash``'s signature verified."""
+        self._items[payload_hash] = None
+        self._items.move_to_end(payload_hash)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __contains__(self, payload_hash: bytes) -> bool:
+        return payload_hash in self._items

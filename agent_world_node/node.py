@@ -32,7 +32,7 @@ from .store import NodeStore
 
 log = structlog.get_logger(__name__)
 
-ACTION_BATCH_INTERVAL_S = 0.05
+ACTION_BATCH_INTERVAL_S = 0.1
 STATUS_INTERVAL_S = 1.0
 SYNC_INTERVAL_S = 0.5
 SYNC_BATCH_HEIGHTS = 200
@@ -120,6 +120,10 @@ class Node:
         """Admit a JSON ``SignedAction`` from the HTTP API."""
         return self.replica.admit_json(body)
 
+    def admit_batch_json(self, body: bytes) -> list[AdmissionResult]:
+        """Admit a JSON ``{"actions": [...]}`` batch from the HTTP API (``Replica.admit_batch_json``)."""
+        return self.replica.admit_batch_json(body)
+
     # -- performing the replica's outputs -------------------------------------------------------
     async def _perform(self, outputs: list[Output]) -> None:
         for out in outputs:
@@ -157,6 +161,7 @@ class Node:
             out = self.replica.status_message()
             await self.net.publish(out.topic, out.data)
             self.metrics.peers.set(len(self.net.connected_peers()))
+            self.metrics.mempool_size.set(len(self.replica.mempool))
             net = self.net.stats()
             self.metrics.peer_bans.set(len(net["banned_peers"]))
             for reason, n in net["dropped"].items():

@@ -18,17 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import msgspec
 import structlog
 
 from agent_world_runtime import World
 from agent_world_runtime.actions import (
     MAX_ACTION_PAYLOAD_BYTES,
+    RegisterAgent,
     SignedAction,
     decode_signed_action,
     decode_signed_action_json,
     encode_signed_action,
+    static_action_problem,
+    verify_action_signature,
 )
-from agent_world_runtime.codec import DecodeError, decode, encode
+from agent_world_runtime.codec import DecodeError, decode, decode_json, encode
 from agent_world_runtime.crypto import SigningKey, sha256
 from agent_world_runtime.failpoints import failpoint
 from agent_world_runtime.modules.sandbox import Sandbox
@@ -52,12 +56,13 @@ from .consensus import (
     verify_commit_certificate,
 )
 from .execution import NodeRuntimeExecutionDriver
-from .mempool import Mempool, MempoolFull
+from .mempool import Mempool, MempoolFull, VerifiedSignatureCache
 from .metrics import NodeMetrics
 from .store import NodeStore
 from .types import (
     ZERO_HASH,
     Block,
+    block_hash,
     BlockHeader,
     CommitCertificate,
     ExecutionHashes,
@@ -78,6 +83,14 @@ log = structlog.get_logger(__name__)
 MAX_GOSSIP_BYTES = 1_000_000
 MAX_SYNC_PAYLOAD_BYTES = 64 * 1024 * 1024
 MAX_BATCH_ACTIONS = 10_000
+#: Most actions one ``POST /v1/actions/batch`` may carry.
+MAX_SUBMIT_BATCH = 1_000
+
+
+class SubmitBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of ``POST /v1/actions/batch``."""
+
+    actions: list[SignedAction]
 
 
 class WALError(RuntimeError):
@@ -226,6 +239,9 @@ class Replica:
         self.actions_committed = 0
         self.execution_mismatches = 0
         self.divergence: Divergence | None = None
+        self.verified_signatures = VerifiedSignatureCache()
+        self._certified_next = 0  # a height whose commit we saw verified but whose block we lack
+        self._admitted_counters: dict[str, Any] = {}
         self._pending_gossip: list[bytes] = []
         self.log = log.bind(node=node_id[:16])
         stored = store.get_meta(DIVERGED_META_KEY)
@@ -319,7 +335,7 @@ class Replica:
             self._note_peer_height(peer, msg.proposal.height - 1)
             return self._judged(peer, ProposalReceived(msg.proposal))
         if isinstance(msg, GossipCommitMessage):
-            return self._on_peer_commit(ReplicatedCommitPayload(msg.block, msg.certificate, msg.execution), peer, "gossip")
+            return self._on_commit_announcement(msg, peer)
         if isinstance(msg, GossipActionBatch):
             malformed = 0
             for payload in msg.payloads[:MAX_BATCH_ACTIONS]:
@@ -383,10 +399,31 @@ class Replica:
             )
         return self.admit(encode_signed_action(signed), signed, source="api")
 
+    def admit_batch_json(self, body: bytes) -> list[AdmissionResult]:
+        """Admit each action of a JSON ``{"actions": [SignedAction, ...]}`` in order (see ``admit``).
+        Raises ValueError (the message says what to send) when the body is not such a document or
+        holds more than ``MAX_SUBMIT_BATCH`` actions; a single bad action is a "rejected" result."""
+        try:
+            batch = decode_json(body, SubmitBatch)
+        except DecodeError as exc:
+            self.metrics.actions_refused.labels("malformed").inc()
+            raise ValueError(f'{exc}; send {{"actions": [SignedAction, ...]}}') from None
+        if len(batch.actions) > MAX_SUBMIT_BATCH:
+            raise ValueError(f"{len(batch.actions)} actions in one batch; send at most {MAX_SUBMIT_BATCH}")
+        results = []
+        for signed in batch.actions:
+            problem = static_action_problem(signed)
+            if problem is not None:
+                self.metrics.actions_refused.labels("malformed").inc()
+                results.append(AdmissionResult("rejected", code="malformed", reason=f"invalid SignedAction: {problem}"))
+                continue
+            results.append(self.admit(encode_signed_action(signed), signed, source="api"))
+        return results
+
     def admit(self, payload: bytes, signed: SignedAction, source: str) -> AdmissionResult:
         """Check ``signed`` against the executed world (chain id, signature, agent, nonce) and add it
         to the mempool; actions from clients (``source`` "api") are queued for gossip. A verified
-        signature is cached so execution does not verify it again."""
+        signature is cached so validating a proposal carrying the action does not verify it again."""
         action_id = sha256(payload)
         if len(payload) > MAX_ACTION_PAYLOAD_BYTES:
             return self._refuse(action_id, "too_large", f"action of {len(payload)} bytes exceeds {MAX_ACTION_PAYLOAD_BYTES}")
@@ -395,15 +432,17 @@ class Replica:
         reason = self.world.check_action(signed)
         if reason is not None:
             return self._refuse(action_id, reason_code(reason), reason)
-        self.driver.signature_cache.add(action_id)
+        self.verified_signatures.add(action_id)
         try:
             self.mempool.add(payload, action_id, signed)
         except MempoolFull as exc:
             self.metrics.actions_refused.labels("mempool_full").inc()
             retry = max(200, 2 * self.config.timeout_commit_ms)
             return AdmissionResult("busy", action_id, code="mempool_full", reason=f"{exc}; retry later", retry_after_ms=retry)
-        self.metrics.actions_admitted.labels(source).inc()
-        self.metrics.mempool_size.set(len(self.mempool))
+        counter = self._admitted_counters.get(source)
+        if counter is None:
+            counter = self._admitted_counters[source] = self.metrics.actions_admitted.labels(source)
+        counter.inc()
         if source == "api":
             self._pending_gossip.append(payload)
         return AdmissionResult("accepted", action_id)
@@ -417,14 +456,16 @@ class Replica:
         """Return one batch of client actions admitted here and not yet gossiped, or None."""
         if not self._pending_gossip:
             return None
-        batch, size = [], 0
-        while self._pending_gossip and size + len(self._pending_gossip[0]) + 16 < max_bytes:
-            payload = self._pending_gossip.pop(0)
-            batch.append(payload)
-            size += len(payload) + 16
-        if not batch:  # one payload alone exceeds the budget (cannot happen under the action limit)
-            self._pending_gossip.pop(0)
+        pending = self._pending_gossip
+        size, count = 0, 0
+        while count < len(pending) and size + len(pending[count]) + 16 < max_bytes:
+            size += len(pending[count]) + 16
+            count += 1
+        if count == 0:  # one payload alone exceeds the budget (cannot happen under the action limit)
+            del pending[0]
             return None
+        batch = pending[:count]
+        del pending[:count]
         return _publish("actions", GossipActionBatch(batch))
 
     def status_message(self) -> Publish:
@@ -444,7 +485,7 @@ class Replica:
         out = []
         last = self.store.get_block(self.height) if self.height > 0 else None
         if last is not None:
-            out.append(_publish("commit", GossipCommitMessage(last.block, last.certificate, last.execution)))
+            out.append(_publish("commit", GossipCommitMessage(last.block.header, last.certificate, last.execution)))
         for msg in self.core.height_messages():
             if isinstance(msg, Proposal):
                 out.append(_publish("proposal", GossipProposalMessage(msg)))
@@ -464,10 +505,12 @@ class Replica:
 
     def sync_target(self, connected: set[str]) -> tuple[str, int] | None:
         """The connected peer furthest ahead and its height, when it is more than one height ahead
-        of us (one height behind is normal and closed by gossip); else None."""
+        of us, or one height ahead with a verified commit of a block we never received (one height
+        behind is otherwise normal and closed by gossip); else None."""
         best: tuple[int, str] | None = None
+        floor = self.height + 1 if self._certified_next == self.height + 1 else self.height + 2
         for peer, h in self.peer_heights.items():
-            if peer in connected and h > self.height + 1 and (best is None or (h, peer) > best):
+            if peer in connected and h >= floor and (best is None or (h, peer) > best):
                 best = (h, peer)
         return (best[1], best[0]) if best else None
 
@@ -479,7 +522,8 @@ class Replica:
     def _validate_block(self, block: Block) -> bool:
         """Return True iff ``block`` may be voted for at the current height: right chain and
         height, parent hash, epoch, monotonic time, recomputed action root, well-formed unique
-        actions, and the previous height's execution hashes equal to ours (DESIGN.md: a validator
+        actions each validly signed (``_signer_key``; signatures this node verified before are
+        cached), and the previous height's execution hashes equal to ours (DESIGN.md: a validator
         whose own root differs does not vote, and says so loudly)."""
         reason = self._block_problem(block)
         if reason is not None:
@@ -505,6 +549,8 @@ class Replica:
         problem = _actions_problem(block)
         if problem is not None:
             return problem
+        registered_here: dict[str, bytes] = {}
+        verified = self.verified_signatures
         for act in block.actions:
             try:
                 signed = decode_signed_action(act.payload)
@@ -512,6 +558,11 @@ class Replica:
                 return f"action {act.action_id.hex()[:16]} is malformed: {exc}"
             if signed.body.agent_id != act.submitter:
                 return f"action {act.action_id.hex()[:16]}: submitter is not the signing agent"
+            key = self._signer_key(signed, registered_here)
+            if act.action_id not in verified and key is not None:
+                if not verify_action_signature(signed, key):
+                    return f"action {act.action_id.hex()[:16]} has a bad signature"
+                verified.add(act.action_id)
         if h.last_execution_height != self.driver.last_height:
             return f"carries execution height {h.last_execution_height}, ours is {self.driver.last_height}"
         if (h.last_execution_state_root, h.last_execution_block_hash) != (
@@ -529,6 +580,18 @@ class Replica:
             )
             return "execution state root of the previous height differs from ours"
         return None
+
+    def _signer_key(self, signed: SignedAction, registered_here: dict[str, bytes]) -> bytes | None:
+        """The public key ``signed`` must be signed with: a ``RegisterAgent``'s own key; else the
+        agent's registered key (keys never change), or the key of its first ``RegisterAgent``
+        earlier in the block; None for an agent nobody registered (execution rejects the action
+        as from an unknown agent whatever its signature)."""
+        body = signed.body
+        if isinstance(body.action, RegisterAgent):
+            registered_here.setdefault(body.agent_id, body.action.public_key)
+            return body.action.public_key
+        agent = self.world.get_agent(body.agent_id)
+        return agent.public_key if agent is not None else registered_here.get(body.agent_id)
 
     def _build_block(self, height: int, round: int) -> Block:
         actions = self.mempool.reap(self.config.max_block_actions, self.config.max_block_bytes)
@@ -627,13 +690,41 @@ class Replica:
             return []
         hashes = ExecutionHashes(result.execution_height, result.execution_block_hash, result.execution_state_root)
         return [
-            _publish("commit", GossipCommitMessage(block, certificate, hashes)),
+            _publish("commit", GossipCommitMessage(block.header, certificate, hashes)),
             StartTimer("commit", hdr.height, hdr.round, self.timeouts.commit_ms),
         ]
 
     def _last_nonce_of(self, agent_id: str) -> int | None:
         agent = self.world.get_agent(agent_id)
         return agent.last_nonce if agent is not None else None
+
+    def _on_commit_announcement(self, msg: GossipCommitMessage, peer: str) -> list[Output]:
+        """A peer's commit announcement (header, certificate, its execution hashes). For our next
+        height, commit the proposal's block if we hold it; if we do not, and the certificate
+        verifies, wait for sync to fetch the block (``sync_target``)."""
+        header, cert = msg.header, msg.certificate
+        h = header.height
+        if cert.height != h or cert.block_hash != block_hash(header):
+            self.metrics.messages_dropped.labels("invalid_commit").inc()
+            return [Misbehaviour(peer, "invalid_commit")]
+        if h != self.height + 1:
+            self._note_peer_height(peer, h)
+            if h <= self.height:
+                self.metrics.messages_dropped.labels("stale_commit").inc()
+                self._compare_execution(msg.execution, peer)
+            return []
+        block = self.core.known_block(cert.block_hash)
+        if block is not None:
+            return self._on_peer_commit(ReplicatedCommitPayload(block, cert, msg.execution), peer, "gossip")
+        try:
+            verify_commit_certificate(cert, cert.block_hash, self.chain_id, self.validator_set)
+        except InvalidCertificate as exc:
+            self.metrics.messages_dropped.labels("invalid_commit").inc()
+            self.log.warning("peer_commit_rejected", height=h, peer=peer, source="gossip", reason=str(exc))
+            return [Misbehaviour(peer, "invalid_commit")]
+        self._note_peer_height(peer, h)
+        self._certified_next = h
+        return []
 
     def _on_peer_commit(self, payload: ReplicatedCommitPayload, peer: str, source: str) -> list[Output]:
         """A committed block from a peer: compare execution hashes for a height we have, commit it
@@ -643,8 +734,7 @@ class Replica:
         h = block.header.height
         self._note_peer_height(peer, h)
         if h <= self.height:
-            self.metrics.messages_dropped.labels("stale_commit").inc()
-            self._compare_execution(payload, peer)
+            self._compare_execution(payload.execution, peer)
             return []
         if h > self.height + 1:
             return []
@@ -656,7 +746,7 @@ class Replica:
                 return []
             return [Misbehaviour(peer, "bad_sync_response" if source == "sync" else "invalid_commit")]
         outputs = self._commit(block, cert, source=source)
-        self._compare_execution(payload, peer)
+        self._compare_execution(payload.execution, peer)
         return outputs
 
     def _commit_problem(self, block: Block, cert: CommitCertificate) -> tuple[str | None, bool]:
@@ -677,8 +767,7 @@ class Replica:
             return "block does not extend our chain", False
         return None, False
 
-    def _compare_execution(self, payload: ReplicatedCommitPayload, peer: str) -> None:
-        theirs = payload.execution
+    def _compare_execution(self, theirs: ExecutionHashes | None, peer: str) -> None:
         if theirs is None:
             return
         ours = self.store.get_execution(theirs.execution_height)

@@ -169,10 +169,13 @@ class GossipVoteMessage(msgspec.Struct, tag="vote", forbid_unknown_fields=True, 
 
 
 class GossipCommitMessage(msgspec.Struct, tag="commit", forbid_unknown_fields=True, frozen=True):
-    """A decided block with its commit certificate and the sender's execution hashes for that
-    height (None when the sender has not executed it)."""
+    """A commit announcement: the decided block's header with its commit certificate and the
+    sender's execution hashes for that height (None when the sender has not executed it).
 
-    block: Block
+    The actions are not repeated: they travelled once in the proposal. A node that has the
+    proposal's block commits from this; one that does not fetches the block by sync."""
+
+    header: BlockHeader
     certificate: CommitCertificate
     execution: Optional[ExecutionHashes] = None
 

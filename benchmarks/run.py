@@ -1,6 +1,12 @@
 """Run the benchmarks, print each figure, and write them all to ``benchmarks/results.json``.
 
-Figures (units in the names):
+Sections (``python -m benchmarks.run --only a,b``): signatures, execution, modules, network
+(``gossip.py``: raw gossipsub between 4 processes), cluster (``cluster.py``: empty-cluster block
+interval), throughput (``throughput.py``: signed transfers through the HTTP API of 4 validator
+processes), bigworld (``bigworld.py``: 100,000 agents: execution scaling, catch-up, replay, memory).
+Each section's figures are printed as measured and written to ``benchmarks/results.json``.
+
+Figures of this module (units in the names):
 - ``ed25519_verify_per_s``: PyNaCl signature verifications per second on one core.
 - ``execute_block_1000_actions_ms``: executing one block of 1,000 signed move/harvest actions
   (signatures already verified at admission, as in the node) into a world of ``agents`` agents,
@@ -74,23 +80,66 @@ def bench_execute(agents: int, blocks: int = 5, per_block: int = 1_000) -> float
     return statistics.median(times)
 
 
-def main() -> None:
+SECTIONS = ("signatures", "execution", "modules", "network", "cluster", "throughput", "bigworld")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the sections (all by default; ``--only a,b``), print every figure as it is measured,
+    and write them all, with each section's duration, to ``benchmarks/results.json``."""
+    import argparse
     import logging
 
     import structlog
 
+    parser = argparse.ArgumentParser(description="Agent World benchmarks (issue 6)")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
+    parser.add_argument("--rate", type=float, default=2500.0, help="offered actions/s in the throughput run")
+    args = parser.parse_args(argv)
+    only = [x.strip() for x in args.only.split(",") if x.strip()]
+    unknown = set(only) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     results: dict[str, float] = {}
+    out = ROOT / "benchmarks" / "results.json"
 
     def record(name: str, value: float) -> None:
         results[name] = round(value, 2)
         print(f"{name:45s} {value:12.2f}", flush=True)
 
-    record("ed25519_verify_per_s", bench_verify())
-    for agents in (1_000, 10_000):
-        record(f"execute_block_1000_actions_ms_at_{agents}_agents", bench_execute(agents))
-    modules.run_all(record)
-    out = ROOT / "benchmarks" / "results.json"
+    def section(name: str, run) -> None:  # type: ignore[no-untyped-def]
+        if name not in only:
+            return
+        print(f"-- {name}", flush=True)
+        started = time.perf_counter()
+        try:
+            run()
+        except Exception as exc:  # one failed section must not hide the others' figures
+            print(f"   section {name} failed: {type(exc).__name__}: {exc}", flush=True)
+            results[f"{name}_failed"] = 1
+        record(f"bench_{name}_s", time.perf_counter() - started)
+        out.write_text(json.dumps(results, indent=2) + "\n")  # keep what we have if interrupted
+
+    from benchmarks import bigworld, cluster, gossip, throughput
+
+    section("signatures", lambda: record("ed25519_verify_per_s", bench_verify()))
+
+    def execution() -> None:
+        for agents in (1_000, 10_000):
+            record(f"execute_block_1000_actions_ms_at_{agents}_agents", bench_execute(agents))
+
+    section("execution", execution)
+    section("modules", lambda: modules.run_all(record))
+    section("network", lambda: gossip.run_all(record))
+    section("cluster", lambda: cluster.run_all(record))
+    section("throughput", lambda: throughput.run_cluster(record, rate=args.rate))
+    section("bigworld", lambda: bigworld.run_all(record))
+    if "ed25519_verify_per_s" in results and "cluster_actions_per_s" in results:
+        # the issue's efficiency ratio: actions/s over the signature limit of 4 nodes on 2 cores
+        limit = results["ed25519_verify_per_s"] * 2 / 4
+        record("cluster_signature_limit_actions_per_s", limit)
+        record("cluster_efficiency_ratio", results["cluster_actions_per_s"] / limit)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {out}")
 

@@ -107,7 +107,7 @@ class Observed:
             if isinstance(decoded, GossipVoteMessage) and self.vote is None:
                 self.vote = (decoded.vote.height, msg.data)
             elif isinstance(decoded, GossipCommitMessage) and self.commit is None:
-                self.commit = (decoded.block.header.height, msg.data)
+                self.commit = (decoded.header.height, msg.data)
 
 
 def _home_with_rate_limit(tmp_path):
@@ -298,7 +298,7 @@ def test_garbage_pubsub_frame_does_not_crash_the_node(tmp_path):
                     await stream.write(encode_varint_prefixed(b"\xff\xff\xff\xff not a protobuf RPC"))
                     await _until(lambda: node.height >= height + 2, "the node commits after the garbage frame")
                     me = raw.get_id().to_base58()
-                    await _until(lambda: node.net.stats()["penalties"].get("malformed", 0) == 1,
+                    await _until(lambda: node.net.stats()["penalties"].get("bad_pubsub_frame", 0) == 1,
                                  "the garbage frame scored against its sender")
                     assert node.net.peer_filter.score(me) > 0
                     assert node.net.stats()["dropped"].get("bad_pubsub_frame") == 1

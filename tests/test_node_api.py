@@ -127,3 +127,45 @@ def test_full_mempool_answers_503_with_a_retry_hint(tmp_path):
                 assert busy[0].json()["retry_after_ms"] > 0
 
     trio.run(main)
+
+
+def test_batch_submission_gives_a_result_per_action_and_commits_them(tmp_path):
+    from agent_world_node.client import ActionRejected, NodeClient
+    from agent_world_node.replica import MAX_SUBMIT_BATCH
+
+    home = single_validator_home(tmp_path / "solo", chain_id=CHAIN)
+
+    async def main():
+        async with running_node(home) as node:
+            base = f"http://{node.config.rpc.listen}"
+            async with NodeClient(base, timeout_s=10) as client:
+                keys = [SigningKey(bytes([i + 1]) * 32) for i in range(5)]
+                regs = [sign_action(k, CHAIN, f"b{i}", 1, RegisterAgent(k.public_key, (0, 0, 0))) for i, k in enumerate(keys)]
+                wrong_chain = sign_action(keys[0], "other", "x0", 1, RegisterAgent(keys[0].public_key))
+                results = await client.submit_batch(regs + [regs[0], wrong_chain])
+                assert [r["status"] for r in results] == ["accepted"] * 5 + ["duplicate", "rejected"]
+                assert results[6]["code"] == "wrong_chain" and "chain" in results[6]["error"]
+                moves = [sign_action(k, CHAIN, f"b{i}", 2, MoveAgent(to=(i, 1, 0))) for i, k in enumerate(keys)]
+
+                async def registered():
+                    return all(node.world.get_agent(f"b{i}") for i in range(5))
+
+                await _wait_for(registered, "the batch committed")
+                assert [r["status"] for r in await client.submit_batch(moves)] == ["accepted"] * 5
+
+                async def moved():
+                    return all(node.world.get_agent(f"b{i}").position == (i, 1, 0) for i in range(5))
+
+                await _wait_for(moved, "the moves committed")
+                # a body that is not a batch, and a batch above the limit: 400 saying what to send
+                r = await client._http.post("/v1/actions/batch", content=b'{"actions": 3}',
+                                            headers={"content-type": "application/json"})
+                assert r.status_code == 400 and "actions" in r.json()["error"]
+                try:
+                    await client.submit_batch([moves[0]] * (MAX_SUBMIT_BATCH + 1))
+                except ActionRejected as exc:
+                    assert str(MAX_SUBMIT_BATCH) in str(exc)
+                else:
+                    raise AssertionError("an oversized batch was accepted")
+
+    trio.run(main)

@@ -104,3 +104,15 @@ def test_mempool_orders_by_submitter_then_nonce_and_bounds_size():
     assert len(pool) == 3
     assert pool.drop_stale(lambda agent: 1 if agent == "bob" else None) == 1
     assert len(pool) == 2
+
+
+def test_mempool_reaps_the_oldest_actions_first_whatever_the_agent():
+    pool = Mempool(max_actions=100)
+    first = _signed("zed", 1)
+    pool.add(*first)
+    later = [_signed("al", n) for n in range(1, 20)]  # an agent that sorts first, arriving later
+    for entry in later:
+        pool.add(*entry)
+    reaped = pool.reap(5, 1_000_000)
+    assert first[1] in [a.action_id for a in reaped], "a backlog starved the oldest action"
+    assert [a.submitter for a in reaped] == ["al"] * 4 + ["zed"]  # then ordered by (submitter, nonce)

@@ -419,7 +419,7 @@ def test_a_node_one_height_behind_that_the_quorum_needs_catches_up(monkeypatch: 
             return False
         msg = decode_gossip(message.data)
         if isinstance(msg, GossipCommitMessage):
-            return msg.block.header.height == 2
+            return msg.header.height == 2
         return isinstance(msg, GossipVoteMessage) and msg.vote.height == 2 and msg.vote.vote_type == VoteType.PRECOMMIT
 
     def run():

@@ -197,6 +197,10 @@ class ConsensusCore:
         #: by the same call.
         self.last_rejections: list[tuple[str, Proposal | Vote]] = []
 
+    def known_block(self, block_hash: bytes) -> Block | None:
+        """The block with ``block_hash`` if a proposal of the current height carried it, else None."""
+        return self._blocks.get(block_hash)
+
     def stop_signing(self) -> None:
         """Never sign a proposal or vote again; the core goes on following the protocol and
         deciding as an observer. For a validator whose execution diverged from the quorum's

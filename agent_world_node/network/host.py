@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import socket
 import time
+import weakref
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 import trio
@@ -128,6 +130,51 @@ def build_gossipsub(cluster_size: int, *, degree: int | None = None, heartbeat_i
     )
 
 
+#: Outbound RPCs queued per peer by pubsub before it drops (silently) new ones. py-libp2p 0.8.1's
+#: default, 32, is reached within a second at 2,000 actions/s (batched action gossip, 700 KB
+#: proposals and the heartbeat), and what gets dropped then is as likely a vote as anything:
+#: measured, heights stalled for 10-20 s in round 0 with every node re-gossiping. Large RPCs are
+#: split into parts of at most 1 MiB, so the bound on memory per peer is about this many MiB.
+OUTBOUND_RPC_QUEUE = 256
+
+
+def _raise_outbound_queue_bound() -> None:
+    """Make pubsub create its per-peer outbound queues with ``OUTBOUND_RPC_QUEUE`` slots (the
+    library reads the module-level ``RpcQueue`` name when a peer is added)."""
+    import libp2p.pubsub.pubsub as pubsub_module
+    from libp2p.pubsub.rpc_queue import RpcQueue
+
+    if getattr(pubsub_module.RpcQueue, "__name__", "") != "bounded_rpc_queue":
+
+        def bounded_rpc_queue() -> RpcQueue:
+            return RpcQueue(max_size=OUTBOUND_RPC_QUEUE)
+
+        pubsub_module.RpcQueue = bounded_rpc_queue  # type: ignore[attr-defined,assignment]
+
+
+def _serialize_rpc_writes(pubsub: Pubsub) -> None:
+    """Make RPC writes to one pubsub stream take turns.
+
+    py-libp2p 0.8.1's yamux ``stream.write`` takes the stream's write lock per chunk of the send
+    window, not per call, and pubsub writes each RPC from whichever task produced it (publish,
+    forward, heartbeat). Two RPCs larger than the window written at once to the same stream
+    interleave their chunks, and the receiver cannot parse the frame (measured: dozens of
+    "Error parsing message with type 'pubsub.pb.RPC'" per minute at 2,500 actions/s, each
+    costing a stream reset). A lock per stream around ``Pubsub.write_msg`` (which gossipsub
+    also calls) keeps each RPC's bytes contiguous."""
+    locks: "weakref.WeakKeyDictionary[INetStream, trio.Lock]" = weakref.WeakKeyDictionary()
+    write_msg = pubsub.write_msg
+
+    async def write_msg_in_turn(stream: INetStream, rpc_msg: Any) -> bool:
+        lock = locks.get(stream)
+        if lock is None:
+            lock = locks[stream] = trio.Lock()
+        async with lock:
+            return await write_msg(stream, rpc_msg)
+
+    pubsub.write_msg = write_msg_in_turn  # type: ignore[method-assign]
+
+
 def build_pubsub(
     host: IHost,
     router: GossipSub,
@@ -142,8 +189,10 @@ def build_pubsub(
     not a protobuf RPC ends the whole host (a hostile peer could stop any node with it). The guard
     resets that stream, drops the peer from pubsub and awaits ``on_bad_stream(peer_id, error)``
     (the network scores and disconnects the peer; it is redialled if configured)."""
+    _raise_outbound_queue_bound()
     pubsub = Pubsub(host, router, strict_signing=True, allowed_topics=allowed_topics)
     pubsub.counter = time.time_ns()
+    _serialize_rpc_writes(pubsub)
 
     async def guarded_stream_handler(stream: INetStream) -> None:
         try:

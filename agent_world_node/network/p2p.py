@@ -319,6 +319,7 @@ class P2PNetwork:
                 self.penalize(sender, "oversize")
                 continue
             self._last_seen[sender] = time.monotonic()
+            self._liveness.note_traffic(ID(msg.from_id))
             self._deliver(InboundMessage(topic=topic, data=data, peer_id=sender))
 
     def _deliver(self, message: InboundMessage) -> None:
@@ -368,7 +369,7 @@ class P2PNetwork:
         """A pubsub stream from ``peer_id`` sent a frame the library cannot parse: score it, and
         drop the connection so the pubsub handshake starts afresh when it is redialled."""
         NetworkStats.bump(self._stats.dropped, "bad_pubsub_frame")
-        self.penalize(peer_id.to_base58(), "malformed")
+        self.penalize(peer_id.to_base58(), "bad_pubsub_frame")
         await self._disconnect(peer_id)
 
     def set_blocked_peers(self, peer_ids: list[str]) -> None:

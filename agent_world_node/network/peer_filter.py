@@ -32,6 +32,9 @@ PENALTY_POINTS: dict[str, float] = {
     "invalid_commit": 25.0,  # commit whose certificate or actions do not verify
     "bad_sync_response": 25.0,  # malformed or unverifiable blocks served over sync
     "rate_limited": 1.0,  # each gossip message above the per-peer rate limit
+    # a pubsub frame that does not parse: py-libp2p itself can produce these under load (see
+    # network/host.py _serialize_rpc_writes), so only a peer that keeps sending them is banned
+    "bad_pubsub_frame": 2.0,
 }
 
 

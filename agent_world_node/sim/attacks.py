@@ -186,7 +186,7 @@ def _message_height_signer(message: Message) -> tuple[list[int], str | None]:
     if isinstance(msg, GossipVoteMessage):
         return [msg.vote.height], msg.vote.validator
     if isinstance(msg, GossipCommitMessage):
-        return [msg.block.header.height], None
+        return [msg.header.height], None
     return [], None
 
 

@@ -316,7 +316,7 @@ class Garbage(Behaviour):
         if kind == 5:  # a commit with a forged certificate for a made-up block
             fake = self._fake_block(h)
             sigs = [CommitSig(v, rng.randbytes(64)) for v in ctx.validator_set.ids()]
-            return "commit", encode(GossipCommitMessage(fake, CommitCertificate(h, 0, fake.hash(), sigs), None))
+            return "commit", encode(GossipCommitMessage(fake.header, CommitCertificate(h, 0, fake.hash(), sigs), None))
         if kind == 6:
             return "actions", encode(GossipActionBatch([rng.randbytes(50), b"", encode({"body": 1})]))
         if kind == 7:  # a signed proposal whose action root does not match its actions
