@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -58,6 +59,10 @@ def run_node(home: Path, peers: list[str] | None = None) -> None:
     from .node import Node
 
     node = Node(h, peers)
+    # The restored world (every agent, the journal) lives as long as the process: move it out of
+    # the cyclic garbage collector's generations so collections do not rescan it (measured: ~10%
+    # of catch-up time at 100,000 agents).
+    gc.freeze()
     profile_to = os.environ.get(PROFILE_ENV)
     if not profile_to:
         trio.run(_run_until_signal, node)

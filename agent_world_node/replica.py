@@ -242,6 +242,7 @@ class Replica:
         self.verified_signatures = VerifiedSignatureCache()
         self._certified_next = 0  # a height whose commit we saw verified but whose block we lack
         self._admitted_counters: dict[str, Any] = {}
+        self._wal_written = True  # prune whatever a previous run left at the first commit
         self._pending_gossip: list[bytes] = []
         self.log = log.bind(node=node_id[:16])
         stored = store.get_meta(DIVERGED_META_KEY)
@@ -364,6 +365,13 @@ class Replica:
     def handle_synced(self, payloads: list[bytes], peer: str) -> list[Output]:
         """Verify and commit blocks fetched by height from ``peer``, in order; stops at the first
         one that does not verify or extend our chain."""
+        with self.store.relaxed_durability(), self.driver.batch():
+            outputs = self._commit_synced(payloads, peer)
+        if self.sync_target(set(self.peer_heights)) is None:
+            outputs.extend(self._perform(self._start_next_height()))
+        return outputs
+
+    def _commit_synced(self, payloads: list[bytes], peer: str) -> list[Output]:
         outputs: list[Output] = []
         for raw in payloads:
             try:
@@ -383,8 +391,6 @@ class Replica:
             if self.height == before:
                 break
             self.metrics.blocks_synced.inc()
-        if self.sync_target(set(self.peer_heights)) is None:
-            outputs.extend(self._perform(self._start_next_height()))
         return outputs
 
     # -- admission ------------------------------------------------------------------------------
@@ -631,6 +637,7 @@ class Replica:
                 else:
                     kind = "prevote" if int(msg.vote_type) == 1 else "precommit"
                 self.store.wal_append(msg.height, msg.round, kind, encode(msg))
+                self._wal_written = True
             elif isinstance(eff, Broadcast):
                 msg = eff.message
                 if isinstance(msg, Proposal):
@@ -670,7 +677,9 @@ class Replica:
         self.last_block_time_ms = hdr.timestamp_ms
         self.mempool.remove([a.action_id for a in block.actions])
         self.mempool.drop_stale(self._last_nonce_of)
-        self.store.wal_prune(hdr.height)
+        if self._wal_written:  # a synced or observed height signed nothing: no write, no fsync
+            self.store.wal_prune(hdr.height)
+            self._wal_written = False
         self.actions_committed += len(block.actions)
         m = self.metrics
         m.height.set(self.height)

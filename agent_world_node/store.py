@@ -16,6 +16,9 @@ transaction intact. Tables:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import sqlite3
 from pathlib import Path
 
@@ -94,6 +97,18 @@ class NodeStore:
     def close(self) -> None:
         """Close the database."""
         self._db.close()
+
+    @contextlib.contextmanager
+    def relaxed_durability(self) -> Iterator[None]:
+        """Within this block, commits do not wait for the disk (``synchronous=NORMAL``: in WAL mode
+        still safe against a killed process, not against a power loss). For writes that can be
+        fetched again from peers, i.e. blocks and execution records of a sync batch; never for
+        the consensus WAL of a validator's own votes. Restores ``synchronous=FULL`` on exit."""
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
 
     # -- blocks ---------------------------------------------------------------------------------
     def put_block(self, block: Block, certificate: CommitCertificate) -> None:
