@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="Agent World benchmarks (issue 6)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
-    parser.add_argument("--rate", type=float, default=2500.0, help="offered actions/s in the throughput run")
+    parser.add_argument("--rates", default="2000,3000,4000,5000",
+                        help="offered actions/s tried in turn in the throughput run (until one is not sustained)")
     args = parser.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = set(only) - set(SECTIONS)
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     section("modules", lambda: modules.run_all(record))
     section("network", lambda: gossip.run_all(record))
     section("cluster", lambda: cluster.run_all(record))
-    section("throughput", lambda: throughput.run_cluster(record, rate=args.rate))
+    rates = tuple(float(r) for r in args.rates.split(","))
+    section("throughput", lambda: throughput.run_cluster(record, rates=rates))
     section("bigworld", lambda: bigworld.run_all(record))
     if "ed25519_verify_per_s" in results and "cluster_actions_per_s" in results:
         # the issue's efficiency ratio: actions/s over the signature limit of 4 nodes on 2 cores
