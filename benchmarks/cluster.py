@@ -133,7 +133,7 @@ class ConsensusObserver:
                 if t.precommit_quorum_ms is None and self._has_quorum(t.precommitters):
                     t.precommit_quorum_ms = now_ms
         elif isinstance(msg, GossipCommitMessage):
-            t = self.heights.setdefault(msg.block.header.height, HeightTimes())
+            t = self.heights.setdefault(msg.header.height, HeightTimes())
             if t.commit_seen_ms is None:
                 t.commit_seen_ms = now_ms
 
