@@ -9,6 +9,7 @@ Commands::
     awnode status --rpc URL [--json]                            a node's status
     awnode submit --rpc URL --key FILE [--agent-id ID] [--nonce N] ACTION.json
     awnode keygen --out FILE [--agent-id ID]                    a new agent key file
+    awnode agent run --rpc URL --agents N --policy scripted|llm  run agents against a node
 
 Errors a user can fix (bad config, unreachable node, rejected action) are printed as one red line
 and exit with status 1, without a traceback.
@@ -75,6 +76,8 @@ testnet_app = typer.Typer(
     invoke_without_command=True,
 )
 app.add_typer(testnet_app, name="testnet")
+agent_app = typer.Typer(help="Run agents that live in the world through a node's API.", no_args_is_help=True)
+app.add_typer(agent_app, name="agent")
 
 
 class CliError(RuntimeError):
@@ -439,6 +442,128 @@ def keygen(
                 f"register it: echo '{{\"type\": \"register_agent\"}}' | awnode submit --key {out} --rpc URL -",
                 highlight=False,
             )
+
+
+# --- agent -------------------------------------------------------------------------------------
+
+
+def _agent_summary(stats: Any, agents: int) -> str:
+    """One line of live agent-runtime counters."""
+    rejected = ", ".join(f"{k}={v}" for k, v in sorted(stats.rejected.items())) or "0"
+    return (
+        f"agents {stats.agents_registered}/{agents}  decisions {stats.decisions} "
+        f"({stats.decisions_per_s():.1f}/s)  submitted {stats.submitted}  accepted {stats.accepted}  "
+        f"committed {stats.committed}  failed {stats.failed}  rejected {rejected}  "
+        f"retried 503 {stats.retried_503}  unreachable {stats.unreachable}  decision errors {stats.decision_errors}"
+    )
+
+
+@agent_app.command("run")
+def agent_run(
+    rpc: str = typer.Option("http://127.0.0.1:26657", "--rpc", help="Node API URL(s), comma-separated; agent i uses URL i mod n."),
+    agents: int = typer.Option(1, "--agents", help="Number of agents to run."),
+    policy: str = typer.Option("scripted", "--policy", help="scripted (deterministic from --seed) or llm (AGENT_WORLD_LLM_* env)."),
+    key_dir: Path = typer.Option(Path("agent-keys"), "--key-dir", help="Where each agent's key file is created and reused."),
+    seed: int = typer.Option(0, "--seed", help="Names the agents (agent-s<seed>-<i>) and seeds scripted choices."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Seconds to run; default until Ctrl-C."),
+    turn: float = typer.Option(1.0, "--turn", help="Seconds each agent waits between turns."),
+    rate: Optional[float] = typer.Option(None, "--rate", help="Cap on submissions per second, all agents together."),
+    prefix: str = typer.Option("agent", "--prefix", help="Agent id prefix."),
+    chain_id: Optional[str] = typer.Option(None, "--chain-id", help="Chain to sign for; default: the node's."),
+    json_summary: Optional[Path] = typer.Option(None, "--json-summary", help="Also write the final stats here as JSON."),
+) -> None:
+    """Run N agents, each with its own key, observing, deciding and acting until Ctrl-C or --duration;
+    print a live summary and the final stats (decisions per second)."""
+    import trio
+
+    from agent_world_agents.runtime import AgentRuntime, Policy, RuntimeStats
+
+    quiet_logs()
+    with friendly_errors():
+        if agents < 1:
+            raise CliError(f"--agents must be at least 1, got {agents}")
+        if duration is not None and duration <= 0:
+            raise CliError(f"--duration must be positive, got {duration}")
+        if turn < 0:
+            raise CliError(f"--turn must be >= 0, got {turn}")
+        if rate is not None and rate <= 0:
+            raise CliError(f"--rate must be positive, got {rate}")
+        urls = [u.strip() for u in rpc.split(",") if u.strip()]
+        if not urls:
+            raise CliError("--rpc is empty; pass a node API URL such as http://127.0.0.1:26657")
+        if policy == "scripted":
+            from agent_world_agents.scripted import ScriptedPopulation
+
+            factory: Any = ScriptedPopulation(seed)
+        elif policy == "llm":
+            from agent_world_agents.llm import LLMConfig, LLMConfigError, LLMPolicy
+
+            try:
+                shared: Policy = LLMPolicy(LLMConfig.from_env())
+            except LLMConfigError as exc:
+                err_console.print(f"[bold red]error:[/bold red] [red]{escape(str(exc))}[/red]", highlight=False)
+                raise typer.Exit(2) from None
+            factory = lambda index, agent_id: shared  # noqa: E731 - one policy serves every agent
+        else:
+            raise CliError(f"--policy must be 'scripted' or 'llm', got {policy!r}")
+        stats = RuntimeStats()
+        runtime = AgentRuntime(
+            urls, agents=agents, policy_factory=factory, key_dir=key_dir, chain_id=chain_id, seed=seed,
+            agent_prefix=prefix, turn_s=turn, actions_per_s=rate, stats=stats,
+        )
+        interrupted = False
+        closers: list[Any] = [shared] if policy == "llm" else []
+
+        async def main() -> None:
+            stop = trio.Event()
+            await runtime.resolve_chain_id()
+            async with trio.open_nursery() as nursery:
+
+                async def report() -> None:
+                    while True:
+                        await trio.sleep(2.0)
+                        console.print(_agent_summary(stats, agents), highlight=False)
+
+                async def deadline() -> None:
+                    if duration is not None:
+                        await trio.sleep(duration)
+                        stop.set()
+
+                async def signals() -> None:
+                    nonlocal interrupted
+                    import signal
+
+                    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+                        async for _ in received:
+                            interrupted = True
+                            stop.set()
+                            return
+
+                nursery.start_soon(report)
+                nursery.start_soon(deadline)
+                nursery.start_soon(signals)
+                try:
+                    await runtime.run(stop)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        for policy_object in closers:  # the LLM client's HTTP connections
+                            await policy_object.aclose()
+                nursery.cancel_scope.cancel()
+
+        console.print(
+            f"running {agents} {policy} agent(s) against {', '.join(urls)}; keys in {key_dir}; Ctrl-C to stop",
+            highlight=False,
+        )
+        trio.run(main)
+        console.print(f"final: {_agent_summary(stats, agents)}", highlight=False)
+        console.print(
+            f"decisions/s {stats.decisions_per_s():.2f} over {stats.elapsed_s():.1f} s", highlight=False
+        )
+        if json_summary is not None:
+            json_summary.parent.mkdir(parents=True, exist_ok=True)
+            json_summary.write_text(json.dumps(stats.as_dict(), indent=2) + "\n")
+        if interrupted:
+            raise typer.Exit(130)
 
 
 def main() -> None:

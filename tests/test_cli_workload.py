@@ -1,6 +1,6 @@
 """The scripted workload against in-memory fake nodes (httpx.MockTransport) on trio's virtual clock:
-registration before acting, strictly increasing nonces, the builder's compile+install, pacing,
-counted rejections and 503 retries, and key reuse across runs."""
+registration before acting, strictly increasing nonces, the builder's compile+install+upgrade,
+pacing, counted rejections and 503 retries, and key reuse across runs."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import trio
 import trio.testing
 
-from agent_world_node import workload as wl
-from agent_world_node.workload import Pacer, WorkloadStats, agent_id_for, find_artifact, find_instance, run_workload
+from agent_world_agents.scripted import find_artifact, find_instance
+from agent_world_node.workload import Pacer, WorkloadStats, agent_id_for, run_workload
 from agent_world_runtime.actions import (
     CompileModuleArtifactFromSource,
     HarvestRadiation,
@@ -21,6 +21,7 @@ from agent_world_runtime.actions import (
     MoveAgent,
     RegisterAgent,
     TransferResource,
+    UpgradeModuleFromArtifact,
     decode_signed_action_json,
     verify_action_signature,
 )
@@ -122,17 +123,28 @@ class FakeCluster:
             self.artifacts.append(
                 (
                     self._now() + self.commit_delay_s,
-                    {"wasm_hash": "be" * 32, "module_id": manifest["module_id"], "publisher": body.agent_id},
+                    {"wasm_hash": hash_of(manifest["version"]), "module_id": manifest["module_id"],
+                     "version": manifest["version"], "publisher": body.agent_id},
                 )
             )
         elif isinstance(action, InstallModuleFromArtifact):
             self.instances.append(
                 (
                     self._now() + self.commit_delay_s,
-                    {"instance_id": f"m@{body.agent_id}", "wasm_hash": action.wasm_hash, "owner_agent_id": body.agent_id},
+                    {"instance_id": f"move_counter@{body.agent_id}", "module_id": "move_counter",
+                     "wasm_hash": action.wasm_hash, "owner_agent_id": body.agent_id},
                 )
             )
+        elif isinstance(action, UpgradeModuleFromArtifact):
+            for _, instance in self.instances:
+                if instance["instance_id"] == action.instance_id and instance["owner_agent_id"] == body.agent_id:
+                    instance["wasm_hash"] = action.wasm_hash
         return httpx.Response(202, json={"status": "accepted", "action_id": f"{self.posts:064x}"})
+
+
+def hash_of(version: str) -> str:
+    """The fake wasm_hash of the move_counter artifact at ``version``."""
+    return {"0.1.0": "be" * 32, "0.2.0": "ef" * 32}.get(version, "00" * 32)
 
 
 @pytest.fixture
@@ -141,6 +153,8 @@ def modules_dir(tmp_path):
     d.mkdir()
     (d / "move_counter.wat").write_text("(module)")
     (d / "move_counter.manifest.json").write_text(json.dumps({"module_id": "move_counter", "version": "0.1.0"}))
+    (d / "move_counter_v2.wat").write_text("(module) ;; v2")
+    (d / "move_counter_v2.manifest.json").write_text(json.dumps({"module_id": "move_counter", "version": "0.2.0"}))
     return d
 
 
@@ -168,7 +182,7 @@ def run_for(cluster: FakeCluster, seconds: float, stats: WorkloadStats, **kwargs
 def test_agents_register_then_act_with_increasing_nonces_and_builder_installs(tmp_path, modules_dir):
     cluster = FakeCluster()
     stats = WorkloadStats()
-    t0 = run_for(cluster, 40.0, stats, agents=20, seed=7, key_dir=tmp_path / "keys", modules_dir=modules_dir)
+    run_for(cluster, 40.0, stats, agents=20, seed=7, key_dir=tmp_path / "keys", modules_dir=modules_dir)
 
     ids = [agent_id_for(7, i) for i in range(20)]
     assert set(cluster.agents) == set(ids)
@@ -184,11 +198,18 @@ def test_agents_register_then_act_with_increasing_nonces_and_builder_installs(tm
     for agent, nonces in by_agent.items():
         assert nonces[0] == 1, agent
         assert all(b > a for a, b in zip(nonces, nonces[1:])), agent
-    # The builder compiled the example and installed the artifact it published.
+    # The builder compiled the example, installed the artifact it published, compiled version 2
+    # and upgraded its instance to it.
     kinds0 = [k for _, a, _, k, _ in cluster.log if a == ids[0]]
-    assert "CompileModuleArtifactFromSource" in kinds0 and "InstallModuleFromArtifact" in kinds0
-    assert kinds0.index("CompileModuleArtifactFromSource") < kinds0.index("InstallModuleFromArtifact")
+    assert kinds0.count("CompileModuleArtifactFromSource") == 2 and kinds0.count("InstallModuleFromArtifact") == 1
+    first_compile = kinds0.index("CompileModuleArtifactFromSource")
+    install = kinds0.index("InstallModuleFromArtifact")
+    second_compile = kinds0.index("CompileModuleArtifactFromSource", install)
+    assert first_compile < install < second_compile < kinds0.index("UpgradeModuleFromArtifact")
+    assert kinds0.count("UpgradeModuleFromArtifact") == 1
     assert stats.module_installed and stats.module_wasm_hash == "be" * 32 and stats.module_error is None
+    assert stats.module_upgraded and stats.module_upgraded_wasm_hash == "ef" * 32
+    assert [i["wasm_hash"] for _, i in cluster.instances] == ["ef" * 32]
     # Every agent moved, and the mix includes harvests and transfers.
     kinds = {k for *_, k, _ in cluster.log}
     assert {"RegisterAgent", "MoveAgent", "HarvestRadiation", "TransferResource"} <= kinds
@@ -251,7 +272,10 @@ def test_second_run_reuses_keys_and_continues_nonces(tmp_path, modules_dir):
     run_for(cluster, 10.0, stats, agents=4, seed=2, key_dir=keys, modules_dir=modules_dir)
     second = cluster.log[n_logged:]
     assert second and all(k != "RegisterAgent" for *_, k, _ in second)
-    assert all(k not in ("CompileModuleArtifactFromSource", "InstallModuleFromArtifact") for *_, k, _ in second)
+    # run 1 got as far as the upgrade: run 2 repeats none of the module steps
+    assert [i["wasm_hash"] for _, i in cluster.instances] == ["ef" * 32]
+    module_kinds = ("CompileModuleArtifactFromSource", "InstallModuleFromArtifact", "UpgradeModuleFromArtifact")
+    assert all(k not in module_kinds for *_, k, _ in second)
     for _, agent, nonce, _, _ in second:
         assert nonce > first[agent]
     assert "nonce_replayed" not in stats.rejected
@@ -301,38 +325,6 @@ def test_unreachable_nodes_are_counted(tmp_path, modules_dir):
     assert stats.unreachable > 0 and stats.accepted == 0 and stats.agents_registered == 0
 
 
-class _NoClient:
-    base_url = "http://unused"
-
-
-NO_CLIENT = _NoClient()
-
-
-def test_choices_are_deterministic_from_the_seed():
-    def sequence(seed: int) -> list:
-        shared = wl._Shared(CHAIN, WorkloadStats(), Pacer(1.0), {"a", "b", "c"}, 0.5, 30, 60, wl.default_modules_dir())
-        agent = wl._Agent(0, "a", wl.SigningKey(bytes(32)), NO_CLIENT, seed, shared)  # type: ignore[arg-type]
-        agent.electricity, agent.data = 100, 10
-        out = []
-        for _ in range(50):
-            action = agent.choose()
-            agent._expect(action)
-            out.append(action)
-        return out
-
-    assert sequence(5) == sequence(5)
-    assert sequence(5) != sequence(6)
-    moves = [a for a in sequence(5) if isinstance(a, MoveAgent)]
-    assert moves and all(abs(a.to[0]) <= wl.WANDER_BOUND for a in moves)
-
-
-def test_low_electricity_means_harvest():
-    shared = wl._Shared(CHAIN, WorkloadStats(), Pacer(1.0), {"a"}, 0.5, 30, 60, wl.default_modules_dir())
-    agent = wl._Agent(0, "a", wl.SigningKey(bytes(32)), NO_CLIENT, 0, shared)  # type: ignore[arg-type]
-    agent.electricity = wl.LOW_ELECTRICITY - 1
-    assert all(isinstance(agent.choose(), HarvestRadiation) for _ in range(20))
-
-
 def test_pacer_spaces_slots_and_does_not_burst_after_idle():
     times = []
 
@@ -352,19 +344,21 @@ def test_pacer_spaces_slots_and_does_not_burst_after_idle():
     assert gaps[5:] == pytest.approx([0.1] * 3)
 
 
-def test_find_artifact_and_instance_match_module_and_owner():
+def test_find_artifact_and_instance_match_module_version_and_owner():
     modules = {
         "artifacts": [
-            {"wasm_hash": "11", "module_id": "other", "publisher": "a"},
-            {"wasm_hash": "22", "module_id": "move_counter", "publisher": "someone"},
-            {"wasm_hash": "33", "module_id": "move_counter", "publisher": "a"},
+            {"wasm_hash": "11", "module_id": "other", "version": "1", "publisher": "a"},
+            {"wasm_hash": "22", "module_id": "move_counter", "version": "1", "publisher": "someone"},
+            {"wasm_hash": "33", "module_id": "move_counter", "version": "1", "publisher": "a"},
+            {"wasm_hash": "44", "module_id": "move_counter", "version": "2", "publisher": "a"},
         ],
-        "instances": [{"instance_id": "x", "wasm_hash": "33", "owner_agent_id": "b"}],
+        "instances": [{"instance_id": "move_counter@b", "module_id": "move_counter", "wasm_hash": "33", "owner_agent_id": "b"}],
     }
-    assert find_artifact(modules, "move_counter", "a") == "33"
-    assert find_artifact(modules, "move_counter", "z") is None
-    assert find_instance(modules, "33", "a") is None
-    assert find_instance(modules, "33", "b") == {"instance_id": "x", "wasm_hash": "33", "owner_agent_id": "b"}
+    assert find_artifact(modules, "move_counter", "1", "a") == "33"
+    assert find_artifact(modules, "move_counter", "2", "a") == "44"
+    assert find_artifact(modules, "move_counter", "1", "z") is None
+    assert find_instance(modules, "move_counter", "a") is None
+    assert find_instance(modules, "move_counter", "b")["wasm_hash"] == "33"
 
 
 def test_bad_arguments(tmp_path):

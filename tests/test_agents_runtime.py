@@ -1,0 +1,252 @@
+"""The agent runtime against an in-process single-validator node (tests/node_harness.py): keys
+created and reused, registration, nonces, 503 retries with a tiny mempool, memory entries with
+their committed outcomes, a decision signed by another controlled agent, and the scripted
+builder reaching an installed and then upgraded module."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import httpx
+import pytest
+import trio
+import wasmtime
+
+from agent_world_agents.decision import CompileModule, Wait
+from agent_world_agents.runtime import AgentRuntime, Memory, Observation, RuntimeStats, agent_id_for, event_mentions
+from agent_world_agents.scripted import ModuleBuilder, ScriptedPopulation, default_modules_dir
+from agent_world_node.client import NodeClient
+
+from .node_harness import running_node, single_validator_home
+
+CHAIN = "runtime-test"
+SEED = 5
+
+
+class CrossSigner:
+    """Agent 1's policy: compile move_counter published by agent 2 (signed with agent 2's key and
+    nonce), again if the node did not take it (the tiny mempool may stay full), at most 5 times;
+    otherwise wait."""
+
+    def __init__(self, other: str) -> None:
+        self.other = other
+        self.attempts = 0
+        self.taken = False
+        self.observations: list[Observation] = []
+
+    async def decide(self, obs: Observation, memory: Memory):
+        self.observations.append(obs)
+        # (the memory window forgets: remember that the node took it)
+        self.taken = self.taken or any(
+            e.get("outcome") in ("accepted", "duplicate", "committed", "failed") for e in memory.recent(500))
+        if self.taken or self.attempts >= 5 or self.other not in obs.controlled:
+            return Wait()
+        self.attempts += 1
+        d = default_modules_dir()
+        # other bytes than the builder's artifacts (an artifact is published once), other module id
+        wat = (d / "move_counter.wat").read_text().replace('(data (i32.const 8) "\\80")', '(data (i32.const 8) "\\80")\n  (data (i32.const 200) "cross")')
+        assert "cross" in wat
+        manifest = json.loads((d / "move_counter.manifest.json").read_text())
+        manifest["module_id"] = "cross_counter"
+        files = {"c.wat": wat, "c.json": json.dumps(manifest)}
+        return CompileModule(publisher=f"agent:{self.other}", module_id="cross_counter", module_version="1.0.0",
+                             manifest_path="c.json", source_files=files)
+
+
+def v2_hash() -> str:
+    return hashlib.sha256(wasmtime.wat2wasm((default_modules_dir() / "move_counter_v2.wat").read_text())).hexdigest()
+
+
+async def run_until(runtime: AgentRuntime, done, limit_s: float) -> None:
+    """Run ``runtime`` until ``done()`` holds (checked every 0.1 s) or ``limit_s`` passes (fail)."""
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runtime.run, stop)
+        with trio.fail_after(limit_s):
+            while not done():
+                await trio.sleep(0.1)
+        stop.set()
+
+
+def test_runtime_lifecycle_against_a_node(tmp_path):
+    home = single_validator_home(tmp_path / "solo", chain_id=CHAIN, max_mempool=1)
+    key_dir = tmp_path / "keys"
+    ids = [agent_id_for(SEED, i, "rt") for i in range(6)]
+    builder_id, cross_id, other_id = ids[0], ids[1], ids[2]
+
+    async def main():
+        async with running_node(home) as node:
+            base = f"http://{node.config.rpc.listen}"
+            population = ScriptedPopulation(SEED, upgrade_after_turns=3)
+            cross = CrossSigner(other_id)
+
+            def factory(index, agent_id):
+                return cross if index == 1 else population(index, agent_id)
+
+            stats = RuntimeStats()
+            runtime = AgentRuntime(base, agents=6, policy_factory=factory, key_dir=key_dir, seed=SEED,
+                                   agent_prefix="rt", turn_s=0.05, poll_interval_s=0.2, memory_size=500, stats=stats)
+            builder: ModuleBuilder = population.builder_policy
+            expected_v2 = v2_hash()
+
+            def finished():
+                entries = [e for e in runtime.memory_of(cross_id).recent(500) if e.get("kind") == "compile_module_artifact_from_source"]
+                if not entries and cross.taken:
+                    return stats.agents_registered == 6 and builder.phase == "upgraded"
+                settled = bool(entries) and entries[-1].get("outcome") in ("committed", "failed", "rejected")
+                return stats.agents_registered == 6 and builder.phase == "upgraded" and (settled or cross.attempts >= 5)
+
+            await run_until(runtime, finished, 90)
+            assert runtime.chain_id == CHAIN  # asked the node
+
+            async with NodeClient(base) as client:
+                modules = await client.modules()
+                records = {a: await client.agent(a) for a in ids}
+
+            # Keys: one file per agent, registered with that key.
+            files = {p.stem: json.loads(p.read_text()) for p in key_dir.iterdir()}
+            assert set(files) == set(ids)
+            for a in ids:
+                assert records[a]["public_key"] == files[a]["public_key"]
+            # (a registration the busy node never took is submitted again)
+            assert stats.agents_registered == 6 and stats.by_kind["register_agent"] >= 6
+
+            # The tiny mempool answered 503 and the runtime waited the hint and retried.
+            assert stats.retried_503 > 0
+            assert "nonce_replayed" not in stats.rejected
+
+            # The builder: installed v1, then upgraded its instance to v2 (module status shows it).
+            instance = next(i for i in modules["instances"] if i["instance_id"] == f"move_counter@{builder_id}")
+            assert instance["wasm_hash"] == expected_v2 == builder.upgraded_wasm_hash
+            assert instance["version"] == "2.0.0"
+            assert builder.wasm_hash != expected_v2 and builder.wasm_hash is not None
+            # Memory: every builder action entry names its signer, nonce and outcome; the module
+            # steps were seen committed, in order (a step the busy node did not take is repeated).
+            module_entries = [e for e in runtime.memory_of(builder_id).recent(500) if e["kind"] != "harvest_radiation"]
+            assert all(e["signer"] == builder_id and "nonce" in e and "outcome" in e for e in module_entries)
+            committed = [e for e in module_entries if e["outcome"] == "committed"]
+            assert [e["kind"] for e in committed] == ["compile_module_artifact_from_source", "install_module_from_artifact",
+                                                      "compile_module_artifact_from_source", "upgrade_module"]
+            assert all(e["outcome"] in ("committed", "busy") for e in module_entries)
+            assert committed[-1]["event"] == "module.upgraded" and len(committed[-1]["action_id"]) == 64
+            nonces = [e["nonce"] for e in runtime.memory_of(builder_id).recent(500) if "nonce" in e]
+            assert nonces == sorted(nonces) and len(set(nonces)) == len(nonces)
+            assert records[builder_id]["last_nonce"] <= runtime.agents[builder_id].next_nonce - 1
+
+            # A decision signed by another controlled agent: agent 1 decided, agent 2 signed and published.
+            entries = [e for e in runtime.memory_of(cross_id).recent(500) if e["kind"] == "compile_module_artifact_from_source"]
+            entry = entries[-1]
+            assert entry["signer"] == other_id and entry["outcome"] == "committed", (entry.get("outcome"), entry.get("reason"))
+            assert any(a["publisher"] == other_id and a["module_id"] == "cross_counter" for a in modules["artifacts"])
+            assert records[other_id]["last_nonce"] >= entry["nonce"]
+            # Observations carry the controlled agents and this agent's own events.
+            last = cross.observations[-1]
+            assert last.agent_id == cross_id and last.agent is not None and set(last.controlled) == set(ids)
+            assert last.recent_events and all(event_mentions(e, cross_id) for e in last.recent_events)
+            assert last.modules is not None and last.height > 0
+
+            # Second run with the same keys: no new registration, nonces continue past the first run.
+            first_last = dict((a, r["last_nonce"]) for a, r in records.items())
+            stats2 = RuntimeStats()
+            runtime2 = AgentRuntime(base, agents=6, policy_factory=ScriptedPopulation(SEED), key_dir=key_dir,
+                                    seed=SEED, agent_prefix="rt", turn_s=0.05, poll_interval_s=0.2, stats=stats2)
+            await run_until(runtime2, lambda: stats2.committed >= 6, 60)
+            assert json.loads((key_dir / f"{builder_id}.json").read_text()) == files[builder_id]
+            assert "register_agent" not in stats2.by_kind and "nonce_replayed" not in stats2.rejected
+            async with NodeClient(base) as client:
+                for a in ids:
+                    for e in runtime2.memory_of(a).recent(500):
+                        if "nonce" in e:
+                            assert e["nonce"] > first_last[a]
+            assert stats2.decisions > 0 and stats2.decisions_per_s() > 0
+
+    trio.run(main)
+
+
+def test_policy_errors_and_invalid_decisions_are_remembered_not_raised(tmp_path):
+    """A policy that raises, and one that names an agent the runtime has no key for: counted and
+    remembered, no action submitted for them, the runtime keeps going."""
+    home = single_validator_home(tmp_path / "solo", chain_id=CHAIN)
+
+    class Broken:
+        def __init__(self):
+            self.turns = 0
+
+        async def decide(self, obs, memory):
+            self.turns += 1
+            if self.turns % 2:
+                raise RuntimeError("model fell over")
+            return CompileModule(publisher="agent:stranger", module_id="m", module_version="1",
+                                 manifest_path="m.json", source_files={"m.json": "{}"})
+
+    async def main():
+        async with running_node(home) as node:
+            base = f"http://{node.config.rpc.listen}"
+            policy = Broken()
+            runtime = AgentRuntime(base, agents=1, policy_factory=lambda i, a: policy, key_dir=tmp_path / "k",
+                                   turn_s=0.01, poll_interval_s=0.05)
+            await run_until(runtime, lambda: policy.turns >= 6, 30)
+            entries = runtime.memory_of(agent_id_for(0, 0)).recent(500)
+            assert {e["outcome"] for e in entries} == {"policy_error", "invalid"}
+            assert any("stranger" in e["reason"] for e in entries if e["outcome"] == "invalid")
+            assert runtime.stats.decision_errors >= 5
+            assert runtime.stats.by_kind == {"register_agent": 1}
+
+    trio.run(main)
+
+
+def test_memory_window_and_bad_arguments(tmp_path):
+    memory = Memory(3)
+    for i in range(5):
+        memory.add({"turn": i, "action_id": f"a{i}"})
+    assert [e["turn"] for e in memory.recent()] == [2, 3, 4]
+    assert [e["turn"] for e in memory.recent(2)] == [3, 4]
+    assert memory.recent(0) == [] and memory.find("a1") is None and memory.find("a3")["turn"] == 3
+    with pytest.raises(ValueError, match="memory size"):
+        Memory(0)
+    with pytest.raises(ValueError, match="at least one node"):
+        AgentRuntime([], agents=1, policy_factory=lambda i, a: None, key_dir=tmp_path)
+    with pytest.raises(ValueError, match="agents must be"):
+        AgentRuntime("http://x", agents=0, policy_factory=lambda i, a: None, key_dir=tmp_path)
+
+
+def test_unknown_chain_id_from_an_unreachable_node_is_a_clear_error(tmp_path):
+    def handler(request):
+        raise httpx.ConnectError("refused", request=request)
+
+    runtime = AgentRuntime("http://n0:1", agents=1, policy_factory=lambda i, a: None, key_dir=tmp_path,
+                           transport=httpx.MockTransport(handler))
+    from agent_world_node.client import NodeUnreachable
+
+    with pytest.raises(NodeUnreachable, match="cannot reach node"):
+        trio.run(runtime.run)
+
+
+def test_cli_llm_policy_without_env_exits_2_naming_the_variables(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from agent_world_node.cli import app
+
+    for name in ("AGENT_WORLD_LLM_BASE_URL", "AGENT_WORLD_LLM_MODEL", "AGENT_WORLD_LLM_API_KEY", "AGENT_WORLD_LLM_TIMEOUT_MS"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(app, ["agent", "run", "--rpc", "http://127.0.0.1:9", "--agents", "2", "--policy", "llm",
+                                      "--key-dir", str(tmp_path / "k")])
+    assert result.exit_code == 2, result.output
+    for name in ("AGENT_WORLD_LLM_BASE_URL", "AGENT_WORLD_LLM_MODEL", "AGENT_WORLD_LLM_API_KEY", "AGENT_WORLD_LLM_TIMEOUT_MS"):
+        assert name in result.output
+    assert not (tmp_path / "k").exists()  # no agent was started
+
+
+def test_cli_agent_run_usage_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from agent_world_node.cli import app
+
+    runner = CliRunner()
+    bad_policy = runner.invoke(app, ["agent", "run", "--policy", "oracle", "--key-dir", str(tmp_path)])
+    assert bad_policy.exit_code == 1 and "--policy must be 'scripted' or 'llm'" in bad_policy.output
+    no_agents = runner.invoke(app, ["agent", "run", "--agents", "0", "--key-dir", str(tmp_path)])
+    assert no_agents.exit_code == 1 and "--agents must be at least 1" in no_agents.output
+    down = runner.invoke(app, ["agent", "run", "--rpc", "http://127.0.0.1:9", "--key-dir", str(tmp_path / "k"), "--duration", "1"])
+    assert down.exit_code == 1 and "cannot reach node at http://127.0.0.1:9" in down.output
