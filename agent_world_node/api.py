@@ -111,7 +111,7 @@ async def _json_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes | R
         return wrong_type
     body = await _read_body(request, limit)
     if body is None:
-        return _error(413, "too_large", f"request body exceeds {limit} bytes; send fewer or smaller actions")
+        return _error(413, "too_large", f"request body exceeds {limit} bytes; shrink the action or send fewer actions per batch")
     return body
 
 
