@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="Agent World benchmarks (issue 6)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
-    parser.add_argument("--rates", default="2000,3000,4000,5000",
+    parser.add_argument("--rates", default="2000,2500,3000,3500,4000,5000",
                         help="offered actions/s tried in turn in the throughput run (until one is not sustained)")
     args = parser.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
@@ -102,8 +102,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    results: dict[str, float] = {}
     out = ROOT / "benchmarks" / "results.json"
+    results: dict[str, float] = {}
+    if set(only) != set(SECTIONS) and out.exists():
+        results = json.loads(out.read_text())  # a partial run updates the other sections' figures
 
     def record(name: str, value: float) -> None:
         results[name] = round(value, 2)

@@ -276,7 +276,7 @@ async def _scenario(urls: list[str], chain_id: str, *, agents: int, rates: tuple
                 await c.aclose()
 
 
-DEFAULT_RATES = (2000.0, 3000.0, 4000.0, 5000.0)
+DEFAULT_RATES = (2000.0, 2500.0, 3000.0, 3500.0, 4000.0, 5000.0)
 
 
 def run_cluster(record: Callable[[str, float], None], *, rates: tuple[float, ...] = DEFAULT_RATES,
