@@ -84,13 +84,25 @@ class CliError(RuntimeError):
     """A usage error the user can fix; the message says what was wrong and what to do."""
 
 
+class _CurrentStderr:
+    """A file object that writes to whatever ``sys.stderr`` is at the time of the write, so a
+    configured logger does not keep a stream that was replaced and closed since (e.g. by a
+    test runner capturing a command's output)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def quiet_logs() -> None:
     """Library logs of client commands go to stderr, warnings and errors only (the daemon configures
     its own logging in ``start``; the testnet launcher logs to a file)."""
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
     )
 
 
