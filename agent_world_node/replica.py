@@ -800,12 +800,13 @@ class Replica:
         """Hand a vote or proposal to the core; a rejection no correct node causes (forged
         signature, unknown validator, misshapen message) is reported as the sender's misbehaviour.
         ``peer`` is the pubsub origin, authenticated by pubsub's strict signing."""
-        rejected = self.core.rejected
-        before = {k: rejected[k] for k in _PUNISHED_REJECTIONS}
-        outputs = self._perform(self.core.handle(inp))
-        for key, reason in _PUNISHED_REJECTIONS.items():
-            if rejected[key] > before[key]:
-                outputs.append(Misbehaviour(peer, reason))
+        message = inp.vote if isinstance(inp, VoteReceived) else inp.proposal
+        effects = self.core.handle(inp)
+        # Only the rejection of this very message is the sender's fault: the same call may replay
+        # buffered messages of the next height, sent by others (found by the simulator).
+        blamed = [_PUNISHED_REJECTIONS[r] for r, m in self.core.last_rejections if m is message and r in _PUNISHED_REJECTIONS]
+        outputs = self._perform(effects)
+        outputs.extend(Misbehaviour(peer, reason) for reason in blamed)
         return outputs
 
     def _check_quorum_execution(self, block: Block) -> None:
