@@ -33,7 +33,7 @@ import msgspec
 import structlog
 import trio
 
-from agent_world_node.client import (
+from agent_world_client.client import (
     ActionRejected,
     AgentKey,
     AgentKeyError,

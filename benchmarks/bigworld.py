@@ -60,10 +60,10 @@ import structlog
 import trio
 
 from agent_world_node import config as cfg
-from agent_world_node.client import ClientError, NodeClient
+from agent_world_client.client import ClientError, NodeClient
 from agent_world_node.execution import NodeRuntimeExecutionDriver
 from agent_world_node.store import NodeStore
-from agent_world_node.testnet import NodeProcess, TestnetNode, pick_free_ports, rpc_url_for, wait_until_ready
+from agent_world_tools.testnet import NodeProcess, TestnetNode, pick_free_ports, rpc_url_for, wait_until_ready
 from agent_world_runtime import World
 from agent_world_runtime.actions import HarvestRadiation, MoveAgent
 from agent_world_runtime.signer import AgentSigner

@@ -45,10 +45,10 @@ from typing import Callable
 import structlog
 import trio
 
-from agent_world_node.client import ClientError, NodeClient
+from agent_world_client.client import ClientError, NodeClient
 from agent_world_node.config import ConsensusConfig, NodeConfig, peer_id_for_seed, read_config, read_genesis, read_key
 from agent_world_node.network import NetworkConfig, P2PNetwork
-from agent_world_node.testnet import (
+from agent_world_tools.testnet import (
     NodeProcess,
     TestnetNode,
     init_testnet,

@@ -34,9 +34,9 @@ from typing import Callable
 
 import trio
 
-from agent_world_node.client import NodeClient
+from agent_world_client.client import NodeClient
 from agent_world_node.config import NodeConfig
-from agent_world_node.testnet import NodeProcess, init_testnet, load_testnet, stop_all, wait_until_ready
+from agent_world_tools.testnet import NodeProcess, init_testnet, load_testnet, stop_all, wait_until_ready
 from agent_world_runtime.actions import TransferResource
 from agent_world_runtime.signer import AgentSigner
 

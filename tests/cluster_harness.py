@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import trio
 
-from agent_world_node.client import ClientError
-from agent_world_node.testnet import AgreementChecker
+from agent_world_client.client import ClientError
+from agent_world_tools.testnet import AgreementChecker
 
 
 class Observer:

@@ -393,8 +393,8 @@ class BuilderModel:
 @pytest.mark.timeout(240)
 def test_llm_agent_builds_installs_and_uses_a_module_on_a_testnet(tmp_path):
     from agent_world_agents.runtime import AgentRuntime
-    from agent_world_node.client import NodeClient
-    from agent_world_node.testnet import NodeProcess, init_testnet, load_testnet, stop_all, wait_until_ready
+    from agent_world_client.client import NodeClient
+    from agent_world_tools.testnet import NodeProcess, init_testnet, load_testnet, stop_all, wait_until_ready
 
     init_testnet(tmp_path / "tn", 4)
     nodes = load_testnet(tmp_path / "tn")

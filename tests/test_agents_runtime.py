@@ -16,7 +16,7 @@ import wasmtime
 from agent_world_agents.decision import CompileModule, Wait
 from agent_world_agents.runtime import AgentRuntime, Memory, Observation, RuntimeStats, agent_id_for, event_mentions
 from agent_world_agents.scripted import ModuleBuilder, ScriptedPopulation, default_modules_dir
-from agent_world_node.client import NodeClient
+from agent_world_client.client import NodeClient
 
 from .node_harness import running_node, single_validator_home
 
@@ -217,7 +217,7 @@ def test_unknown_chain_id_from_an_unreachable_node_is_a_clear_error(tmp_path):
 
     runtime = AgentRuntime("http://n0:1", agents=1, policy_factory=lambda i, a: None, key_dir=tmp_path,
                            transport=httpx.MockTransport(handler))
-    from agent_world_node.client import NodeUnreachable
+    from agent_world_client.client import NodeUnreachable
 
     with pytest.raises(NodeUnreachable, match="cannot reach node"):
         trio.run(runtime.run)
@@ -226,7 +226,7 @@ def test_unknown_chain_id_from_an_unreachable_node_is_a_clear_error(tmp_path):
 def test_cli_llm_policy_without_env_exits_2_naming_the_variables(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from agent_world_node.cli import app
+    from agent_world_tools.cli import app
 
     for name in ("AGENT_WORLD_LLM_BASE_URL", "AGENT_WORLD_LLM_MODEL", "AGENT_WORLD_LLM_API_KEY", "AGENT_WORLD_LLM_TIMEOUT_MS"):
         monkeypatch.delenv(name, raising=False)
@@ -241,7 +241,7 @@ def test_cli_llm_policy_without_env_exits_2_naming_the_variables(tmp_path, monke
 def test_cli_agent_run_usage_errors(tmp_path):
     from typer.testing import CliRunner
 
-    from agent_world_node.cli import app
+    from agent_world_tools.cli import app
 
     runner = CliRunner()
     bad_policy = runner.invoke(app, ["agent", "run", "--policy", "oracle", "--key-dir", str(tmp_path)])

@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from agent_world_node.client import (
+from agent_world_client.client import (
     ActionRejected,
     AgentKey,
     AgentKeyError,

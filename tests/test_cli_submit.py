@@ -11,8 +11,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from agent_world_node import cli
-from agent_world_node.client import AgentKey, SyncNodeClient
+from agent_world_tools import cli
+from agent_world_client.client import AgentKey, SyncNodeClient
 from agent_world_runtime.actions import (
     MoveAgent,
     RegisterAgent,

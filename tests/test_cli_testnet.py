@@ -17,9 +17,9 @@ import trio
 from rich.console import Console
 from typer.testing import CliRunner
 
-from agent_world_node import cli
-from agent_world_node.client import NodeClient
-from agent_world_node.testnet import (
+from agent_world_tools import cli
+from agent_world_client.client import NodeClient
+from agent_world_tools.testnet import (
     AgreementChecker,
     NodeProcess,
     TestnetError,
@@ -31,7 +31,7 @@ from agent_world_node.testnet import (
     run_testnet,
     wait_until_ready,
 )
-from agent_world_node.workload import WorkloadStats
+from agent_world_tools.workload import WorkloadStats
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -113,7 +113,7 @@ def test_unreachable_node_leaves_the_check_incomplete_not_failed():
 
 
 def test_live_view_and_summary_render_the_numbers():
-    from agent_world_node.testnet import Mismatch, NodeView, TestnetSummary
+    from agent_world_tools.testnet import Mismatch, NodeView, TestnetSummary
 
     checker = checker_for(roots_node(1)[0])
     checker.checked_up_to = 41

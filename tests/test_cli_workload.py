@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from agent_world_agents.scripted import find_artifact, find_instance
-from agent_world_node.workload import Pacer, WorkloadStats, agent_id_for, run_workload
+from agent_world_tools.workload import Pacer, WorkloadStats, agent_id_for, run_workload
 from agent_world_runtime.actions import (
     CompileModuleArtifactFromSource,
     HarvestRadiation,

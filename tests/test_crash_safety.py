@@ -38,9 +38,9 @@ import pytest
 import structlog
 import trio
 
-from agent_world_node.client import ClientError, NodeClient, NotFound
+from agent_world_client.client import ClientError, NodeClient, NotFound
 from agent_world_node.config import NodeConfig, StorageConfig
-from agent_world_node.testnet import (
+from agent_world_tools.testnet import (
     NodeProcess,
     init_testnet,
     leaf_exceptions,
@@ -48,7 +48,7 @@ from agent_world_node.testnet import (
     stop_all,
     wait_until_ready,
 )
-from agent_world_node.workload import WorkloadStats, run_workload
+from agent_world_tools.workload import WorkloadStats, run_workload
 from agent_world_runtime.failpoints import (
     ENV_VAR,
     KNOWN_FAILPOINTS,

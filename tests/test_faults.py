@@ -48,10 +48,10 @@ import pytest
 import structlog
 import trio
 
-from agent_world_node.client import NodeClient
+from agent_world_client.client import NodeClient
 from agent_world_node.config import NodeConfig, RPCConfig
 from agent_world_node.network import NetworkConfig
-from agent_world_node.testnet import (
+from agent_world_tools.testnet import (
     AgreementChecker,
     NodeProcess,
     TestnetNode,
@@ -61,7 +61,7 @@ from agent_world_node.testnet import (
     stop_all,
     wait_until_ready,
 )
-from agent_world_node.workload import WorkloadStats, run_workload
+from agent_world_tools.workload import WorkloadStats, run_workload
 
 from .cluster_harness import TimedObserver, cluster_height_samples, longest_height_gap, wait_for
 

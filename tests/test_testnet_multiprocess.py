@@ -23,15 +23,15 @@ import pytest
 import structlog
 import trio
 
-from agent_world_node.client import NodeClient
-from agent_world_node.testnet import (
+from agent_world_client.client import NodeClient
+from agent_world_tools.testnet import (
     NodeProcess,
     init_testnet,
     load_testnet,
     stop_all,
     wait_until_ready,
 )
-from agent_world_node.workload import WorkloadStats, run_workload
+from agent_world_tools.workload import WorkloadStats, run_workload
 
 from .cluster_harness import Observer, agree_on_all_common_heights, wait_for
 
@@ -159,7 +159,7 @@ def test_awnode_testnet_runs_until_sigint_and_writes_the_summary(tmp_path):
     summary_file = tmp_path / "summary.json"
     out = open(tmp_path / "launcher.out", "wb")
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "agent_world_node.cli", "testnet", "--nodes", "4", "--dir", str(directory),
+        [sys.executable, "-m", "agent_world_tools.cli", "testnet", "--nodes", "4", "--dir", str(directory),
          "--agents", "20", "--json-summary", str(summary_file)],
         stdout=out,
         stderr=subprocess.STDOUT,

@@ -36,8 +36,8 @@ from rich.table import Table
 from agent_world_runtime.actions import AGENT_ID_RE, Action, RegisterAgent, action_kind, sign_action
 from agent_world_runtime.crypto import SigningKey
 
-from .client import AgentKey, ClientError, NotFound, SyncNodeClient
-from .config import (
+from agent_world_client.client import AgentKey, ClientError, NotFound, SyncNodeClient
+from agent_world_node.config import (
     ConfigError,
     Genesis,
     GenesisValidator,
@@ -288,7 +288,7 @@ def start(
         peer_list = parse_peers(peers)
         if not Home(home).config_file.exists():
             raise CliError(f"{home}: no node home here (no config/config.toml); run `awnode init --home {home}` first")
-        from .daemon import run_node
+        from agent_world_node.daemon import run_node
 
         run_node(Path(home), peer_list)
 

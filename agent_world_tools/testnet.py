@@ -6,7 +6,7 @@ Pieces, usable on their own (the CLI and the multi-process tests use them):
 - ``init_testnet(dir, nodes, chain_id)``: N homes ``dir/node0..N-1`` sharing one genesis (all N are
   validators with equal stake), random keys, free loopback ports, full-mesh ``p2p.peers``.
 - ``load_testnet(dir)``: the ``TestnetNode`` descriptions (name, home, RPC URL, chain id) of a testnet.
-- ``NodeProcess``: one node as ``python -m agent_world_node.cli start --home HOME`` with its output in
+- ``NodeProcess``: one node as ``python -m agent_world_tools.cli start --home HOME`` with its output in
   ``HOME/node.log``; ``stop()`` sends SIGTERM and SIGKILL after a grace period.
 - ``wait_until_ready``: poll every node's GET /v1/status until all answer.
 - ``AgreementChecker``: compare ``execution_state_root`` of every height all nodes executed.
@@ -38,8 +38,8 @@ from rich.table import Table
 from rich.text import Text
 
 
-from .client import ClientError, NodeClient, NodeUnreachable, NotFound
-from .config import (
+from agent_world_client.client import ClientError, NodeClient, NodeUnreachable, NotFound
+from agent_world_node.config import (
     ConfigError,
     Genesis,
     GenesisValidator,
@@ -273,7 +273,7 @@ def _parent_death_signal() -> Callable[[], None] | None:
 class NodeProcess:
     """A node daemon running as a child process.
 
-    ``command`` defaults to ``[sys.executable, "-m", "agent_world_node.cli", "start", "--home", HOME]``.
+    ``command`` defaults to ``[sys.executable, "-m", "agent_world_tools.cli", "start", "--home", HOME]``.
     The child runs in its own process group (a Ctrl-C in the terminal reaches only the launcher, which
     then stops the nodes in order) and gets SIGTERM if the launcher dies (Linux).
     """
@@ -283,7 +283,7 @@ class NodeProcess:
     ) -> None:
         """``env``: extra environment variables for the child (e.g. ``AGENT_WORLD_FAILPOINTS``)."""
         self.node = node
-        self.command = command or [sys.executable, "-m", "agent_world_node.cli", "start", "--home", str(node.home.root)]
+        self.command = command or [sys.executable, "-m", "agent_world_tools.cli", "start", "--home", str(node.home.root)]
         self.env = dict(env or {})
         self.popen: subprocess.Popen[bytes] | None = None
         self.stopping = False
@@ -581,7 +581,7 @@ class TestnetOptions:
     stop_grace_s: float = 10.0
     refresh_s: float = 1.0
     node_command: Callable[[TestnetNode], list[str]] | None = None
-    """How to start a node (default ``python -m agent_world_node.cli start --home HOME``); lets a
+    """How to start a node (default ``python -m agent_world_tools.cli start --home HOME``); lets a
     node run under a wrapper (``nice``, a profiler) or be replaced by a stand-in."""
 
 
