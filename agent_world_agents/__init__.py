@@ -1,5 +1,5 @@
 """Agent World's inhabitants: agents that observe the world through a node's API, decide, and act
-only through signed actions (DESIGN.md, "Agents").
+only through signed actions, like any other client of the chain.
 
 - ``decision``: the decision types every policy returns, the ``agent_submit_decision`` tool schema,
   the strict parser of model output, and the mapping of a decision to a signed action.

@@ -1,4 +1,4 @@
-"""The LLM policy: decisions from any OpenAI-compatible chat-completions endpoint (issue 7).
+"""The LLM policy: decisions from any OpenAI-compatible chat-completions endpoint.
 
 Configured from the environment (``LLMConfig.from_env``): ``AGENT_WORLD_LLM_BASE_URL`` (e.g.
 ``https://api.openai.com/v1`` or ``http://127.0.0.1:11434/v1``), ``AGENT_WORLD_LLM_MODEL``,

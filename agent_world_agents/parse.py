@@ -1,5 +1,5 @@
 """The LLM's side of a decision: the ``agent_submit_decision`` tool, its strict parser, and the
-query tools a model may call before deciding (issue 7; original design 002, "LLM 决策扩展").
+query tools a model may call before deciding.
 
 Schema choice: one flat JSON object, ``decision`` (an enum of ``DECISION_KINDS``) plus every
 field any kind uses, all optional, ``additionalProperties: false``. Not ``oneOf`` per kind:
@@ -517,7 +517,7 @@ def parse_decision(raw: object, *, self_id: str, controlled: set[str]) -> Decisi
     ``self_id``: the deciding agent; ``controlled``: the agent ids whose keys the runtime holds
     (``publisher`` / ``installer`` = ``agent:<id>`` must name one of them or ``self_id``).
 
-    Rules (issue 7, original design 002): a known ``decision`` kind and only its fields; correct
+    Rules: a known ``decision`` kind and only its fields; correct
     JSON types; publisher/installer ``self`` or ``agent:<controlled id>``, a ``location:...``
     refused explicitly; ``module_id`` / ``module_version`` / ``manifest_path`` / ``wasm_hash``
     non-empty (and in the world's formats, ``lifecycle.MODULE_ID_RE`` / ``VERSION_RE``);

@@ -1,4 +1,4 @@
-"""The agent runtime: N agents living in the world through one or more nodes' HTTP APIs (issue 7).
+"""The agent runtime: N agents living in the world through one or more nodes' HTTP APIs.
 
 Each agent has its own Ed25519 key, kept in ``key_dir/<agent_id>.json`` (``client.AgentKey``
 format, the one ``awnode keygen`` writes; created on first use, reused afterwards). An agent

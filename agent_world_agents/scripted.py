@@ -1,4 +1,4 @@
-"""Scripted policies: deterministic agents that need no key or service (issue 7).
+"""Scripted policies: deterministic agents that need no key or service.
 
 Every policy draws its choices from one ``random.Random`` seeded by ``(seed, agent_id)``, so the
 same seed and the same sequence of observations give the same decisions. They keep a local
@@ -191,7 +191,7 @@ class _Scripted:
     def expect(self, decision: Decision) -> Decision:
         """Update the estimate as if ``decision`` succeeds; return it."""
         if isinstance(decision, Move) and self.position is not None:
-            self.electricity -= sum(abs(a - b) for a, b in zip(decision.to, self.position))
+            self.electricity -= sum(abs(a - b) for a, b in zip(decision.to, self.position, strict=True))
             self.position = decision.to
         elif isinstance(decision, Harvest):
             self.electricity += 5

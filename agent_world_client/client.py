@@ -1,4 +1,5 @@
-"""HTTP client library for a node's JSON API (DESIGN.md, "The node daemon" and "Interfaces people use").
+"""HTTP client library for a node's JSON API (the endpoints of ``agent_world_node.api``), used by the
+CLI, the agents, the testnet launcher and the benchmarks.
 
 ``NodeClient`` is async (``httpx.AsyncClient``; works under trio and asyncio through anyio).
 ``SyncNodeClient`` is a thin blocking wrapper for the CLI: each call runs the async client in its own
@@ -21,8 +22,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 

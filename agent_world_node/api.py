@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import msgspec
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -36,19 +37,66 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-if TYPE_CHECKING:
-    from .node import Node
-    from .replica import AdmissionResult
+from agent_world_runtime.actions import SignedAction, decode_signed_action_json, static_action_problem
+from agent_world_runtime.codec import DecodeError, decode_json
+
+from .config import NodeConfig
+from .metrics import NodeMetrics
+from .network.peer_filter import PeerFilter
+from .replica import AdmissionResult
+from .schema import (
+    MAX_SUBMIT_BATCH,
+    AdmissionCode,
+    AdmissionDocument,
+    AdmissionStatus,
+    BatchDocument,
+    BlockDocument,
+    ExecutionDocument,
+    StatusDocument,
+    SubmitBatch,
+)
 
 log = structlog.get_logger(__name__)
 
 MAX_BODY_BYTES = 512 * 1024
-#: A batch of at most ``replica.MAX_SUBMIT_BATCH`` actions (each at most a few KiB in practice).
+#: A batch of at most ``schema.MAX_SUBMIT_BATCH`` actions (each at most a few KiB in practice).
 MAX_BATCH_BODY_BYTES = 4 * 1024 * 1024
 DRAIN_LIMIT_BYTES = 8 * 1024 * 1024
 #: Largest height a route accepts (the block store keys heights as SQLite 64-bit integers).
 MAX_HEIGHT = (1 << 63) - 1
 _HEIGHT_RE = re.compile(r"[0-9]{1,19}")
+
+
+class _Network(Protocol):
+    peer_filter: PeerFilter
+
+
+class NodeView(Protocol):
+    """What the API needs of a node (``node.Node`` provides it; tests may pass a stand-in)."""
+
+    config: NodeConfig
+    metrics: NodeMetrics
+    net: _Network
+
+    @property
+    def height(self) -> int: ...
+    @property
+    def execution_height(self) -> int: ...
+    def admit(self, signed: SignedAction) -> AdmissionResult: ...
+    def status(self) -> StatusDocument: ...
+    def block_json(self, height: int) -> BlockDocument | None: ...
+    def execution_json(self, height: int) -> ExecutionDocument | None: ...
+    def agent_json(self, agent_id: str) -> dict[str, Any] | None: ...
+    def events_json(self, from_seq: int, limit: int, kind: str | None) -> list[dict[str, Any]]: ...
+    def modules_json(self) -> dict[str, Any]: ...
+    def evidence_json(self) -> list[dict[str, Any]]: ...
+    def set_peer_filter(self, blocked: list[str]) -> list[str]: ...
+    def readiness(self) -> tuple[bool, str]: ...
+
+
+def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response from a msgspec Struct (or built-in data)."""
+    return Response(msgspec.json.encode(doc), status_code=status, headers=headers, media_type="application/json")
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -115,56 +163,95 @@ async def _json_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes | R
     return body
 
 
-def _result_json(result: "AdmissionResult") -> dict[str, Any]:
-    doc: dict[str, Any] = {"status": result.status, "action_id": result.action_id.hex()}
-    if result.code:
-        doc["code"] = result.code
-        doc["error"] = result.reason
+def _document(result: AdmissionResult) -> AdmissionDocument:
+    doc = AdmissionDocument(result.status, result.action_id.hex())
+    if result.code is not None:
+        doc.code = result.code
+        doc.error = result.reason
     if result.retry_after_ms:
-        doc["retry_after_ms"] = result.retry_after_ms
+        doc.retry_after_ms = result.retry_after_ms
     return doc
 
 
-def create_app(node: "Node") -> Starlette:
+def _malformed(reason: str) -> AdmissionResult:
+    return AdmissionResult(AdmissionStatus.REJECTED, code=AdmissionCode.MALFORMED, reason=reason)
+
+
+def decode_submission(body: bytes) -> SignedAction | AdmissionResult:
+    """Decode the body of ``POST /v1/actions`` (a JSON ``SignedAction``), or the malformed result."""
+    try:
+        return decode_signed_action_json(body)
+    except DecodeError as exc:
+        return _malformed(f"{exc}; send a JSON SignedAction {{body, signature}}")
+
+
+def decode_batch(body: bytes) -> list[SignedAction | AdmissionResult]:
+    """Decode the body of ``POST /v1/actions/batch``: each entry a ``SignedAction`` or the malformed
+    result of that entry. Raises ValueError (the message says what to send) when the body is not
+    ``{"actions": [...]}`` or holds more than ``MAX_SUBMIT_BATCH`` actions."""
+    try:
+        batch = decode_json(body, SubmitBatch)
+    except DecodeError as exc:
+        raise ValueError(f'{exc}; send {{"actions": [SignedAction, ...]}}') from None
+    if len(batch.actions) > MAX_SUBMIT_BATCH:
+        raise ValueError(f"{len(batch.actions)} actions in one batch; send at most {MAX_SUBMIT_BATCH}")
+    out: list[SignedAction | AdmissionResult] = []
+    for signed in batch.actions:
+        problem = static_action_problem(signed)
+        out.append(signed if problem is None else _malformed(f"invalid SignedAction: {problem}"))
+    return out
+
+
+def _retry_headers(retry_ms: int) -> dict[str, str]:
+    return {"Retry-After": str(max(1, (retry_ms + 999) // 1000))}
+
+
+def create_app(node: NodeView) -> Starlette:
     """Return the ASGI application serving ``node``."""
+
+    def admit(item: SignedAction | AdmissionResult) -> AdmissionResult:
+        if isinstance(item, AdmissionResult):
+            node.metrics.actions_refused.labels(AdmissionCode.MALFORMED.value).inc()
+            return item
+        return node.admit(item)
 
     async def submit_action(request: Request) -> Response:
         body = await _json_body(request)
         if isinstance(body, Response):
             return body
-        result = node.admit_json(body)
-        if result.status == "accepted":
-            return JSONResponse({"status": "accepted", "action_id": result.action_id.hex()}, status_code=202)
-        if result.status == "duplicate":
-            return JSONResponse({"status": "duplicate", "action_id": result.action_id.hex()}, status_code=200)
-        if result.status == "busy":
+        result = admit(decode_submission(body))
+        if result.status == AdmissionStatus.ACCEPTED:
+            return _json(_document(result), 202)
+        if result.status == AdmissionStatus.DUPLICATE:
+            return _json(_document(result), 200)
+        if result.status == AdmissionStatus.BUSY:
             retry_ms = result.retry_after_ms
-            return _error(
-                503, "mempool_full", result.reason, headers={"Retry-After": str(max(1, (retry_ms + 999) // 1000))},
-                retry_after_ms=retry_ms,
-            )
-        return _error(400, result.code, result.reason)
+            return _error(503, AdmissionCode.MEMPOOL_FULL, result.reason, headers=_retry_headers(retry_ms),
+                          retry_after_ms=retry_ms)
+        return _error(400, result.code or AdmissionCode.MALFORMED, result.reason)
 
     async def submit_batch(request: Request) -> Response:
         body = await _json_body(request, MAX_BATCH_BODY_BYTES)
         if isinstance(body, Response):
             return body
         try:
-            results = node.admit_batch_json(body)
+            items = decode_batch(body)
         except ValueError as exc:
-            return _error(400, "malformed", str(exc))
-        busy = [r for r in results if r.status == "busy"]
+            node.metrics.actions_refused.labels(AdmissionCode.MALFORMED.value).inc()
+            return _error(400, AdmissionCode.MALFORMED, str(exc))
+        results = [admit(item) for item in items]
+        busy = [r for r in results if r.status == AdmissionStatus.BUSY]
         if busy and len(busy) == len(results):
             retry_ms = max(r.retry_after_ms for r in busy)
-            return _error(503, "mempool_full", busy[0].reason,
-                          headers={"Retry-After": str(max(1, (retry_ms + 999) // 1000))}, retry_after_ms=retry_ms)
+            return _error(503, AdmissionCode.MEMPOOL_FULL, busy[0].reason, headers=_retry_headers(retry_ms),
+                          retry_after_ms=retry_ms)
         counts: dict[str, int] = {}
         for r in results:
             counts[r.status] = counts.get(r.status, 0) + 1
-        return JSONResponse({"results": [_result_json(r) for r in results], "counts": counts})
+        return _json(BatchDocument([_document(r) for r in results], counts))
 
     async def status(request: Request) -> Response:
-        return JSONResponse(node.status())
+        return _json(node.status())
 
     def _height(request: Request) -> int | Response:
         raw = request.path_params["height"]
@@ -179,7 +266,7 @@ def create_app(node: "Node") -> Starlette:
         data = node.block_json(h)
         if data is None:
             return _error(404, "not_found", f"no committed block at height {h} on this node (height {node.height})")
-        return JSONResponse(data)
+        return _json(data)
 
     async def execution(request: Request) -> Response:
         h = _height(request)
@@ -190,7 +277,7 @@ def create_app(node: "Node") -> Starlette:
             return _error(
                 404, "not_found", f"height {h} is not executed on this node (execution height {node.execution_height})"
             )
-        return JSONResponse(data)
+        return _json(data)
 
     async def agent(request: Request) -> Response:
         agent_id = request.path_params["agent_id"]

@@ -84,6 +84,31 @@ class ConsensusConfig(msgspec.Struct, forbid_unknown_fields=True):
     max_block_bytes: int = 900_000
 
 
+class PolicyConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The node-run policy (``Replica.tick``): when a node gossips, heartbeats, re-gossips and syncs.
+    Liveness only: none of these decides what is committed. The daemon and the simulator both run
+    these values, so the simulator's properties cover what production runs. All times in ms.
+
+    - ``tick_interval_ms``: how often the driver calls ``Replica.tick``; client actions admitted
+      since the last tick are gossiped in batches at each tick.
+    - ``status_interval_ms``: the status heartbeat (height, execution root) to peers.
+    - ``regossip_after_ms``: a height without progress for this long re-gossips its message log
+      (and the last commit), and again every such interval while it stays stuck.
+    - ``sync_batch_heights``: most heights fetched from one peer in one sync request.
+    - ``sync_timeout_ms``: a sync request unanswered for this long has failed."""
+
+    tick_interval_ms: int = 100
+    status_interval_ms: int = 1000
+    regossip_after_ms: int = 1500
+    sync_batch_heights: int = 200
+    sync_timeout_ms: int = 10_000
+
+    def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"policy.{name} must be > 0")
+
+
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True):
     """How often (in heights) the world snapshot is written with ``save_to_dir``."""
 
@@ -104,6 +129,7 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True):
     p2p: P2PConfig = msgspec.field(default_factory=P2PConfig)
     rpc: RPCConfig = msgspec.field(default_factory=RPCConfig)
     consensus: ConsensusConfig = msgspec.field(default_factory=ConsensusConfig)
+    policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     mempool: MempoolConfig = msgspec.field(default_factory=MempoolConfig)
 

@@ -1,4 +1,4 @@
-"""The execution hook and its runtime-backed driver (DESIGN.md, "Execution: the hook and the driver").
+"""The execution hook and its runtime-backed driver (docs/architecture.md, "Execution and state roots").
 
 After a block is committed the node calls ``NodeRuntimeExecutionDriver.on_commit`` with a
 ``NodeExecutionCommitContext`` and gets a ``NodeExecutionCommitResult``. The driver replays the
@@ -44,7 +44,7 @@ class ExecutionError(RuntimeError):
 
 
 class NodeExecutionCommitContext(msgspec.Struct, frozen=True):
-    """What the node hands the execution hook for one committed block (DESIGN.md names)."""
+    """What the node hands the execution hook for one committed block."""
 
     world_id: str
     node_id: str
@@ -63,6 +63,10 @@ class NodeExecutionCommitResult(msgspec.Struct, frozen=True):
     execution_height: int
     execution_block_hash: bytes
     execution_state_root: bytes
+
+
+def _decode(action: NodeConsensusAction) -> SignedAction:
+    return decode_signed_action(action.payload)
 
 
 def chain_execution_block_hash(prev: bytes, height: int, state_root: bytes, events_root: bytes) -> bytes:
@@ -94,6 +98,9 @@ class NodeRuntimeExecutionDriver:
         self.snapshot_interval = max(1, snapshot_interval)
         self.genesis_state_root = genesis_state_root
         self.actions_executed = 0
+        #: decodes a committed action (the replica installs its ``ActionDecoder``, which hands back
+        #: actions it decoded before instead of decoding them again)
+        self.decode_action: Callable[[NodeConsensusAction], SignedAction] = _decode
         self.defer_snapshots = False
         self._snapshot_due = False
         base = store.get_execution(world.height) if world.height else None
@@ -211,19 +218,23 @@ class NodeRuntimeExecutionDriver:
             )
 
     def _execute(
-        self, height: int, timestamp_ms: int, actions: list[NodeConsensusAction], persist: bool = True
+        self,
+        height: int,
+        timestamp_ms: int,
+        actions: list[NodeConsensusAction],
+        persist: bool = True,
     ) -> ExecutionRecord:
         world = self.world
         world.begin_block(height, timestamp_ms)
         for act in actions:
             try:
-                signed: SignedAction = decode_signed_action(act.payload)
+                signed = self.decode_action(act)
             except DecodeError as exc:
                 # Validators refuse blocks with undecodable payloads; this only guards the runtime.
                 log.error("undecodable_committed_action", height=height, action_id=act.action_id.hex(), error=str(exc))
                 continue
             # Committed blocks carry only validly signed actions: valid(v) verifies them
-            # (Replica._block_problem) and more than 2/3 of the stake prevoted for the block, so
+            # (replica.validity) and more than 2/3 of the stake prevoted for the block, so
             # at least one correct validator checked it. Syncing and replay need not verify again.
             world.apply_action(signed, act.action_id, signature_checked=True)
         world.step_with_modules()

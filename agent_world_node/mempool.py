@@ -1,4 +1,4 @@
-"""The mempool: admitted client actions waiting for a block (DESIGN.md, "Actions, blocks and roots").
+"""The mempool: admitted client actions waiting for a block.
 
 Admission is checked by the caller (signature, agent, nonce against the executed world). The pool
 keeps at most ``max_actions`` entries; a full pool refuses new actions (the HTTP API answers 503 with
@@ -93,24 +93,25 @@ class Mempool:
         return len(stale)
 
 
-class VerifiedSignatureCache:
-    """Payload hashes whose action signature this node already verified (bounded, LRU).
+class RecentIds:
+    """A bounded set of action ids, least recently added dropped first (``capacity`` ids).
 
-    Safe because an agent's key never changes once registered and a ``RegisterAgent`` is verified
-    against the key it carries: a signature valid at admission is valid when a proposal carrying
-    the action is validated.
+    The replica keeps two: the ids whose signature it verified (safe to trust later, because an
+    agent's key never changes once registered and a ``RegisterAgent`` is verified against the key
+    it carries), and the ids it recently committed (a late gossip copy of a committed action is
+    dropped without decoding it, as CometBFT's mempool cache does).
     """
 
     def __init__(self, capacity: int = 200_000) -> None:
         self._items: OrderedDict[bytes, None] = OrderedDict()
         self.capacity = capacity
 
-    def add(self, payload_hash: bytes) -> None:
-        """Remember that ``payload_hash``'s signature verified."""
-        self._items[payload_hash] = None
-        self._items.move_to_end(payload_hash)
+    def add(self, action_id: bytes) -> None:
+        """Remember ``action_id``."""
+        self._items[action_id] = None
+        self._items.move_to_end(action_id)
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
 
-    def __contains__(self, payload_hash: bytes) -> bool:
-        return payload_hash in self._items
+    def __contains__(self, action_id: bytes) -> bool:
+        return action_id in self._items

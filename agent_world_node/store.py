@@ -1,4 +1,4 @@
-"""Crash-safe node storage in SQLite (DESIGN.md, "The node daemon").
+"""Crash-safe node storage in SQLite: block store, execution records, consensus WAL, evidence.
 
 One database file per node (``HOME/data/node.sqlite3``) in WAL journal mode with ``synchronous=FULL``:
 a transaction that returned is on disk, and ``kill -9`` at any moment leaves the last committed
@@ -9,7 +9,7 @@ transaction intact. Tables:
 - ``executions(height, execution_block_hash, execution_state_root, events_root, action_count)``: the
   execution record of each executed height.
 - ``wal(seq, height, round, kind, payload)``: every consensus message this validator signed, written
-  before it is sent (``kind`` = "proposal" | "prevote" | "precommit").
+  before it is sent (``kind``: a ``WalEntryKind``).
 - ``evidence(seq, height, kind, payload)``: equivocation evidence seen.
 - ``meta(key, value)``: small values such as the height of the last world snapshot.
 """
@@ -17,9 +17,9 @@ transaction intact. Tables:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-
+import enum
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -33,6 +33,14 @@ from .types import Block, CommitCertificate, ExecutionHashes, ReplicatedCommitPa
 class StoreError(RuntimeError):
     """The store's contents are inconsistent with what the caller asked (e.g. a second, different
     block at a stored height); the message says which height and what differs."""
+
+
+class WalEntryKind(enum.StrEnum):
+    """What a consensus WAL entry holds (stored as its value)."""
+
+    PROPOSAL = "proposal"
+    PREVOTE = "prevote"
+    PRECOMMIT = "precommit"
 
 
 class ExecutionRecord(msgspec.Struct, frozen=True):
@@ -192,7 +200,7 @@ class NodeStore:
         return self.get_execution(int(row[0])) if row and row[0] is not None else None
 
     # -- consensus WAL and evidence -------------------------------------------------------------
-    def wal_append(self, height: int, round: int, kind: str, payload: bytes) -> None:
+    def wal_append(self, height: int, round: int, kind: WalEntryKind, payload: bytes) -> None:
         """Durably record a message this validator signed, before it is sent."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -201,12 +209,13 @@ class NodeStore:
             )
         failpoint("wal.after_append")  # durable, not yet sent: a restart must re-send it, not sign anew
 
-    def wal_entries(self, height: int) -> list[tuple[int, str, bytes]]:
-        """Return ``(round, kind, payload)`` of every WAL entry at ``height`` in write order."""
+    def wal_entries(self, height: int) -> list[tuple[int, WalEntryKind, bytes]]:
+        """Return ``(round, kind, payload)`` of every WAL entry at ``height`` in write order.
+        Raises ValueError for a kind that is not a ``WalEntryKind`` (a corrupt or foreign WAL)."""
         rows = self._db.execute(
             "SELECT round, kind, payload FROM wal WHERE height=? ORDER BY seq", (height,)
         ).fetchall()
-        return [(int(r), str(k), bytes(p)) for r, k, p in rows]
+        return [(int(r), WalEntryKind(k), bytes(p)) for r, k, p in rows]
 
     def wal_prune(self, below_height: int) -> None:
         """Drop WAL entries of heights below ``below_height`` (they are decided and stored)."""

@@ -1,4 +1,5 @@
-"""Consensus and replication messages (DESIGN.md, "Actions, blocks and roots").
+"""Consensus and replication messages, gossip topics, and the one check of a block's shape
+(docs/architecture.md, "The path of one action").
 
 Everything here is a msgspec Struct encoded as canonical msgpack. Hashes are raw 32-byte values
 (``bytes``); validator ids are the hex of the validator's Ed25519 public key.
@@ -72,6 +73,34 @@ class Block(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 def block_hash(header: BlockHeader) -> bytes:
     """Return ``sha256(encode(header))``."""
     return sha256(encode(header))
+
+
+def block_shape_problem(block: Block, chain_id: str, height: int) -> str | None:
+    """Why ``block`` is not shaped like a block of ``chain_id`` at ``height`` (None if it is).
+
+    The shape is what anyone can check from the block alone: the header's chain id and height,
+    ``action_count`` and ``action_root`` (RFC 6962 Merkle root of the payload hashes) matching the
+    actions, every action's ``payload_hash == action_id == sha256(payload)``, and no action twice.
+    This is the only block-shape check: the consensus core applies it to proposals, the replica to
+    valid(v) and to committed blocks received from peers. Signatures, parent hash, time and execution
+    roots need the node's state and are checked by the replica (``replica.validity``)."""
+    h = block.header
+    if h.chain_id != chain_id:
+        return f"chain id {h.chain_id[:64]!r} is not {chain_id!r}"
+    if h.height != height:
+        return f"height {h.height} is not {height}"
+    if h.action_count != len(block.actions):
+        return f"action_count {h.action_count} but {len(block.actions)} actions"
+    if compute_consensus_action_root(block.actions) != h.action_root:
+        return "action root does not match the actions"
+    seen: set[bytes] = set()
+    for act in block.actions:
+        if act.payload_hash != sha256(act.payload) or act.action_id != act.payload_hash:
+            return f"action {act.action_id.hex()[:16]}: payload hash or action id is not sha256(payload)"
+        if act.action_id in seen:
+            return f"action {act.action_id.hex()[:16]} appears twice"
+        seen.add(act.action_id)
+    return None
 
 
 class VoteType(enum.IntEnum):
@@ -186,6 +215,31 @@ class GossipActionBatch(msgspec.Struct, tag="actions", forbid_unknown_fields=Tru
     payloads: list[bytes]
 
 
+class Offence(enum.StrEnum):
+    """What a peer did that no correct node does; the peer filter scores each offence
+    (``network.peer_filter.PENALTY_POINTS``) and bans a peer that keeps offending."""
+
+    MALFORMED = "malformed"  # undecodable or misshapen gossip message
+    OVERSIZE = "oversize"  # gossip above the size limit
+    BAD_SIGNATURE = "bad_signature"  # vote or proposal whose signature does not verify
+    UNKNOWN_VALIDATOR = "unknown_validator"  # vote or proposal from a key outside the validator set
+    INVALID_MESSAGE = "invalid_message"  # wrong proposer, bad round, bad block hash, misshapen block
+    INVALID_COMMIT = "invalid_commit"  # commit whose certificate or actions do not verify
+    BAD_SYNC_RESPONSE = "bad_sync_response"  # malformed or unverifiable blocks served over sync
+    RATE_LIMITED = "rate_limited"  # each gossip message above the per-peer rate limit
+    BAD_PUBSUB_FRAME = "bad_pubsub_frame"  # a pubsub frame that does not parse
+
+
+class Topic(enum.StrEnum):
+    """The logical gossip topics (``network.topics.topic_id`` maps them to libp2p topic ids)."""
+
+    PROPOSAL = "proposal"
+    VOTE = "vote"
+    COMMIT = "commit"
+    ACTIONS = "actions"
+    STATUS = "status"
+
+
 class ReplicatedCommitPayload(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """What the block store keeps and serves by height: block, certificate and the serving node's
     execution hashes for that height."""
@@ -193,8 +247,6 @@ class ReplicatedCommitPayload(msgspec.Struct, forbid_unknown_fields=True, frozen
     block: Block
     certificate: CommitCertificate
     execution: Optional[ExecutionHashes] = None
-
-
 
 
 class GossipStatusMessage(msgspec.Struct, tag="status", forbid_unknown_fields=True, frozen=True):

@@ -1,7 +1,7 @@
 """Agent World runtime: the deterministic world (no network, no clock).
 
-Same inputs give the same events and the same state root on every machine (DESIGN.md,
-"The world runtime"). Main entry points::
+Same inputs give the same events and the same state root on every machine (docs/architecture.md,
+"Execution and state roots"). Main entry points::
 
     from agent_world_runtime import World, Event, BlockOutcome
     world = World.from_genesis("my-chain", WorldParams())
@@ -11,6 +11,7 @@ Same inputs give the same events and the same state root on every machine (DESIG
     outcome = world.end_block()          # outcome.state_root, outcome.events_root
 """
 
+from .admission import Refusal, RefusalCode
 from .events import Event
 from .persistence import SnapshotError
 from .state import AgentRecord, ArtifactRecord, InstanceRecord
@@ -22,6 +23,8 @@ __all__ = [
     "BlockOutcome",
     "Event",
     "InstanceRecord",
+    "Refusal",
+    "RefusalCode",
     "SnapshotError",
     "World",
     "compute_action_id",

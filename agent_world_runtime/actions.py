@@ -1,4 +1,4 @@
-"""Client actions and their signed envelope (DESIGN.md, "Actions, blocks and roots").
+"""Client actions and their signed envelope (docs/architecture.md, "The path of one action").
 
 An agent signs ``ActionBody {chain_id, agent_id, nonce, action}``; the ``SignedAction`` is encoded
 as canonical msgpack and that encoding is the consensus ``payload`` (``action_id = sha256(payload)``).
@@ -35,24 +35,24 @@ class _Action(msgspec.Struct, forbid_unknown_fields=True, frozen=True, tag_field
     pass
 
 
-class RegisterAgent(_Action, tag="register_agent"):
+class RegisterAgent(_Action, frozen=True, tag="register_agent"):
     """Create the agent ``agent_id`` of the envelope with this Ed25519 ``public_key`` at ``position``."""
 
     public_key: bytes
     position: Position = (0, 0, 0)
 
 
-class MoveAgent(_Action, tag="move_agent"):
+class MoveAgent(_Action, frozen=True, tag="move_agent"):
     """Move to ``to``; costs electricity in proportion to the Manhattan distance."""
 
     to: Position
 
 
-class HarvestRadiation(_Action, tag="harvest_radiation"):
+class HarvestRadiation(_Action, frozen=True, tag="harvest_radiation"):
     """Gain electricity from the radiation at the agent's position (amount set by the world rules)."""
 
 
-class TransferResource(_Action, tag="transfer_resource"):
+class TransferResource(_Action, frozen=True, tag="transfer_resource"):
     """Give ``amount`` (> 0) of resource ``kind`` (electricity or data) to agent ``to``."""
 
     to: str
@@ -68,14 +68,14 @@ class ModuleSourcePackage(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
     files: dict[str, str]
 
 
-class CompileModuleArtifactFromSource(_Action, tag="compile_module_artifact_from_source"):
+class CompileModuleArtifactFromSource(_Action, frozen=True, tag="compile_module_artifact_from_source"):
     """Compile ``source_package`` into an artifact published by this agent under ``module_id``."""
 
     module_id: str
     source_package: ModuleSourcePackage
 
 
-class DeployModuleArtifact(_Action, tag="deploy_module_artifact"):
+class DeployModuleArtifact(_Action, frozen=True, tag="deploy_module_artifact"):
     """Publish ``wasm_bytes`` with ``manifest``; rejected unless ``sha256(wasm_bytes).hex() == wasm_hash``."""
 
     wasm_hash: str
@@ -83,7 +83,7 @@ class DeployModuleArtifact(_Action, tag="deploy_module_artifact"):
     manifest: ModuleManifest
 
 
-class InstallModuleFromArtifact(_Action, tag="install_module_from_artifact"):
+class InstallModuleFromArtifact(_Action, frozen=True, tag="install_module_from_artifact"):
     """Install the artifact ``wasm_hash`` as a new instance owned by this agent (the artifact's
     publisher only). ``instance_id`` defaults to ``<module_id>@<agent_id>``.
 
@@ -99,7 +99,7 @@ class InstallModuleFromArtifact(_Action, tag="install_module_from_artifact"):
     grant_caps: list[str] = []
 
 
-class UpgradeModuleFromArtifact(_Action, tag="upgrade_module_from_artifact"):
+class UpgradeModuleFromArtifact(_Action, frozen=True, tag="upgrade_module_from_artifact"):
     """Move instance ``instance_id`` (owned by the signing agent, the upgrader) to the artifact
     ``wasm_hash``, whose manifest is the next manifest; ``activate`` sets the instance's active
     flag. Rules (docs/module-abi.md, "Upgrades"): owner only, same module id, same
@@ -140,7 +140,10 @@ class SignedAction(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 def action_kind(action: Action) -> str:
     """Return the wire tag of ``action`` (``"move_agent"``, ...)."""
-    return type(action).__struct_config__.tag  # type: ignore[attr-defined]
+    tag = type(action).__struct_config__.tag
+    if not isinstance(tag, str):  # every action class sets a string tag
+        raise TypeError(f"{type(action).__name__} is not an action")
+    return tag
 
 
 def sign_action(key: SigningKey, chain_id: str, agent_id: str, nonce: int, action: Action) -> SignedAction:

@@ -1,6 +1,6 @@
 """Canonical msgpack encoding for everything that is hashed, signed or stored.
 
-One encoder for the whole system (DESIGN.md, "Actions, blocks and roots"): msgspec structs encode
+One encoder for the whole system: msgspec structs encode
 their fields in declaration order and dict keys are sorted (``order="deterministic"``), so equal
 values always give equal bytes on every machine. Decoding is typed and validated by msgspec.
 """

@@ -1,4 +1,4 @@
-"""World events and the append-only event journal (DESIGN.md, "The world runtime").
+"""World events and the append-only event journal.
 
 Every state change leaves events in the journal. An ``Event`` is ``{seq, height, kind, data}``:
 ``seq`` counts from 1 over the whole journal, ``height`` is the block that produced it, ``kind`` is
@@ -13,7 +13,6 @@ byte-identical, and a hash chain ``head_n = sha256(head_{n-1} || encode(event_n)
 from __future__ import annotations
 
 import sys
-
 from collections import Counter
 from typing import Any, Iterable
 
@@ -22,7 +21,8 @@ import msgspec
 from .codec import decode, encode
 from .crypto import sha256
 
-# Event kinds (stable names, DESIGN.md "The world runtime").
+# Event kinds. Stable names: a kind is part of its event's canonical bytes, hence of the journal's
+# hash chain and the state root.
 AGENT_REGISTERED = "domain.agent_registered"
 AGENT_MOVED = "domain.agent_moved"
 RADIATION_HARVESTED = "domain.radiation_harvested"

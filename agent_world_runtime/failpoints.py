@@ -17,7 +17,7 @@ fail point fired. Example::
 
 The names (``KNOWN_FAILPOINTS``) and where they sit:
 
-- ``snapshot.after_journal``: ``persistence.save_world``, a new journal segment is written but no
+- ``snapshot.after_journal``: ``persistence.save_state``, a new journal segment is written but no
   module file and no snapshot yet (the middle of writing the journal and module files).
 - ``snapshot.before_rename``: the new snapshot is complete in its temporary directory, not yet
   renamed into place.

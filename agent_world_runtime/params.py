@@ -17,8 +17,8 @@ class WorldParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ``module_compile_fee`` per CompileModuleArtifactFromSource, ``module_install_fee`` per
     InstallModuleFromArtifact. ``module_effect_max_amount`` is the policy ceiling on the amount of
     one module ``transfer_resource`` effect (docs/module-abi.md, "Capabilities and policy").
-    ``module_limits_max`` caps every manifest's limits before each call (``set_module_limits_max``
-    in the design: here a genesis parameter, so every node applies the same caps)."""
+    ``module_limits_max`` caps every manifest's limits before each call; it is a genesis parameter,
+    so every node applies the same caps."""
 
     initial_electricity: int = 100
     initial_data: int = 1000

@@ -1,4 +1,4 @@
-"""Saving and loading a World (DESIGN.md, "The world runtime": snapshot + journal + module store).
+"""Saving and loading a World: a snapshot of its records, its event journal and its module store.
 
 Directory layout::
 
@@ -17,9 +17,13 @@ A crash at any moment leaves ``CURRENT`` naming a complete old or new snapshot. 
 referenced are removed after the switch. One writer per directory at a time; the directory belongs
 to the world (unreferenced files under ``journal/`` and ``modules/`` are deleted).
 
-Incremental journal: a World remembers which segments it wrote to (or loaded from) a directory;
-the next save there writes only the events since, as a new segment. After MAX_SEGMENTS segments
-the journal is rewritten as one.
+Incremental journal: ``save_state`` and ``load_state`` return a ``SaveCache`` naming the segments
+written to (or loaded from) a directory; the World keeps it and hands it to its next save, which
+then writes only the events since, as a new segment. After MAX_SEGMENTS segments the journal is
+rewritten as one.
+
+This module works on a ``WorldState`` and a height and knows nothing of ``World``:
+``World.save_to_dir`` and ``World.load_from_dir`` call ``save_state`` and ``load_state``.
 
 Loading verifies everything: segment and artifact hashes (each artifact's bytes are re-hashed
 against its ``wasm_hash``), the journal's sequence and hash-chain head, and the state root
@@ -34,7 +38,6 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
@@ -43,11 +46,7 @@ from .codec import DecodeError, decode, encode
 from .crypto import sha256
 from .events import EventJournal
 from .failpoints import failpoint
-from .modules.sandbox import Sandbox
 from .state import AgentRecord, ArtifactRecord, InstanceRecord, WorldMeta, WorldState
-
-if TYPE_CHECKING:
-    from .world import World
 
 log = structlog.get_logger(__name__)
 
@@ -89,10 +88,24 @@ class WorldSnapshot(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 @dataclass(frozen=True)
-class _SaveCache:
+class SaveCache:
+    """What a world last wrote to (or loaded from) a directory: the resolved ``directory``, the
+    snapshot ``generation`` ``CURRENT`` named then, and the journal ``segments`` already there.
+    The owner of the state keeps it and passes it to the next ``save_state``."""
+
     directory: Path
     generation: str
     segments: tuple[JournalSegment, ...]
+
+
+@dataclass(frozen=True)
+class LoadedState:
+    """A verified snapshot: the rebuilt ``state``, the ``height`` of the last completed block and
+    the ``cache`` to pass to the next ``save_state`` into the same directory."""
+
+    state: WorldState
+    height: int
+    cache: SaveCache
 
 
 def _fsync_dir(path: Path) -> None:
@@ -119,16 +132,18 @@ def _read_current(directory: Path) -> str | None:
         return None
 
 
-def save_world(world: "World", directory: Path) -> None:
-    """Write ``world`` into ``directory`` as described in the module docstring."""
-    state: WorldState = world._state  # persistence is part of the runtime package
+def save_state(state: WorldState, height: int, directory: Path, cache: SaveCache | None) -> SaveCache:
+    """Write ``state`` at block ``height`` into ``directory`` as described in the module
+    docstring and return the SaveCache for the next save. ``cache`` is the one the previous
+    ``save_state``/``load_state`` returned for this state (None for none): journal segments it lists
+    that are still current in ``directory`` are kept, so only newer events are written. Call it
+    between blocks. Raises OSError on I/O failure."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "journal").mkdir(exist_ok=True)
     (directory / "modules").mkdir(exist_ok=True)
     resolved = directory.resolve()
     journal = state.journal
 
-    cache: _SaveCache | None = world._save_cache
     segments: list[JournalSegment] = []
     if (cache is not None and cache.directory == resolved and _read_current(directory) == cache.generation
             and len(cache.segments) < MAX_SEGMENTS
@@ -153,7 +168,7 @@ def save_world(world: "World", directory: Path) -> None:
 
     snapshot = WorldSnapshot(
         format=SNAPSHOT_FORMAT,
-        height=world.height,
+        height=height,
         meta=state.meta,
         state_root=state.state_root(),
         journal_length=len(journal),
@@ -164,7 +179,7 @@ def save_world(world: "World", directory: Path) -> None:
         instances=[state.instances[k] for k in sorted(state.instances)],
         module_state=dict(sorted(state.module_state.items())),
     )
-    generation = f"snapshot-{world.height:012d}-{uuid.uuid4().hex[:12]}"
+    generation = f"snapshot-{height:012d}-{uuid.uuid4().hex[:12]}"
     tmp_dir = directory / f".tmp-{generation}"
     tmp_dir.mkdir()
     with open(tmp_dir / SNAPSHOT_FILE, "wb") as f:
@@ -180,9 +195,10 @@ def save_world(world: "World", directory: Path) -> None:
     _fsync_dir(directory)  # commit point: CURRENT names the new snapshot
     failpoint("snapshot.after_current")
 
-    world._save_cache = _SaveCache(resolved, generation, tuple(segments))
+    new_cache = SaveCache(resolved, generation, tuple(segments))
     _collect_garbage(directory, generation, {s.file for s in segments}, set(state.artifact_bytes))
-    log.info("world saved", path=str(directory), height=world.height, events=len(journal), segments=len(segments))
+    log.info("world saved", path=str(directory), height=height, events=len(journal), segments=len(segments))
+    return new_cache
 
 
 def _collect_garbage(directory: Path, generation: str, segment_files: set[str], wasm_hashes: set[str]) -> None:
@@ -207,8 +223,9 @@ def _collect_garbage(directory: Path, generation: str, segment_files: set[str], 
         log.warning("could not remove old snapshot files", path=str(directory), error=str(exc))
 
 
-def load_world(cls: type["World"], directory: Path, *, sandbox: Sandbox | None = None) -> "World":
-    """Load and verify the snapshot ``directory/CURRENT`` names; raises SnapshotError."""
+def load_state(directory: Path) -> LoadedState:
+    """Load and verify the snapshot ``directory/CURRENT`` names; raises SnapshotError (the
+    message names the file and the problem)."""
     generation = _read_current(directory)
     if generation is None:
         raise SnapshotError(f"no world snapshot in {directory}: {CURRENT} is missing; save a world there first")
@@ -268,7 +285,5 @@ def load_world(cls: type["World"], directory: Path, *, sandbox: Sandbox | None =
         raise SnapshotError(
             f"state root recomputed from {snap_path} is {root.hex()}, but the snapshot recorded {snap.state_root.hex()}"
         )
-    world = cls(state, snap.height, sandbox=sandbox)
-    world._save_cache = _SaveCache(directory.resolve(), generation, tuple(snap.segments))
     log.info("world loaded", path=str(directory), height=snap.height, events=len(journal))
-    return world
+    return LoadedState(state, snap.height, SaveCache(directory.resolve(), generation, tuple(snap.segments)))

@@ -1,4 +1,4 @@
-"""Domain rules: what each agent action does to the world (DESIGN.md, "The world runtime").
+"""Domain rules: what each agent action does to the world.
 
 Each ``apply_*`` function checks everything first and raises ``Rejected`` (with a reason that says
 what was wrong and what to do) before changing anything; only then does it write records through
@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from . import events as ev
-from .actions import RESOURCE_KINDS, HarvestRadiation, MoveAgent, RegisterAgent, TransferResource
+from .actions import RESOURCE_KINDS, HarvestRadiation, MoveAgent, Position, RegisterAgent, TransferResource
 from .crypto import PUBLIC_KEY_SIZE
 from .state import AgentRecord, WorldState
 
@@ -42,11 +42,17 @@ class ActionContext:
     height: int
 
 
-def _fmt(pos: tuple[int, int, int]) -> str:
+def _position(pos: Position) -> Position:
+    """Return ``pos`` as a tuple of three coordinates (a struct built in-process may hold a list)."""
+    x, y, z = pos
+    return (x, y, z)
+
+
+def _fmt(pos: Position) -> str:
     return f"({pos[0]}, {pos[1]}, {pos[2]})"
 
 
-def check_position(state: WorldState, pos: tuple[int, int, int]) -> None:
+def check_position(state: WorldState, pos: Position) -> None:
     """Raise Rejected unless every coordinate of ``pos`` is within ``[-grid_size, grid_size]``."""
     g = state.meta.params.grid_size
     if any(not -g <= c <= g for c in pos):
@@ -62,7 +68,7 @@ def apply_register(state: WorldState, ctx: ActionContext, action: RegisterAgent)
     record = AgentRecord(
         agent_id=ctx.agent_id,
         public_key=action.public_key,
-        position=tuple(action.position),
+        position=_position(action.position),
         electricity=params.initial_electricity,
         data=params.initial_data,
         last_nonce=ctx.nonce,
@@ -82,11 +88,11 @@ def apply_register(state: WorldState, ctx: ActionContext, action: RegisterAgent)
 def apply_move(state: WorldState, ctx: ActionContext, action: MoveAgent) -> list[EventSpec]:
     """Move the agent to ``action.to``; costs ``move_cost_per_step`` per unit of Manhattan distance."""
     agent = state.agents[ctx.agent_id]
-    to = tuple(action.to)
+    to = _position(action.to)
     check_position(state, to)
     if to == agent.position:
         raise Rejected(f"agent {ctx.agent_id!r} is already at {_fmt(to)}; move to a different position")
-    distance = sum(abs(a - b) for a, b in zip(to, agent.position))
+    distance = sum(abs(a - b) for a, b in zip(to, agent.position, strict=True))
     cost = distance * state.meta.params.move_cost_per_step
     if cost > agent.electricity:
         raise Rejected(

@@ -1,4 +1,4 @@
-"""World state records and the state root (DESIGN.md, "The world runtime").
+"""World state records and the state root (docs/architecture.md, "Execution and state roots").
 
 All records are frozen msgspec Structs: a change replaces the record through a ``WorldState.put_*``
 method, which marks it dirty; ``WorldState.state_root()`` folds the dirty records into the
@@ -15,6 +15,8 @@ Records and their keys in the state tree (value = canonical msgpack of the recor
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import msgspec
 
@@ -181,8 +183,10 @@ class WorldState:
             if prefix == "mstate":
                 value = self.module_state.get(ident)
             else:
-                table = {"agent": self.agents, "artifact": self.artifacts, "instance": self.instances}[prefix]
-                rec = table.get(ident)
+                tables: dict[str, Mapping[str, msgspec.Struct]] = {
+                    "agent": self.agents, "artifact": self.artifacts, "instance": self.instances,
+                }
+                rec = tables[prefix].get(ident)
                 value = None if rec is None else encode(rec)
         if value is None:
             self._tree.delete(name.encode())

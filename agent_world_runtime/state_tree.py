@@ -1,4 +1,4 @@
-"""An incrementally maintained Merkle root over key → value records (DESIGN.md, "The world runtime").
+"""An incrementally maintained Merkle root over key → value records (the state root).
 
 Leaf layout (what one record contributes)::
 
@@ -25,6 +25,8 @@ bucket. A block therefore costs in proportion to what it changed, not to the siz
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from .codec import encode
 from .crypto import sha256
@@ -83,7 +85,7 @@ class StateTree:
             self._dirty = set()
         return self._nodes[BUCKET_BITS].get(0, _EMPTY[BUCKET_BITS])
 
-    def _fold(self, dirty: set[int]) -> None:
+    def _fold(self, dirty: Iterable[int]) -> None:  # not set[int]: in this class, `set` is the method
         level0 = self._nodes[0]
         for b in dirty:
             bucket = self._buckets.get(b)

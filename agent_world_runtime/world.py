@@ -1,4 +1,5 @@
-"""The deterministic world: actions → events → state, block by block (DESIGN.md, "The world runtime").
+"""The deterministic world: actions → events → state, block by block (docs/architecture.md,
+"Execution and state roots").
 
 A block is ``begin_block(height, timestamp_ms)``, any number of ``apply_action``, at most one
 effective ``step_with_modules`` and ``end_block()``, which returns the block's state root and
@@ -29,13 +30,14 @@ from .actions import (
     encode_signed_action,
     payload_hash,
 )
-from .admission import admission_reason
+from .admission import Refusal, admission_refusal
 from .events import Event
 from .merkle import merkle_root
 from .modules import lifecycle
 from .modules.router import ModuleRunner
 from .modules.sandbox import Sandbox, check_module_limits_max, default_sandbox
 from .params import WorldParams
+from .persistence import SaveCache, load_state, save_state
 from .rules import ActionContext, EventSpec, Rejected, apply_harvest, apply_move, apply_register, apply_transfer
 from .state import AgentRecord, InstanceRecord, WorldMeta, WorldState
 
@@ -89,7 +91,7 @@ class World:
         self._in_block = False
         self._ticked = False
         self._block_events: list[Event] = []
-        self._save_cache: Any = None  # persistence bookkeeping (journal segments already on disk)
+        self._save_cache: SaveCache | None = None  # journal segments already on disk (``persistence``)
         self._handlers: dict[type, Callable[[ActionContext, Any], list[EventSpec]]] = {
             RegisterAgent: lambda c, a: apply_register(self._state, c, a),
             MoveAgent: lambda c, a: apply_move(self._state, c, a),
@@ -148,11 +150,12 @@ class World:
         self._ticked = False
         self._block_events = []
 
-    def check_action(self, signed: SignedAction) -> str | None:
+    def check_action(self, signed: SignedAction) -> Refusal | None:
         """Return None if ``signed`` would now pass the chain id, identity, signature and nonce
-        rules (see ``admission``), else the reason. Reads state only; does not check whether the
-        action itself would succeed (balances, positions)."""
-        return admission_reason(self._state, signed)
+        rules (see ``admission``), else the ``Refusal`` (its ``code`` names the rule that failed,
+        its ``message`` is the text ``apply_action`` would record). Reads state only; does not
+        check whether the action itself would succeed (balances, positions)."""
+        return admission_refusal(self._state, signed)
 
     def apply_action(self, signed: SignedAction, action_id: bytes, *, signature_checked: bool = False) -> list[Event]:
         """Apply one signed action inside the open block and return the events it produced.
@@ -169,7 +172,8 @@ class World:
         self._require_block()
         body = signed.body
         kind = action_kind(body.action)
-        reason = admission_reason(self._state, signed, check_signature=not signature_checked)
+        refusal = admission_refusal(self._state, signed, check_signature=not signature_checked)
+        reason = refusal.message if refusal is not None else None
         out: list[Event] = []
         action_map: dict[str, Any] | None = None
         trace = f"{self._state.meta.height}/{action_id.hex()[:16]}"
@@ -301,16 +305,15 @@ class World:
     def save_to_dir(self, path: str | Path) -> None:
         """Persist the world (snapshot, journal, module store) into directory ``path`` atomically;
         see ``persistence``. Raises RuntimeError inside a block, OSError on I/O failure."""
-        from .persistence import save_world
-
         if self._in_block:
             raise RuntimeError("save_to_dir must be called between blocks (after end_block)")
-        save_world(self, Path(path))
+        self._save_cache = save_state(self._state, self.height, Path(path), self._save_cache)
 
     @classmethod
     def load_from_dir(cls, path: str | Path, *, sandbox: Sandbox | None = None) -> "World":
         """Load a world saved with ``save_to_dir``; raises persistence.SnapshotError when the
         directory holds no valid snapshot (the message names the file and the problem)."""
-        from .persistence import load_world
-
-        return load_world(cls, Path(path), sandbox=sandbox)
+        loaded = load_state(Path(path))
+        world = cls(loaded.state, loaded.height, sandbox=sandbox)
+        world._save_cache = loaded.cache
+        return world

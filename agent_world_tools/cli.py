@@ -1,4 +1,5 @@
-"""``awnode``: the command line of an Agent World node (DESIGN.md, "Interfaces people use").
+"""``awnode``: the command line of an Agent World node: create homes, run a node or a local testnet,
+query a node, submit signed actions and run agents.
 
 Commands::
 
@@ -33,9 +34,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from agent_world_runtime.actions import AGENT_ID_RE, Action, RegisterAgent, action_kind, sign_action
-from agent_world_runtime.crypto import SigningKey
-
 from agent_world_client.client import AgentKey, ClientError, NotFound, SyncNodeClient
 from agent_world_node.config import (
     ConfigError,
@@ -48,6 +46,9 @@ from agent_world_node.config import (
     read_genesis,
     read_key,
 )
+from agent_world_runtime.actions import AGENT_ID_RE, Action, RegisterAgent, action_kind, sign_action
+from agent_world_runtime.crypto import SigningKey
+
 from .testnet import (
     DEFAULT_STAKE,
     DEFAULT_TESTNET_CHAIN_ID,

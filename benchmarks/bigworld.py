@@ -1,4 +1,4 @@
-"""Big-world benchmarks (issue 6): execution scaling, catch-up, replay and memory at 100,000 agents.
+"""Big-world benchmarks: execution scaling, catch-up, replay and memory at 100,000 agents.
 
 Figures (units in the names; ``run_all(record)`` records them all, ``python -m benchmarks.bigworld``
 prints them):
@@ -52,21 +52,21 @@ import statistics
 import tempfile
 import time
 from datetime import datetime
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import structlog
 import trio
 
-from agent_world_node import config as cfg
 from agent_world_client.client import ClientError, NodeClient
+from agent_world_node import config as cfg
 from agent_world_node.execution import NodeRuntimeExecutionDriver
 from agent_world_node.store import NodeStore
-from agent_world_tools.testnet import NodeProcess, TestnetNode, pick_free_ports, rpc_url_for, wait_until_ready
 from agent_world_runtime import World
 from agent_world_runtime.actions import HarvestRadiation, MoveAgent
 from agent_world_runtime.signer import AgentSigner
+from agent_world_tools.testnet import NodeProcess, TestnetNode, pick_free_ports, rpc_url_for, wait_until_ready
 
 from .chain import BuiltChain, agent_signers, build_chain, init_joiner_home
 

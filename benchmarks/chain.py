@@ -1,4 +1,4 @@
-"""Building a committed chain fast and offline, for the big-world benchmarks (issue 6).
+"""Building a committed chain fast and offline, for the big-world benchmarks.
 
 ``build_chain`` creates a node home for a single-validator chain (``config.init_home`` with a
 ``Genesis`` naming one validator) and fills its store with committed blocks by driving a real
@@ -7,7 +7,7 @@
 - each block's signed actions are admitted with ``Replica.admit`` (chain id, signature, agent and
   nonce checked against the executed world, then the mempool);
 - the first height starts with ``Replica.start()`` and every next one with
-  ``Replica.handle_commit_timer(height)`` (the ``StartTimer("commit")`` the replica asks for),
+  ``Replica.handle_commit_wait(height)`` (the ``StartCommitWait`` the replica asks for),
   skipping the commit wait. A sole validator holds all the stake, so the consensus core proposes,
   prevotes, precommits and decides inside that call (Tendermint, Buchman-Kwon-Milosevic 2018,
   Algorithm 1, L11-L49 with a quorum of one); the replica then stores the block with its commit
@@ -41,7 +41,7 @@ from typing import Iterator
 import structlog
 
 from agent_world_node import config as cfg
-from agent_world_node.replica import Replica, StartTimer
+from agent_world_node.replica import ActionSource, Replica, StartCommitWait, StartTimer
 from agent_world_node.store import NodeStore
 from agent_world_runtime import World
 from agent_world_runtime.actions import (
@@ -209,7 +209,7 @@ def build_chain(
         for kind, block_actions in workload_blocks(signers, register_per_block, activity_blocks, actions_per_block):
             for signed in block_actions:
                 payload = encode_signed_action(signed)
-                result = replica.admit(payload, signed, source="bench")
+                result = replica.admit(signed, ActionSource.LOCAL, payload)
                 if result.status != "accepted":
                     raise ChainBuildError(
                         f"height {replica.height + 1}: action of {signed.body.agent_id} refused: {result.code} {result.reason}"
@@ -220,12 +220,12 @@ def build_chain(
                 outputs = replica.start()
                 started_consensus = True
             else:
-                outputs = replica.handle_commit_timer(before)
+                outputs = replica.handle_commit_wait(before)
             if replica.height != before + 1:
                 raise ChainBuildError(
                     f"height {before + 1} was not committed by the sole validator (outputs: {outputs[:4]})"
                 )
-            if not any(isinstance(o, StartTimer) and o.kind == "commit" for o in outputs):
+            if not any(isinstance(o, StartCommitWait) for o in outputs):
                 raise ChainBuildError(f"height {before + 1}: the replica did not ask for the commit timer")
             committed = store.get_block(replica.height)
             if committed is None or len(committed.block.actions) != len(block_actions):

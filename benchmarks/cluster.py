@@ -1,4 +1,4 @@
-"""Empty-cluster block interval (issue 6, "network limits"): a real 4-validator testnet on loopback
+"""Empty-cluster block interval, one of the network-limit figures: a real 4-validator testnet on loopback
 with no load, and how fast it commits empty blocks. Target: at least ``TARGET_BLOCKS_PER_S``.
 
 What is measured (after ``WARMUP_S`` seconds of warm-up past height ``MIN_START_HEIGHT``):
@@ -48,6 +48,8 @@ import trio
 from agent_world_client.client import ClientError, NodeClient
 from agent_world_node.config import ConsensusConfig, NodeConfig, peer_id_for_seed, read_config, read_genesis, read_key
 from agent_world_node.network import NetworkConfig, P2PNetwork
+from agent_world_node.types import GossipCommitMessage, GossipMessage, GossipProposalMessage, GossipVoteMessage, VoteType
+from agent_world_runtime.codec import DecodeError, decode
 from agent_world_tools.testnet import (
     NodeProcess,
     TestnetNode,
@@ -56,8 +58,6 @@ from agent_world_tools.testnet import (
     stop_all,
     wait_until_ready,
 )
-from agent_world_node.types import GossipCommitMessage, GossipMessage, GossipProposalMessage, GossipVoteMessage, VoteType
-from agent_world_runtime.codec import DecodeError, decode
 
 log = structlog.get_logger(__name__)
 
@@ -91,8 +91,9 @@ class ConsensusObserver:
     """Timestamps the consensus gossip of one chain per height, as seen from one libp2p peer.
 
     ``stakes``: validator id (hex public key) -> stake, from genesis; a quorum is more than 2/3 of
-    the total (DESIGN.md, "Consensus"). Feed it raw gossip with ``on_gossip(data, now_ms)``;
-    undecodable messages are counted in ``malformed`` and otherwise ignored.
+    the total stake (the +2/3 of voting power of the Tendermint paper). Feed it raw gossip with
+    ``on_gossip(data, now_ms)``; undecodable messages are counted in ``malformed`` and otherwise
+    ignored.
     """
 
     def __init__(self, stakes: dict[str, int]) -> None:
@@ -291,7 +292,7 @@ async def measure_empty_cluster(directory: Path, *, nodes: int = NODES, warmup_s
         "empty_block_extra_rounds": float(sum(1 for h in range(h0 + 1, h1 + 1)
                                              if (observer.heights.get(h) or HeightTimes()).round not in (None, 0))),
     }
-    cpu = [b - a for a, b in zip(cpu0, cpu1) if a is not None and b is not None]
+    cpu = [b - a for a, b in zip(cpu0, cpu1, strict=True) if a is not None and b is not None]
     if cpu:
         figures["empty_cluster_cpu_percent_per_node"] = 100 * statistics.mean(cpu) / elapsed
     for name, value in breakdown(observer, header_ms, committed, range(h0 + 1, h1)).items():

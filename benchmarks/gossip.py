@@ -1,4 +1,5 @@
-"""Raw gossipsub throughput and latency between 4 OS processes on loopback (issue 6, "network limits").
+"""Raw gossipsub throughput and latency between 4 OS processes on loopback: the network-limit
+figures of the libp2p layer alone, without consensus.
 
 Each process (``python -m benchmarks.gossip --worker ...``) is one ``P2PNetwork`` with the node's
 libp2p configuration (Noise, yamux, GossipSub 1.1 with the node's degrees and heartbeat; see
@@ -328,7 +329,7 @@ class GossipCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         seeds = [os.urandom(32) for _ in range(self.n)]
         ports = pick_free_ports(self.n)
-        addrs = [f"/ip4/127.0.0.1/tcp/{p}/p2p/{peer_id_for_seed(s)}" for p, s in zip(ports, seeds)]
+        addrs = [f"/ip4/127.0.0.1/tcp/{p}/p2p/{peer_id_for_seed(s)}" for p, s in zip(ports, seeds, strict=True)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         for i in range(self.n):

@@ -1,4 +1,4 @@
-"""Module call benchmarks (issue 4, "Performance"): what one call of a trivial reducer costs.
+"""Module call benchmarks: what one call of a trivial reducer costs.
 
 Figures (one core, the same process and engine, ``REPEATS`` rounds of ``CALLS`` calls, best round):
 - (a) ``bare``: a fresh-instance wasmtime call with nothing else: new Store, fuel and memory limit,
@@ -142,8 +142,6 @@ def bench_world_module_call(moves: int = 1_000, *, trivial: bool = False) -> tup
     (routing, every limit and output check, billing, events): moves with a reducer subscribed to
     ``domain.agent_moved`` installed minus the same moves without it. The reducer is the example
     ``move_counter`` or, with ``trivial``, the trivial reducer of this directory."""
-    from benchmarks.run import _world_with_agents  # shared world setup
-
     from agent_world_runtime.actions import (
         CompileModuleArtifactFromSource,
         DeployModuleArtifact,
@@ -152,6 +150,7 @@ def bench_world_module_call(moves: int = 1_000, *, trivial: bool = False) -> tup
     from agent_world_runtime.crypto import sha256
     from agent_world_runtime.modules.manifest import ModuleLimits, ModuleManifest, Subscription
     from agent_world_runtime.modules.source import package_from_files
+    from benchmarks.run import _world_with_agents  # shared world setup
 
     world, (builder,) = _world_with_agents(1)
     world.begin_block(2, 2)

@@ -131,7 +131,7 @@ def longest_height_gap(samples: list[tuple[float, int, int]], t0: float, t1: flo
             marks.append(t)
         last = height
     marks.append(t1)
-    return max(b - a for a, b in zip(marks, marks[1:]))
+    return max(b - a for a, b in zip(marks, marks[1:], strict=False))
 
 
 def cluster_height_samples(observer: TimedObserver, names: list[str]) -> list[tuple[float, int, int]]:

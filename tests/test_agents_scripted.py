@@ -58,7 +58,7 @@ def test_explorers_and_traders_are_deterministic_for_a_seed():
     pos = (0, 0, 0)
     for d in run_decisions(Explorer(5, "a"), seq):
         if isinstance(d, Move):
-            steps = [max(abs(x - y) for x, y in zip(d.to, p)) for p in (pos, (0, 0, 0))]
+            steps = [max(abs(x - y) for x, y in zip(d.to, p, strict=True)) for p in (pos, (0, 0, 0))]
             assert 1 in steps and d.to[2] == 0
             pos = d.to
 

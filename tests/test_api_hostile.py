@@ -1,4 +1,4 @@
-"""A hostile HTTP client against a real in-process node (issue 5): every bad request gets a 4xx
+"""A hostile HTTP client against a real in-process node: every bad request gets a 4xx
 with a JSON body ``{"error", "code"}`` naming the problem (and, where it reasonably can, what to
 send instead), nothing answers 500, and the node keeps committing valid actions afterwards.
 

@@ -11,7 +11,6 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from agent_world_tools import cli
 from agent_world_client.client import AgentKey, SyncNodeClient
 from agent_world_runtime.actions import (
     MoveAgent,
@@ -20,6 +19,7 @@ from agent_world_runtime.actions import (
     verify_action_signature,
 )
 from agent_world_runtime.crypto import SigningKey
+from agent_world_tools import cli
 
 runner = CliRunner()
 

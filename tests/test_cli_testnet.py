@@ -17,8 +17,8 @@ import trio
 from rich.console import Console
 from typer.testing import CliRunner
 
-from agent_world_tools import cli
 from agent_world_client.client import NodeClient
+from agent_world_tools import cli
 from agent_world_tools.testnet import (
     AgreementChecker,
     NodeProcess,

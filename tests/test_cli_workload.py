@@ -13,7 +13,6 @@ import trio
 import trio.testing
 
 from agent_world_agents.scripted import find_artifact, find_instance
-from agent_world_tools.workload import Pacer, WorkloadStats, agent_id_for, run_workload
 from agent_world_runtime.actions import (
     CompileModuleArtifactFromSource,
     HarvestRadiation,
@@ -25,6 +24,7 @@ from agent_world_runtime.actions import (
     decode_signed_action_json,
     verify_action_signature,
 )
+from agent_world_tools.workload import Pacer, WorkloadStats, agent_id_for, run_workload
 
 CHAIN = "fake-chain"
 
@@ -106,7 +106,7 @@ class FakeCluster:
             return httpx.Response(400, json={"error": "nonce used", "code": "nonce_replayed"})
         agent["last_nonce"] = body.nonce
         if isinstance(action, MoveAgent):
-            cost = sum(abs(a - b) for a, b in zip(action.to, agent["position"]))
+            cost = sum(abs(a - b) for a, b in zip(action.to, agent["position"], strict=True))
             if cost <= agent["electricity"]:
                 agent["electricity"] -= cost
                 agent["position"] = list(action.to)
@@ -197,7 +197,7 @@ def test_agents_register_then_act_with_increasing_nonces_and_builder_installs(tm
         by_agent.setdefault(agent, []).append(nonce)
     for agent, nonces in by_agent.items():
         assert nonces[0] == 1, agent
-        assert all(b > a for a, b in zip(nonces, nonces[1:])), agent
+        assert all(b > a for a, b in zip(nonces, nonces[1:], strict=False)), agent
     # The builder compiled the example, installed the artifact it published, compiled version 2
     # and upgraded its instance to it.
     kinds0 = [k for _, a, _, k, _ in cluster.log if a == ids[0]]
@@ -339,7 +339,7 @@ def test_pacer_spaces_slots_and_does_not_burst_after_idle():
             times.append(trio.current_time())
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert gaps[:4] == pytest.approx([0.1] * 4)
     assert gaps[5:] == pytest.approx([0.1] * 3)
 

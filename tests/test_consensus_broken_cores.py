@@ -21,6 +21,7 @@ from agent_world_node.consensus import (
 )
 from agent_world_runtime.crypto import SigningKey
 
+from .validity_oracle import with_validity
 from .broken_cores import (
     BROKEN_CORES,
     AcceptsUnsignedVotesCore,
@@ -50,7 +51,10 @@ from .test_consensus_core import (
 
 def both(factory, vset: ValidatorSet = VSET, key: SigningKey = ME) -> tuple[ConsensusCore, ConsensusCore]:
     """A real core and a broken one, built the same way (positional ConsensusCore arguments)."""
-    return ConsensusCore(CHAIN, vset, key, TIMEOUTS, None), factory(CHAIN, vset, key, TIMEOUTS, None)
+    return (
+        with_validity(ConsensusCore(CHAIN, vset, key, TIMEOUTS)),
+        with_validity(factory(CHAIN, vset, key, TIMEOUTS)),
+    )
 
 
 def decisions(effects) -> list[Decide]:
@@ -60,7 +64,7 @@ def decisions(effects) -> list[Decide]:
 def test_registry_names_and_factories():
     assert set(BROKEN_CORES) == {"no_locking", "half_threshold", "accepts_unsigned_votes"}
     for name, factory in BROKEN_CORES.items():
-        core = factory(CHAIN, VSET, ME, TIMEOUTS, None)
+        core = factory(CHAIN, VSET, ME, TIMEOUTS)
         assert isinstance(core, ConsensusCore) and type(core) is not ConsensusCore, name
         assert core.start_height(1)  # it runs like a core
 

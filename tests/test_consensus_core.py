@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from agent_world_node.consensus import (
+    BlockValidity,
     Broadcast,
     ConsensusCore,
     Decide,
@@ -24,6 +25,7 @@ from agent_world_node.consensus import (
     TimeoutConfig,
     TimeoutFired,
     Validator,
+    ValidateBlock,
     ValidatorSet,
     ValueToPropose,
     VoteReceived,
@@ -44,6 +46,8 @@ from agent_world_node.types import (
     compute_consensus_action_root,
 )
 from agent_world_runtime.crypto import SigningKey, sha256
+
+from .validity_oracle import with_validity
 
 CHAIN = "test-chain"
 KEYS = [SigningKey(bytes([i + 1]) * 32) for i in range(4)]
@@ -114,7 +118,8 @@ def proposal(key: SigningKey, height: int, round: int, block: Block, pol_round: 
 
 
 def new_core(key: SigningKey | None = ME, validate=None, **kw) -> ConsensusCore:
-    return ConsensusCore(CHAIN, VSET, key, TIMEOUTS, validate, **kw)
+    """A core whose valid(v) questions are answered by ``validate`` (default: valid)."""
+    return with_validity(ConsensusCore(CHAIN, VSET, key, TIMEOUTS, **kw), validate)
 
 
 def sent_votes(effects) -> list[Vote]:
@@ -310,15 +315,19 @@ def test_invalid_proposal_gets_a_nil_prevote():
     assert pv.block_hash is None
 
 
-def test_validate_block_that_raises_counts_as_invalid():
-    def explode(block):
-        raise RuntimeError("boom")
-
+def test_validity_is_asked_once_per_block_and_the_prevote_waits_for_the_answer():
     h = height_where(set())
-    core = new_core(validate=explode)
+    core = ConsensusCore(CHAIN, VSET, ME, TIMEOUTS)  # no oracle: this test is the driver
     core.start_height(h)
-    effects = core.handle(ProposalReceived(proposal(proposer_key(h, 0), h, 0, make_block(h, proposer_key(h, 0)))))
-    assert sent_votes(effects)[0].block_hash is None
+    block = make_block(h, proposer_key(h, 0))
+    prop = proposal(proposer_key(h, 0), h, 0, block)
+    assert core.handle(ProposalReceived(prop)) == [ValidateBlock(block)]
+    assert core.step == Step.PROPOSE  # L22 needs valid(v): no prevote before the answer
+    assert core.handle(ProposalReceived(prop)) == []  # a duplicate does not ask again
+    assert core.handle(BlockValidity(sha256(b"another block"), False)) == []  # not a block of this height
+    [pv] = sent_votes(core.handle(BlockValidity(block.hash(), True)))
+    assert (pv.vote_type, pv.block_hash) == (PREVOTE, block.hash())
+    assert core.handle(BlockValidity(block.hash(), False)) == []  # the first answer stands
 
 
 # -- L57-L67: timeouts -----------------------------------------------------------------------------------

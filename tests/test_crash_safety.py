@@ -1,5 +1,5 @@
-"""Crash safety under kill -9 (DESIGN.md, "The node daemon": after ``kill -9`` a node restarts and
-catches up to the same roots).
+"""Crash safety under kill -9: after ``kill -9`` a node restarts from its home and catches up to the
+same roots.
 
 1. Fail point parsing (in-process, nothing is killed): names, ``@N`` counts, off by default; and
    the crash itself, in a child process (SIGKILL on the N-th hit, one line on stderr first).
@@ -40,6 +40,14 @@ import trio
 
 from agent_world_client.client import ClientError, NodeClient, NotFound
 from agent_world_node.config import NodeConfig, StorageConfig
+from agent_world_runtime.failpoints import (
+    ENV_VAR,
+    KNOWN_FAILPOINTS,
+    FailpointCounter,
+    FailpointSpecError,
+    armed,
+    parse_failpoints,
+)
 from agent_world_tools.testnet import (
     NodeProcess,
     init_testnet,
@@ -49,14 +57,6 @@ from agent_world_tools.testnet import (
     wait_until_ready,
 )
 from agent_world_tools.workload import WorkloadStats, run_workload
-from agent_world_runtime.failpoints import (
-    ENV_VAR,
-    KNOWN_FAILPOINTS,
-    FailpointCounter,
-    FailpointSpecError,
-    armed,
-    parse_failpoints,
-)
 
 from .cluster_harness import Observer, agree_on_all_common_heights, wait_for
 
@@ -64,7 +64,7 @@ SEED = int(os.environ.get("CRASH_SAFETY_SEED", "5"))
 # Crash cycles, one node at a time; every cycle after the first restarts through a fail point.
 CYCLES = int(os.environ.get("CRASH_SAFETY_CYCLES", "4"))
 # Fail points in the order the fail point cycles use them (rotated by the seed); the first two
-# are the brief's "in the middle of a snapshot write" and "between put_block and execution".
+# crash a node in the middle of a snapshot write and between put_block and execution.
 FAILPOINT_ORDER = [
     "snapshot.after_rename",
     "commit.after_put_block",
@@ -272,10 +272,10 @@ async def crash_schedule(nodes, procs, clients, observer: Observer, recorder: Re
             fp_crash = Crash(cycle, name, f"failpoint {fp}@{nth}")
             try:
                 await wait_for(
-                    lambda: not proc.alive(),
+                    lambda proc=proc: not proc.alive(),
                     FAILPOINT_TIMEOUT_S,
                     f"{name} to crash itself at fail point {fp}@{nth}",
-                    lambda: f"{name} log:\n{proc.log_tail(30)}",
+                    lambda name=name, proc=proc: f"{name} log:\n{proc.log_tail(30)}",
                 )
             finally:
                 proc.env = {}

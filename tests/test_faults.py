@@ -1,4 +1,4 @@
-"""Fault tests with real node processes (issue 5; the perturbations of CometBFT's e2e runner: kill,
+"""Fault tests with real node processes (the perturbations of CometBFT's e2e runner: kill,
 pause, disconnect, restart; checked as Jepsen does: after each fault, the histories must agree).
 
 One 4-validator testnet on loopback (``rpc.unsafe = true`` so the tests can set the peer filter) is
@@ -432,7 +432,7 @@ def test_validator_killed_and_restarted_repeatedly_under_load(cluster):
     async def body(sc: Scenario) -> None:
         await sc.wait_progress(VALIDATORS, 2, "first heights under load")
         runs = []
-        for cycle in range(KILL_CYCLES):
+        for _ in range(KILL_CYCLES):
             result = await kill_and_restart(sc, "node3", OUTAGE_S)
             runs.append(result)
             common = await sc.check_healthy(VALIDATORS)
@@ -660,7 +660,9 @@ def test_random_fault_schedule(cluster):
                 order = rng.sample(VALIDATORS, len(VALIDATORS))
                 left, right = sorted(order[:2]), sorted(order[2:])
                 await sc.set_partition([left, right])
-                await wait_for(lambda: sc.separated([left, right]), 30, "the two sides to disconnect", sc.detail())
+                await wait_for(
+                    lambda left=left, right=right: sc.separated([left, right]), 30, "the two sides to disconnect", sc.detail()
+                )
                 await sc.assert_halted(VALIDATORS, outage, f"during the partition {left}|{right}")
                 await sc.heal_partition(VALIDATORS)
             else:

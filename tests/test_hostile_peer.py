@@ -1,4 +1,4 @@
-"""A hostile libp2p peer against a real in-process validator node (issue 5).
+"""A hostile libp2p peer against a real in-process validator node.
 
 The peer is a ``P2PNetwork`` with its own key, connected to the node's gossip topics. It sends, in
 order: replays of an old (committed) vote and commit it observed, malformed msgpack, an oversized
@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import re
 
-import pytest
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.utils.varint import encode_varint_prefixed
 from multiaddr import Multiaddr
 
 from agent_world_node.config import read_config, write_config
-from agent_world_node.network import NetworkConfig, P2PNetwork, TOPIC_NAMES
+from agent_world_node.network import TOPIC_NAMES, NetworkConfig, P2PNetwork
 from agent_world_node.network.config import GOSSIP_PAYLOAD_HARD_LIMIT
 from agent_world_node.network.host import PUBSUB_PROTOCOLS, build_host, key_pair_from_seed
 from agent_world_node.replica import MAX_GOSSIP_BYTES
@@ -49,8 +48,9 @@ RUN_LIMIT_S = 60
 #: Bound on each wait for the node to react to one message (generous: the whole test is bounded).
 REACT_S = 10
 REPLAYS = 20
-#: Pause between the replays: py-libp2p's per-peer outbound queue holds 32 RPCs and silently
-#: drops the rest (shared/notes/py-libp2p-0.8.1.md), so an unpaced burst would lose some.
+#: Pause between the replays: py-libp2p 0.8.1's per-peer outbound queue holds 32 RPCs
+#: (``OutBoundQueueSize`` in ``libp2p/pubsub/rpc_queue.py``) and silently drops the rest, so an
+#: unpaced burst would lose some: the dropped ones never reach the node (see ``FLOOD_PACE_S``).
 PACE_S = 0.01
 FLOOD = 2000
 #: Pause between flood messages. Measured for this test (one process, loopback): published in a

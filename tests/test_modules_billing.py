@@ -1,4 +1,4 @@
-"""Billing of module calls and lifecycle fees (issue 4, "Billing"): every call is billed to the
+"""Billing of module calls and lifecycle fees (docs/module-abi.md, "Billing"): every call is billed to the
 artifact owner as module.runtime_charged; a payer who cannot pay makes the call fail with
 INSUFFICIENT_FUNDS and nothing of its output is applied; deploy, compile and install cost
 electricity."""

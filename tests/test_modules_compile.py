@@ -1,4 +1,4 @@
-"""Compiling from source (issue 4, "Lifecycle"): WAT in-process; otherwise the command in
+"""Compiling from source (docs/module-abi.md, "Compiling from source"): WAT in-process; otherwise the command in
 AGENT_WORLD_MODULE_SOURCE_COMPILER; otherwise scripts/build-wasm-module.sh; every failure is a
 clear rejection carrying the compiler's message."""
 

@@ -1,4 +1,4 @@
-"""Hostile modules, each through a World (issue 4, "Hostile modules"): every one fails with a
+"""Hostile modules, each through a World (docs/module-abi.md, "Limits and failures"): every one fails with a
 deterministic code, nothing of its output is applied, the world keeps running, and two worlds fed
 the same actions end with the same state root."""
 

@@ -1,4 +1,4 @@
-"""The module store in save_to_dir / load_from_dir (issue 4, "Persistence"): saved by default,
+"""The module store in save_to_dir / load_from_dir (docs/module-abi.md, "Persistence"): saved by default,
 artifact hashes re-checked on load, and a directory written before the module store existed
 still loads."""
 
@@ -12,8 +12,8 @@ from agent_world_runtime.actions import HarvestRadiation, MoveAgent, UpgradeModu
 from agent_world_runtime.codec import decode, encode
 from agent_world_runtime.crypto import sha256
 from agent_world_runtime.modules.manifest import Subscription
-from agent_world_runtime.persistence import CURRENT, SNAPSHOT_FILE, JournalSegment, SnapshotError, WorldSnapshot
 from agent_world_runtime.params import WorldParams
+from agent_world_runtime.persistence import CURRENT, SNAPSHOT_FILE, JournalSegment, SnapshotError, WorldSnapshot
 from agent_world_runtime.signer import AgentSigner
 from agent_world_runtime.state import AgentRecord, WorldMeta
 from tests.test_runtime_modules import CHAIN, const_module, deploy, deploy_and_install, manifest

@@ -1,5 +1,6 @@
 """Routing stages (pre_action, post_action, post_event, tick), '*' patterns and field filters,
-install targets, and capabilities with policy decisions (issue 4, "Routing, capabilities, policy")."""
+install targets, and capabilities with policy decisions (docs/module-abi.md,
+"Routing" and "Capabilities and policy")."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ from agent_world_runtime.actions import HarvestRadiation, InstallModuleFromArtif
 from agent_world_runtime.crypto import sha256
 from agent_world_runtime.modules.manifest import Subscription
 from tests.test_runtime_modules import (  # noqa: F401  (fixtures)
-    alice, apply, bob, const_module, deploy, deploy_and_install, kinds, manifest, rejection, world,
+    alice,
+    apply,
+    bob,
+    const_module,
+    deploy,
+    deploy_and_install,
+    kinds,
+    manifest,
+    rejection,
+    world,
 )
 
 EMIT = const_module(msgspec.msgpack.encode({"emits": [{"kind": "seen"}]}))

@@ -1,4 +1,4 @@
-"""UpgradeModuleFromArtifact (issue 4, "Lifecycle"): owner only, same module id, same
+"""UpgradeModuleFromArtifact (docs/module-abi.md, "Upgrades"): owner only, same module id, same
 interface_version, compatible ABI (same kind), no export removed, subscriptions still covered;
 each failed rule is a rejection naming it; a good upgrade keeps the instance's state."""
 
@@ -13,7 +13,16 @@ from agent_world_runtime.modules.lifecycle import subscription_covers
 from agent_world_runtime.modules.manifest import Subscription
 from agent_world_runtime.signer import AgentSigner
 from tests.test_runtime_modules import (  # noqa: F401  (fixtures)
-    alice, apply, bob, const_module, deploy, deploy_and_install, kinds, manifest, rejection, world,
+    alice,
+    apply,
+    bob,
+    const_module,
+    deploy,
+    deploy_and_install,
+    kinds,
+    manifest,
+    rejection,
+    world,
 )
 
 V1 = const_module(msgspec.msgpack.encode({"new_state": b"v1"}))

@@ -131,7 +131,7 @@ def test_full_mempool_answers_503_with_a_retry_hint(tmp_path):
 
 def test_batch_submission_gives_a_result_per_action_and_commits_them(tmp_path):
     from agent_world_client.client import ActionRejected, NodeClient
-    from agent_world_node.replica import MAX_SUBMIT_BATCH
+    from agent_world_node.schema import MAX_SUBMIT_BATCH
 
     home = single_validator_home(tmp_path / "solo", chain_id=CHAIN)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from agent_world_node.network.peer_filter import PENALTY_POINTS, PeerFilter, RateLimiter
+from agent_world_node.types import Offence
 
 
 class Clock:
@@ -50,10 +51,13 @@ def test_scores_decay_so_rare_accidents_never_ban():
 
 def test_counted_offences_and_unknown_reasons():
     f = PeerFilter(ban_threshold=100, clock=Clock())
-    assert f.penalize("R", "rate_limited", count=99) is False
-    assert f.penalize("R", "rate_limited") is True
-    assert f.penalize("S", "some_new_reason", count=9) is False
+    assert f.penalize("R", Offence.RATE_LIMITED, count=99) is False
+    assert f.penalize("R", Offence.RATE_LIMITED) is True
+    assert f.penalize("S", Offence.MALFORMED, count=9) is False
     assert f.score("S") == 90.0
+    with pytest.raises(KeyError):  # offences are typed: an unknown one is a bug, not 10 points
+        f.penalize("S", "some_new_reason")  # type: ignore[arg-type]
+    assert set(PENALTY_POINTS) == set(Offence)
 
 
 def test_operator_block_list_is_separate_and_replaced_whole():

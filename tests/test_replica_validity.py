@@ -1,4 +1,4 @@
-"""valid(v) checks every action's signature (Replica._block_problem), so committed blocks carry only
+"""valid(v) checks every action's signature (``replica.validity``), so committed blocks carry only
 validly signed actions and execution (also when syncing or replaying) need not verify them again."""
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ def test_a_block_with_a_forged_signature_is_invalid_and_a_good_one_is_valid(tmp_
     _put(replica, register)
     # alice's move, registered earlier in the same block: checked against the key registered there
     _put(replica, alice.sign(MoveAgent(to=(1, 0, 0))))
-    assert replica._block_problem(replica._build_block(1, 0)) is None
+    assert replica.validity.problem(replica._build_block(1, 0)) is None
 
     forged = msgspec.structs.replace(alice.sign(MoveAgent(to=(2, 0, 0))),
                                      signature=mallory.sign(b"x", b"not alice's signature"))
     forged_id = _put(replica, forged)
-    problem = replica._block_problem(replica._build_block(1, 0))
+    problem = replica.validity.problem(replica._build_block(1, 0))
     assert problem is not None and "bad signature" in problem and forged_id.hex()[:16] in problem
-    assert forged_id not in replica.verified_signatures
+    assert forged_id not in replica.admission.verified_signatures
 
 
 def test_verified_signatures_are_cached_so_validation_does_not_repeat_them(tmp_path, monkeypatch):
@@ -53,11 +53,23 @@ def test_verified_signatures_are_cached_so_validation_does_not_repeat_them(tmp_p
     bob = AgentSigner.from_seed("bob", b"b" * 32, CHAIN)
     ids = [_put(replica, bob.register()), _put(replica, bob.sign(MoveAgent(to=(1, 1, 0))))]
     block = replica._build_block(1, 0)
-    assert replica._block_problem(block) is None
-    assert all(i in replica.verified_signatures for i in ids)
+    assert replica.validity.problem(block) is None
+    assert all(i in replica.admission.verified_signatures for i in ids)
     calls = []
-    import agent_world_node.replica as replica_module
+    import agent_world_node.replica.validity as validity_module
 
-    monkeypatch.setattr(replica_module, "verify_action_signature", lambda *a: calls.append(a) or True)
-    assert replica._block_problem(block) is None
+    monkeypatch.setattr(validity_module, "verify_action_signature", lambda *a: calls.append(a) or True)
+    assert replica.validity.problem(block) is None
     assert calls == []
+
+
+def test_a_validity_check_that_raises_counts_as_invalid(tmp_path, monkeypatch):
+    replica = _replica(tmp_path)
+    block = replica._build_block(1, 0)
+    assert replica._valid(block) is True
+
+    def explode(block):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(replica.validity, "problem", explode)
+    assert replica._valid(block) is False  # a hostile block must not crash the node

@@ -7,6 +7,7 @@ import pytest
 
 from agent_world_runtime import World, compute_action_id
 from agent_world_runtime.actions import HarvestRadiation, MoveAgent, RegisterAgent, TransferResource, sign_action
+from agent_world_runtime.admission import Refusal, RefusalCode
 from agent_world_runtime.crypto import SigningKey
 from agent_world_runtime.params import WorldParams
 from agent_world_runtime.signer import AgentSigner
@@ -152,11 +153,15 @@ def test_nonce_is_used_even_when_the_rules_reject(world, alice):
 def test_check_action_mirrors_admission(world, alice):
     ok = alice.sign(HarvestRadiation(), nonce=2)
     assert world.check_action(ok) is None
-    assert world.check_action(alice.sign(HarvestRadiation(), nonce=1)).startswith("nonce 1 already used")
-    assert world.check_action(signer("nobody", 5).sign(HarvestRadiation())) == (
-        "unknown agent 'nobody': register it first with register_agent"
+    replay = world.check_action(alice.sign(HarvestRadiation(), nonce=1))
+    assert replay is not None and replay.code is RefusalCode.NONCE_REPLAYED
+    assert replay.message.startswith("nonce 1 already used")
+    assert world.check_action(signer("nobody", 5).sign(HarvestRadiation())) == Refusal(
+        RefusalCode.UNKNOWN_AGENT, "unknown agent 'nobody': register it first with register_agent"
     )
-    assert world.check_action(signer("alice", 1).register()) == "agent 'alice' already registered"
+    assert world.check_action(signer("alice", 1).register()) == Refusal(
+        RefusalCode.ALREADY_REGISTERED, "agent 'alice' already registered"
+    )
     before = world.state_root()
     world.check_action(ok)
     assert world.state_root() == before

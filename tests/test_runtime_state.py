@@ -75,8 +75,12 @@ def build_world(extra_harvest: bool = False) -> tuple[World, list[bytes]]:
     for height in range(1, 4):
         w.begin_block(height, height * 10)
         for i, a in enumerate(agents):
-            action = {1: lambda: a.register(), 2: lambda: a.sign(MoveAgent(to=(i, height, 0))),
-                      3: lambda: a.sign(TransferResource(to=agents[(i + 1) % 3].agent_id, kind="data", amount=i + 1))}[height]()
+            if height == 1:
+                action = a.register()
+            elif height == 2:
+                action = a.sign(MoveAgent(to=(i, height, 0)))
+            else:
+                action = a.sign(TransferResource(to=agents[(i + 1) % 3].agent_id, kind="data", amount=i + 1))
             w.apply_action(action, compute_action_id(action))
         if extra_harvest and height == 3:
             s = agents[0].sign(HarvestRadiation())

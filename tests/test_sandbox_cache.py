@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
+from agent_world_runtime.crypto import sha256
 from agent_world_runtime.modules import abi
 from agent_world_runtime.modules import sandbox as sandbox_mod
 from agent_world_runtime.modules.cache import DISK_MAGIC, DiskArtifactCache, ModuleLRU
 from agent_world_runtime.modules.manifest import ModuleLimits
 from agent_world_runtime.modules.sandbox import ModuleValidationError, Sandbox, engine_fingerprint, wat_to_wasm
-from agent_world_runtime.crypto import sha256
 
 LIMITS = ModuleLimits(max_mem_bytes=1 << 20, max_gas=1_000_000, max_output_bytes=4096)
 

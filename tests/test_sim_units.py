@@ -336,7 +336,8 @@ def _run(scenario: Scenario) -> SimCluster:
 
 
 def test_equivocator_is_caught_with_evidence_and_its_halves_still_agree():
-    cluster = _run(Scenario(seed=2, stakes=(1, 1, 1, 1, 1), byzantine=((0, "equivocator"),), heights=12))
+    # a seed whose random relays let honest nodes see both halves of a proposal and of a vote
+    cluster = _run(Scenario(seed=5, stakes=(1, 1, 1, 1, 1), byzantine=((0, "equivocator"),), heights=12))
     assert cluster.stats["evidence_DuplicateProposalEvidence"] > 0
     assert cluster.stats["evidence_DuplicateVoteEvidence"] > 0
 
@@ -351,7 +352,8 @@ def test_double_voter_and_twins_leave_evidence_only_against_themselves():
 
 
 def test_garbage_and_forgeries_are_rejected_and_the_nodes_live_on():
-    cluster = _run(Scenario(seed=4, stakes=(3, 3, 3, 2), byzantine=((3, "garbage"),), heights=40))
+    # a seed whose random hostile messages include the bait status (a claimed height far ahead)
+    cluster = _run(Scenario(seed=3, stakes=(3, 3, 3, 2), byzantine=((3, "garbage"),), heights=40))
     assert cluster.rejected["bad_signature"] > 0
     assert cluster.stats["sync_useless"] > 0  # the bait status made nodes ask the liar, which answered garbage
     cluster = _run(Scenario(seed=5, stakes=(3, 3, 3, 2), byzantine=((3, "forger"),), heights=8))
@@ -394,15 +396,19 @@ def test_a_replica_drops_every_hostile_message_of_the_garbage_sender(tmp_path: P
     garbage = Garbage(ByzContext("n3", keys[3], genesis.chain_id, ValidatorSet.from_genesis(genesis), rng,
                                  ["n0"], {"n0": 1}, lambda: 0))
     topics = set()
+    baited = 0
     for _ in range(300):
         topic, data = garbage.hostile_message()
         topics.add(topic)
         replica.handle_gossip(data, "n3")  # must not raise
+        if replica.sync.target(replica.height, {"n3"}) == ("n3", 10**6 + 1):
+            baited += 1  # the bait worked: the liar looks like a sync source
         replica.handle_synced(garbage.serve_sync(1, 3), "n3")
         assert replica.height == 0  # nothing the liar sends commits a block
+        assert "n3" not in replica.sync.peer_heights  # a useless answer: the liar is no longer believed
     assert topics == {"vote", "proposal", "status", "commit", "actions"}
     assert replica.height == 0 and replica.core.rejected["bad_signature"] > 0
-    assert replica.sync_target({"n3"}) == ("n3", 10**6 + 1)  # the bait worked: the driver must ban the liar
+    assert baited > 0
 
 
 def test_a_node_one_height_behind_that_the_quorum_needs_catches_up(monkeypatch: pytest.MonkeyPatch):

@@ -1,4 +1,4 @@
-"""Real node processes on loopback (DESIGN.md, "Tests": multi-process tests).
+"""Real node processes on loopback: the multi-process tests of the testnet launcher and the daemon.
 
 1. Four nodes from `testnet init`, driven by the scripted workload: heights advance, every node
    agrees on execution_state_root at every common height, actions and module calls are executed.

@@ -1,4 +1,4 @@
-"""Sans-IO Tendermint consensus (DESIGN.md, "Consensus"): validators and stake thresholds,
+"""Sans-IO Tendermint consensus (docs/architecture.md, "Layers"): validators and stake thresholds,
 proposer selection, vote tallies, commit certificates and the state machine ``ConsensusCore``.
 
 Nothing in this package does I/O, reads a clock or imports trio: the daemon and the simulated
@@ -9,6 +9,7 @@ from .certificate import InvalidCertificate, build_commit_certificate, verify_co
 from .core import ConsensusCore, RejectReason, Step
 from .evidence import DuplicateProposalEvidence, DuplicateVoteEvidence, Evidence, InvalidEvidence, verify_evidence
 from .messages import (
+    BlockValidity,
     Broadcast,
     Decide,
     Effect,
@@ -19,6 +20,7 @@ from .messages import (
     ProposalReceived,
     ScheduleTimeout,
     TimeoutFired,
+    ValidateBlock,
     ValueToPropose,
     VoteReceived,
 )
@@ -30,6 +32,7 @@ from .votekeeper import AddVoteResult, AddVoteStatus, ThresholdEvent, ThresholdK
 __all__ = [
     "AddVoteResult",
     "AddVoteStatus",
+    "BlockValidity",
     "Broadcast",
     "ConsensusCore",
     "Decide",
@@ -56,6 +59,7 @@ __all__ = [
     "ValidatorSchedule",
     "ValidatorSet",
     "ValidatorSetError",
+    "ValidateBlock",
     "ValueToPropose",
     "VoteKeeper",
     "VoteReceived",

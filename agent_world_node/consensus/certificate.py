@@ -1,7 +1,7 @@
 """Commit certificates: building one from a precommit quorum, and checking one.
 
 A commit certificate for (height, round, block_hash) is the set of precommit signatures of more than
-2/3 of the stake (DESIGN.md, "Consensus"). Every node that receives a commit or syncs a block checks
+2/3 of the stake. Every node that receives a commit or syncs a block checks
 it with ``verify_commit_certificate`` before it trusts the block.
 """
 

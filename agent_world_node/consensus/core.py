@@ -1,5 +1,5 @@
 """The consensus state machine: Tendermint, Algorithm 1 of Buchman, Kwon, Milosevic, "The latest
-gossip on BFT consensus" (2018), written sans-IO (DESIGN.md, "Layers" and "Consensus").
+gossip on BFT consensus" (2018), written sans-IO (docs/architecture.md, "Layers").
 
 ``ConsensusCore`` holds the state of one validator (or observer) for the current height. The driver
 feeds it inputs (``messages.Input``) and performs the effects it returns (``messages.Effect``); the
@@ -17,6 +17,10 @@ How the paper maps onto the code:
 - ``_transition`` is the paper's set of ``upon`` rules: each branch names its lines. The core
   evaluates them after every input until none fires, so the order in which messages arrived does
   not matter, only the set of messages (as in the paper, where rules are conditions on the log).
+- valid(v) is an input, as in malachite's driver: the first time a block is seen at a height the
+  core emits ``ValidateBlock(block)`` and the driver answers ``BlockValidity(hash, valid)``. Until
+  the answer arrives the rules that need valid(v) (L22, L28, L36, L49) do not fire; the core itself
+  only checks that a proposal's block has the right shape (``types.block_shape_problem``).
 - L49-L54: on a decision the core emits ``Decide`` and stops (step ``COMMIT``); lines L52-L54
   (next height, reset, StartRound(0)) are ``start_height(height + 1)``, which the driver calls once
   it has executed the block and waited the commit timeout.
@@ -55,7 +59,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter, deque
-from typing import Callable, Optional
+from typing import Optional
 
 import msgspec
 import structlog
@@ -67,13 +71,14 @@ from agent_world_node.types import (
     Proposal,
     Vote,
     VoteType,
-    compute_consensus_action_root,
+    block_shape_problem,
 )
 from agent_world_runtime.crypto import SigningKey, verify
 
 from .certificate import build_commit_certificate
 from .evidence import DuplicateProposalEvidence, Evidence
 from .messages import (
+    BlockValidity,
     Broadcast,
     Decide,
     Effect,
@@ -84,6 +89,7 @@ from .messages import (
     ProposalReceived,
     ScheduleTimeout,
     TimeoutFired,
+    ValidateBlock,
     ValueToPropose,
     VoteReceived,
 )
@@ -130,19 +136,15 @@ class RejectReason:
     EQUIVOCATION = "equivocation"  # conflicting message; kept as evidence, not counted
 
 
-def _accept_every_block(block: Block) -> bool:
-    return True
-
-
 class ConsensusCore:
     """Tendermint consensus for one node, sans-IO (see the module docstring).
 
     ``signing_key`` None makes a non-validator observer that follows the protocol and decides but
-    never signs; so does a key whose public key is not in the validator set. ``validate_block`` is
-    the paper's ``valid(v)``: a pure function the driver supplies (parent hash, action root checks,
-    execution root, ...); it is called at most once per block hash and an exception counts as
-    invalid. The core itself checks that a proposed block's header has this chain id and height and
-    that its ``action_root``/``action_count`` match its actions.
+    never signs; so does a key whose public key is not in the validator set. The paper's
+    ``valid(v)`` arrives as an input: the core asks with a ``ValidateBlock`` effect, once per block
+    of a height, and the driver answers ``BlockValidity`` (parent hash, signatures, execution root,
+    ...). The core itself checks only the block's shape (``types.block_shape_problem``: this chain
+    and height, ``action_root``/``action_count`` matching the actions, well-formed unique actions).
 
     Readable state: ``height``, ``round``, ``step``, ``locked_value``/``locked_round``,
     ``valid_value``/``valid_round``, ``decision``, ``rejected`` (Counter by ``RejectReason``).
@@ -154,7 +156,6 @@ class ConsensusCore:
         validator_set: ValidatorSet,
         signing_key: SigningKey | None,
         timeouts: TimeoutConfig,
-        validate_block: Callable[[Block], bool] | None = None,
         *,
         max_round_lookahead: int = DEFAULT_MAX_ROUND_LOOKAHEAD,
         future_buffer_per_validator: int = DEFAULT_FUTURE_BUFFER_PER_VALIDATOR,
@@ -167,7 +168,6 @@ class ConsensusCore:
         self.timeouts = timeouts
         self._key = signing_key
         self.id: Optional[str] = signing_key.public_key.hex() if signing_key is not None else None
-        self._validate = validate_block or _accept_every_block
         self._max_round_lookahead = max_round_lookahead
         self._future_cap = future_buffer_per_validator
         self._log = log.bind(node=self.id[:12] if self.id else "observer")
@@ -204,7 +204,7 @@ class ConsensusCore:
     def stop_signing(self) -> None:
         """Never sign a proposal or vote again; the core goes on following the protocol and
         deciding as an observer. For a validator whose execution diverged from the quorum's
-        (DESIGN.md: it stops voting rather than sign a wrong state)."""
+        (it stops voting rather than sign a wrong state)."""
         self._key = None
 
     # -- readable state -------------------------------------------------------------------------
@@ -308,16 +308,16 @@ class ConsensusCore:
         self._check_signed(height, vset, signed)
 
         buffered = self._reset_height(height, validator_set)
+        effects: list[Effect] = []
         for message in signed:
             if isinstance(message, Proposal):
                 self._proposals[message.round] = message
-                self._note_block(message.block)
+                self._note_block(message.block, effects)
             else:
                 self._keeper.add_vote(message)
                 self._restore_lock(message)
 
         target = max((m.round for m in signed), default=0)
-        effects: list[Effect] = []
         prevote = precommit = None
         if signed and self.id is not None:
             prevote = self._keeper.vote_of(self.id, target, VoteType.PREVOTE)
@@ -438,6 +438,8 @@ class ConsensusCore:
             self._on_timeout(inp, effects)
         elif isinstance(inp, ValueToPropose):
             self._on_value(inp, effects)
+        elif isinstance(inp, BlockValidity):
+            self._on_validity(inp)
         else:
             raise TypeError(f"not a consensus input: {type(inp).__name__}")
         self._run_rules(effects)
@@ -575,11 +577,11 @@ class ConsensusCore:
             # on (both proposals are in the paper's message set): a quorum of precommits for it
             # can then be decided here too.
             self._conflicting_proposals[proposal.round] = proposal
-            self._note_block(proposal.block)
+            self._note_block(proposal.block, effects)
             self._record_evidence(DuplicateProposalEvidence(first=existing, second=proposal), effects)
             return
         self._proposals[proposal.round] = proposal
-        self._note_block(proposal.block)
+        self._note_block(proposal.block, effects)
 
     def _on_timeout(self, timeout: TimeoutFired, effects: list[Effect]) -> None:
         if timeout.kind not in TIMEOUT_KINDS:
@@ -645,7 +647,7 @@ class ConsensusCore:
         #          while decision_p[h_p] = nil: if valid(v) then decision_p[h_p] = v.
         for decided_round, block_hash in keeper.precommit_quorums():
             block = self._blocks.get(block_hash)
-            if block is not None and self._valid(block):
+            if block is not None and self._valid(block) is True:
                 self._decide(decided_round, block, effects)
                 return True
 
@@ -657,14 +659,15 @@ class ConsensusCore:
             return True
 
         proposal = self._proposals.get(r)
-        if self.step == Step.PROPOSE and proposal is not None:
+        if self.step == Step.PROPOSE and proposal is not None and self._valid(proposal.block) is not None:
             v = proposal.block
             vid = v.hash()
             vr = proposal.pol_round
             # L22-L27: upon <PROPOSAL, h_p, round_p, v, -1> from proposer(h_p, round_p) while step_p = propose:
             #          prevote id(v) if valid(v) ∧ (lockedRound_p = -1 ∨ lockedValue_p = v), else nil.
+            #          (Both L22 and L28 wait, above, until the driver has answered valid(v).)
             if vr == -1:
-                ok = self._valid(v) and self._lock_allows_prevote(vid, vr)
+                ok = self._valid(v) is True and self._lock_allows_prevote(vid, vr)
                 self._vote(VoteType.PREVOTE, vid if ok else None, effects)
                 self.step = Step.PREVOTE
                 return True
@@ -672,7 +675,7 @@ class ConsensusCore:
             #          AND 2f+1 <PREVOTE, h_p, vr, id(v)> while step_p = propose ∧ (vr >= 0 ∧ vr < round_p):
             #          prevote id(v) if valid(v) ∧ (lockedRound_p <= vr ∨ lockedValue_p = v), else nil.
             if 0 <= vr < r and keeper.polka_value(vr) == vid:
-                ok = self._valid(v) and self._lock_allows_prevote(vid, vr)
+                ok = self._valid(v) is True and self._lock_allows_prevote(vid, vr)
                 self._vote(VoteType.PREVOTE, vid if ok else None, effects)
                 self.step = Step.PREVOTE
                 return True
@@ -690,7 +693,7 @@ class ConsensusCore:
         if self.step >= Step.PREVOTE and r not in self._polka_value_rounds:
             polka = keeper.polka_value(r)
             block = self._blocks.get(polka) if polka is not None else None
-            if block is not None and self._valid(block):
+            if block is not None and self._valid(block) is True:
                 self._polka_value_rounds.add(r)
                 if self.step == Step.PREVOTE:
                     self._locked_hash = polka  # L38
@@ -744,7 +747,7 @@ class ConsensusCore:
         effects.append(PersistWAL(proposal))
         effects.append(Broadcast(proposal))
         self._proposals[self.round] = proposal
-        self._note_block(block)
+        self._note_block(block, effects)
         self._log.info("proposed", height=self.height, round=self.round, pol_round=pol_round,
                        block=block.hash().hex()[:16], actions=len(block.actions))
 
@@ -790,25 +793,25 @@ class ConsensusCore:
     # -- values -------------------------------------------------------------------------------------
 
     def _block_well_formed(self, block: Block) -> bool:
-        """The header is for this chain and the current height and commits to exactly these actions."""
+        """The block has the shape of a block of this chain at the current height."""
         return self._block_fits(block, self.height)
 
     def _block_fits(self, block: Block, height: int) -> bool:
-        """The header is for this chain and ``height`` and commits to exactly these actions."""
-        header = block.header
-        return (
-            header.chain_id == self.chain_id
-            and header.height == height
-            and header.action_count == len(block.actions)
-            and header.action_root == compute_consensus_action_root(block.actions)
-        )
+        """The block has the shape of a block of this chain at ``height`` (``block_shape_problem``)."""
+        return block_shape_problem(block, self.chain_id, height) is None
 
-    def _note_block(self, block: Block) -> None:
-        """Remember ``block`` (from a proposal of this height). If it is the value of a lock restored
-        from our own precommit (``_restore_lock``) that was not known yet, it is also our valid value
-        from the lock's round on (L42-L43 always accompany L38-L39)."""
+    def _note_block(self, block: Block, effects: list[Effect]) -> None:
+        """Remember ``block`` (from a proposal of this height); the first time, ask the driver for
+        valid(v) (``ValidateBlock``). If it is the value of a lock restored from our own precommit
+        (``_restore_lock``) that was not known yet, it is also our valid value from the lock's
+        round on (L42-L43 always accompany L38-L39)."""
         block_hash = block.hash()
-        self._blocks.setdefault(block_hash, block)
+        if block_hash not in self._blocks:
+            self._blocks[block_hash] = block
+            effects.append(ValidateBlock(block))
+        self._adopt_locked_value(block_hash)
+
+    def _adopt_locked_value(self, block_hash: bytes) -> None:
         if block_hash == self._locked_hash and self.valid_round < self.locked_round:
             self.valid_value = self._blocks[block_hash]
             self.valid_round = self.locked_round
@@ -822,9 +825,18 @@ class ConsensusCore:
         if vote.round > self.locked_round:
             self.locked_round = vote.round
             self._locked_hash = vote.block_hash
-            block = self._blocks.get(vote.block_hash)
-            if block is not None:
-                self._note_block(block)
+            if vote.block_hash in self._blocks:
+                self._adopt_locked_value(vote.block_hash)
+
+    def _on_validity(self, answer: BlockValidity) -> None:
+        """Record the driver's valid(v) for a block of this height (the first answer stands)."""
+        block = self._blocks.get(answer.block_hash)
+        if block is None or answer.block_hash in self._validity:
+            return
+        self._validity[answer.block_hash] = answer.valid
+        if not answer.valid:
+            self._log.warning("invalid_block", height=self.height, block=answer.block_hash.hex()[:16],
+                              proposer=block.header.proposer[:12])
 
     # -- checks a test-only broken variant may override (tests/broken_cores.py) ----------------------
 
@@ -836,26 +848,13 @@ class ConsensusCore:
 
     def _vote_signature_ok(self, validator: Validator, vote: Vote) -> bool:
         """True iff ``vote`` carries ``validator``'s Ed25519 signature over its sign bytes on this
-        chain (DESIGN.md: every consensus message is checked before it counts)."""
+        chain (every consensus message is checked before it counts)."""
         return verify(validator.public_key, VOTE_SIGN_DOMAIN, vote.sign_bytes(self.chain_id), vote.signature)
 
     def _new_vote_keeper(self, height: int) -> VoteKeeper:
         """The vote keeper of ``height`` over the current validator set (2f+1 = more than 2/3 of the stake)."""
         return VoteKeeper(height, self.validator_set)
 
-    def _valid(self, block: Block) -> bool:
-        """The paper's valid(v): the driver's ``validate_block``, cached per block hash."""
-        block_hash = block.hash()
-        cached = self._validity.get(block_hash)
-        if cached is None:
-            try:
-                cached = bool(self._validate(block))
-            except Exception as exc:  # a hostile block must not crash the node
-                self._log.error("validate_block_failed", height=self.height, block=block_hash.hex()[:16],
-                                error=repr(exc))
-                cached = False
-            if not cached:
-                self._log.warning("invalid_block", height=self.height, block=block_hash.hex()[:16],
-                                  proposer=block.header.proposer[:12])
-            self._validity[block_hash] = cached
-        return cached
+    def _valid(self, block: Block) -> bool | None:
+        """The paper's valid(v) as answered by the driver (``BlockValidity``); None until it answers."""
+        return self._validity.get(block.hash())

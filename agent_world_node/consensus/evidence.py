@@ -1,7 +1,6 @@
 """Evidence of equivocation: two different signed messages of one validator for the same step.
 
-DESIGN.md, "Consensus": double votes and double proposals are kept as evidence, not silently
-overwritten. A piece of evidence holds both signed messages, so anyone with the validator set can
+Double votes and double proposals are kept as evidence, not silently overwritten. A piece of evidence holds both signed messages, so anyone with the validator set can
 check it (``verify_evidence``) without trusting the node that found it.
 """
 

@@ -1,10 +1,12 @@
-"""Inputs to and effects of the consensus core (the sans-IO boundary, DESIGN.md "Layers").
+"""Inputs to and effects of the consensus core (the sans-IO boundary; docs/architecture.md, "Layers").
 
-The driver (the trio daemon, or the simulated network in tests) turns network messages, fired
-timers and mempool answers into *inputs*, feeds them to ``ConsensusCore.handle`` and performs the
-returned *effects* in order. Effects that sign come as ``PersistWAL`` then ``Broadcast``: the driver
-must make the WAL entry durable before it sends the message, so that a restarted node never signs a
-conflicting message.
+The driver (the replica, under the trio daemon or the simulator) turns network messages, fired
+timers, mempool answers and block validity into *inputs*, feeds them to ``ConsensusCore.handle`` and
+performs the returned *effects* in order. Effects that sign come as ``PersistWAL`` then
+``Broadcast``: the driver must make the WAL entry durable before it sends the message, so that a
+restarted node never signs a conflicting message. Two effects are questions the driver answers with
+an input: ``GetValue`` (answer ``ValueToPropose``) and ``ValidateBlock`` (answer ``BlockValidity``,
+the paper's valid(v)).
 """
 
 from __future__ import annotations
@@ -52,7 +54,16 @@ class ValueToPropose:
     block: Block
 
 
-Input = Union[ProposalReceived, VoteReceived, TimeoutFired, ValueToPropose]
+@dataclass(frozen=True, slots=True)
+class BlockValidity:
+    """The driver's answer to ``ValidateBlock``: the paper's valid(v) for the block whose hash is
+    ``block_hash``. An answer for a block the core does not hold at its current height is ignored."""
+
+    block_hash: bytes
+    valid: bool
+
+
+Input = Union[ProposalReceived, VoteReceived, TimeoutFired, ValueToPropose, BlockValidity]
 
 # -- effects --------------------------------------------------------------------------------------
 
@@ -90,6 +101,15 @@ class GetValue:
 
 
 @dataclass(frozen=True, slots=True)
+class ValidateBlock:
+    """``block`` was seen at the current height (in a proposal, or replayed from the WAL) and its
+    validity is not known: answer with ``BlockValidity(block.hash(), valid(block))``. Asked once per
+    block hash and height; the rules that need valid(v) (L22, L28, L36, L49) wait for the answer."""
+
+    block: Block
+
+
+@dataclass(frozen=True, slots=True)
 class Decide:
     """``block`` is decided at its height, proved by ``certificate`` (the precommits of the quorum).
     The driver executes it, waits ``TimeoutConfig.commit_ms`` and calls ``start_height(height + 1)``."""
@@ -105,4 +125,4 @@ class EvidenceFound:
     evidence: Evidence
 
 
-Effect = Union[Broadcast, PersistWAL, ScheduleTimeout, GetValue, Decide, EvidenceFound]
+Effect = Union[Broadcast, PersistWAL, ScheduleTimeout, GetValue, ValidateBlock, Decide, EvidenceFound]

@@ -1,4 +1,4 @@
-"""Stake-weighted, deterministic proposer selection from (height, round) (DESIGN.md, "Consensus").
+"""Stake-weighted, deterministic proposer selection from (height, round).
 
 Formula. For a height ``h`` the validators (sorted by id) are put in a stake-weighted random order
 by successive draws without replacement; the proposer of round ``r`` is entry ``r mod n``::

@@ -1,4 +1,4 @@
-"""Validators, their stake, and the stake thresholds of Tendermint (DESIGN.md, "Consensus").
+"""Validators, their stake, and the stake thresholds of Tendermint.
 
 A validator's id is the lowercase hex of its 32-byte Ed25519 public key. Voting power is stake (a
 positive integer); every threshold is computed over stake, never over validator counts:
@@ -141,7 +141,7 @@ class ValidatorSet:
 
 
 def epoch_of(height: int, epoch_length: int) -> int:
-    """Return the epoch of ``height``: ``height // epoch_length`` (DESIGN.md, "Consensus").
+    """Return the epoch of ``height``: ``height // epoch_length``.
 
     Raises ValueError when ``height`` is negative or ``epoch_length`` is not positive.
     """

@@ -51,6 +51,7 @@ from .peer_filter import PeerFilter, RateLimiter
 from .stats import NetworkStats
 from .sync import SYNC_PROTOCOL_ID, SyncError, SyncHandler, SyncServer, request_blocks
 from .topics import topic_ids
+from ..types import Offence
 
 log = structlog.get_logger(__name__)
 
@@ -310,13 +311,13 @@ class P2PNetwork:
                 continue
             if not self._rate.allow(sender):
                 NetworkStats.bump(self._stats.dropped, "rate_limited")
-                self.penalize(sender, "rate_limited")
+                self.penalize(sender, Offence.RATE_LIMITED)
                 continue
             data = bytes(msg.data)
             if len(data) > limit:
                 NetworkStats.bump(self._stats.dropped, "oversize")
                 log.warning("gossip_oversize_dropped", topic=topic, peer=sender, size=len(data), limit=limit)
-                self.penalize(sender, "oversize")
+                self.penalize(sender, Offence.OVERSIZE)
                 continue
             self._last_seen[sender] = time.monotonic()
             self._liveness.note_traffic(ID(msg.from_id))
@@ -355,7 +356,7 @@ class P2PNetwork:
 
     # ------------------------------------------------------------------ peer filter
 
-    def penalize(self, peer_id: str, reason: str, count: int = 1) -> None:
+    def penalize(self, peer_id: str, reason: Offence, count: int = 1) -> None:
         """Score ``count`` offences of kind ``reason`` (see ``peer_filter.PENALTY_POINTS``) against
         ``peer_id``; a peer whose score reaches the threshold is banned and disconnected."""
         if peer_id == self.peer_id:
@@ -369,7 +370,7 @@ class P2PNetwork:
         """A pubsub stream from ``peer_id`` sent a frame the library cannot parse: score it, and
         drop the connection so the pubsub handshake starts afresh when it is redialled."""
         NetworkStats.bump(self._stats.dropped, "bad_pubsub_frame")
-        self.penalize(peer_id.to_base58(), "bad_pubsub_frame")
+        self.penalize(peer_id.to_base58(), Offence.BAD_PUBSUB_FRAME)
         await self._disconnect(peer_id)
 
     def set_blocked_peers(self, peer_ids: list[str]) -> None:

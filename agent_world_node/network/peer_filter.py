@@ -22,19 +22,21 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from ..types import Offence
+
 #: Points per offence. A ban needs ``ban_threshold`` (default 100) points, less decay.
-PENALTY_POINTS: dict[str, float] = {
-    "malformed": 10.0,  # undecodable or misshapen gossip message
-    "oversize": 20.0,  # gossip above the size limit
-    "bad_signature": 20.0,  # vote or proposal whose signature does not verify
-    "unknown_validator": 10.0,  # vote or proposal from a key outside the validator set
-    "invalid_message": 10.0,  # wrong proposer, bad round, bad block hash, misshapen block
-    "invalid_commit": 25.0,  # commit whose certificate or actions do not verify
-    "bad_sync_response": 25.0,  # malformed or unverifiable blocks served over sync
-    "rate_limited": 1.0,  # each gossip message above the per-peer rate limit
+PENALTY_POINTS: dict[Offence, float] = {
+    Offence.MALFORMED: 10.0,
+    Offence.OVERSIZE: 20.0,
+    Offence.BAD_SIGNATURE: 20.0,
+    Offence.UNKNOWN_VALIDATOR: 10.0,
+    Offence.INVALID_MESSAGE: 10.0,
+    Offence.INVALID_COMMIT: 25.0,
+    Offence.BAD_SYNC_RESPONSE: 25.0,
+    Offence.RATE_LIMITED: 1.0,
     # a pubsub frame that does not parse: py-libp2p itself can produce these under load (see
     # network/host.py _serialize_rpc_writes), so only a peer that keeps sending them is banned
-    "bad_pubsub_frame": 2.0,
+    Offence.BAD_PUBSUB_FRAME: 2.0,
 }
 
 
@@ -82,14 +84,15 @@ class PeerFilter:
         return self._blocked
 
     # -- misbehaviour ---------------------------------------------------------------------------
-    def penalize(self, peer: str, reason: str, count: int = 1) -> bool:
-        """Add the points of ``count`` offences of kind ``reason`` (a key of ``PENALTY_POINTS``;
-        unknown reasons count 10 points) to ``peer``'s score. Returns True iff this call banned it."""
+    def penalize(self, peer: str, reason: Offence, count: int = 1) -> bool:
+        """Add the points of ``count`` offences of kind ``reason`` (``PENALTY_POINTS``) to
+        ``peer``'s score. Returns True iff this call banned it. Raises KeyError for a reason that
+        is not an ``Offence``."""
         if self.is_banned(peer):
             return False
         now = self.clock()
         score = self._current(peer, now)
-        score.points += PENALTY_POINTS.get(reason, 10.0) * count
+        score.points += PENALTY_POINTS[reason] * count
         if score.points < self.ban_threshold:
             return False
         self._banned_until[peer] = now + self.ban_seconds

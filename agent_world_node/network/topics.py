@@ -8,8 +8,10 @@ the message-format version of the topic.
 
 from __future__ import annotations
 
+from ..types import Topic
+
 #: Logical topic names, in a fixed order: proposals, votes, commits, batched client actions, status.
-TOPIC_NAMES: tuple[str, ...] = ("proposal", "vote", "commit", "actions", "status")
+TOPIC_NAMES: tuple[str, ...] = tuple(t.value for t in Topic)
 TOPIC_VERSION = 1
 
 

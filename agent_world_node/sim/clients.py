@@ -24,7 +24,7 @@ from agent_world_runtime.actions import (
 from agent_world_runtime.crypto import SigningKey, sha256
 from agent_world_runtime.signer import AgentSigner
 
-from ..replica import AdmissionResult, Replica
+from ..replica import ActionSource, AdmissionResult, Replica
 
 
 class ClientPopulation:
@@ -74,6 +74,6 @@ class ClientPopulation:
         """Submit one action to ``replica`` as its HTTP API would (source "api")."""
         payload, signed = self.next_action(replica.world)
         self.submitted[sha256(payload)] = signed.body.agent_id
-        result = replica.admit(payload, signed, source="api")
+        result = replica.admit(signed, ActionSource.API, payload)
         self.results[result.status] += 1
         return result

@@ -5,18 +5,18 @@ One process, no threads, no trio, no wall clock: every event comes off one ``Eve
 every random choice from one ``random.Random`` seeded from the scenario, so a scenario always
 gives the same trace (``SimResult.digest``).
 
-What the cluster does for each node is what the trio daemon (``node.py``) does, in virtual time:
+What the cluster does for each node is what the trio daemon (``node.py``) does, in virtual time,
+with the same node-run policy (``config.PolicyConfig()``, performed by ``Replica.tick``):
 
 - performs the replica's outputs: ``Publish`` goes to every other node through the network (a
-  Byzantine node's ``Behaviour`` may rewrite it first), ``StartTimer`` becomes a timer event that
-  calls ``handle_timeout`` / ``handle_commit_timer`` (timers of a crashed incarnation are void);
+  Byzantine node's ``Behaviour`` may rewrite it first), ``StartTimer`` and ``StartCommitWait``
+  become timer events that call ``handle_timeout`` / ``handle_commit_wait`` (timers of a crashed
+  incarnation are void), ``FetchBlocks`` becomes a sync request through the network whose answer
+  is handed to ``handle_synced`` (a lost request or answer is the replica's sync timeout);
 - delivers gossip with ``handle_gossip``, and relays a proposal or vote to one random peer with
   probability ``RELAY_PROB`` (gossipsub forwarding, so both halves of an equivocation spread);
-- every ``TICK_MS``: gossips admitted client actions, publishes a status heartbeat every
-  ``STATUS_EVERY_MS``, asks ``sync_target`` for a connected peer that is ahead and fetches blocks
-  from it (request and answer travel through the network; a peer whose answer did not advance us
-  is forgotten with ``forget_peer_height``, as the daemon does), and re-gossips the height's message log once the height
-  has made no progress for ``REGOSSIP_AFTER_MS``;
+- calls ``Replica.tick`` every ``policy.tick_interval_ms`` with the virtual time and the peers it
+  can reach;
 - crashes a node (its replica, mempool and timers are gone; its ``SimStore`` and snapshot
   directory stay) and restarts it with ``Replica.open`` + ``start`` on the same store. A lossy
   crash interrupts the node's next step that writes (within ``LOSSY_CRASH_WAIT_MS``): the step's
@@ -44,9 +44,10 @@ import structlog
 from agent_world_runtime.codec import DecodeError, decode
 from agent_world_runtime.crypto import SigningKey, sha256, verify
 
+from ..config import PolicyConfig, StorageConfig
 from ..consensus import ConsensusCore, TimeoutFired, ValidatorSet
-from ..replica import Misbehaviour, Publish, Replica, StartTimer
-from ..types import PROPOSAL_SIGN_DOMAIN, VOTE_SIGN_DOMAIN, GossipProposalMessage, GossipVoteMessage, Proposal
+from ..replica import ActionSource, FetchBlocks, Misbehaviour, Publish, Replica, StartCommitWait, StartTimer
+from ..types import PROPOSAL_SIGN_DOMAIN, VOTE_SIGN_DOMAIN, GossipProposalMessage, GossipVoteMessage, Proposal, Topic
 from .chain import GENESIS_TIME_MS, SIM_CONSENSUS, make_genesis
 from .byzantine import Behaviour, ByzContext, Send, make_behaviour
 from .clients import ClientPopulation
@@ -57,31 +58,27 @@ from .result import SimResult, trace_lines
 from .scenario import PROGRESS_BOUND_MS, FaultEvent, Scenario
 from .store import SimStore
 
-TICK_MS = 100
-STATUS_EVERY_MS = 500
-REGOSSIP_AFTER_MS = 1_000
-SYNC_TIMEOUT_MS = 1_500
-SYNC_BATCH_HEIGHTS = 50
+#: The node-run policy every simulated node runs: the daemon's defaults.
+POLICY = PolicyConfig()
 RELAY_PROB = 0.25
-SNAPSHOT_INTERVAL = 5
+#: Storage settings of simulated nodes: a snapshot every 5 heights, so crashes meet snapshots often.
+STORAGE = StorageConfig(snapshot_interval=5)
 LOSSY_CRASH_WAIT_MS = 1_000
 MAX_EVENTS = 2_000_000
 
 
 @dataclass(frozen=True, slots=True)
 class Timer:
-    """A replica timer of node ``node``'s incarnation ``incarnation``."""
+    """A replica timer (``StartTimer`` or ``StartCommitWait``) of node ``node``'s incarnation."""
 
     node: str
     incarnation: int
-    kind: str
-    height: int
-    round: int
+    output: StartTimer | StartCommitWait
 
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """The periodic work of node ``node`` (gossip, status, sync, re-gossip)."""
+    """Time for node ``node``'s ``Replica.tick``."""
 
     node: str
     incarnation: int
@@ -113,10 +110,6 @@ class SimNode:
     replica: Replica | None = None
     incarnation: int = 0
     observed_height: int = 0
-    last_progress_ms: int = 0
-    last_regossip_ms: int = 0
-    next_status_ms: int = 0
-    sync_until: int = 0
     sync_request: int = 0
     crash_pending_until: int | None = None
     relays: bool = True
@@ -220,10 +213,11 @@ class SimCluster:
         replica = Replica.open(
             genesis=self.genesis,
             consensus=SIM_CONSENSUS,
+            policy=POLICY,
             validator_key=node.key,
             store=node.store,
             snapshot_dir=node.snapshot_dir,
-            snapshot_interval=SNAPSHOT_INTERVAL,
+            snapshot_interval=STORAGE.snapshot_interval,
             node_id=node.name,
             now_ms=lambda: GENESIS_TIME_MS + self.queue.now + node.skew_ms,
             core_factory=self.core_factory,
@@ -247,11 +241,9 @@ class SimCluster:
             self.checker.on_exception(node.name, "restart (Replica.open)", exc, self.queue.now)
             return
         node.observed_height = node.replica.height
-        node.last_progress_ms = node.last_regossip_ms = self.queue.now
-        node.next_status_ms = self.queue.now
-        node.sync_until = 0
+        node.sync_request = 0
         self._step(node, "start", node.replica.start)
-        self.queue.after(self.rng.randint(1, TICK_MS), Tick(node.name, node.incarnation))
+        self.queue.after(self.rng.randint(1, POLICY.tick_interval_ms), Tick(node.name, node.incarnation))
 
     # -- stepping a node ----------------------------------------------------------------------------
     def _step(self, node: SimNode, what: str, fn: Callable[[], list[Any]]) -> None:
@@ -284,23 +276,27 @@ class SimCluster:
                 continue
             self.checker.on_commit(node.name, h, stored.block, stored.certificate, node.store.get_execution(h), self.queue.now)
         node.observed_height = replica.height
-        node.last_progress_ms = self.queue.now
 
     def _perform(self, node: SimNode, outputs: list[Any]) -> None:
         for out in outputs:
             if isinstance(out, Publish):
-                if node.honest and out.topic in ("proposal", "vote"):
+                if node.honest and out.topic in (Topic.PROPOSAL, Topic.VOTE):
                     self._record_signed(node, out.data)
                 sends = node.behaviour.outgoing(out.topic, out.data) if node.behaviour else [(None, out.topic, out.data)]
                 self._send(node, sends)
-            elif isinstance(out, StartTimer):
-                self.queue.after(out.duration_ms, Timer(node.name, node.incarnation, out.kind, out.height, out.round))
+            elif isinstance(out, (StartTimer, StartCommitWait)):
+                self.queue.after(out.duration_ms, Timer(node.name, node.incarnation, out))
+            elif isinstance(out, FetchBlocks):
+                self._request_ids += 1
+                node.sync_request = self._request_ids
+                self.network.transmit(SyncRequest(out.peer, node.name, out.from_height, out.to_height, self._request_ids))
+                self.stats["sync_requests"] += 1
             elif isinstance(out, Misbehaviour):
-                self.stats[f"misbehaviour_{out.reason}"] += 1
+                self.stats[f"misbehaviour_{out.offence}"] += 1
                 peer = self.nodes.get(out.peer)
                 if node.honest and peer is not None and peer.honest:
                     # a correct node must never score another correct node: it would ban it
-                    self.checker.fail("robustness", f"honest {out.peer} reported as misbehaving ({out.reason})",
+                    self.checker.fail("robustness", f"honest {out.peer} reported as misbehaving ({out.offence})",
                                       nodes=(node.name, out.peer), now=self.queue.now)
             else:
                 self.checker.fail("robustness", f"unknown replica output {out!r}", nodes=(node.name,), now=self.queue.now)
@@ -413,10 +409,9 @@ class SimCluster:
         if replica is None or ev.request_id != node.sync_request:
             return
         before = replica.height
+        node.sync_request = 0
         self._step(node, f"sync from {ev.src}", lambda: replica.handle_synced(list(ev.payloads), ev.src))
-        node.sync_until = 0
         if node.replica is replica and replica.height == before:
-            replica.forget_peer_height(ev.src)
             self.stats["sync_useless"] += 1
         elif node.replica is replica:
             self.stats["sync_heights"] += replica.height - before
@@ -426,11 +421,12 @@ class SimCluster:
         replica = node.replica
         if replica is None or ev.incarnation != node.incarnation:
             return
-        if ev.kind == "commit":
-            self._step(node, f"commit timer {ev.height}", lambda: replica.handle_commit_timer(ev.height))
+        out = ev.output
+        if isinstance(out, StartCommitWait):
+            self._step(node, f"commit wait {out.height}", lambda: replica.handle_commit_wait(out.height))
         else:
-            timeout = TimeoutFired(ev.kind, ev.height, ev.round)  # type: ignore[arg-type]
-            self._step(node, f"timeout {ev.kind} {ev.height}/{ev.round}", lambda: replica.handle_timeout(timeout))
+            timeout = TimeoutFired(out.kind, out.height, out.round)
+            self._step(node, f"timeout {out.kind} {out.height}/{out.round}", lambda: replica.handle_timeout(timeout))
 
     def _tick(self, ev: Tick) -> None:
         node = self.nodes[ev.node]
@@ -438,39 +434,15 @@ class SimCluster:
         if replica is None or ev.incarnation != node.incarnation:
             return
         now = self.queue.now
-        self.queue.after(TICK_MS, Tick(node.name, node.incarnation))
+        self.queue.after(POLICY.tick_interval_ms, Tick(node.name, node.incarnation))
         if node.behaviour is not None:
             self._send(node, node.behaviour.on_tick())
-
-        def periodic() -> list[Any]:
-            outputs: list[Any] = []
-            batch = replica.take_pending_action_gossip()
-            if batch is not None:
-                outputs.append(batch)
-            if now >= node.next_status_ms:
-                outputs.append(replica.status_message())
-                node.next_status_ms = now + STATUS_EVERY_MS
-            if now - node.last_progress_ms >= REGOSSIP_AFTER_MS and now - node.last_regossip_ms >= REGOSSIP_AFTER_MS:
-                outputs.extend(replica.height_messages_to_regossip())
-                node.last_regossip_ms = now
-                self.stats["regossips"] += 1
-            return outputs
-
-        self._step(node, "tick", periodic)
-        if node.replica is replica and now >= node.sync_until:
-            connected = {
-                p for p, other in self.nodes.items()
-                if p != node.name and other.up and self.network.reachable(node.name, p)
-            }
-            target = replica.sync_target(connected)
-            if target is not None:
-                peer, height = target
-                self._request_ids += 1
-                node.sync_request = self._request_ids
-                node.sync_until = now + SYNC_TIMEOUT_MS
-                end = min(height, replica.height + SYNC_BATCH_HEIGHTS)
-                self.network.transmit(SyncRequest(peer, node.name, replica.height + 1, end, self._request_ids))
-                self.stats["sync_requests"] += 1
+        connected = [
+            p for p, other in self.nodes.items() if p != node.name and other.up and self.network.reachable(node.name, p)
+        ]
+        regossips = replica.regossips
+        self._step(node, "tick", lambda: replica.tick(now, connected))
+        self.stats["regossips"] += replica.regossips - regossips
 
     def _client(self) -> None:
         self.queue.after(self.scenario.client_interval_ms, ClientTick())

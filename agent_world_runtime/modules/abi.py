@@ -1,5 +1,5 @@
 """The module call ABI: input/output messages, failure codes and output validation
-(DESIGN.md, "WASM modules"; docs/module-abi.md).
+(docs/module-abi.md, "One call", "Input", "Output" and "Limits and failures").
 
 The host writes ``encode(ModuleCallInput)`` into guest memory and the guest returns the bytes of a
 msgpack ``ModuleOutput``. ``decode_module_output`` turns those bytes into a validated output or a

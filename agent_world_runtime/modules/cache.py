@@ -1,11 +1,12 @@
 """Caches of compiled modules: an in-memory LRU keyed by ``wasm_hash`` and an on-disk cache of
-compiled (serialized) artifacts (issue 4, "Loading and the sandbox"; the CosmWasm design of an
-in-memory LRU in front of a file cache of compiled modules).
+compiled (serialized) artifacts: an in-memory LRU in front of a file cache of compiled modules, the
+arrangement the CosmWasm VM also uses.
 
 Neither cache holds anything the engine did not produce on this machine: the disk cache only
 returns bytes this process (or an earlier run of this node) wrote with ``store``, and every file
 carries a sha256 of its payload that is checked before the payload is handed to the engine
-(wasmtime does not detect a corrupted serialized module: /work/shared/notes/wasmtime-py.md). A file
+(``wasmtime.Module.deserialize`` trusts its input: it does not detect a corrupted serialized
+module, and running one is undefined behaviour). A file
 that fails the check is deleted and reported as a miss, so the caller recompiles from the wasm bytes.
 Compiled artifacts are never accepted from peers: there is no API that imports one.
 

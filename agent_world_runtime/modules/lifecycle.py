@@ -1,5 +1,5 @@
 """Module lifecycle actions: compile from source, deploy bytes, install an instance
-(DESIGN.md, "WASM modules").
+(docs/module-abi.md, "Publishing" and "Upgrades").
 
 Rules:
 
@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import re
 
-from .. import events as ev
 import msgspec
 
+from .. import events as ev
 from ..actions import (
     CompileModuleArtifactFromSource,
     DeployModuleArtifact,

@@ -1,4 +1,4 @@
-"""Module manifests (DESIGN.md, "WASM modules").
+"""Module manifests (docs/module-abi.md; a complete one is under "Example manifest").
 
 A ``ModuleManifest`` declares what a module is and what it may do. ``limits`` are the module's own
 ceilings; the world caps them with its world-wide maximums before a call.

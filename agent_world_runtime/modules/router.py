@@ -1,5 +1,5 @@
 """Routing events and actions to module instances, running the calls, billing them and applying
-their effects (DESIGN.md, "WASM modules"; docs/module-abi.md).
+their effects (docs/module-abi.md, "Routing" and "Billing").
 
 Routing (deterministic: instances in instance id order, subscriptions as declared):
 
@@ -22,7 +22,7 @@ stands there when routed; ``self_agent`` sees all.
 A call's limits are the manifest's capped by the world's ``params.module_limits_max``; ``max_call_rate``
 counts calls per instance per block. A block's calls share ``abi.BLOCK_MODULE_GAS_BUDGET``.
 
-Billing (issue 4, "Billing"): every call that runs is billed to the artifact's publisher (the
+Billing (docs/module-abi.md, "Billing"): every call that runs is billed to the artifact's publisher (the
 artifact owner) as ``module.runtime_charged``: compute fee (kind ``data``) =
 ceil(input_bytes/1024) + ceil(output_bytes/1024) + 2*effect_count + emit_count, electricity fee =
 1 + effect_count + emit_count + (1 if the call returned new_state). A call is not started unless the
@@ -89,7 +89,7 @@ def subscription_matches(sub: Subscription, event: ev.Event) -> bool:
 
 def compute_fee(input_bytes: int, output_bytes: int, effects: int, emits: int) -> int:
     """Return the compute fee (resource ``data``) of a call: ceil(in/1024) + ceil(out/1024) +
-    2*effects + emits (issue 4, "Billing")."""
+    2*effects + emits (docs/module-abi.md, "Billing")."""
     return -(-input_bytes // 1024) + -(-output_bytes // 1024) + 2 * effects + emits
 
 

@@ -5,7 +5,7 @@ exports ``memory``, ``alloc(i32) -> i32`` and the entry points); ``Sandbox.call(
 input, limits)`` runs one call in a FRESH instance under a memory limit and a fuel budget and
 returns a ``CallResult``. Swapping the engine means rewriting this file only.
 
-Determinism (docs /work/shared/notes/wasmtime-py.md): the engine config below is frozen (fuel on,
+Determinism (docs/module-abi.md, "Determinism"): the engine config below is frozen (fuel on,
 NaN canonicalization on, fixed stack size, nondeterministic proposals off, pooling allocator with
 fixed slot sizes) and must not be changed casually: fuel counts are consensus, and some invalid
 combinations abort the whole process (SIGABRT), which ``tests/test_runtime_sandbox.py`` guards in a
@@ -37,6 +37,7 @@ from ctypes import POINTER, byref
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 import structlog
 import wasmtime
@@ -120,6 +121,13 @@ _TrapPtr = POINTER(_c.wasm_trap_t)
 _NamePtr = POINTER(ctypes.c_char)
 _Args2 = _c.wasmtime_val_raw_t * 2
 _NO_FINALIZER = ctypes.cast(0, ctypes.CFUNCTYPE(None, ctypes.c_void_p))
+
+if TYPE_CHECKING:  # the C API's pointer types, for annotations only
+    _StorePtr: TypeAlias = ctypes._Pointer[_c.wasmtime_store_t]
+    _ContextPtr: TypeAlias = ctypes._Pointer[_c.wasmtime_context_t]
+    _ErrorPtr: TypeAlias = ctypes._Pointer[_c.wasmtime_error_t]
+    _TrapPtrT: TypeAlias = ctypes._Pointer[_c.wasm_trap_t]
+    _MemoryRef: TypeAlias = ctypes._CArgObject  # byref(wasmtime_memory_t)
 
 
 def build_config() -> wasmtime.Config:
@@ -421,7 +429,7 @@ class Sandbox:
             finally:
                 _store_delete(store)
 
-    def _run(self, store, compiled: CompiledModule, entry: str, input_bytes: bytes, limits: ModuleLimits) -> CallResult:
+    def _run(self, store: _StorePtr, compiled: CompiledModule, entry: str, input_bytes: bytes, limits: ModuleLimits) -> CallResult:
         max_gas = limits.max_gas
         ctx = _store_context(store)
         _store_limiter(store, limits.max_mem_bytes, MAX_TABLE_ELEMENTS, 1, MAX_TABLES, 1)
@@ -475,7 +483,8 @@ class Sandbox:
         output = ctypes.string_at(ctypes.addressof(_memory_data(ctx, memory).contents) + out_ptr, out_len) if out_len else b""
         return CallResult(ok=True, output=output, gas_used=gas_used)
 
-    def _call_failure(self, trap, err, ctx, memory, limits: ModuleLimits, stage: str) -> CallResult:
+    def _call_failure(self, trap: _TrapPtrT, err: _ErrorPtr, ctx: _ContextPtr, memory: _MemoryRef,
+                      limits: ModuleLimits, stage: str) -> CallResult:
         if trap:
             if err:
                 wasmtime.WasmtimeError._from_ptr(err)
@@ -484,7 +493,8 @@ class Sandbox:
         return _fail(abi.TRAP, limits.max_gas, f"{stage} failed in the engine")
 
     @staticmethod
-    def _trap_result(code, ctx, memory, limits: ModuleLimits, stage: str) -> CallResult:
+    def _trap_result(code: wasmtime.TrapCode | None, ctx: _ContextPtr, memory: _MemoryRef | None,
+                     limits: ModuleLimits, stage: str) -> CallResult:
         if code == wasmtime.TrapCode.OUT_OF_FUEL:
             return _fail(abi.OUT_OF_GAS, limits.max_gas, f"{stage} used all {limits.max_gas} units of fuel")
         name = code.name if code is not None else "UNKNOWN"
@@ -494,7 +504,7 @@ class Sandbox:
         return _fail(abi.TRAP, limits.max_gas, f"{stage} trapped: {name}")
 
 
-def _trap_code(trap) -> wasmtime.TrapCode | None:
+def _trap_code(trap: _TrapPtrT) -> wasmtime.TrapCode | None:
     """Take ownership of a raw trap pointer (freed with the wrapper) and return its code."""
     return wasmtime.Trap._from_ptr(trap).trap_code
 
@@ -512,7 +522,7 @@ def _require_func(exports: dict, name: str, params: list[str], results: list[str
         )
 
 
-def _used(ctx, max_gas: int) -> int:
+def _used(ctx: _ContextPtr, max_gas: int) -> int:
     left = ctypes.c_uint64()
     _get_fuel(ctx, byref(left))
     return max_gas - left.value

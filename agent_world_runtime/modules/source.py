@@ -1,5 +1,5 @@
-"""Building a module artifact from a source package (DESIGN.md, "WASM modules",
-``CompileModuleArtifactFromSource``).
+"""Building a module artifact from a source package (the ``CompileModuleArtifactFromSource``
+action; docs/module-abi.md, "Compiling from source").
 
 A ``ModuleSourcePackage`` maps relative paths to UTF-8 text and names its JSON manifest. Paths
 are validated (relative, no ``..``, no absolute or drive paths, no backslashes) and sizes are

@@ -1,0 +1,656 @@
+"""The replica: one node's consensus, mempool, block store and execution, without I/O.
+
+A ``Replica`` takes inputs (raw gossip messages, fired timers, fetched blocks, client actions, the
+periodic ``tick``) and returns outputs (``replica.outputs``). The same object runs under the trio
+daemon and under the deterministic simulator, with the same policy (``config.PolicyConfig``), so
+the simulator tests what production runs. It has no network, no timers and no clock of its own: the
+``now_ms`` given to ``tick`` paces periodic duties, and ``now_ms()`` stamps the blocks this node
+proposes (never deciding validity beyond "not earlier than the previous block").
+
+What each part handles (docs/architecture.md, "The path of one action"):
+
+- ``admission``: client and gossiped actions into the mempool, typed refusals, action gossip;
+- ``validity``: the paper's valid(v), answered to the core's ``ValidateBlock``;
+- ``execution_check``: every comparison of execution roots, and divergence;
+- ``sync``: peer heights, the sync target and the one fetch in flight;
+- ``policy``: when the status heartbeat and re-gossip are due;
+- ``wal``: the consensus WAL's entries;
+- this module: dispatch of inputs, the core's effects, commit and execution.
+
+Inside, synchronously: the core's ``PersistWAL`` entries are written to the store before the
+``Publish`` that sends them is returned; a decided or verified peer block is stored, executed by the
+``NodeRuntimeExecutionDriver``, announced with a ``GossipCommitMessage`` carrying this node's
+execution hashes, and the next height starts after ``timeout_commit`` (``StartCommitWait``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent_world_runtime import World
+from agent_world_runtime.actions import SignedAction
+from agent_world_runtime.codec import DecodeError, decode, encode
+from agent_world_runtime.crypto import SigningKey
+from agent_world_runtime.failpoints import failpoint
+from agent_world_runtime.modules.sandbox import Sandbox
+
+from .. import config as cfg
+from ..consensus import (
+    BlockValidity as BlockValidityInput,
+)
+from ..consensus import (
+    Broadcast,
+    ConsensusCore,
+    Decide,
+    Effect,
+    EvidenceFound,
+    GetValue,
+    InvalidCertificate,
+    PersistWAL,
+    ProposalReceived,
+    RejectReason,
+    ScheduleTimeout,
+    TimeoutConfig,
+    TimeoutFired,
+    ValidateBlock,
+    ValidatorSet,
+    ValueToPropose,
+    VoteReceived,
+    verify_commit_certificate,
+)
+from ..execution import NodeRuntimeExecutionDriver
+from ..mempool import Mempool
+from ..metrics import NodeMetrics
+from ..store import NodeStore
+from ..types import (
+    ZERO_HASH,
+    Block,
+    BlockHeader,
+    CommitCertificate,
+    ExecutionHashes,
+    GossipActionBatch,
+    GossipCommitMessage,
+    GossipMessage,
+    GossipProposalMessage,
+    GossipStatusMessage,
+    GossipVoteMessage,
+    Offence,
+    Proposal,
+    ReplicatedCommitPayload,
+    Topic,
+    Vote,
+    block_hash,
+    block_shape_problem,
+    compute_consensus_action_root,
+)
+from .admission import ActionDecoder, ActionSource, Admission, AdmissionResult
+from .execution_check import Divergence, ExecutionCheck
+from .outputs import FetchBlocks, Misbehaviour, Output, Publish, StartCommitWait, StartTimer
+from .policy import PolicyClock
+from .sync import SyncState
+from .validity import BlockValidity
+from .wal import WALError, decode_wal_entries, wal_entry
+
+log = structlog.get_logger(__name__)
+
+#: Largest gossip message a node accepts or sends (bytes).
+MAX_GOSSIP_BYTES = 1_000_000
+#: Largest encoded ``ReplicatedCommitPayload`` accepted from sync (bytes).
+MAX_SYNC_PAYLOAD_BYTES = 64 * 1024 * 1024
+#: Meta key of the persisted divergence (a diverged validator stays silent across restarts).
+DIVERGED_META_KEY = "execution_diverged"
+
+#: Core rejections that no correct node causes, and the offence the sender is scored for.
+_PUNISHED_REJECTIONS = {
+    RejectReason.BAD_SIGNATURE: Offence.BAD_SIGNATURE,
+    RejectReason.UNKNOWN_VALIDATOR: Offence.UNKNOWN_VALIDATOR,
+    RejectReason.WRONG_PROPOSER: Offence.INVALID_MESSAGE,
+    RejectReason.BAD_BLOCK: Offence.INVALID_MESSAGE,
+    RejectReason.BAD_BLOCK_HASH: Offence.INVALID_MESSAGE,
+    RejectReason.BAD_ROUND: Offence.INVALID_MESSAGE,
+    RejectReason.BAD_POL_ROUND: Offence.INVALID_MESSAGE,
+}
+
+
+def _publish(topic: Topic, message: Any) -> Publish:
+    return Publish(topic, encode(message))
+
+
+def _publish_signed(message: Proposal | Vote) -> Publish:
+    if isinstance(message, Proposal):
+        return _publish(Topic.PROPOSAL, GossipProposalMessage(message))
+    return _publish(Topic.VOTE, GossipVoteMessage(message))
+
+
+class Replica:
+    """One node's replicated state machine (see the module docstring).
+
+    Not thread-safe; every method runs to completion and returns the outputs to perform in order.
+    """
+
+    def __init__(
+        self,
+        *,
+        genesis: cfg.Genesis,
+        consensus: cfg.ConsensusConfig,
+        policy: cfg.PolicyConfig,
+        validator_key: SigningKey | None,
+        store: NodeStore,
+        driver: NodeRuntimeExecutionDriver,
+        mempool: Mempool,
+        node_id: str,
+        now_ms: Callable[[], int],
+        metrics: NodeMetrics | None = None,
+        core_factory: Callable[..., ConsensusCore] = ConsensusCore,
+    ) -> None:
+        self.genesis = genesis
+        self.chain_id = genesis.chain_id
+        self.config = consensus
+        self.policy = policy
+        self.store = store
+        self.driver = driver
+        self.mempool = mempool
+        self.node_id = node_id
+        self.now_ms = now_ms
+        self.metrics = metrics or NodeMetrics()
+        self.validator_set = ValidatorSet.from_genesis(genesis)
+        self.validator_id = validator_key.public_key.hex() if validator_key else ""
+        self.is_validator = self.validator_set.get(self.validator_id) is not None
+        self.timeouts = TimeoutConfig.from_config(consensus)
+        self.core = core_factory(
+            chain_id=self.chain_id,
+            validator_set=self.validator_set,
+            signing_key=validator_key if self.is_validator else None,
+            timeouts=self.timeouts,
+        )
+        self.log = log.bind(node=node_id[:16])
+        # The committed tip is the executed tip: a block is stored before it is executed, and on
+        # open the driver replays every stored block up to its last execution record.
+        self.height = driver.last_height
+        self.last_block_hash = store.block_hash(self.height) or ZERO_HASH
+        last = store.get_block(self.height)
+        self.last_block_time_ms = last.block.header.timestamp_ms if last else genesis.genesis_time_ms
+        self.actions_committed = 0
+        self.regossips = 0
+        self.divergence: Divergence | None = None
+        self.decoder = ActionDecoder(capacity=mempool.max_actions + 4 * consensus.max_block_actions)
+        driver.decode_action = lambda act: self.decoder.decode(act.action_id, act.payload)
+        self.admission = Admission(
+            mempool, lambda: self.driver.world, self.decoder, self.metrics, max(200, 2 * consensus.timeout_commit_ms)
+        )
+        self.execution = ExecutionCheck(driver, store, self.metrics, self.log)
+        self.validity = BlockValidity(
+            chain_id=self.chain_id,
+            epoch_length=genesis.epoch_length,
+            max_block_actions=consensus.max_block_actions,
+            tip=lambda: (self.height, self.last_block_hash, self.last_block_time_ms),
+            world=lambda: self.driver.world,
+            verified=self.admission.verified_signatures,
+            decoder=self.decoder,
+            execution=self.execution,
+        )
+        self.sync = SyncState(policy.sync_batch_heights, policy.sync_timeout_ms)
+        self._clock = PolicyClock(policy)
+        self._now_ms = 0  # the last tick's time
+        self._connected: set[str] = set()  # the last tick's connected peers
+        self._wal_written = True  # prune whatever a previous run left at the first commit
+        stored = store.get_meta(DIVERGED_META_KEY)
+        if stored is not None:
+            # Diverged before a restart: replaying the same blocks gives the same wrong roots, so
+            # stay silent until the operator resyncs this home from peers.
+            h, ours, quorum = decode(stored, tuple[int, bytes, bytes])
+            self._enter_divergence(Divergence(h, ours, quorum), persist=False)
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        genesis: cfg.Genesis,
+        consensus: cfg.ConsensusConfig,
+        validator_key: SigningKey | None,
+        store: NodeStore,
+        snapshot_dir: Path,
+        snapshot_interval: int,
+        node_id: str,
+        now_ms: Callable[[], int],
+        policy: cfg.PolicyConfig | None = None,
+        mempool_size: int = 20_000,
+        metrics: NodeMetrics | None = None,
+        core_factory: Callable[..., ConsensusCore] = ConsensusCore,
+        sandbox: Sandbox | None = None,
+    ) -> Replica:
+        """Restore a replica from ``store`` (and the newest world snapshot under ``snapshot_dir``),
+        replaying stored blocks up to the last execution record. ``policy`` defaults to
+        ``PolicyConfig()``; ``sandbox`` runs the world's modules (default: the process-wide one,
+        memory cache only). Raises ``ExecutionError`` when the stored state cannot be restored."""
+        driver = NodeRuntimeExecutionDriver.open(
+            store,
+            lambda: World.from_genesis(genesis.chain_id, genesis.world, sandbox=sandbox),
+            snapshot_dir,
+            snapshot_interval,
+            sandbox=sandbox,
+        )
+        return cls(
+            genesis=genesis,
+            consensus=consensus,
+            policy=policy if policy is not None else cfg.PolicyConfig(),
+            validator_key=validator_key,
+            store=store,
+            driver=driver,
+            mempool=Mempool(mempool_size),
+            node_id=node_id,
+            now_ms=now_ms,
+            metrics=metrics,
+            core_factory=core_factory,
+        )
+
+    # -- views ----------------------------------------------------------------------------------
+    @property
+    def world(self) -> World:
+        """The executed world."""
+        return self.driver.world
+
+    @property
+    def execution_mismatches(self) -> int:
+        """How many execution-hash comparisons with others differed (``ExecutionCheck``)."""
+        return self.execution.mismatches
+
+    @property
+    def syncing(self) -> bool:
+        """True while catching up by sync (a fetch in flight, or a peer to fetch from)."""
+        return self.sync.syncing
+
+    @property
+    def action_decodes(self) -> int:
+        """Action payloads decoded by this replica (admission, validity, execution) since it opened."""
+        return self.decoder.count
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def start(self) -> list[Output]:
+        """Start the height after the committed tip. A validator that signed messages at that height
+        before a restart (its WAL) resumes the round it was in, re-sending what it signed there
+        instead of signing anything conflicting (``ConsensusCore.resume``).
+
+        Raises ``WALError`` when the WAL holds messages this validator cannot have signed (a corrupt
+        or foreign home): refusing to start is safer than risking a double-sign."""
+        if self.core.height >= self.height + 1:
+            return []
+        height = self.height + 1
+        try:
+            signed = decode_wal_entries(height, self.store.wal_entries(height))
+            effects = self.core.resume(height, signed, self.validator_set)
+        except ValueError as exc:
+            raise WALError(
+                f"the consensus WAL at height {height} cannot be replayed: {exc}; this home's WAL is corrupt "
+                "or belongs to another validator key"
+            ) from None
+        if signed:
+            self.log.info("resumed", height=height, round=self.core.round, wal_messages=len(signed))
+        return self._perform(effects)
+
+    def admit(self, signed: SignedAction, source: ActionSource, payload: bytes | None = None) -> AdmissionResult:
+        """Admit one signed action (``Admission.admit``); client actions are gossiped at the next tick."""
+        return self.admission.admit(signed, source, payload)
+
+    def handle_gossip(self, data: bytes, peer: str) -> list[Output]:
+        """Handle one raw gossip message from ``peer`` (the pubsub origin). Malformed messages are
+        counted, dropped and reported as ``Misbehaviour``."""
+        try:
+            msg: GossipMessage = decode(data, GossipMessage, max_size=MAX_GOSSIP_BYTES)  # type: ignore[arg-type]
+        except DecodeError as exc:
+            self.metrics.messages_dropped.labels("malformed").inc()
+            self.log.warning("gossip_malformed", peer=peer, error=str(exc)[:200])
+            return [Misbehaviour(peer, Offence.MALFORMED)]
+        if isinstance(msg, GossipVoteMessage):
+            self.sync.note_peer_height(peer, msg.vote.height - 1)
+            return self._judged(peer, VoteReceived(msg.vote))
+        if isinstance(msg, GossipProposalMessage):
+            self.sync.note_peer_height(peer, msg.proposal.height - 1)
+            return self._judged(peer, ProposalReceived(msg.proposal))
+        if isinstance(msg, GossipCommitMessage):
+            return self._on_commit_announcement(msg, peer)
+        if isinstance(msg, GossipActionBatch):
+            malformed = self.admission.admit_gossip(msg.payloads)
+            return [Misbehaviour(peer, Offence.MALFORMED)] if malformed else []
+        self.sync.note_peer_height(peer, msg.height)  # GossipStatusMessage
+        return []
+
+    def handle_timeout(self, timeout: TimeoutFired) -> list[Output]:
+        """A consensus timer (``StartTimer``) fired."""
+        return self._perform(self.core.handle(timeout))
+
+    def handle_commit_wait(self, height: int) -> list[Output]:
+        """The wait after committing ``height`` (``StartCommitWait``) expired: start the next height."""
+        if height != self.height:
+            return []
+        return self._perform(self._start_next_height())
+
+    def tick(self, now_ms: int, connected: Iterable[str]) -> list[Output]:
+        """The periodic duties, called every ``policy.tick_interval_ms`` with the driver's clock
+        (monotonic ms) and the peers connected now: gossip the client actions admitted since the
+        last tick, the status heartbeat when due, re-gossip of the height's messages when it has
+        stalled for ``regossip_after_ms``, and a ``FetchBlocks`` when behind a connected peer."""
+        self._now_ms = now_ms
+        self._connected = set(connected)
+        outputs: list[Output] = list(self.admission.take_gossip_batches(MAX_GOSSIP_BYTES - 1024))
+        if self._clock.status_due(now_ms):
+            d = self.driver
+            outputs.append(_publish(Topic.STATUS, GossipStatusMessage(self.height, d.last_height, d.last_state_root)))
+        if self._clock.regossip_due(self.height, now_ms):
+            messages = self.height_messages_to_regossip()
+            self.regossips += 1
+            self.log.info("regossip", height=self.core.height, round=self.core.round, messages=len(messages))
+            outputs.extend(messages)
+        fetch = self.sync.next_fetch(self.height, self._connected, now_ms)
+        if fetch is not None:
+            outputs.append(fetch)
+        return outputs
+
+    def handle_synced(self, payloads: list[bytes], peer: str) -> list[Output]:
+        """The answer to ``FetchBlocks``: verify and commit the blocks in order, stopping at the
+        first one that does not verify or extend our chain. A peer whose answer did not advance us
+        is forgotten as a sync source; when still behind, the next ``FetchBlocks`` follows."""
+        before = self.height
+        with self.store.relaxed_durability(), self.driver.batch():
+            outputs = self._commit_synced(payloads, peer)
+        useful = self.height > before
+        self.sync.fetch_ended(peer, useful=useful)
+        if useful:
+            self.log.info("synced", peer=peer, from_height=before + 1, to_height=self.height)
+        else:
+            self.log.warning("sync_made_no_progress", peer=peer, height=self.height, payloads=len(payloads))
+        if self.sync.target(self.height, set(self.sync.peer_heights)) is None:
+            outputs.extend(self._perform(self._start_next_height()))
+        fetch = self.sync.next_fetch(self.height, self._connected, self._now_ms) if useful else None
+        if fetch is not None:
+            outputs.append(fetch)
+        return outputs
+
+    def handle_fetch_failed(self, peer: str, reason: str) -> list[Output]:
+        """A ``FetchBlocks`` failed (timeout, refused, unreachable peer; ``reason`` says which):
+        ``peer`` is no longer believed ahead until it tells us again."""
+        self.log.warning("sync_failed", peer=peer, height=self.height, reason=reason)
+        self.sync.fetch_ended(peer, useful=False)
+        return []
+
+    def serve_sync(self, from_height: int, to_height: int) -> list[bytes]:
+        """Encoded ``ReplicatedCommitPayload``s of the committed heights ``from_height..to_height``."""
+        out = []
+        for h in range(max(1, from_height), min(to_height, self.height) + 1):
+            stored = self.store.get_block(h)
+            if stored is None:
+                break
+            out.append(encode(stored))
+        return out
+
+    def height_messages_to_regossip(self) -> list[Output]:
+        """The current height's message log (proposals, votes, both halves of any equivocation), to
+        re-send while a height stalls: Tendermint's liveness assumes every message a correct node
+        holds eventually reaches every correct node, and gossipsub is best-effort.
+
+        The commit of our last committed height comes first: a peer one height behind whose copy
+        of that commit was lost cannot sync it (``SyncState.target`` waits for a gap of two) and
+        may be the stake the stalled height needs (a liveness bug the simulator found)."""
+        if self.core.height != self.height + 1:
+            return []
+        out: list[Output] = []
+        last = self.store.get_block(self.height) if self.height > 0 else None
+        if last is not None:
+            out.append(_publish(Topic.COMMIT, GossipCommitMessage(last.block.header, last.certificate, last.execution)))
+        out.extend(_publish_signed(msg) for msg in self.core.height_messages())
+        return out
+
+    # -- the core's effects ---------------------------------------------------------------------
+    def _start_next_height(self) -> list[Effect]:
+        """Move the core to the height after the committed tip (no-op when it is already there)."""
+        if self.core.height >= self.height + 1:
+            return []
+        self.metrics.round.set(0)
+        return self.core.start_height(self.height + 1, self.validator_set)
+
+    def _perform(self, effects: list[Effect]) -> list[Output]:
+        outputs: list[Output] = []
+        queue = list(effects)
+        while queue:
+            eff = queue.pop(0)
+            if isinstance(eff, PersistWAL):
+                kind, payload = wal_entry(eff.entry)
+                self.store.wal_append(eff.entry.height, eff.entry.round, kind, payload)
+                self._wal_written = True
+            elif isinstance(eff, Broadcast):
+                outputs.append(_publish_signed(eff.message))
+            elif isinstance(eff, ScheduleTimeout):
+                outputs.append(StartTimer(eff.kind, eff.height, eff.round, eff.duration_ms))
+                self.metrics.round.set(eff.round)
+            elif isinstance(eff, GetValue):
+                block = self._build_block(eff.height, eff.round)
+                queue.extend(self.core.handle(ValueToPropose(eff.height, eff.round, block)))
+            elif isinstance(eff, ValidateBlock):
+                valid = self._valid(eff.block)
+                queue.extend(self.core.handle(BlockValidityInput(eff.block.hash(), valid)))
+            elif isinstance(eff, Decide):
+                if eff.block.header.height <= self.height:  # already committed from a peer's commit
+                    queue.extend(self._start_next_height())
+                    continue
+                outputs.extend(self._commit(eff.block, eff.certificate, source="consensus"))
+            elif isinstance(eff, EvidenceFound):
+                ev = eff.evidence
+                self.store.put_evidence(ev.height, type(ev).__name__, encode(ev))
+                self.log.warning("equivocation_evidence", height=ev.height, validator=ev.validator[:16])
+            else:
+                raise TypeError(f"unknown consensus effect {type(eff).__name__}")
+        return outputs
+
+    def _valid(self, block: Block) -> bool:
+        """valid(v) (``BlockValidity.problem``); an unexpected exception counts as invalid."""
+        try:
+            problem = self.validity.problem(block)
+        except Exception as exc:  # a hostile block must not crash the node
+            self.log.error("validate_block_failed", height=block.header.height, error=repr(exc))
+            problem = f"validation failed: {exc!r}"
+        if problem is None:
+            return True
+        self.log.warning("proposal_rejected", height=block.header.height, round=block.header.round, reason=problem)
+        self.metrics.messages_dropped.labels("invalid_block").inc()
+        return False
+
+    def _build_block(self, height: int, round: int) -> Block:
+        actions = self.mempool.reap(self.config.max_block_actions, self.config.max_block_bytes)
+        d = self.driver
+        header = BlockHeader(
+            chain_id=self.chain_id,
+            height=height,
+            round=round,
+            epoch=height // self.genesis.epoch_length,
+            proposer=self.validator_id,
+            prev_block_hash=self.last_block_hash,
+            action_root=compute_consensus_action_root(actions),
+            action_count=len(actions),
+            last_execution_height=d.last_height,
+            last_execution_block_hash=d.last_block_hash,
+            last_execution_state_root=d.last_state_root,
+            timestamp_ms=max(self.now_ms(), self.last_block_time_ms),
+        )
+        return Block(header=header, actions=actions)
+
+    # -- commit and execution -------------------------------------------------------------------
+    def _commit(self, block: Block, certificate: CommitCertificate, source: str) -> list[Output]:
+        """Persist, execute and announce a committed block; advance the tip. Returns the commit
+        announcement and the commit wait (neither for synced blocks)."""
+        hdr = block.header
+        if self.divergence is None:
+            divergence = self.execution.check_quorum(hdr)
+            if divergence is not None:
+                self._enter_divergence(divergence)
+        self.store.put_block(block, certificate)
+        failpoint("commit.after_put_block")
+        ctx = self.driver.context_for(block, self.chain_id, self.node_id, hdr.epoch)
+        result = self.driver.on_commit(ctx)
+        failpoint("commit.after_execute")
+        self.height = hdr.height
+        self.last_block_hash = block.hash()
+        self.last_block_time_ms = hdr.timestamp_ms
+        self.admission.committed([a.action_id for a in block.actions])
+        self.mempool.drop_stale(self._last_nonce_of)
+        if self._wal_written:  # a synced or observed height signed nothing: no write, no fsync
+            self.store.wal_prune(hdr.height)
+            self._wal_written = False
+        self.actions_committed += len(block.actions)
+        m = self.metrics
+        m.height.set(self.height)
+        m.execution_height.set(result.execution_height)
+        m.blocks_committed.inc()
+        m.actions_committed.inc(len(block.actions))
+        m.mempool_size.set(len(self.mempool))
+        self.log.info(
+            "block_committed",
+            height=hdr.height,
+            round=hdr.round,
+            actions=len(block.actions),
+            state_root=result.execution_state_root.hex()[:16],
+            source=source,
+        )
+        if source == "sync":
+            return []
+        hashes = ExecutionHashes(result.execution_height, result.execution_block_hash, result.execution_state_root)
+        return [
+            _publish(Topic.COMMIT, GossipCommitMessage(block.header, certificate, hashes)),
+            StartCommitWait(hdr.height, self.timeouts.commit_ms),
+        ]
+
+    def _last_nonce_of(self, agent_id: str) -> int | None:
+        agent = self.world.get_agent(agent_id)
+        return agent.last_nonce if agent is not None else None
+
+    def _commit_synced(self, payloads: list[bytes], peer: str) -> list[Output]:
+        outputs: list[Output] = []
+        for raw in payloads:
+            try:
+                payload = decode(raw, ReplicatedCommitPayload, max_size=MAX_SYNC_PAYLOAD_BYTES)
+            except DecodeError as exc:
+                self.metrics.messages_dropped.labels("malformed").inc()
+                self.log.warning("sync_malformed", peer=peer, error=str(exc)[:200])
+                outputs.append(Misbehaviour(peer, Offence.BAD_SYNC_RESPONSE))
+                break
+            h = payload.block.header.height
+            if h <= self.height:  # committed meanwhile from gossip
+                continue
+            if h != self.height + 1:
+                break
+            before = self.height
+            outputs.extend(self._on_peer_commit(payload, peer, "sync"))
+            if self.height == before:
+                break
+            self.metrics.blocks_synced.inc()
+        return outputs
+
+    def _on_commit_announcement(self, msg: GossipCommitMessage, peer: str) -> list[Output]:
+        """A peer's commit announcement (header, certificate, its execution hashes). For our next
+        height, commit the proposal's block if we hold it; if we do not, and the certificate
+        verifies, let sync fetch the block (``SyncState.certified_next``)."""
+        header, cert = msg.header, msg.certificate
+        h = header.height
+        if cert.height != h or cert.block_hash != block_hash(header):
+            self.metrics.messages_dropped.labels("invalid_commit").inc()
+            return [Misbehaviour(peer, Offence.INVALID_COMMIT)]
+        if h != self.height + 1:
+            self.sync.note_peer_height(peer, h)
+            if h <= self.height:
+                self.metrics.messages_dropped.labels("stale_commit").inc()
+                self.execution.check_peer(msg.execution, peer)
+            return []
+        block = self.core.known_block(cert.block_hash)
+        if block is not None:
+            return self._on_peer_commit(ReplicatedCommitPayload(block, cert, msg.execution), peer, "gossip")
+        try:
+            verify_commit_certificate(cert, cert.block_hash, self.chain_id, self.validator_set)
+        except InvalidCertificate as exc:
+            self.metrics.messages_dropped.labels("invalid_commit").inc()
+            self.log.warning("peer_commit_rejected", height=h, peer=peer, source="gossip", reason=str(exc))
+            return [Misbehaviour(peer, Offence.INVALID_COMMIT)]
+        self.sync.note_peer_height(peer, h)
+        self.sync.certified_next = h
+        return []
+
+    def _on_peer_commit(self, payload: ReplicatedCommitPayload, peer: str, source: str) -> list[Output]:
+        """A committed block from a peer: compare execution hashes for a height we have, commit it
+        when it is our next height (certificate and shape verified), or note that we are behind."""
+        block, cert = payload.block, payload.certificate
+        h = block.header.height
+        self.sync.note_peer_height(peer, h)
+        if h <= self.height:
+            self.execution.check_peer(payload.execution, peer)
+            return []
+        if h > self.height + 1:
+            return []
+        problem, punish = self._commit_problem(block, cert)
+        if problem is not None:
+            self.metrics.messages_dropped.labels("invalid_commit").inc()
+            self.log.warning("peer_commit_rejected", height=h, peer=peer, source=source, reason=problem)
+            if not punish:
+                return []
+            return [Misbehaviour(peer, Offence.BAD_SYNC_RESPONSE if source == "sync" else Offence.INVALID_COMMIT)]
+        outputs = self._commit(block, cert, source=source)
+        self.execution.check_peer(payload.execution, peer)
+        return outputs
+
+    def _commit_problem(self, block: Block, cert: CommitCertificate) -> tuple[str | None, bool]:
+        """Why a peer's committed block cannot be committed as our next height (None if it can),
+        and whether that is the sender's fault (a forged certificate or block) rather than ours."""
+        if cert.height != block.header.height or cert.block_hash != block.hash():
+            return "certificate is for another block", True
+        try:
+            verify_commit_certificate(cert, block.hash(), self.chain_id, self.validator_set)
+        except InvalidCertificate as exc:
+            return f"invalid commit certificate: {exc}", True
+        problem = block_shape_problem(block, self.chain_id, self.height + 1)
+        if problem is not None:
+            return problem, True
+        if block.header.prev_block_hash != self.last_block_hash:
+            # certified by the quorum but not on our chain: our store is the odd one out
+            return "block does not extend our chain", False
+        return None, False
+
+    # -- peers ----------------------------------------------------------------------------------
+    def _judged(self, peer: str, inp: VoteReceived | ProposalReceived) -> list[Output]:
+        """Hand a vote or proposal to the core; a rejection no correct node causes (forged
+        signature, unknown validator, misshapen message) is reported as the sender's misbehaviour.
+        ``peer`` is the pubsub origin, authenticated by pubsub's strict signing."""
+        message = inp.vote if isinstance(inp, VoteReceived) else inp.proposal
+        effects = self.core.handle(inp)
+        # Only the rejection of this very message is the sender's fault: the same call may replay
+        # buffered messages of the next height, sent by others (found by the simulator).
+        blamed = [
+            _PUNISHED_REJECTIONS[r] for r, m in self.core.last_rejections if m is message and r in _PUNISHED_REJECTIONS
+        ]
+        outputs = self._perform(effects)
+        outputs.extend(Misbehaviour(peer, offence) for offence in blamed)
+        return outputs
+
+    def _enter_divergence(self, d: Divergence, persist: bool = True) -> None:
+        self.divergence = d
+        self.core.stop_signing()
+        self.metrics.execution_diverged.set(1)
+        if persist:
+            self.store.set_meta(DIVERGED_META_KEY, encode((d.height, d.our_root, d.quorum_root)))
+        self.log.error(
+            "execution_diverged",
+            height=d.height,
+            ours=d.our_root.hex(),
+            quorum=d.quorum_root.hex(),
+            action="this validator stopped signing; stop the node, move its data directory away and "
+            "restart it to resync from peers, then report the two roots",
+        )
+
+
+__all__ = [
+    "DIVERGED_META_KEY",
+    "MAX_GOSSIP_BYTES",
+    "MAX_SYNC_PAYLOAD_BYTES",
+    "FetchBlocks",
+    "Replica",
+]

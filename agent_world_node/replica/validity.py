@@ -1,0 +1,112 @@
+"""valid(v): whether this node may vote for a proposed block (Tendermint paper, Algorithm 1, the
+predicate of L22, L28, L36 and L49).
+
+``BlockValidity.problem(block)`` returns why not (None when valid):
+
+1. the block's shape (``types.block_shape_problem``: chain id, height, action count and root,
+   payload hashes and action ids, no action twice);
+2. it extends our chain: parent hash is our last committed block, timestamp not earlier than it,
+   epoch = height // epoch_length, at most ``max_block_actions`` actions;
+3. every action decodes, is signed by its submitter's key (a ``RegisterAgent`` by the key it
+   carries, or by one registered earlier in the block), and its signature verifies; signatures
+   this node verified before (at admission) are not verified again;
+4. the proposer's execution hashes of the previous height equal ours (``ExecutionCheck``).
+
+Actions are decoded through the node's ``ActionDecoder``, which keeps them for execution (and
+already holds those admitted here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from agent_world_runtime import World
+from agent_world_runtime.actions import RegisterAgent, SignedAction, verify_action_signature
+from agent_world_runtime.codec import DecodeError
+
+from ..mempool import RecentIds
+from ..types import Block, block_shape_problem
+from .admission import ActionDecoder
+from .execution_check import ExecutionCheck
+
+
+class BlockValidity:
+    """valid(v) for the next height (see the module docstring). The chain tip (height, last block
+    hash and time) is read from ``tip()`` at each call."""
+
+    def __init__(
+        self,
+        *,
+        chain_id: str,
+        epoch_length: int,
+        max_block_actions: int,
+        tip: Callable[[], tuple[int, bytes, int]],
+        world: Callable[[], World],
+        verified: RecentIds,
+        decoder: ActionDecoder,
+        execution: ExecutionCheck,
+    ) -> None:
+        self._chain_id = chain_id
+        self._epoch_length = epoch_length
+        self._max_block_actions = max_block_actions
+        self._tip = tip
+        self._world = world
+        self._verified = verified
+        self._decoder = decoder
+        self._execution = execution
+
+    def problem(self, block: Block) -> str | None:
+        """Why ``block`` is not valid at the next height, or None. Never raises for bad input."""
+        height, last_hash, last_time_ms = self._tip()
+        h = block.header
+        problem = block_shape_problem(block, self._chain_id, height + 1)
+        if problem is not None:
+            return problem
+        if h.prev_block_hash != last_hash:
+            return "previous block hash does not match our last committed block"
+        if h.timestamp_ms < last_time_ms:
+            return "timestamp earlier than the previous block"
+        if h.epoch != h.height // self._epoch_length:
+            return f"epoch {h.epoch} is not height // epoch_length"
+        if len(block.actions) > self._max_block_actions:
+            return f"{len(block.actions)} actions exceed max_block_actions"
+        problem = self._signatures_problem(block)
+        if problem is not None:
+            return problem
+        return self._execution.check_proposal(h)
+
+    def _signatures_problem(self, block: Block) -> str | None:
+        registered_here: dict[str, bytes] = {}
+        world = self._world()
+        for act in block.actions:
+            signed = self.decoded_action(act.action_id, act.payload)
+            if signed is None:
+                return f"action {act.action_id.hex()[:16]} is malformed"
+            if signed.body.agent_id != act.submitter:
+                return f"action {act.action_id.hex()[:16]}: submitter is not the signing agent"
+            key = _signer_key(world, signed, registered_here)
+            if act.action_id not in self._verified and key is not None:
+                if not verify_action_signature(signed, key):
+                    return f"action {act.action_id.hex()[:16]} has a bad signature"
+                self._verified.add(act.action_id)
+        return None
+
+    def decoded_action(self, action_id: bytes, payload: bytes) -> SignedAction | None:
+        """The decoded action ``action_id``, or None when its payload does not decode."""
+        try:
+            return self._decoder.decode(action_id, payload)
+        except DecodeError:
+            return None
+
+
+def _signer_key(world: World, signed: SignedAction, registered_here: dict[str, bytes]) -> bytes | None:
+    """The public key ``signed`` must be signed with: a ``RegisterAgent``'s own key; else the
+    agent's registered key (keys never change), or the key of its first ``RegisterAgent`` earlier
+    in the block; None for an agent nobody registered (execution rejects the action as from an
+    unknown agent whatever its signature)."""
+    body = signed.body
+    if isinstance(body.action, RegisterAgent):
+        registered_here.setdefault(body.agent_id, body.action.public_key)
+        return body.action.public_key
+    agent = world.get_agent(body.agent_id)
+    return agent.public_key if agent is not None else registered_here.get(body.agent_id)

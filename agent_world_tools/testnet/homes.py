@@ -1,0 +1,217 @@
+"""Creating a local testnet on loopback: N node homes ``dir/node0..N-1`` that share one genesis (every
+node a validator with equal stake), with random keys, free loopback ports and a full-mesh peer list;
+adding a non-validating late joiner to an existing testnet; and reading a testnet directory back as
+``TestnetNode`` descriptions (name, home, RPC URL, chain id) that the other testnet modules use.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import structlog
+
+from agent_world_node.config import (
+    ConfigError,
+    Genesis,
+    GenesisValidator,
+    Home,
+    NodeConfig,
+    P2PConfig,
+    RPCConfig,
+    init_home,
+    peer_id_for_seed,
+    read_config,
+    read_genesis,
+    read_key,
+)
+from agent_world_runtime.crypto import SigningKey
+from agent_world_runtime.params import WorldParams
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_TESTNET_CHAIN_ID = "agent-world-testnet"
+DEFAULT_STAKE = 100
+NODE_LOG = "node.log"
+
+
+# --- creating a testnet -------------------------------------------------------------------------
+
+
+def pick_free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Return ``count`` distinct TCP ports that were free on ``host`` a moment ago.
+
+    Binds ``count`` sockets to port 0 at once (so the kernel gives distinct ports), reads the ports,
+    then closes them. Another process may take a port before the node binds it; the node then fails
+    to start and says so in its log.
+    """
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def node_dir(directory: Path, index: int) -> Path:
+    """Return the home of node ``index`` in a testnet directory: ``directory/node{index}``."""
+    return Path(directory) / f"node{index}"
+
+
+def is_testnet(directory: Path) -> bool:
+    """Return True iff ``directory`` holds a testnet (``node0/config/genesis.json`` exists)."""
+    return Home(node_dir(directory, 0)).genesis_file.exists()
+
+
+# The local testnet's world rules: a harvest yields 20 electricity (default 5), so that the
+# scripted economy can pay for a module billed on every move of every agent (each call of the
+# example reducer costs its owner 2 electricity and about 2 data).
+TESTNET_WORLD = WorldParams(harvest_amount=20)
+
+
+def init_testnet(
+    directory: Path,
+    nodes: int,
+    *,
+    chain_id: str = DEFAULT_TESTNET_CHAIN_ID,
+    stake: int = DEFAULT_STAKE,
+    config: Callable[[int], NodeConfig] | None = None,
+) -> list[Home]:
+    """Create ``nodes`` homes ``directory/node0..`` for one chain and return them.
+
+    Every node gets new random keys (``SigningKey.generate``), every node is a validator with
+    ``stake``, and all homes hold the identical ``genesis.json``. Ports: a free loopback port for
+    libp2p and one for HTTP per node (``pick_free_ports``). ``p2p.peers`` of each node lists every
+    other node as ``/ip4/127.0.0.1/tcp/PORT/p2p/<peer id>``. ``config(i)`` may supply a base
+    NodeConfig for node i (listen addresses, peers and moniker are overwritten).
+
+    Raises ConfigError if ``nodes`` < 1, or if a home already exists at one of the paths.
+    """
+    if nodes < 1:
+        raise ConfigError(f"--nodes must be at least 1, got {nodes}")
+    directory = Path(directory)
+    for i in range(nodes):
+        if Home(node_dir(directory, i)).validator_key_file.exists():
+            raise ConfigError(f"{node_dir(directory, i)}: a node home already exists; choose an empty --dir")
+    validator_keys = [SigningKey.generate() for _ in range(nodes)]
+    node_seeds = [SigningKey.generate().seed for _ in range(nodes)]
+    peer_ids = [peer_id_for_seed(seed) for seed in node_seeds]
+    ports = pick_free_ports(2 * nodes)
+    p2p_ports, rpc_ports = ports[:nodes], ports[nodes:]
+    genesis = Genesis(
+        chain_id=chain_id,
+        genesis_time_ms=int(time.time() * 1000),
+        validators=[
+            GenesisValidator(name=f"node{i}", public_key=key.public_key.hex(), stake=stake)
+            for i, key in enumerate(validator_keys)
+        ],
+        world=TESTNET_WORLD,
+    )
+    homes = []
+    for i in range(nodes):
+        cfg = config(i) if config is not None else NodeConfig()
+        cfg.p2p = P2PConfig(
+            listen=f"/ip4/127.0.0.1/tcp/{p2p_ports[i]}",
+            peers=[f"/ip4/127.0.0.1/tcp/{p2p_ports[j]}/p2p/{peer_ids[j]}" for j in range(nodes) if j != i],
+        )
+        cfg.rpc = RPCConfig(listen=f"127.0.0.1:{rpc_ports[i]}", unsafe=cfg.rpc.unsafe)
+        homes.append(
+            init_home(
+                node_dir(directory, i),
+                moniker=f"node{i}",
+                config=cfg,
+                node_seed=node_seeds[i],
+                validator_seed=validator_keys[i].seed,
+                genesis=genesis,
+            )
+        )
+    log.info("testnet_created", dir=str(directory), nodes=nodes, chain_id=chain_id)
+    return homes
+
+
+def add_testnet_node(directory: Path, *, config: NodeConfig | None = None) -> Home:
+    """Add a full node (not a validator: it follows and executes the chain but never votes) to the
+    testnet in ``directory`` as the next ``nodeN``, with an empty data directory, the testnet's
+    genesis, new keys, free loopback ports, and every existing node as a peer. It syncs from
+    genesis when started (a late joiner). Existing nodes do not list it as a peer; it dials them.
+
+    Raises ConfigError if there is no testnet in ``directory``.
+    """
+    directory = Path(directory)
+    existing = load_testnet(directory)
+    genesis = read_genesis(existing[0].home.genesis_file)
+    peers = []
+    for node in existing:
+        c = read_config(node.home.config_file)
+        peers.append(f"{c.p2p.listen}/p2p/{peer_id_for_seed(read_key(node.home.node_key_file).seed)}")
+    index = len(existing)
+    node_seed = SigningKey.generate().seed
+    p2p_port, rpc_port = pick_free_ports(2)
+    cfg = config or NodeConfig()
+    cfg.p2p = P2PConfig(listen=f"/ip4/127.0.0.1/tcp/{p2p_port}", peers=peers)
+    cfg.rpc = RPCConfig(listen=f"127.0.0.1:{rpc_port}", unsafe=cfg.rpc.unsafe)
+    # The validator key file is written (every home has one) but is not in the genesis validator
+    # set, so this node never signs a proposal or a vote.
+    home = init_home(node_dir(directory, index), moniker=f"node{index}", config=cfg, node_seed=node_seed, genesis=genesis)
+    log.info("testnet_node_added", dir=str(directory), node=f"node{index}", peers=len(peers))
+    return home
+
+
+@dataclass(frozen=True)
+class TestnetNode:
+    """One node of a testnet: ``name`` (moniker), ``home``, ``rpc_url`` (``http://host:port``)."""
+
+    __test__ = False
+
+    name: str
+    home: Home
+    rpc_url: str
+    chain_id: str
+
+    @property
+    def log_path(self) -> Path:
+        """Where the node's stdout and stderr go: ``HOME/node.log``."""
+        return self.home.root / NODE_LOG
+
+
+def rpc_url_for(listen: str) -> str:
+    """Return the URL a local client uses for an ``rpc.listen`` address (``0.0.0.0`` -> ``127.0.0.1``)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"rpc.listen {listen!r} is not host:port")
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+def load_testnet(directory: Path) -> list[TestnetNode]:
+    """Return the nodes of the testnet in ``directory`` (node0, node1, ... until the first gap).
+
+    Raises ConfigError if there is no testnet there, a config or genesis is invalid, or the nodes'
+    genesis files differ.
+    """
+    directory = Path(directory)
+    if not is_testnet(directory):
+        raise ConfigError(f"{directory}: no testnet here; create one with `awnode testnet init --dir {directory}`")
+    nodes: list[TestnetNode] = []
+    first_genesis: bytes | None = None
+    i = 0
+    while Home(node_dir(directory, i)).config_file.exists():
+        home = Home(node_dir(directory, i))
+        cfg = read_config(home.config_file)
+        genesis = read_genesis(home.genesis_file)
+        raw = home.genesis_file.read_bytes()
+        if first_genesis is None:
+            first_genesis = raw
+        elif raw != first_genesis:
+            raise ConfigError(f"{home.genesis_file}: differs from node0's genesis; every node of a chain needs the same file")
+        nodes.append(TestnetNode(name=cfg.moniker, home=home, rpc_url=rpc_url_for(cfg.rpc.listen), chain_id=genesis.chain_id))
+        i += 1
+    return nodes
