@@ -8,7 +8,7 @@ NODES    ?= 4
 DURATION ?=
 TESTNET_ARGS := --nodes $(NODES) $(if $(DURATION),--duration $(DURATION),)
 
-.PHONY: venv testnet test bench clean sim sim-long test-faults
+.PHONY: venv testnet test check bench clean sim sim-long test-faults
 
 venv: $(STAMP)
 
@@ -21,7 +21,13 @@ $(STAMP): pyproject.toml
 testnet: $(STAMP)
 	$(BIN)/awnode testnet $(TESTNET_ARGS)
 
-test: $(STAMP)
+# Static checks first (configured in pyproject.toml): lint, types, and the import-layer contracts.
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: check
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -11,8 +11,9 @@ Errors (all subclasses of ``ClientError``, each message saying what went wrong a
 - ``NodeUnreachable``: connection refused, timed out or broken ("cannot reach node at URL: ...;
   is it running?").
 - ``ActionRejected(code, reason)``: the node answered 400 (or 413/422) to a submission; ``code`` is the
-  node's machine-readable code (``malformed``, ``bad_signature``, ``unknown_agent``,
-  ``nonce_replayed``, ``wrong_chain``, ``too_large``, ...).
+  node's machine-readable code, a value of ``agent_world_node.schema.AdmissionCode``
+  (``malformed``, ``too_large``, ``wrong_chain``, ``bad_agent_id``, ``already_registered``,
+  ``bad_signature``, ``negative_nonce``, ``unknown_agent``, ``nonce_replayed``).
 - ``NodeBusy``: the node kept answering 503 "mempool full" after the bounded number of retries.
 - ``NotFound``: 404 for a block, execution record or agent that the node does not have.
 - ``BadResponse``: any other status, or a body that is not the JSON the API promises.
@@ -33,6 +34,7 @@ import msgspec
 import structlog
 import trio
 
+from agent_world_node.schema import StatusDocument
 from agent_world_runtime.actions import AGENT_ID_RE, SignedAction
 from agent_world_runtime.codec import encode_json
 from agent_world_runtime.crypto import SigningKey
@@ -295,12 +297,21 @@ class NodeClient:
             )
 
     async def status(self) -> dict[str, Any]:
-        """GET /v1/status: node_id, moniker, chain_id, height, execution_height, execution_state_root,
-        peers, peer_count, mempool_size, actions_committed, module_calls, syncing, ..."""
+        """GET /v1/status as a dict (the fields of ``agent_world_node.schema.StatusDocument``:
+        node_id, moniker, chain_id, height, execution_height, execution_state_root, peers, ...)."""
         body = await self._get_json("/v1/status", what="status")
         if not isinstance(body, dict):
             raise BadResponse(f"node at {self.base_url} answered /v1/status with {type(body).__name__}, not an object")
         return body
+
+    async def status_document(self) -> StatusDocument:
+        """GET /v1/status decoded as the API's ``StatusDocument``. Raises BadResponse when the
+        node's answer does not have that shape (e.g. a node of another version)."""
+        body = await self.status()
+        try:
+            return msgspec.convert(body, StatusDocument)
+        except msgspec.ValidationError as exc:
+            raise BadResponse(f"node at {self.base_url} answered /v1/status with an unexpected document: {exc}") from None
 
     async def set_peer_filter(self, blocked: list[str]) -> list[str]:
         """POST /v1/unsafe/peer_filter: make the node disconnect and ignore the ``blocked`` peer ids

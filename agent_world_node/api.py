@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import msgspec
@@ -68,7 +69,8 @@ _HEIGHT_RE = re.compile(r"[0-9]{1,19}")
 
 
 class _Network(Protocol):
-    peer_filter: PeerFilter
+    @property
+    def peer_filter(self) -> PeerFilter: ...
 
 
 class NodeView(Protocol):
@@ -76,7 +78,9 @@ class NodeView(Protocol):
 
     config: NodeConfig
     metrics: NodeMetrics
-    net: _Network
+
+    @property
+    def net(self) -> _Network: ...
 
     @property
     def height(self) -> int: ...
@@ -99,7 +103,7 @@ def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) ->
     return Response(msgspec.json.encode(doc), status_code=status, headers=headers, media_type="application/json")
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+def _error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, "code": code, **extra}, status_code=status, headers=headers)
 
 

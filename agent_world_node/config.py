@@ -149,14 +149,6 @@ class Home:
         self.db_file = self.data_dir / "node.sqlite3"
 
 
-def peer_id_for_seed(seed: bytes) -> str:
-    """Return the libp2p peer id (base58) of the Ed25519 identity made from ``seed``."""
-    from libp2p.crypto.ed25519 import create_new_key_pair
-    from libp2p.peer.id import ID
-
-    return ID.from_pubkey(create_new_key_pair(seed).public_key).to_base58()
-
-
 def _write_private(path: Path, data: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

@@ -290,7 +290,8 @@ class Node:
         return True, "ok"
 
     # -- run ------------------------------------------------------------------------------------
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    # the trio-typing stubs that py-libp2p installs shadow trio's own types and lack TaskStatus
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[name-defined]
         """Run the node until cancelled: network, consensus, sync, gossip and the HTTP API."""
         from hypercorn.config import Config as HyperConfig
         from hypercorn.trio import serve

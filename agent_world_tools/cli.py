@@ -42,10 +42,10 @@ from agent_world_node.config import (
     Home,
     NodeConfig,
     init_home,
-    peer_id_for_seed,
     read_genesis,
     read_key,
 )
+from agent_world_node.network import peer_id_for_seed
 from agent_world_runtime.actions import AGENT_ID_RE, Action, RegisterAgent, action_kind, sign_action
 from agent_world_runtime.crypto import SigningKey
 

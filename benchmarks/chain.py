@@ -41,7 +41,8 @@ from typing import Iterator
 import structlog
 
 from agent_world_node import config as cfg
-from agent_world_node.replica import ActionSource, Replica, StartCommitWait, StartTimer
+from agent_world_node.network import peer_id_for_seed
+from agent_world_node.replica import ActionSource, Replica, StartCommitWait
 from agent_world_node.store import NodeStore
 from agent_world_runtime import World
 from agent_world_runtime.actions import (
@@ -270,7 +271,7 @@ def node_multiaddr(home: cfg.Home) -> str:
     """Return the full libp2p address (``/ip4/.../tcp/PORT/p2p/<peer id>``) of the node of ``home``,
     from its ``config.toml`` and node key. Raises ConfigError if either is missing or invalid."""
     conf = cfg.read_config(home.config_file)
-    return f"{conf.p2p.listen}/p2p/{cfg.peer_id_for_seed(cfg.read_key(home.node_key_file).seed)}"
+    return f"{conf.p2p.listen}/p2p/{peer_id_for_seed(cfg.read_key(home.node_key_file).seed)}"
 
 
 def init_joiner_home(source: cfg.Home, root: str | Path, *, config: cfg.NodeConfig | None = None) -> cfg.Home:

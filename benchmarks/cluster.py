@@ -46,8 +46,8 @@ import structlog
 import trio
 
 from agent_world_client.client import ClientError, NodeClient
-from agent_world_node.config import ConsensusConfig, NodeConfig, peer_id_for_seed, read_config, read_genesis, read_key
-from agent_world_node.network import NetworkConfig, P2PNetwork
+from agent_world_node.config import ConsensusConfig, NodeConfig, read_config, read_genesis, read_key
+from agent_world_node.network import NetworkConfig, P2PNetwork, peer_id_for_seed
 from agent_world_node.types import GossipCommitMessage, GossipMessage, GossipProposalMessage, GossipVoteMessage, VoteType
 from agent_world_runtime.codec import DecodeError, decode
 from agent_world_tools.testnet import (

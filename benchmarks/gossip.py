@@ -323,7 +323,7 @@ class GossipCluster:
         self.close()
 
     def _start(self) -> None:
-        from agent_world_node.config import peer_id_for_seed
+        from agent_world_node.network import peer_id_for_seed
         from agent_world_tools.testnet import _parent_death_signal, pick_free_ports
 
         self.workdir.mkdir(parents=True, exist_ok=True)

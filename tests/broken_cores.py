@@ -1,6 +1,6 @@
 """Test-only broken variants of ``ConsensusCore``, one per safety mechanism of Tendermint.
 
-DESIGN.md, "Tests": a property test that could not fail proves nothing. The simulated-cluster
+A property test that could not fail proves nothing. The simulated-cluster
 property suite runs its clusters with ``Replica(core_factory=BROKEN_CORES[name])`` and must report a
 violation for every variant here; if it passes with one of them, the suite does not test that
 mechanism. Each variant is a small subclass that overrides exactly one of the core's overridable

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.gossip import GossipCluster, GossipBenchError, PhaseResult
+from benchmarks.gossip import GossipBenchError, GossipCluster, PhaseResult
 
 
 @pytest.mark.timeout(90)

@@ -9,7 +9,8 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from agent_world_node.config import ConfigError, Home, peer_id_for_seed, read_config, read_genesis, read_key
+from agent_world_node.config import ConfigError, Home, read_config, read_genesis, read_key
+from agent_world_node.network import peer_id_for_seed
 from agent_world_tools import cli
 from agent_world_tools.testnet import TestnetOptions, init_testnet, load_testnet, pick_free_ports, prepare_testnet
 

@@ -21,7 +21,6 @@ from agent_world_node.consensus import (
 )
 from agent_world_runtime.crypto import SigningKey
 
-from .validity_oracle import with_validity
 from .broken_cores import (
     BROKEN_CORES,
     AcceptsUnsignedVotesCore,
@@ -47,6 +46,7 @@ from .test_consensus_core import (
     sent_votes,
     vote,
 )
+from .validity_oracle import with_validity
 
 
 def both(factory, vset: ValidatorSet = VSET, key: SigningKey = ME) -> tuple[ConsensusCore, ConsensusCore]:

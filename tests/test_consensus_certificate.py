@@ -82,7 +82,7 @@ def test_wrong_block_or_height():
 
 
 def test_certificate_checked_against_the_right_validator_set():
-    heavy = ValidatorSet(Validator.from_public_key(k.public_key, s) for k, s in zip(KEYS, (1, 1, 1, 10)))
+    heavy = ValidatorSet(Validator.from_public_key(k.public_key, s) for k, s in zip(KEYS, (1, 1, 1, 10), strict=True))
     with pytest.raises(InvalidCertificate, match="stake 3 of 13"):
         verify_commit_certificate(cert(*KEYS[:3]), BLOCK, CHAIN, heavy)
 

@@ -27,7 +27,7 @@ K = ThresholdKind
 
 
 def vset(*stakes: int) -> ValidatorSet:
-    return ValidatorSet(Validator.from_public_key(k.public_key, s) for k, s in zip(KEYS, stakes))
+    return ValidatorSet(Validator.from_public_key(k.public_key, s) for k, s in zip(KEYS[: len(stakes)], stakes, strict=True))
 
 
 def vote(i: int, vote_type: VoteType, round: int, value: bytes | None, height: int = 1) -> Vote:

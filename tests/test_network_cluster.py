@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import trio
 
-from agent_world_node.network import ListenAddressInUseError, NetworkConfig, P2PNetwork, TOPIC_NAMES
+from agent_world_node.network import TOPIC_NAMES, ListenAddressInUseError, NetworkConfig, P2PNetwork
 from agent_world_node.network.local_cluster import start_local_cluster, wait_for_full_mesh
 
 SEEDS = [bytes([0x10 + i]) * 32 for i in range(4)]
@@ -154,7 +154,7 @@ def test_restarted_node_is_redialled_and_its_new_messages_are_delivered() -> Non
                 reconnects_before = [n.stats()["reconnects"] for n in nets[1:]]
                 # Wait until every other node has failed to redial node 0 at least once: that puts
                 # node 0 in the library's 60 s negative dial cache on each of them.
-                while any(n.stats()["dial_failures"] == f for n, f in zip(nets[1:], failures_before)):
+                while any(n.stats()["dial_failures"] == f for n, f in zip(nets[1:], failures_before, strict=True)):
                     await trio.sleep(0.02)
                 await node0.restart()  # same seed, same port; node 0 has no configured peers
                 assert node0.network.peer_id == old_id and node0.address == old_address
@@ -176,7 +176,7 @@ def test_restarted_node_is_redialled_and_its_new_messages_are_delivered() -> Non
                     got = await receive_exactly(net, {("vote", d, old_id) for d in after})
                     assert len(got) == len(after)
                 # Each of them counted node 0's return as a reconnect.
-                while any(n.stats()["reconnects"] <= r for n, r in zip(nets[1:], reconnects_before)):
+                while any(n.stats()["reconnects"] <= r for n, r in zip(nets[1:], reconnects_before, strict=True)):
                     await trio.sleep(0.02)
                 # And the restarted node hears the others again.
                 await nets[2].publish("status", b"hello again")

@@ -12,8 +12,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_world_node.config import peer_id_for_seed
-from agent_world_node.network import InboundMessage, NetworkConfig, NetworkConfigError, P2PNetwork, SyncError
+from agent_world_node.network import InboundMessage, NetworkConfig, NetworkConfigError, P2PNetwork, SyncError, peer_id_for_seed
 from agent_world_node.network.host import gossip_degrees
 from agent_world_node.network.log_bridge import install_libp2p_log_bridge
 from agent_world_node.network.sync import (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 import trio
 
 from agent_world_runtime.actions import MoveAgent, RegisterAgent, sign_action
@@ -167,5 +168,31 @@ def test_batch_submission_gives_a_result_per_action_and_commits_them(tmp_path):
                     assert str(MAX_SUBMIT_BATCH) in str(exc)
                 else:
                     raise AssertionError("an oversized batch was accepted")
+
+    trio.run(main)
+
+
+def test_the_client_reads_the_status_through_the_api_schema(tmp_path, monkeypatch):
+    from agent_world_client.client import BadResponse, NodeClient
+    from agent_world_node.schema import StatusDocument
+
+    home = single_validator_home(tmp_path / "solo", chain_id=CHAIN)
+
+    async def main():
+        async with running_node(home) as node, NodeClient(f"http://{node.config.rpc.listen}") as client:
+            doc = await _wait_for(lambda: _committed(client), "a committed height")
+            assert isinstance(doc, StatusDocument) and doc.chain_id == CHAIN
+            assert doc.height >= 1 and doc.execution_diverged is None and doc.peer_filter.blocked == []
+
+            async def wrong_shape(self):
+                return {"height": "not a number"}
+
+            monkeypatch.setattr(NodeClient, "status", wrong_shape)
+            with pytest.raises(BadResponse, match="unexpected document"):
+                await client.status_document()
+
+    async def _committed(client):
+        doc = await client.status_document()
+        return doc if doc.height >= 1 else None
 
     trio.run(main)

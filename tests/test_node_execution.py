@@ -70,7 +70,7 @@ def test_execution_is_deterministic_idempotent_and_ordered(tmp_path):
     store_a, a = _open(tmp_path / "a")
     store_b, b = _open(tmp_path / "b")
     results = [_run(a, store_a, blk) for blk in blocks]
-    for blk, res in zip(blocks, results):
+    for blk, res in zip(blocks, results, strict=True):
         assert _run(b, store_b, blk) == res
     assert len({r.execution_state_root for r in results}) == 5  # every height changes the world
     # the same height again returns the stored result; a lower height is an error

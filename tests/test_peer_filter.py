@@ -22,7 +22,7 @@ def test_repeated_offences_ban_and_the_ban_expires():
     f = PeerFilter(ban_threshold=100, ban_seconds=60, decay_per_s=2, clock=clock)
     per = PENALTY_POINTS["bad_signature"]
     needed = int(100 // per) + (100 % per > 0)
-    for i in range(needed - 1):
+    for _ in range(needed - 1):
         assert f.penalize("P", "bad_signature") is False
     assert not f.refuses("P")
     assert f.penalize("P", "bad_signature") is True

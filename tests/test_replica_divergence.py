@@ -1,4 +1,4 @@
-"""A validator whose execution diverges from the quorum's says so and stops signing (issue 5,
+"""A validator whose execution diverges from the quorum's says so and stops signing (README,
 "Execution consistency"), run on real Replicas in the cluster simulator.
 
 Node n3's world is made non-deterministic from height ``DIVERGE_AT`` on (its state root is

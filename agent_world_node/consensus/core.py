@@ -693,7 +693,7 @@ class ConsensusCore:
         if self.step >= Step.PREVOTE and r not in self._polka_value_rounds:
             polka = keeper.polka_value(r)
             block = self._blocks.get(polka) if polka is not None else None
-            if block is not None and self._valid(block) is True:
+            if polka is not None and block is not None and self._valid(block) is True:
                 self._polka_value_rounds.add(r)
                 if self.step == Step.PREVOTE:
                     self._locked_hash = polka  # L38

@@ -84,9 +84,10 @@ def verify_evidence(evidence: Evidence, chain_id: str, validator_set: ValidatorS
     if validator is None:
         raise InvalidEvidence(f"validator {a.validator} is not in the validator set")
     if isinstance(evidence, DuplicateVoteEvidence):
-        if a.vote_type != b.vote_type:
+        va, vb = evidence.first, evidence.second
+        if va.vote_type != vb.vote_type:
             raise InvalidEvidence("votes are of different types (a prevote and a precommit may differ)")
-        if a.block_hash == b.block_hash:
+        if va.block_hash == vb.block_hash:
             raise InvalidEvidence("the two votes are for the same value; that is not equivocation")
         domain = VOTE_SIGN_DOMAIN
     else:

@@ -9,7 +9,7 @@ sync wire protocol and ``liveness.py`` for dead-peer detection.
 """
 
 from .config import InboundMessage, NetworkConfig, NetworkConfigError
-from .host import ListenAddressInUseError
+from .host import ListenAddressInUseError, peer_id_for_seed
 from .p2p import P2PNetwork
 from .stats import NetworkStats
 from .sync import SYNC_PROTOCOL_ID, SyncError, SyncServer
@@ -26,5 +26,6 @@ __all__ = [
     "SyncError",
     "SyncServer",
     "TOPIC_NAMES",
+    "peer_id_for_seed",
     "topic_id",
 ]

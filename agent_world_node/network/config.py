@@ -1,6 +1,6 @@
 """Settings of the libp2p network layer and the shape of a received gossip message.
 
-Limits here come from measurements of py-libp2p 0.8.1 (``/work/shared/notes/py-libp2p-0.8.1.md``):
+Limits here come from measurements of py-libp2p 0.8.1:
 a pubsub payload of 1,048,576 bytes or more is dropped silently by the library, and a stream
 message above ~6.5 MiB fails inside ``read_exactly``; so gossip payloads are capped at about
 1,000,000 bytes and stream messages at 4 MiB.
@@ -40,7 +40,7 @@ class NetworkConfig:
     - ``peers``: full multiaddrs ending in ``/p2p/<peer id>``; the node keeps dialling each one that is
       not connected. Its own address may be in the list (it is skipped).
     - ``key_seed``: 32-byte Ed25519 seed of the node key; the peer id is derived from it as in
-      ``agent_world_node.config.peer_id_for_seed``.
+      ``network.host.peer_id_for_seed``.
     - ``max_gossip_bytes``: largest payload published or accepted on a topic.
     - ``max_stream_message_bytes``: largest length-prefixed message on the sync stream (a frame).
     - ``reconnect_interval_s``: how often disconnected configured peers are redialled.

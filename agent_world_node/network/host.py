@@ -1,7 +1,7 @@
 """Construction of the libp2p host, the GossipSub router and the Pubsub service.
 
 Every setting below departs from a py-libp2p 0.8.1 default for a measured reason
-(``/work/shared/notes/py-libp2p-0.8.1.md``, "Defaults and what to change"):
+(each measured on py-libp2p 0.8.1):
 
 - security: Noise only (the default host also accepts a plaintext dialer);
 - stream muxer: yamux only;
@@ -31,13 +31,13 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
-from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
 log = structlog.get_logger(__name__)
@@ -79,11 +79,16 @@ def check_listen_address_free(listen_addr: Multiaddr) -> None:
 
 
 def key_pair_from_seed(seed: bytes) -> KeyPair:
-    """Return the libp2p Ed25519 key pair for a 32-byte ``seed`` (same derivation as
-    ``agent_world_node.config.peer_id_for_seed``). Raises ValueError if ``seed`` is not 32 bytes."""
+    """Return the libp2p Ed25519 key pair for a 32-byte ``seed`` (the node key of a home).
+    Raises ValueError if ``seed`` is not 32 bytes."""
     if len(seed) != 32:
         raise ValueError(f"a node key seed is 32 bytes, got {len(seed)}")
     return create_new_key_pair(bytes(seed))
+
+
+def peer_id_for_seed(seed: bytes) -> str:
+    """Return the libp2p peer id (base58) of the Ed25519 identity made from the 32-byte ``seed``."""
+    return ID.from_pubkey(key_pair_from_seed(seed).public_key).to_base58()
 
 
 def build_host(key_pair: KeyPair, listen_addr: Multiaddr) -> IHost:

@@ -1,7 +1,7 @@
 """Dead-peer detection by periodic libp2p pings on every connection.
 
 py-libp2p 0.8.1 has no dead-peer detection of its own (a SIGSTOPped peer went unnoticed; the yamux
-connection never closes), so the node detects it itself (``/work/shared/notes/py-libp2p-0.8.1.md``).
+connection never closes), so the node detects it itself.
 
 Choice (documented for operators): every ``interval`` = min(``timeout`` / 3, 5 s) this node sends
 one standard libp2p ping (``/ipfs/ping/1.0.0``, 32 random bytes echoed; every libp2p node answers

@@ -2,7 +2,7 @@
 
 py-libp2p configures its ``libp2p`` logger with ``propagate=False`` and no handler unless
 ``LIBP2P_DEBUG`` is set, so its warnings (dropped subscription messages, dial errors) are invisible
-(``/work/shared/notes/py-libp2p-0.8.1.md``). ``install_libp2p_log_bridge`` attaches one handler that
+(measured with 0.8.1). ``install_libp2p_log_bridge`` attaches one handler that
 re-emits each record as a structlog event ``libp2p_log`` with fields ``logger`` and ``text`` (and
 ``error`` when the record carries an exception), at the record's level, except the routine
 records listed in ``ROUTINE_RECORDS`` which are demoted to debug.

@@ -1,6 +1,6 @@
 """``P2PNetwork``: the node's libp2p host, gossip topics, block-sync protocol and peer upkeep.
 
-DESIGN.md, "The node daemon": one libp2p host (Noise + yamux), gossipsub topics for proposals,
+One libp2p host (Noise + yamux), gossipsub topics for proposals,
 votes, commits and batched actions (plus status), and a stream protocol for height-keyed sync of
 committed blocks. This class owns all of it; the daemon sees bytes in (``incoming``) and bytes out
 (``publish``, ``fetch_blocks``), and never touches libp2p objects.
@@ -43,6 +43,7 @@ from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
+from ..types import Offence
 from .config import InboundMessage, NetworkConfig, parse_listen_addr, parse_peer_addr
 from .host import build_gossipsub, build_host, build_pubsub, check_listen_address_free, key_pair_from_seed
 from .liveness import PeerLiveness
@@ -51,7 +52,6 @@ from .peer_filter import PeerFilter, RateLimiter
 from .stats import NetworkStats
 from .sync import SYNC_PROTOCOL_ID, SyncError, SyncHandler, SyncServer, request_blocks
 from .topics import topic_ids
-from ..types import Offence
 
 log = structlog.get_logger(__name__)
 

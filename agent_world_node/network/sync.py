@@ -1,6 +1,6 @@
 """Height-keyed block sync over the libp2p stream protocol ``/agent-world/sync/1.0.0``.
 
-DESIGN.md ("The node daemon"): anything a node missed it recovers by sync, never by luck. Gossip
+Anything a node missed it recovers by sync, never by luck. Gossip
 is best-effort; this protocol moves committed blocks (encoded ``ReplicatedCommitPayload`` bytes,
 opaque to this layer) from a peer's block store on request.
 

@@ -31,7 +31,9 @@ def decode_wal_entries(height: int, entries: list[tuple[int, WalEntryKind, bytes
     out: list[Proposal | Vote] = []
     for round_, kind, payload in entries:
         try:
-            message: Proposal | Vote = decode(payload, Proposal if kind == WalEntryKind.PROPOSAL else Vote)
+            message: Proposal | Vote = (
+                decode(payload, Proposal) if kind == WalEntryKind.PROPOSAL else decode(payload, Vote)
+            )
         except DecodeError as exc:
             raise WALError(
                 f"the consensus WAL entry ({kind}, height {height}, round {round_}) does not decode: {exc}; "

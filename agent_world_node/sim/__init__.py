@@ -1,4 +1,4 @@
-"""The deterministic cluster simulator (DESIGN.md, "Tests"): N real replicas on a virtual clock
+"""The deterministic cluster simulator: N real replicas on a virtual clock
 over a simulated network with faults, Byzantine validators, and the safety and liveness properties
 checked on every run.
 
@@ -7,8 +7,8 @@ Entry points: ``Scenario.generate(seed, ...)`` and ``run_scenario(scenario)`` (o
 """
 
 from .cluster import SimCluster, run_scenario
-from .result import SimResult
 from .properties import PROPERTIES, Violation
+from .result import SimResult
 from .scenario import BEHAVIOURS, FAULTS, Scenario, ScenarioError
 
 __all__ = [

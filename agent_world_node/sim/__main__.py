@@ -21,9 +21,9 @@ import os
 import sys
 
 from .attacks import ATTACKS
+from .cluster import run_scenario
 from .result import SimResult
 from .runner import Options, core_factory_named, long_run, scenario_for
-from .cluster import run_scenario
 from .scenario import BEHAVIOURS, FAULTS, ScenarioError
 
 

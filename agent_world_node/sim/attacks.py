@@ -28,9 +28,10 @@ other validator for each half's block; only a core that skips vote signatures co
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from agent_world_runtime.codec import DecodeError, decode
+from agent_world_runtime.crypto import SigningKey
 
 from ..consensus import ValidatorSet, proposer_for
 from ..types import (
@@ -41,13 +42,22 @@ from ..types import (
     Vote,
     VoteType,
 )
-from .chain import make_genesis
 from .byzantine import ByzContext, Equivocator, Send, decode_gossip, proposal_data, sign_proposal, sign_vote, vote_data
+from .chain import make_genesis
 from .network import Delivery, Message, SyncResponse
 from .scenario import Scenario, ScenarioError
 
-if TYPE_CHECKING:
-    from .cluster import SimCluster
+
+class AttackedCluster(Protocol):
+    """What an attack needs of the cluster it is installed in (``cluster.SimCluster``): the
+    scenario, validator keys and set, the nodes (each with ``name`` and ``behaviour``) and the
+    network (whose ``rules`` drop messages)."""
+
+    scenario: Scenario
+    keys: list[SigningKey]
+    validator_set: ValidatorSet
+    nodes: dict[str, Any]
+    network: Any
 
 ATTACK_HEAL_MS = 4_000
 ATTACK_STAKES = {"no_locking": (1, 1, 1, 1), "split_brain": (1, 1, 1, 1, 1), "forged_split": (1, 1, 1, 1, 1)}
@@ -190,7 +200,7 @@ def _message_height_signer(message: Message) -> tuple[list[int], str | None]:
     return [], None
 
 
-def install_attack(name: str, cluster: "SimCluster") -> None:
+def install_attack(name: str, cluster: AttackedCluster) -> None:
     """Give the Byzantine node of ``cluster`` the attack's behaviour and add its drop rules.
     Raises ScenarioError for an unknown attack or a scenario not made by ``attack_scenario``."""
     scenario = cluster.scenario

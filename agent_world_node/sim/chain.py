@@ -34,6 +34,6 @@ def make_genesis(scenario: Scenario) -> tuple[Genesis, list[SigningKey]]:
     keys = validator_keys(scenario.seed, len(scenario.stakes))
     validators = [
         GenesisValidator(name=f"v{i}", public_key=k.public_key.hex(), stake=s)
-        for i, (k, s) in enumerate(zip(keys, scenario.stakes))
+        for i, (k, s) in enumerate(zip(keys, scenario.stakes, strict=True))
     ]
     return Genesis(chain_id=f"sim-{scenario.seed}", genesis_time_ms=GENESIS_TIME_MS, validators=validators), keys

@@ -2,8 +2,7 @@
 
 Time is an integer number of virtual milliseconds starting at 0; nothing reads the wall clock.
 ``seq`` is a global insertion counter, so events due at the same millisecond run in the order they
-were scheduled and a run is a pure function of its inputs (DESIGN.md, "Tests": a deterministic
-simulated network).
+were scheduled and a run is a pure function of its inputs.
 """
 
 from __future__ import annotations

@@ -46,10 +46,11 @@ from agent_world_runtime.crypto import SigningKey, sha256, verify
 
 from ..config import PolicyConfig, StorageConfig
 from ..consensus import ConsensusCore, TimeoutFired, ValidatorSet
-from ..replica import ActionSource, FetchBlocks, Misbehaviour, Publish, Replica, StartCommitWait, StartTimer
+from ..replica import FetchBlocks, Misbehaviour, Publish, Replica, StartCommitWait, StartTimer
 from ..types import PROPOSAL_SIGN_DOMAIN, VOTE_SIGN_DOMAIN, GossipProposalMessage, GossipVoteMessage, Proposal, Topic
-from .chain import GENESIS_TIME_MS, SIM_CONSENSUS, make_genesis
+from .attacks import install_attack
 from .byzantine import Behaviour, ByzContext, Send, make_behaviour
+from .chain import GENESIS_TIME_MS, SIM_CONSENSUS, make_genesis
 from .clients import ClientPopulation
 from .clock import EventQueue
 from .network import Delivery, LinkConditions, SimNetwork, SyncRequest, SyncResponse
@@ -472,8 +473,6 @@ class SimCluster:
         with quiet_logs(), tempfile.TemporaryDirectory(prefix="aw-sim-", dir=_scratch_dir()) as tmp:
             self._build_nodes(Path(tmp))
             if s.attack:
-                from .attacks import install_attack
-
                 install_attack(s.attack, self)
             for node in self.nodes.values():
                 self._boot(node)

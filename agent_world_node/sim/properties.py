@@ -2,7 +2,8 @@
 
 ``PropertyChecker`` is fed by the cluster as the run goes (every commit of every node, every
 consensus message an honest validator publishes) and at the end (every node's store); it keeps the
-violations it finds. The properties (the simulator brief; DESIGN.md, "Consensus"):
+violations it finds. The properties (Tendermint's safety and liveness, plus the execution and
+robustness guarantees of docs/architecture.md, "Invariants"):
 
 - ``agreement``: no two honest nodes commit different blocks at one height, and no honest node
   commits two different blocks at one height (e.g. across a crash and restart).

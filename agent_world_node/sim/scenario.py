@@ -10,7 +10,7 @@ streams named by aspect (``Random(f"{seed}/stakes")``, ``.../byzantine``, ``.../
 the seed gives for another, and ``replay_args()`` reproduces the run exactly:
 ``python -m agent_world_node.sim --seed S --stakes ... --byzantine ... --faults ...``.
 
-Fault model (DESIGN.md, "Consensus": safety under any delay, loss, duplication or reordering and
+Fault model (Tendermint's: safety under any delay, loss, duplication or reordering and
 Byzantine stake below 1/3; liveness once the network is stable again):
 
 - before ``heal_at_ms``: message loss (``drop``), partitions (``partition``), node crashes with
@@ -225,11 +225,11 @@ class Scenario:
         if byzantine is None:
             if n < 6:  # two Byzantine validators need enough honest stake to stay below 1/3
                 drawn_count = min(drawn_count, 1)
-            pairs = list(zip(order, drawn_names[:drawn_count]))
+            pairs = list(zip(order, drawn_names[:drawn_count], strict=False))
         elif all(isinstance(b, str) for b in byzantine):
             if len(byzantine) >= n:
                 raise ScenarioError(f"{len(byzantine)} Byzantine validators out of {n}: at least one must be honest")
-            pairs = list(zip(order, byzantine))  # type: ignore[arg-type]
+            pairs = list(zip(order, byzantine, strict=False))  # type: ignore[arg-type]
         else:
             pairs = [(int(i), str(b)) for i, b in byzantine]  # type: ignore[misc]
             chosen_here = False

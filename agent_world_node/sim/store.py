@@ -1,8 +1,7 @@
 """The simulated disk: an in-memory ``NodeStore`` that can lose the writes of an interrupted step.
 
 A simulated node keeps one ``SimStore`` for its whole life; a crash discards the ``Replica`` (its
-memory) and a restart reopens a new one on the same store (its disk), as the brief for the
-simulator asks. What a crash may lose is modelled here (see ``lose_unsynced``):
+memory) and a restart reopens a new one on the same store (its disk). What a crash may lose is modelled here (see ``lose_unsynced``):
 
 - The real store commits every write as its own SQLite transaction with ``synchronous=FULL``, so a
   write that returned is durable. The only writes a crash can lose are those of the step that was

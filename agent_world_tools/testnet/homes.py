@@ -23,11 +23,11 @@ from agent_world_node.config import (
     P2PConfig,
     RPCConfig,
     init_home,
-    peer_id_for_seed,
     read_config,
     read_genesis,
     read_key,
 )
+from agent_world_node.network import peer_id_for_seed
 from agent_world_runtime.crypto import SigningKey
 from agent_world_runtime.params import WorldParams
 
