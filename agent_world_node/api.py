@@ -4,7 +4,7 @@ Routes (hashes and bytes are lowercase hex in responses):
 
 - ``POST /v1/actions``: a JSON ``SignedAction`` (msgspec JSON form, bytes as base64), at most
   ``MAX_BODY_BYTES``. 202 accepted, 200 duplicate, 400 ``{"error", "code"}`` when malformed or
-  inadmissible, 413 too large, 415 when a ``Content-Type`` other than JSON is declared, 503 ``{"error", "retry_after_ms"}`` with ``Retry-After`` when the
+  inadmissible, 413 too large, 415 when a ``Content-Type`` other than JSON is declared, 503 ``{"error", "code", "retry_after_ms"}`` with ``Retry-After`` when the
   mempool is full.
 - ``POST /v1/actions/batch``: ``{"actions": [SignedAction, ...]}`` (at most ``MAX_SUBMIT_BATCH``
   actions, ``MAX_BATCH_BODY_BYTES``): 200 ``{"results": [{"status", "action_id", "code"?,

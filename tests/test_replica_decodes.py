@@ -1,6 +1,6 @@
-"""Each action is decoded at most once per node: admission keeps the decoded form in the mempool,
-valid(v) keeps what it decodes for execution, and a late gossip copy of a committed action is
-dropped by its id. Checked on simulated clusters of real replicas with client traffic."""
+"""Each action is decoded at most once per node: the node's ``ActionDecoder`` keeps the decoded
+forms (from admission, gossip and valid(v)) for execution, and a late gossip copy of a committed
+action is dropped by its id. Checked on simulated clusters of real replicas with client traffic."""
 
 from __future__ import annotations
 

@@ -94,6 +94,7 @@ def test_diverged_validator_stops_signing_and_the_quorum_goes_on():
 
 def test_a_recorded_divergence_keeps_a_reopened_validator_silent(tmp_path):
     from agent_world_node import config as cfg
+    from agent_world_node.consensus import TimeoutFired
     from agent_world_node.replica import Replica
     from agent_world_node.store import NodeStore
     from agent_world_runtime.codec import encode
@@ -119,3 +120,40 @@ def test_a_recorded_divergence_keeps_a_reopened_validator_silent(tmp_path):
     assert reopened.core._key is None
     # As the sole validator it would propose and vote at once; diverged, it signs nothing.
     assert [o for o in reopened.start() if getattr(o, "topic", "") in ("proposal", "vote")] == []
+
+
+def test_a_diverged_validator_restarts_silently_even_with_signed_messages_in_its_wal(tmp_path):
+    """A validator that signed at height h and then learnt it diverged (the divergence is stored
+    before the block that revealed it) must restart as a silent follower, not refuse its own WAL."""
+    from agent_world_node import config as cfg
+    from agent_world_node.consensus import TimeoutFired
+    from agent_world_node.replica import Replica
+    from agent_world_node.store import NodeStore
+    from agent_world_runtime.codec import encode
+    from agent_world_runtime.crypto import SigningKey
+
+    keys = [SigningKey(bytes([i + 1]) * 32) for i in range(2)]
+    genesis = cfg.Genesis(chain_id="diverged", genesis_time_ms=0,
+                          validators=[cfg.GenesisValidator(f"v{i}", k.public_key.hex(), 1) for i, k in enumerate(keys)])
+
+    def open_replica(key: SigningKey) -> Replica:
+        return Replica.open(genesis=genesis, consensus=cfg.ConsensusConfig(), validator_key=key,
+                            store=NodeStore(tmp_path / "db.sqlite3"), snapshot_dir=tmp_path / "snap",
+                            snapshot_interval=10, node_id="n", now_ms=lambda: 1)
+
+    replica = open_replica(keys[0])
+    replica.start()
+    replica.handle_timeout(TimeoutFired("propose", 1, 0))  # whoever proposes, it has now signed a prevote
+    assert replica.store.wal_entries(1), "the validator signed nothing at height 1"
+    replica.store.set_meta(DIVERGED_META_KEY, encode((0, b"\x01" * 32, b"\x02" * 32)))
+    replica.store.close()
+
+    restarted = open_replica(keys[0])
+    assert restarted.divergence is not None
+    wal_before = restarted.store.wal_entries(1)
+    outputs = restarted.start()  # must not raise WALError
+    outputs += restarted.handle_timeout(TimeoutFired("propose", 1, 0))
+    assert restarted.core.height == 1
+    assert not [o for o in outputs if getattr(o, "topic", None) in ("proposal", "vote")]  # signs nothing
+    assert restarted.store.wal_entries(1) == wal_before
+    restarted.store.close()

@@ -280,6 +280,9 @@ class Replica:
         if self.core.height >= self.height + 1:
             return []
         height = self.height + 1
+        if self.divergence is not None:
+            # a diverged validator never signs again, so it has nothing of its WAL to re-send
+            return self._perform(self._start_next_height())
         try:
             signed = decode_wal_entries(height, self.store.wal_entries(height))
             effects = self.core.resume(height, signed, self.validator_set)
