@@ -94,7 +94,6 @@ def test_diverged_validator_stops_signing_and_the_quorum_goes_on():
 
 def test_a_recorded_divergence_keeps_a_reopened_validator_silent(tmp_path):
     from agent_world_node import config as cfg
-    from agent_world_node.consensus import TimeoutFired
     from agent_world_node.replica import Replica
     from agent_world_node.store import NodeStore
     from agent_world_runtime.codec import encode
