@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 
+import msgspec
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.utils.varint import encode_varint_prefixed
@@ -228,7 +229,7 @@ async def _scenario(node, hostile: P2PNetwork, observed: Observed) -> None:
     stats = net.stats()
     assert stats["dropped"]["rate_limited"] >= 1 and stats["penalties"]["rate_limited"] >= 1
     assert stats["bans"] == 1 and me in stats["banned_peers"]
-    status = node.status()
+    status = msgspec.to_builtins(node.status())
     assert me in status["peer_filter"]["banned"] and status["peer_filter"]["bans_total"] == 1
     assert heights_during_flood[-1] > flood_start_height, heights_during_flood
     await _until(lambda: _metric(node, "awnode_peers_banned") == 1, "the awnode_peers_banned gauge updated")
