@@ -105,15 +105,19 @@ class Admission:
         self._pending_gossip: list[bytes] = []
         self._admitted_counters = {s: metrics.actions_admitted.labels(s.value) for s in ActionSource}
 
-    def admit(self, signed: SignedAction, source: ActionSource, payload: bytes | None = None) -> AdmissionResult:
-        """Admit ``signed`` (whose canonical encoding is ``payload``, computed when not given).
+    def admit(
+        self, signed: SignedAction, source: ActionSource, payload: bytes | None = None, action_id: bytes | None = None
+    ) -> AdmissionResult:
+        """Admit ``signed`` (whose canonical encoding is ``payload`` and sha256 ``action_id``, each
+        computed when not given).
 
         Returns accepted (in the mempool; queued for gossip when ``source`` is API), duplicate
         (already pending), rejected (``code``: too_large or a world admission code) or busy
         (mempool_full, with ``retry_after_ms``). Never raises for bad input."""
         if payload is None:
             payload = encode(signed)
-        action_id = sha256(payload)
+        if action_id is None:
+            action_id = sha256(payload)
         if len(payload) > MAX_ACTION_PAYLOAD_BYTES:
             return self._refuse(
                 action_id,
@@ -158,7 +162,7 @@ class Admission:
                 self.refused(AdmissionCode.MALFORMED)
                 malformed += 1
                 continue
-            self.admit(signed, ActionSource.GOSSIP, payload)
+            self.admit(signed, ActionSource.GOSSIP, payload, action_id)
         return malformed
 
     def committed(self, action_ids: list[bytes]) -> None:
