@@ -74,7 +74,7 @@ MAX_WAIT_TICKS = 100
 #: Coordinates must fit a signed 64-bit integer (canonical msgpack); the world's grid is smaller.
 MAX_COORDINATE = (1 << 63) - 1
 
-_HEX_RE = re.compile(r"^[0-9a-fA-F]*$")
+_HEX_RE = re.compile(r"[0-9a-fA-F]*")
 
 #: Fields each kind takes: (required, optional).
 KIND_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -302,14 +302,14 @@ def _actor(args: dict[str, Any], name: str, self_id: str, controlled: set[str]) 
 
 def _module_id(args: dict[str, Any]) -> str:
     value = _string(args, "module_id")
-    if not MODULE_ID_RE.match(value):
+    if not MODULE_ID_RE.fullmatch(value):
         raise _Invalid("module_id", f"'module_id' {_short(value)} must be 1-64 characters of a-z, 0-9, '_', '.', '-'")
     return value
 
 
 def _module_version(args: dict[str, Any]) -> str:
     value = _string(args, "module_version")
-    if not VERSION_RE.match(value):
+    if not VERSION_RE.fullmatch(value):
         raise _Invalid(
             "module_version",
             f"'module_version' {_short(value)} must be 1-32 characters of letters, digits, '.', '+', '-' (e.g. '1.0.0')",
@@ -319,7 +319,7 @@ def _module_version(args: dict[str, Any]) -> str:
 
 def _wasm_hash(args: dict[str, Any]) -> str:
     value = _string(args, "wasm_hash")
-    if not WASM_HASH_RE.match(value):
+    if not WASM_HASH_RE.fullmatch(value):
         raise _Invalid(
             "wasm_hash",
             f"'wasm_hash' must be the sha256 of the wasm bytes as 64 lowercase hex characters, got {_short(value)}",
@@ -445,7 +445,7 @@ def _build(kind: str, args: dict[str, Any], self_id: str, controlled: set[str]) 
         return Move(to=(x, y, z))
     if kind == "transfer_resource":
         to = _string(args, "to")
-        if not AGENT_ID_RE.match(to):
+        if not AGENT_ID_RE.fullmatch(to):
             raise _Invalid(
                 "to", f"'to' for transfer_resource must be a bare agent id (a-z, 0-9, '_', '.', '-'), got {_short(to)}"
             )
@@ -487,7 +487,7 @@ def _build(kind: str, args: dict[str, Any], self_id: str, controlled: set[str]) 
         )
     wasm_hash = _wasm_hash(args)
     wasm_hex = _string(args, "wasm_bytes_hex")
-    if not _HEX_RE.match(wasm_hex) or len(wasm_hex) % 2:
+    if not _HEX_RE.fullmatch(wasm_hex) or len(wasm_hex) % 2:
         raise _Invalid(
             "wasm_bytes_hex",
             "'wasm_bytes_hex' must be an even number of hex digits (0-9, a-f), no '0x' prefix and no spaces",

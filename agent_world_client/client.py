@@ -443,7 +443,7 @@ class AgentKey:
     def save(self, path: Path, *, overwrite: bool = False) -> None:
         """Write the key file atomically with mode 0600. Raises AgentKeyError if ``path`` exists and
         ``overwrite`` is False (keys are never silently replaced) or the agent id is invalid."""
-        if self.agent_id is not None and not AGENT_ID_RE.match(self.agent_id):
+        if self.agent_id is not None and not AGENT_ID_RE.fullmatch(self.agent_id):
             raise AgentKeyError(
                 f"invalid agent id {self.agent_id!r}: use 1-64 characters of a-z, 0-9, '_', '.', '-', "
                 "starting with a letter or digit"
@@ -482,6 +482,6 @@ class AgentKey:
         if public is not None and public != key.public_key.hex():
             raise AgentKeyError(f"{path}: public_key does not match the seed; the file is corrupt")
         agent_id = data.get("agent_id")
-        if agent_id is not None and (not isinstance(agent_id, str) or not AGENT_ID_RE.match(agent_id)):
+        if agent_id is not None and (not isinstance(agent_id, str) or not AGENT_ID_RE.fullmatch(agent_id)):
             raise AgentKeyError(f"{path}: invalid agent_id {agent_id!r}")
         return cls(key=key, agent_id=agent_id)

@@ -21,7 +21,7 @@ from .modules.manifest import ModuleManifest
 
 ACTION_SIGN_DOMAIN = b"agent-world/action/v1\x00"
 MAX_ACTION_PAYLOAD_BYTES = 256 * 1024
-AGENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+AGENT_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 RESOURCE_KINDS = ("electricity", "data")
 #: Largest nonce: msgpack encodes integers up to 2**64 - 1.
 MAX_NONCE = (1 << 64) - 1

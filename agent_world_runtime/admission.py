@@ -77,7 +77,7 @@ def admission_refusal(state: WorldState, signed: SignedAction, *, check_signatur
             f"wrong chain id {body.chain_id[:64]!r} (this world is {state.meta.chain_id!r}); sign for this chain",
         )
     if isinstance(body.action, RegisterAgent):
-        if not AGENT_ID_RE.match(agent_id):
+        if not AGENT_ID_RE.fullmatch(agent_id):
             return Refusal(
                 RefusalCode.BAD_AGENT_ID,
                 f"invalid agent id {agent_id[:64]!r}: use 1-64 characters of a-z, 0-9, '_', '.', '-' "

@@ -10,23 +10,32 @@ from .modules.manifest import ModuleLimitsMax
 class WorldParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """World rules. Units: resource units; grid coordinates are integers in ``[-grid_size, grid_size]``
     on each of the three axes. A move costs ``move_cost_per_step`` electricity per unit of Manhattan
-    distance; a harvest yields ``harvest_amount`` electricity.
+    distance; a harvest yields ``harvest_amount`` electricity, at most once per ``harvest_interval``
+    heights per agent.
 
-    Module fees (electricity, charged to the acting agent before anything is written; an agent
-    that cannot pay gets the action rejected): ``module_deploy_fee`` per DeployModuleArtifact,
-    ``module_compile_fee`` per CompileModuleArtifactFromSource, ``module_install_fee`` per
-    InstallModuleFromArtifact. ``module_effect_max_amount`` is the policy ceiling on the amount of
-    one module ``transfer_resource`` effect (docs/module-abi.md, "Capabilities and policy").
+    Action fees (electricity, docs/fees.md): every committed action pays
+    ``fee_base + ceil(payload_bytes * fee_per_kib / 1024)`` plus its kind's surcharge
+    (``create_agent_fee``, ``module_deploy_fee``, ``module_compile_fee``, ``module_install_fee``),
+    charged before the action is validated, so a rejected action pays too. A new agent starts with
+    what its creator gives it and nothing else.
+
+    Module calls (data, docs/module-abi.md, "Billing"): besides the seed's compute and electricity
+    fees, a call pays ``ceil(gas_used * gas_price_per_mfuel / 1_000_000)`` data for the fuel it
+    used. ``module_effect_max_amount`` is the policy ceiling on the amount of one module
+    ``transfer_resource`` effect (docs/module-abi.md, "Capabilities and policy").
     ``module_limits_max`` caps every manifest's limits before each call; it is a genesis parameter,
     so every node applies the same caps."""
 
-    initial_electricity: int = 100
-    initial_data: int = 1000
     move_cost_per_step: int = 1
     harvest_amount: int = 5
+    harvest_interval: int = 10
     grid_size: int = 1000
+    fee_base: int = 1
+    fee_per_kib: int = 1
+    create_agent_fee: int = 20
     module_deploy_fee: int = 5
     module_compile_fee: int = 5
     module_install_fee: int = 2
+    gas_price_per_mfuel: int = 1
     module_effect_max_amount: int = 100
     module_limits_max: ModuleLimitsMax = msgspec.field(default_factory=ModuleLimitsMax)

@@ -398,7 +398,7 @@ def submit(
         agent = agent_id or file_agent_id
         if not agent:
             raise CliError(f"no agent id: pass --agent-id, or create the key with `awnode keygen --agent-id ID --out {key_file}`")
-        if not AGENT_ID_RE.match(agent):
+        if not AGENT_ID_RE.fullmatch(agent):
             raise CliError(f"invalid agent id {agent!r}: use 1-64 of a-z, 0-9, '_', '.', '-', starting with a letter or digit")
         if nonce is not None and nonce < 1:
             raise CliError(f"--nonce must be at least 1, got {nonce}")

@@ -19,7 +19,7 @@ from .manifest import ModuleLimits
 
 ABI_INTERFACE_VERSION = 1
 MAX_NESTING_DEPTH = 32
-EMIT_KIND_RE = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,127}$")
+EMIT_KIND_RE = re.compile(r"[a-z0-9][a-z0-9_.:-]{0,127}")
 
 # Failure codes of module.call_failed.
 OUT_OF_GAS = "OUT_OF_GAS"
@@ -221,7 +221,7 @@ def decode_module_output(raw: bytes, limits: ModuleLimits, *, reducer: bool) -> 
     if out.new_state is not None and not reducer:
         raise OutputRejected(INVALID_OUTPUT, "a pure module cannot return new_state")
     for i, emit in enumerate(out.emits):
-        if not EMIT_KIND_RE.match(emit.kind):
+        if not EMIT_KIND_RE.fullmatch(emit.kind):
             raise OutputRejected(INVALID_OUTPUT, f"emit {i} has invalid kind {emit.kind[:64]!r} (want {EMIT_KIND_RE.pattern})")
         bad = check_plain_value(emit.data)
         if bad:

@@ -42,14 +42,14 @@ from .manifest import MODULE_KINDS, ModuleManifest, Subscription
 from .sandbox import ModuleValidationError, Sandbox
 from .source import SourceRejected, build_source_package
 
-MODULE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,31}$")
-INSTANCE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.@-]{0,129}$")
-WASM_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+MODULE_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+-]{0,31}")
+INSTANCE_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.@-]{0,129}")
+WASM_HASH_RE = re.compile(r"[0-9a-f]{64}")
 SUPPORTED_STAGES = ("pre_action", "post_action", "post_event", "tick")
 # Capability name -> the effect kind it allows (docs/module-abi.md, "Capabilities and policy").
 CAPABILITIES = {"agent.transfer": "transfer_resource"}
-LOCATION_TARGET_RE = re.compile(r"^location:(-?[0-9]{1,10}),(-?[0-9]{1,10}),(-?[0-9]{1,10})$")
+LOCATION_TARGET_RE = re.compile(r"location:(-?[0-9]{1,10}),(-?[0-9]{1,10}),(-?[0-9]{1,10})")
 MAX_SUBSCRIPTIONS = 32
 MAX_FILTERS = 8
 INSTALL_TARGET_SELF = "self_agent"
@@ -66,9 +66,9 @@ def check_manifest(m: ModuleManifest) -> None:
     a known kind, interface version 1, its entry point among ``exports``, at most
     MAX_SUBSCRIPTIONS subscriptions on supported stages, positive limits, only known capabilities
     (CAPABILITIES)."""
-    if not MODULE_ID_RE.match(m.module_id):
+    if not MODULE_ID_RE.fullmatch(m.module_id):
         raise Rejected(f"invalid module_id {m.module_id[:64]!r}: use 1-64 characters of a-z, 0-9, '_', '.', '-'")
-    if not VERSION_RE.match(m.version):
+    if not VERSION_RE.fullmatch(m.version):
         raise Rejected(f"invalid version {m.version[:40]!r}: use 1-32 characters of letters, digits, '.', '+', '-'")
     if m.kind not in MODULE_KINDS:
         raise Rejected(f"unknown module kind {m.kind[:40]!r}; use one of {list(MODULE_KINDS)}")
@@ -190,7 +190,7 @@ def apply_compile(state: WorldState, sandbox: Sandbox, ctx: ActionContext,
 
 def apply_deploy(state: WorldState, sandbox: Sandbox, ctx: ActionContext, action: DeployModuleArtifact) -> list[EventSpec]:
     """Publish ready-made bytes whose hash the action states (event module.artifact_deployed)."""
-    if not WASM_HASH_RE.match(action.wasm_hash):
+    if not WASM_HASH_RE.fullmatch(action.wasm_hash):
         raise Rejected(f"wasm_hash must be 64 lowercase hex characters (sha256), got {action.wasm_hash[:80]!r}")
     actual = sha256(action.wasm_bytes).hex()
     if actual != action.wasm_hash:
@@ -207,7 +207,7 @@ def apply_install(state: WorldState, ctx: ActionContext, action: InstallModuleFr
     if artifact.publisher != ctx.agent_id:
         raise Rejected(f"only the publisher {artifact.publisher!r} may install artifact {action.wasm_hash}")
     instance_id = action.instance_id or f"{artifact.module_id}@{ctx.agent_id}"
-    if not INSTANCE_ID_RE.match(instance_id):
+    if not INSTANCE_ID_RE.fullmatch(instance_id):
         raise Rejected(f"invalid instance_id {instance_id[:80]!r}: use 1-130 characters of a-z, 0-9, '_', '.', '@', '-'")
     if instance_id in state.instances:
         raise Rejected(f"instance {instance_id!r} already exists; choose another instance_id")
@@ -258,7 +258,7 @@ def check_install_target(state: WorldState, target: str) -> str:
         if target[6:] not in state.agents:
             raise Rejected(f"install_target {target[:80]!r} names no registered agent")
         return target
-    m = LOCATION_TARGET_RE.match(target)
+    m = LOCATION_TARGET_RE.fullmatch(target)
     if m:
         g = state.meta.params.grid_size
         if any(not -g <= int(c) <= g for c in m.groups()):

@@ -101,7 +101,7 @@ def electricity_fee(effects: int, emits: int, new_state: bool) -> int:
 def _parse_target(target: str) -> Any:
     if target.startswith("agent:"):
         return ("agent", target[6:])
-    m = LOCATION_TARGET_RE.match(target)
+    m = LOCATION_TARGET_RE.fullmatch(target)
     if m:
         return ("location", tuple(int(c) for c in m.groups()))
     return None

@@ -51,7 +51,7 @@ MAX_COMPILER_MESSAGE_CHARS = 1500
 
 log = structlog.get_logger(__name__)
 
-_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+_SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 
 
 class SourceRejected(ValueError):
@@ -68,7 +68,7 @@ def check_source_path(path: str) -> None:
     for segment in path.split("/"):
         if segment in ("", ".", ".."):
             raise SourceRejected(f"source path {path[:60]!r} has an empty, '.' or '..' segment")
-        if not _SEGMENT_RE.match(segment):
+        if not _SEGMENT_RE.fullmatch(segment):
             raise SourceRejected(
                 f"source path {path[:60]!r}: segment {segment[:40]!r} may only use letters, digits and _.+- "
                 "and must not start with '.' or '-'"
