@@ -26,6 +26,8 @@ class WorldParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ``module_limits_max`` caps every manifest's limits before each call; it is a genesis parameter,
     so every node applies the same caps."""
 
+    initial_electricity: int = 100
+    initial_data: int = 1000
     move_cost_per_step: int = 1
     harvest_amount: int = 5
     harvest_interval: int = 10
