@@ -2,10 +2,11 @@
 
 An agent signs ``ActionBody {chain_id, agent_id, nonce, action}``; the ``SignedAction`` is encoded
 as canonical msgpack and that encoding is the consensus ``payload`` (``action_id = sha256(payload)``).
-The signature covers ``ACTION_SIGN_DOMAIN || encode(body)``. ``RegisterAgent`` is verified against
-the public key it carries; every other action against the key the agent registered.
-Nonces are per agent and strictly increasing (gaps allowed); a nonce at or below the agent's last
-used nonce is a replay.
+The signature covers ``ACTION_SIGN_DOMAIN || encode(body)`` and is verified against the key the
+agent was created with. Agents exist from genesis or are created by another agent
+(``CreateAgent``), who pays for them. Nonces are per agent and strictly increasing (gaps
+allowed); a nonce at or below the agent's last used nonce is a replay. Every committed action pays
+a fee (``fees``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .modules.manifest import ModuleManifest
 ACTION_SIGN_DOMAIN = b"agent-world/action/v1\x00"
 MAX_ACTION_PAYLOAD_BYTES = 256 * 1024
 AGENT_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+AGENT_ID_RULE = "use 1-64 characters of a-z, 0-9, '_', '.', '-' starting with a letter or digit"
 RESOURCE_KINDS = ("electricity", "data")
 #: Largest nonce: msgpack encodes integers up to 2**64 - 1.
 MAX_NONCE = (1 << 64) - 1
@@ -35,11 +37,17 @@ class _Action(msgspec.Struct, forbid_unknown_fields=True, frozen=True, tag_field
     pass
 
 
-class RegisterAgent(_Action, frozen=True, tag="register_agent"):
-    """Create the agent ``agent_id`` of the envelope with this Ed25519 ``public_key`` at ``position``."""
+class CreateAgent(_Action, frozen=True, tag="create_agent"):
+    """Create agent ``agent_id`` with the Ed25519 ``public_key`` at ``position``, signed and paid
+    for by an existing agent (the sponsor, the envelope's ``agent_id``): the sponsor pays the fee
+    (``WorldParams.create_agent_fee`` on top of the base fee) and gives the new agent ``electricity``
+    and ``data`` from its own balances. The new agent's first nonce is 1."""
 
+    agent_id: str
     public_key: bytes
     position: Position = (0, 0, 0)
+    electricity: int = 0
+    data: int = 0
 
 
 class MoveAgent(_Action, frozen=True, tag="move_agent"):
@@ -111,7 +119,7 @@ class UpgradeModuleFromArtifact(_Action, frozen=True, tag="upgrade_module_from_a
 
 
 Action = Union[
-    RegisterAgent,
+    CreateAgent,
     MoveAgent,
     HarvestRadiation,
     TransferResource,
@@ -182,7 +190,8 @@ def decode_signed_action_json(data: bytes | str) -> SignedAction:
 def static_action_problem(signed: SignedAction) -> str | None:
     """Return why ``signed`` can never be admitted whatever the world state, or None.
 
-    Checks: a 64-byte signature; a 32-byte ``RegisterAgent.public_key``; a nonce in
+    Checks: a 64-byte signature; a valid agent id; for ``CreateAgent`` a 32-byte public key, a
+    valid new agent id and endowments in 0..``MAX_TRANSFER_AMOUNT``; a nonce in
     0..``MAX_NONCE``; a ``TransferResource`` amount in 1..``MAX_TRANSFER_AMOUNT`` of a kind in
     ``RESOURCE_KINDS``; and every integer within what canonical msgpack can encode (-2**63 ..
     2**64 - 1). JSON allows integers of any size, and one outside that range cannot be encoded
@@ -198,11 +207,18 @@ def static_action_problem(signed: SignedAction) -> str | None:
     if not 0 <= body.nonce <= MAX_NONCE:
         return f"body.nonce must be an integer in 0..{MAX_NONCE}, got {body.nonce}; use the agent's last nonce + 1"
     action = body.action
-    if isinstance(action, RegisterAgent) and len(action.public_key) != PUBLIC_KEY_SIZE:
-        return (
-            f"body.action.public_key must be {PUBLIC_KEY_SIZE} bytes (an Ed25519 public key), "
-            f"got {len(action.public_key)}"
-        )
+    if not AGENT_ID_RE.fullmatch(body.agent_id):
+        return f"body.agent_id {body.agent_id[:64]!r} is not a valid agent id: {AGENT_ID_RULE}"
+    if isinstance(action, CreateAgent):
+        if len(action.public_key) != PUBLIC_KEY_SIZE:
+            return (
+                f"body.action.public_key must be {PUBLIC_KEY_SIZE} bytes (an Ed25519 public key), "
+                f"got {len(action.public_key)}"
+            )
+        if not AGENT_ID_RE.fullmatch(action.agent_id):
+            return f"body.action.agent_id {action.agent_id[:64]!r} is not a valid agent id: {AGENT_ID_RULE}"
+        if not (0 <= action.electricity <= MAX_TRANSFER_AMOUNT and 0 <= action.data <= MAX_TRANSFER_AMOUNT):
+            return f"body.action.electricity and data must be integers in 0..{MAX_TRANSFER_AMOUNT}"
     if isinstance(action, TransferResource):
         if not 1 <= action.amount <= MAX_TRANSFER_AMOUNT:
             return (

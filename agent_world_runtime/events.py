@@ -23,7 +23,7 @@ from .crypto import sha256
 
 # Event kinds. Stable names: a kind is part of its event's canonical bytes, hence of the journal's
 # hash chain and the state root.
-AGENT_REGISTERED = "domain.agent_registered"
+AGENT_CREATED = "domain.agent_created"
 AGENT_MOVED = "domain.agent_moved"
 RADIATION_HARVESTED = "domain.radiation_harvested"
 RESOURCE_TRANSFERRED = "domain.resource_transferred"

@@ -26,8 +26,6 @@ class WorldParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ``module_limits_max`` caps every manifest's limits before each call; it is a genesis parameter,
     so every node applies the same caps."""
 
-    initial_electricity: int = 100
-    initial_data: int = 1000
     move_cost_per_step: int = 1
     harvest_amount: int = 5
     harvest_interval: int = 10
@@ -41,3 +39,15 @@ class WorldParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     gas_price_per_mfuel: int = 1
     module_effect_max_amount: int = 100
     module_limits_max: ModuleLimitsMax = msgspec.field(default_factory=ModuleLimitsMax)
+
+
+class GenesisAgent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """An agent that exists from genesis (``genesis.json`` → ``agents``): the only agents nobody
+    paid to create. ``public_key`` is its Ed25519 public key in hex (64 characters); balances in
+    resource units; ``position`` on the grid."""
+
+    agent_id: str
+    public_key: str
+    electricity: int = 0
+    data: int = 0
+    position: tuple[int, int, int] = (0, 0, 0)

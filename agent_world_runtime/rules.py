@@ -14,7 +14,16 @@ from typing import Any
 import msgspec
 
 from . import events as ev
-from .actions import RESOURCE_KINDS, HarvestRadiation, MoveAgent, Position, RegisterAgent, TransferResource
+from .actions import (
+    AGENT_ID_RE,
+    AGENT_ID_RULE,
+    RESOURCE_KINDS,
+    CreateAgent,
+    HarvestRadiation,
+    MoveAgent,
+    Position,
+    TransferResource,
+)
 from .crypto import PUBLIC_KEY_SIZE
 from .state import AgentRecord, WorldState
 
@@ -59,25 +68,43 @@ def check_position(state: WorldState, pos: Position) -> None:
         raise Rejected(f"position {_fmt(pos)} is outside the grid; each coordinate must be within [-{g}, {g}]")
 
 
-def apply_register(state: WorldState, ctx: ActionContext, action: RegisterAgent) -> list[EventSpec]:
-    """Create the agent with the world's initial balances; its ``last_nonce`` is this nonce."""
+def apply_create_agent(state: WorldState, ctx: ActionContext, action: CreateAgent) -> list[EventSpec]:
+    """Create agent ``action.agent_id`` for the sponsor ``ctx.agent_id``, who gives it
+    ``action.electricity`` and ``action.data`` from its own balances (its fee is already paid).
+    The new agent's ``last_nonce`` is 0, so its first action uses nonce 1."""
+    new_id = action.agent_id
+    if not AGENT_ID_RE.fullmatch(new_id):
+        raise Rejected(f"invalid agent id {new_id[:64]!r}: {AGENT_ID_RULE}")
+    if new_id in state.agents:
+        raise Rejected(f"agent {new_id!r} already exists; choose another agent id")
     if len(action.public_key) != PUBLIC_KEY_SIZE:
         raise Rejected(f"public_key must be {PUBLIC_KEY_SIZE} bytes (Ed25519), got {len(action.public_key)}")
     check_position(state, action.position)
-    params = state.meta.params
+    sponsor = state.agents[ctx.agent_id]
+    for kind in RESOURCE_KINDS:
+        amount, have = getattr(action, kind), getattr(sponsor, kind)
+        if not 0 <= amount <= have:
+            raise Rejected(
+                f"agent {ctx.agent_id!r} has {have} {kind}, cannot give {amount} to the new agent; "
+                "give an amount between 0 and its balance"
+            )
+    state.put_agent(msgspec.structs.replace(
+        sponsor, electricity=sponsor.electricity - action.electricity, data=sponsor.data - action.data,
+    ))
     record = AgentRecord(
-        agent_id=ctx.agent_id,
+        agent_id=new_id,
         public_key=action.public_key,
         position=_position(action.position),
-        electricity=params.initial_electricity,
-        data=params.initial_data,
-        last_nonce=ctx.nonce,
+        electricity=action.electricity,
+        data=action.data,
+        last_nonce=0,
         registered_at=ctx.height,
     )
     state.put_agent(record)
-    return [(ev.AGENT_REGISTERED, {
+    return [(ev.AGENT_CREATED, {
         "action_id": ctx.action_id,
         "agent_id": ctx.agent_id,
+        "created_agent_id": new_id,
         "public_key": action.public_key,
         "position": list(record.position),
         "electricity": record.electricity,
@@ -112,12 +139,22 @@ def apply_move(state: WorldState, ctx: ActionContext, action: MoveAgent) -> list
 
 
 def apply_harvest(state: WorldState, ctx: ActionContext, action: HarvestRadiation) -> list[EventSpec]:
-    """Add ``harvest_amount`` electricity to the agent."""
+    """Add ``harvest_amount`` electricity to the agent, at most once per ``harvest_interval``
+    heights: a free gain, so it is bounded per agent."""
     agent = state.agents[ctx.agent_id]
-    amount = state.meta.params.harvest_amount
+    params = state.meta.params
+    amount = params.harvest_amount
+    last = agent.last_harvest_height
+    if last and ctx.height < last + params.harvest_interval:
+        raise Rejected(
+            f"agent {ctx.agent_id!r} harvested at height {last}; it may harvest again from height "
+            f"{last + params.harvest_interval} (one harvest per {params.harvest_interval} heights)"
+        )
     if agent.electricity + amount > MAX_BALANCE:
         raise Rejected(f"agent {ctx.agent_id!r} holds the maximum electricity ({MAX_BALANCE}); spend some first")
-    state.put_agent(msgspec.structs.replace(agent, electricity=agent.electricity + amount))
+    state.put_agent(msgspec.structs.replace(
+        agent, electricity=agent.electricity + amount, last_harvest_height=ctx.height,
+    ))
     return [(ev.RADIATION_HARVESTED, {
         "action_id": ctx.action_id,
         "agent_id": ctx.agent_id,

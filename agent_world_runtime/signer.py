@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from .actions import Action, Position, RegisterAgent, SignedAction, sign_action
+from .actions import Action, CreateAgent, Position, SignedAction, sign_action
 from .crypto import SigningKey
+from .params import GenesisAgent
 
 
 class AgentSigner:
@@ -33,6 +34,14 @@ class AgentSigner:
             self.next_nonce += 1
         return sign_action(self.key, self.chain_id, self.agent_id, nonce, action)
 
-    def register(self, position: Position = (0, 0, 0)) -> SignedAction:
-        """Sign a RegisterAgent for this agent's key at ``position``."""
-        return self.sign(RegisterAgent(public_key=self.key.public_key, position=position))
+    def create_agent(self, new: "AgentSigner", position: Position = (0, 0, 0), electricity: int = 0,
+                     data: int = 0) -> SignedAction:
+        """Sign, as this agent (the sponsor, who pays), a ``CreateAgent`` for ``new``'s id and key at
+        ``position`` with the given endowments (resource units, taken from this agent)."""
+        return self.sign(CreateAgent(agent_id=new.agent_id, public_key=new.public_key, position=position,
+                                     electricity=electricity, data=data))
+
+    def genesis_agent(self, electricity: int = 0, data: int = 0, position: Position = (0, 0, 0)) -> GenesisAgent:
+        """Return this agent as a ``GenesisAgent`` with the given balances (for tests and tools)."""
+        return GenesisAgent(agent_id=self.agent_id, public_key=self.public_key.hex(), electricity=electricity,
+                            data=data, position=position)

@@ -46,8 +46,8 @@ class JournalMeta(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 class AgentRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """An agent: Ed25519 ``public_key`` (32 bytes), grid ``position`` (x, y, z), resource balances
-    (``electricity``, ``data``, resource units), ``last_nonce`` (highest nonce used) and the
-    height it registered at."""
+    (``electricity``, ``data``, resource units), ``last_nonce`` (highest nonce used), the height
+    it was created at (0: genesis) and the height of its last harvest (0: never)."""
 
     agent_id: str
     public_key: bytes
@@ -56,6 +56,7 @@ class AgentRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     data: int
     last_nonce: int
     registered_at: int
+    last_harvest_height: int = 0
 
 
 class ArtifactRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

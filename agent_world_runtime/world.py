@@ -1,14 +1,16 @@
 """The deterministic world: actions → events → state, block by block (docs/architecture.md,
 "Execution and state roots").
 
-A block is ``begin_block(height, timestamp_ms)``, any number of ``apply_action``, at most one
-effective ``step_with_modules`` and ``end_block()``, which returns the block's state root and
+A block is ``begin_block(height, timestamp_ms)``, ``collect_fees`` for its actions (the node always
+calls it; without it each action pays its fee when it runs), any number of ``apply_action``, at most
+one effective ``step_with_modules`` and ``end_block()``, which returns the block's state root and
 events root. The same genesis and the same blocks give the same events and roots on every machine:
 the world reads no clock, no randomness and no environment.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,12 +19,14 @@ import structlog
 
 from . import events as ev
 from .actions import (
+    AGENT_ID_RE,
+    AGENT_ID_RULE,
     CompileModuleArtifactFromSource,
+    CreateAgent,
     DeployModuleArtifact,
     HarvestRadiation,
     InstallModuleFromArtifact,
     MoveAgent,
-    RegisterAgent,
     SignedAction,
     TransferResource,
     UpgradeModuleFromArtifact,
@@ -30,15 +34,27 @@ from .actions import (
     encode_signed_action,
     payload_hash,
 )
-from .admission import Refusal, admission_refusal
+from .admission import BlockPlan, Refusal, RefusalCode, admission_refusal, fee_refusal, payload_size
+from .crypto import PUBLIC_KEY_SIZE
 from .events import Event
+from .fees import action_fee
 from .merkle import merkle_root
 from .modules import lifecycle
 from .modules.router import ModuleRunner
 from .modules.sandbox import Sandbox, check_module_limits_max, default_sandbox
-from .params import WorldParams
+from .params import GenesisAgent, WorldParams
 from .persistence import SaveCache, load_state, save_state
-from .rules import ActionContext, EventSpec, Rejected, apply_harvest, apply_move, apply_register, apply_transfer
+from .rules import (
+    MAX_BALANCE,
+    ActionContext,
+    EventSpec,
+    Rejected,
+    apply_create_agent,
+    apply_harvest,
+    apply_move,
+    apply_transfer,
+    check_position,
+)
 from .state import AgentRecord, InstanceRecord, WorldMeta, WorldState
 
 log = structlog.get_logger(__name__)
@@ -76,6 +92,32 @@ def _coerce_params(params: Any) -> WorldParams:
     return params
 
 
+def _genesis_agent(state: WorldState, agent: GenesisAgent) -> AgentRecord:
+    """The record of genesis agent ``agent``; ValueError naming the agent and the bad field."""
+    name = f"genesis agent {str(agent.agent_id)[:64]!r}"
+    if not isinstance(agent.agent_id, str) or not AGENT_ID_RE.fullmatch(agent.agent_id):
+        raise ValueError(f"{name}: invalid agent id ({AGENT_ID_RULE})")
+    if agent.agent_id in state.agents:
+        raise ValueError(f"{name}: listed twice")
+    try:
+        key = bytes.fromhex(agent.public_key)
+    except (TypeError, ValueError):
+        key = b""
+    if len(key) != PUBLIC_KEY_SIZE:
+        raise ValueError(f"{name}: public_key must be {2 * PUBLIC_KEY_SIZE} hex characters (an Ed25519 key)")
+    for field in ("electricity", "data"):
+        value = getattr(agent, field)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_BALANCE:
+            raise ValueError(f"{name}: {field} must be an integer in 0..{MAX_BALANCE}, got {value!r}")
+    try:
+        check_position(state, tuple(agent.position))  # type: ignore[arg-type]
+    except (Rejected, TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    x, y, z = agent.position
+    return AgentRecord(agent_id=agent.agent_id, public_key=key, position=(x, y, z), electricity=agent.electricity,
+                       data=agent.data, last_nonce=0, registered_at=0)
+
+
 class World:
     """The world runtime. Create with ``World.from_genesis`` or ``World.load_from_dir``.
 
@@ -91,9 +133,10 @@ class World:
         self._in_block = False
         self._ticked = False
         self._block_events: list[Event] = []
+        self._prepaid: dict[bytes, int] | None = None  # action id -> fee, once collect_fees ran for the block
         self._save_cache: SaveCache | None = None  # journal segments already on disk (``persistence``)
         self._handlers: dict[type, Callable[[ActionContext, Any], list[EventSpec]]] = {
-            RegisterAgent: lambda c, a: apply_register(self._state, c, a),
+            CreateAgent: lambda c, a: apply_create_agent(self._state, c, a),
             MoveAgent: lambda c, a: apply_move(self._state, c, a),
             HarvestRadiation: lambda c, a: apply_harvest(self._state, c, a),
             TransferResource: lambda c, a: apply_transfer(self._state, c, a),
@@ -104,16 +147,23 @@ class World:
         }
 
     @classmethod
-    def from_genesis(cls, chain_id: str, params: WorldParams, *, sandbox: Sandbox | None = None) -> "World":
-        """Return the world at height 0 for ``chain_id`` with rules ``params``.
+    def from_genesis(cls, chain_id: str, params: WorldParams, *, agents: Iterable[GenesisAgent] = (),
+                     sandbox: Sandbox | None = None) -> "World":
+        """Return the world at height 0 for ``chain_id`` with rules ``params`` and the genesis
+        ``agents`` (the only agents nobody paid to create; their first nonce is 1).
 
         ``params`` may be any struct with WorldParams' fields. Raises ValueError for an empty or
-        over-long chain id or a negative/huge parameter.
+        over-long chain id, a negative/huge parameter, or a genesis agent with an invalid or
+        repeated id, a public key that is not 64 hex characters, a negative balance or a position
+        outside the grid (the message names the agent and the field).
         """
         if not isinstance(chain_id, str) or not 0 < len(chain_id) <= MAX_CHAIN_ID_CHARS:
             raise ValueError(f"chain_id must be a non-empty string of at most {MAX_CHAIN_ID_CHARS} characters")
         meta = WorldMeta(chain_id=chain_id, params=_coerce_params(params), height=0, timestamp_ms=0)
-        return cls(WorldState(meta), 0, sandbox=sandbox)
+        state = WorldState(meta)
+        for agent in agents:
+            state.put_agent(_genesis_agent(state, agent))
+        return cls(state, 0, sandbox=sandbox)
 
     # -- identity ------------------------------------------------------------------------------
     @property
@@ -149,30 +199,94 @@ class World:
         self._in_block = True
         self._ticked = False
         self._block_events = []
+        self._prepaid = None
 
-    def check_action(self, signed: SignedAction) -> Refusal | None:
-        """Return None if ``signed`` would now pass the chain id, identity, signature and nonce
-        rules (see ``admission``), else the ``Refusal`` (its ``code`` names the rule that failed,
-        its ``message`` is the text ``apply_action`` would record). Reads state only; does not
-        check whether the action itself would succeed (balances, positions)."""
-        return admission_refusal(self._state, signed)
+    def action_fee(self, signed: SignedAction, payload_bytes: int | None = None) -> int:
+        """Return the fee in electricity of ``signed`` (``fees.action_fee``); ``payload_bytes`` is
+        the length of its canonical payload, computed when omitted."""
+        if payload_bytes is None:
+            payload_bytes = payload_size(signed)
+        return action_fee(self._state.meta.params, signed.body.action, payload_bytes)
 
-    def apply_action(self, signed: SignedAction, action_id: bytes, *, signature_checked: bool = False) -> list[Event]:
+    def check_action(self, signed: SignedAction, *, payload_bytes: int | None = None, owed: int = 0,
+                     check_signature: bool = True) -> Refusal | None:
+        """Return None if ``signed`` would now pass the admission rules (chain id, agent,
+        signature unless ``check_signature`` is False, nonce, and a fee its signer can pay on top
+        of ``owed``: the fees of its actions already pending; see ``admission``), else the
+        ``Refusal`` (its ``code`` names the rule that failed, its ``message`` says what to do).
+        Reads state only; does not check whether the action itself would succeed (balances,
+        positions)."""
+        refusal = admission_refusal(self._state, signed, check_signature=check_signature)
+        if refusal is not None:
+            return refusal
+        return fee_refusal(self._state, signed, self.action_fee(signed, payload_bytes), owed)
+
+    def block_plan(self) -> BlockPlan:
+        """Return a ``BlockPlan`` over the current state: which actions a next block may carry
+        (proposers select with it, validators check with it)."""
+        return BlockPlan(self._state)
+
+    def collect_fees(self, actions: Sequence[tuple[SignedAction, bytes, int]]) -> None:
+        """Take the fees of the open block's actions ``(signed, action_id, payload_bytes)``, in
+        block order, before any of them runs: each action the ``BlockPlan`` admits pays its fee
+        now; ``apply_action`` then rejects, unpaid, every action of the block that did not (a
+        block valid(v) accepts has none). Raises RuntimeError when no block is open or fees were
+        already collected for it."""
+        self._require_block()
+        if self._prepaid is not None:
+            raise RuntimeError("fees were already collected for this block")
+        plan = BlockPlan(self._state)
+        prepaid: dict[bytes, int] = {}
+        for signed, action_id, payload_bytes in actions:
+            if plan.admit(signed, payload_bytes) is None:
+                prepaid[action_id] = self._take_fee(signed.body.agent_id, self.action_fee(signed, payload_bytes))
+        self._prepaid = prepaid
+
+    def _take_fee(self, agent_id: str, fee: int) -> int:
+        agent = self._state.agents[agent_id]
+        self._state.put_agent(msgspec.structs.replace(agent, electricity=agent.electricity - fee))
+        return fee
+
+    def _pay(self, signed: SignedAction, action_id: bytes, payload_bytes: int | None) -> int | Refusal:
+        """The fee ``signed`` paid (collected at the start of the block, or taken now), or the
+        refusal when it did not and cannot pay."""
+        if self._prepaid is not None:
+            fee = self._prepaid.pop(action_id, None)
+            if fee is not None:
+                return fee
+            return Refusal(RefusalCode.INSUFFICIENT_FEE,
+                           "the action's fee was not covered at the start of the block; nothing was charged")
+        fee = self.action_fee(signed, payload_bytes)
+        refusal = fee_refusal(self._state, signed, fee, 0)
+        return refusal if refusal is not None else self._take_fee(signed.body.agent_id, fee)
+
+    def apply_action(self, signed: SignedAction, action_id: bytes, *, signature_checked: bool = False,
+                     payload_bytes: int | None = None) -> list[Event]:
         """Apply one signed action inside the open block and return the events it produced.
 
-        Checks admission (signature skipped when ``signature_checked``), consumes the nonce, then
-        applies the action. Any rejection gives a single ``domain.action_rejected`` event
-        {action_id, agent_id, action_kind, reason}; a nonce that passed admission stays used even
-        if the world rules then reject the action. An admitted action is first offered to
-        ``pre_action`` subscribers; every event produced is then routed to ``post_event``
-        subscribers, and the action (with ``outcome``) to ``post_action`` subscribers; module
-        events follow in that order (``modules.router``). Never raises for bad input; raises
-        RuntimeError when no block is open.
+        Checks admission (signature skipped when ``signature_checked``), takes the fee (or finds
+        it collected by ``collect_fees``; ``payload_bytes`` is the payload length, computed when
+        omitted), consumes the nonce, then applies the action. Any rejection gives a single
+        ``domain.action_rejected`` event {action_id, agent_id, action_kind, reason, fee}; the
+        first event of an applied action also carries ``fee``. A refused admission or an unpaid
+        fee charges nothing and leaves the nonce unused; once the fee is paid, the nonce stays used
+        and the fee is kept even if the world rules then reject the action. A paid action is first
+        offered to ``pre_action`` subscribers; every event produced is then routed to
+        ``post_event`` subscribers, and the action (with ``outcome``) to ``post_action``
+        subscribers; module events follow in that order (``modules.router``). Never raises for bad
+        input; raises RuntimeError when no block is open.
         """
         self._require_block()
         body = signed.body
         kind = action_kind(body.action)
         refusal = admission_refusal(self._state, signed, check_signature=not signature_checked)
+        fee = 0
+        if refusal is None:
+            paid = self._pay(signed, action_id, payload_bytes)
+            if isinstance(paid, Refusal):
+                refusal = paid
+            else:
+                fee = paid
         reason = refusal.message if refusal is not None else None
         out: list[Event] = []
         action_map: dict[str, Any] | None = None
@@ -180,9 +294,8 @@ class World:
         if reason is None:
             ctx = ActionContext(action_id=action_id, agent_id=body.agent_id, nonce=body.nonce,
                                 height=self._state.meta.height)
-            agent = self._state.agents.get(body.agent_id)
-            if agent is not None:
-                self._state.put_agent(msgspec.structs.replace(agent, last_nonce=body.nonce))
+            agent = self._state.agents[body.agent_id]
+            self._state.put_agent(msgspec.structs.replace(agent, last_nonce=body.nonce))
             if self._runner.has_action_routes():
                 action_map = msgspec.to_builtins(body.action, builtin_types=(bytes,))
                 action_map.update(agent_id=body.agent_id, nonce=body.nonce)
@@ -199,6 +312,7 @@ class World:
             specs = [(ev.ACTION_REJECTED, {
                 "action_id": action_id, "agent_id": body.agent_id, "action_kind": kind, "reason": reason,
             })]
+        specs[0][1]["fee"] = fee
         produced = self._emit(specs)
         out.extend(produced)
         for event in produced:
@@ -226,6 +340,7 @@ class World:
         events_root = merkle_root([journal.raw_of(e) for e in self._block_events])
         self.height = self._state.meta.height
         self._in_block = False
+        self._prepaid = None
         events, self._block_events = self._block_events, []
         return BlockOutcome(height=self.height, state_root=root, events_root=events_root, events=events)
 

@@ -13,9 +13,8 @@ Rules:
   ``call`` for pure modules).
 * Only an artifact's publisher may install it; instance ids are unique and default to
   ``<module_id>@<agent_id>``; an agent owns at most MAX_INSTANCES_PER_AGENT instances.
-* Fees (electricity, ``WorldParams.module_{deploy,compile,install}_fee``) are charged to the
-  publisher or installer after every other check passed; an agent that cannot pay is rejected and
-  nothing is written.
+* Fees: the action's fee, including the surcharge ``WorldParams.module_{deploy,compile,install}_fee``,
+  is paid before any of these rules runs (``fees``), so a rejected publish has paid for the work.
 * Capabilities: a manifest may only require capabilities in CAPABILITIES; an installer may grant an
   instance only capabilities its manifest requires (over the installer's own agent).
 * Upgrades (``apply_upgrade``) keep the interface; each failed rule is a rejection naming the rule.
@@ -103,30 +102,8 @@ def check_manifest(m: ModuleManifest) -> None:
             )
 
 
-def charge_fee(state: WorldState, agent_id: str, fee: int, what: str) -> None:
-    """Take ``fee`` electricity from ``agent_id`` for ``what`` (e.g. "deploying a module").
-
-    Raises Rejected (nothing written) if the agent is unknown or holds less than ``fee``."""
-    check_can_pay(state, agent_id, fee, what)
-    if fee:
-        agent = state.agents[agent_id]
-        state.put_agent(msgspec.structs.replace(agent, electricity=agent.electricity - fee))
-
-
-def check_can_pay(state: WorldState, agent_id: str, fee: int, what: str) -> None:
-    """Raise Rejected unless ``agent_id`` exists and holds at least ``fee`` electricity."""
-    agent = state.agents.get(agent_id)
-    if agent is None:
-        raise Rejected(f"agent {agent_id!r} is not registered; register it before {what}")
-    if agent.electricity < fee:
-        raise Rejected(
-            f"insufficient electricity: {what} costs {fee}, agent {agent_id!r} has {agent.electricity}; "
-            "harvest radiation or receive a transfer first"
-        )
-
-
 def _publish(state: WorldState, sandbox: Sandbox, ctx: ActionContext, manifest: ModuleManifest, wasm: bytes,
-             origin: str, kind: str, fee: int) -> list[EventSpec]:
+             origin: str, kind: str) -> list[EventSpec]:
     check_manifest(manifest)
     wasm_hash = sha256(wasm).hex()
     existing = state.artifacts.get(wasm_hash)
@@ -161,7 +138,6 @@ def _publish(state: WorldState, sandbox: Sandbox, ctx: ActionContext, manifest: 
         published_at=ctx.height,
         origin=origin,
     )
-    charge_fee(state, ctx.agent_id, fee, f"{'compiling' if origin == 'compiled' else 'deploying'} a module")
     state.put_artifact(record, wasm)
     return [(kind, {
         "action_id": ctx.action_id,
@@ -170,22 +146,18 @@ def _publish(state: WorldState, sandbox: Sandbox, ctx: ActionContext, manifest: 
         "version": manifest.version,
         "wasm_hash": wasm_hash,
         "size": len(wasm),
-        "fee": fee,
     })]
 
 
 def apply_compile(state: WorldState, sandbox: Sandbox, ctx: ActionContext,
                   action: CompileModuleArtifactFromSource) -> list[EventSpec]:
     """Build the source package (see ``source``) and publish the artifact (event
-    module.artifact_compiled, whose ``wasm_hash`` records the bytes every node must have built).
-    The fee is checked before the build and charged after it succeeds."""
-    fee = state.meta.params.module_compile_fee
-    check_can_pay(state, ctx.agent_id, fee, "compiling a module")
+    module.artifact_compiled, whose ``wasm_hash`` records the bytes every node must have built)."""
     try:
         manifest, wasm = build_source_package(action.module_id, action.source_package)
     except SourceRejected as exc:
         raise Rejected(str(exc)) from None
-    return _publish(state, sandbox, ctx, manifest, wasm, "compiled", ev.ARTIFACT_COMPILED, fee)
+    return _publish(state, sandbox, ctx, manifest, wasm, "compiled", ev.ARTIFACT_COMPILED)
 
 
 def apply_deploy(state: WorldState, sandbox: Sandbox, ctx: ActionContext, action: DeployModuleArtifact) -> list[EventSpec]:
@@ -195,8 +167,7 @@ def apply_deploy(state: WorldState, sandbox: Sandbox, ctx: ActionContext, action
     actual = sha256(action.wasm_bytes).hex()
     if actual != action.wasm_hash:
         raise Rejected(f"wasm_hash {action.wasm_hash} does not match sha256 of the bytes ({actual})")
-    return _publish(state, sandbox, ctx, action.manifest, action.wasm_bytes, "deployed", ev.ARTIFACT_DEPLOYED,
-                    state.meta.params.module_deploy_fee)
+    return _publish(state, sandbox, ctx, action.manifest, action.wasm_bytes, "deployed", ev.ARTIFACT_DEPLOYED)
 
 
 def apply_install(state: WorldState, ctx: ActionContext, action: InstallModuleFromArtifact) -> list[EventSpec]:
@@ -221,8 +192,6 @@ def apply_install(state: WorldState, ctx: ActionContext, action: InstallModuleFr
             raise Rejected(f"cannot grant capability {cap[:60]!r}: the manifest's required_caps are {list(required)}")
     if len(set(action.grant_caps)) != len(action.grant_caps):
         raise Rejected("grant_caps lists a capability twice")
-    fee = state.meta.params.module_install_fee
-    charge_fee(state, ctx.agent_id, fee, "installing a module")
     record = InstanceRecord(
         instance_id=instance_id,
         module_id=artifact.module_id,
@@ -245,7 +214,6 @@ def apply_install(state: WorldState, ctx: ActionContext, action: InstallModuleFr
         "active": action.activate,
         "install_target": target,
         "granted_caps": sorted(action.grant_caps),
-        "fee": fee,
     })]
 
 

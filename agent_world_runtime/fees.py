@@ -1,0 +1,46 @@
+"""Action fees: what every committed action costs its signer (docs/fees.md).
+
+The fee of an action is paid in electricity by the agent that signed it, before the action is
+validated by the world rules, so an action the world then rejects has paid too (the Cosmos SDK's
+ante handler, which deducts fees before the message runs, is the model):
+
+    fee = fee_base + ceil(payload_bytes * fee_per_kib / 1024) + surcharge(kind)
+
+``payload_bytes`` is the length of the action's canonical encoding (the consensus payload). The
+surcharge is ``create_agent_fee`` for ``create_agent``, ``module_deploy_fee``,
+``module_compile_fee`` and ``module_install_fee`` for the module lifecycle actions, 0 otherwise.
+All parameters are genesis ``WorldParams``; every node computes the same fee.
+"""
+
+from __future__ import annotations
+
+from .actions import (
+    Action,
+    CompileModuleArtifactFromSource,
+    CreateAgent,
+    DeployModuleArtifact,
+    InstallModuleFromArtifact,
+)
+from .params import WorldParams
+
+
+def surcharge(params: WorldParams, action: Action) -> int:
+    """Return the kind surcharge of ``action`` in electricity (see the module docstring)."""
+    if isinstance(action, CreateAgent):
+        return params.create_agent_fee
+    if isinstance(action, DeployModuleArtifact):
+        return params.module_deploy_fee
+    if isinstance(action, CompileModuleArtifactFromSource):
+        return params.module_compile_fee
+    if isinstance(action, InstallModuleFromArtifact):
+        return params.module_install_fee
+    return 0
+
+
+def action_fee(params: WorldParams, action: Action, payload_bytes: int) -> int:
+    """Return the fee, in electricity, of ``action`` whose canonical payload is ``payload_bytes``
+    long: ``fee_base + ceil(payload_bytes * fee_per_kib / 1024) + surcharge``. Raises ValueError
+    for a negative length."""
+    if payload_bytes < 0:
+        raise ValueError(f"payload_bytes must be >= 0, got {payload_bytes}")
+    return params.fee_base + -(-payload_bytes * params.fee_per_kib // 1024) + surcharge(params, action)
