@@ -16,7 +16,8 @@ from agent_world_runtime.params import WorldParams
 from agent_world_runtime.persistence import CURRENT, SNAPSHOT_FILE, JournalSegment, SnapshotError, WorldSnapshot
 from agent_world_runtime.signer import AgentSigner
 from agent_world_runtime.state import AgentRecord, WorldMeta
-from tests.test_runtime_modules import CHAIN, const_module, deploy, deploy_and_install, manifest
+from tests.test_runtime_modules import CHAIN, PARAMS, const_module, deploy, deploy_and_install, funded, manifest
+from tests.worlds import genesis_world
 
 V1 = const_module(msgspec.msgpack.encode({"new_state": b"one"}))
 V2 = const_module(msgspec.msgpack.encode({"new_state": b"two", "emits": [{"kind": "v2"}]}))
@@ -28,10 +29,9 @@ def act(w: World, signed) -> list:
 
 
 def module_world() -> tuple[World, AgentSigner, str]:
-    w = World.from_genesis(CHAIN, WorldParams())
-    alice = AgentSigner.from_seed("alice", b"\x01" * 32, CHAIN)
+    w = genesis_world(CHAIN, PARAMS)
     w.begin_block(1, 1_000)
-    act(w, alice.register())
+    alice = funded(w, "alice", b"\x01" * 32)
     iid = deploy_and_install(w, alice, V1, manifest("kept", subs=SUBS))
     act(w, alice.sign(HarvestRadiation()))
     deploy(w, alice, V2, msgspec.structs.replace(manifest("kept", subs=SUBS), version="2.0.0"))
@@ -84,10 +84,9 @@ class OldWorldSnapshot(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 def test_directory_without_a_module_store_still_loads(tmp_path):
-    w = World.from_genesis(CHAIN, WorldParams())
     alice = AgentSigner.from_seed("alice", b"\x01" * 32, CHAIN)
+    w = World.from_genesis(CHAIN, WorldParams(), agents=[alice.genesis_agent(electricity=1000, data=1000)])
     w.begin_block(1, 1_000)
-    act(w, alice.register())
     act(w, alice.sign(MoveAgent(to=(1, 0, 0))))
     w.end_block()
     d = tmp_path / "old"

@@ -124,13 +124,15 @@ def test_granted_capability_applies_the_effect(world, alice, bob):
     apply(world, alice.sign(InstallModuleFromArtifact(wasm_hash=sha256(wasm).hex(), grant_caps=["agent.transfer"])))
     assert world.get_instance("payer@alice").granted_caps == ["agent.transfer"]
     bob_before = world.get_agent("bob").electricity
-    events = apply(world, bob.sign(HarvestRadiation()))
+    harvest = bob.sign(HarvestRadiation())
+    events = apply(world, harvest)
     assert kinds(events) == ["domain.radiation_harvested", "module.called", "governance.policy_decision_recorded",
                              "effect.applied"]
     decision, applied = events[2].data, events[3].data
     assert decision["allowed"] is True and decision["cap_ref"] == "agent.transfer"
     assert (applied["from"], applied["to"], applied["kind"], applied["amount"]) == ("alice", "bob", "electricity", 7)
-    assert world.get_agent("bob").electricity == bob_before + 5 + 7
+    assert events[0].data["fee"] == world.action_fee(harvest)
+    assert world.get_agent("bob").electricity == bob_before - world.action_fee(harvest) + 5 + 7
 
 
 def test_ungranted_or_disallowed_effects_are_denied_and_recorded(world, alice, bob):
@@ -138,10 +140,11 @@ def test_ungranted_or_disallowed_effects_are_denied_and_recorded(world, alice, b
     deploy(world, alice, wasm, payer_manifest("payer"))
     apply(world, alice.sign(InstallModuleFromArtifact(wasm_hash=sha256(wasm).hex())))  # nothing granted
     bob_before = world.get_agent("bob").electricity
-    events = apply(world, bob.sign(HarvestRadiation()))
+    harvest = bob.sign(HarvestRadiation())
+    events = apply(world, harvest)
     assert kinds(events)[-1] == "governance.policy_decision_recorded"
     assert events[-1].data["allowed"] is False and "was not granted" in events[-1].data["reason"]
-    assert world.get_agent("bob").electricity == bob_before + 5
+    assert world.get_agent("bob").electricity == bob_before - world.action_fee(harvest) + 5
     # over the world policy's per-effect ceiling
     big = transfer_module(amount=10_000)
     deploy(world, alice, big, msgspec.structs.replace(payer_manifest("bigpayer")))

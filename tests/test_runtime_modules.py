@@ -23,8 +23,11 @@ from agent_world_runtime.modules.sandbox import wat_to_wasm
 from agent_world_runtime.modules.source import package_from_files
 from agent_world_runtime.params import WorldParams
 from agent_world_runtime.signer import AgentSigner
+from tests.worlds import create, genesis_world
 
 CHAIN = "module-chain"
+#: Harvests are the tests' trigger event, several per block: no harvest interval here.
+PARAMS = WorldParams(grid_size=100, harvest_interval=0)
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "modules"
 
 
@@ -95,37 +98,39 @@ def kinds(events) -> list[str]:
     return [e.kind for e in events]
 
 
+def funded(world: World, name: str, seed: bytes) -> AgentSigner:
+    """Create ``name`` in the open block with 1000 electricity and 1000 data (the bank pays)."""
+    a = AgentSigner.from_seed(name, seed, CHAIN)
+    [created] = create(world, a, electricity=1000, data=1000)
+    assert created.kind == "domain.agent_created", created.data
+    return a
+
+
 @pytest.fixture
 def world() -> World:
-    w = World.from_genesis(CHAIN, WorldParams(grid_size=100, initial_data=1000, initial_electricity=1000))
+    w = genesis_world(CHAIN, PARAMS)
     w.begin_block(1, 1_000)
     return w
 
 
 @pytest.fixture
 def alice(world) -> AgentSigner:
-    a = AgentSigner.from_seed("alice", b"\x01" * 32, CHAIN)
-    apply(world, a.register())
-    return a
+    return funded(world, "alice", b"\x01" * 32)
 
 
 @pytest.fixture
 def bob(world) -> AgentSigner:
-    b = AgentSigner.from_seed("bob", b"\x02" * 32, CHAIN)
-    apply(world, b.register())
-    return b
+    return funded(world, "bob", b"\x02" * 32)
 
 
 # -- the example move counter, end to end ---------------------------------------------------------
 
 def run_move_counter_world() -> tuple[World, list[bytes], list]:
-    w = World.from_genesis(CHAIN, WorldParams(grid_size=100, initial_data=1000, initial_electricity=1000))
-    a = AgentSigner.from_seed("alice", b"\x01" * 32, CHAIN)
-    b = AgentSigner.from_seed("bob", b"\x02" * 32, CHAIN)
+    w = genesis_world(CHAIN, PARAMS)
     roots, milestones = [], []
     w.begin_block(1, 1_000)
-    apply(w, a.register())
-    apply(w, b.register())
+    a = funded(w, "alice", b"\x01" * 32)
+    b = funded(w, "bob", b"\x02" * 32)
     [compiled] = apply(w, a.sign(CompileModuleArtifactFromSource(module_id="move_counter",
                                                                  source_package=example_package("move_counter"))))
     assert compiled.kind == "module.artifact_compiled", compiled.data
@@ -301,10 +306,12 @@ def test_hostile_loop_runs_out_of_gas_and_the_world_continues(world, alice):
         module_id="hostile_loop", source_package=example_package("hostile_loop"))))
     apply(world, alice.sign(InstallModuleFromArtifact(wasm_hash=compiled.data["wasm_hash"])))
     start = world.get_agent("alice").electricity
-    # each harvest adds 5; the failed call before the second harvest was billed 1 electricity
-    for expected_electricity in (start + 5, start + 5 - 1 + 5):
-        harvested, failed = apply(world, alice.sign(HarvestRadiation()))
-        assert harvested.data["electricity"] == expected_electricity
+    # each harvest pays its fee and adds 5; the failed call before the second harvest was billed 1 electricity
+    first, second = alice.sign(HarvestRadiation()), alice.sign(HarvestRadiation())
+    fee1, fee2 = world.action_fee(first), world.action_fee(second)
+    for signed, expected_electricity in ((first, start - fee1 + 5), (second, start - fee1 + 5 - 1 - fee2 + 5)):
+        harvested, failed = apply(world, signed)
+        assert harvested.data["electricity"] == expected_electricity and harvested.data["fee"] > 0
         assert failed.kind == "module.call_failed" and failed.data["code"] == "OUT_OF_GAS"
         assert failed.data["gas_used"] == 1_000_000
     assert kinds(apply(world, alice.sign(MoveAgent(to=(1, 0, 0))))) == ["domain.agent_moved"]

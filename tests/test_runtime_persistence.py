@@ -13,8 +13,12 @@ from agent_world_runtime.actions import CompileModuleArtifactFromSource, Harvest
 from agent_world_runtime.modules.source import package_from_files
 from agent_world_runtime.params import WorldParams
 from agent_world_runtime.signer import AgentSigner
+from tests.worlds import create, genesis_world
 
 CHAIN = "persist-chain"
+#: One harvest per 3 heights: the blocks below harvest every time, so some harvests are rejected
+#: and ``last_harvest_height`` has to survive a reload.
+PARAMS = WorldParams(harvest_interval=3)
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "modules"
 
 
@@ -33,10 +37,10 @@ def grow(world: World, alice: AgentSigner, blocks: int) -> None:
 
 @pytest.fixture
 def populated() -> tuple[World, AgentSigner]:
-    w = World.from_genesis(CHAIN, WorldParams())
+    w = genesis_world(CHAIN, PARAMS)
     alice = AgentSigner.from_seed("alice", b"\x05" * 32, CHAIN)
     w.begin_block(1, 1000)
-    apply(w, alice.register())
+    create(w, alice, electricity=1000, data=1000)
     pkg = package_from_files([EXAMPLES / "move_counter.wat", EXAMPLES / "move_counter.manifest.json"],
                              EXAMPLES / "move_counter.manifest.json")
     [compiled] = apply(w, alice.sign(CompileModuleArtifactFromSource(module_id="move_counter", source_package=pkg)))
@@ -145,8 +149,31 @@ def test_save_inside_a_block_is_refused(tmp_path, populated):
 
 
 def test_genesis_world_round_trip(tmp_path):
-    w = World.from_genesis(CHAIN, WorldParams(grid_size=3))
+    ann = AgentSigner.from_seed("ann", b"\x06" * 32, CHAIN)
+    w = World.from_genesis(CHAIN, WorldParams(grid_size=3, fee_base=4),
+                           agents=[ann.genesis_agent(electricity=50, data=7, position=(1, -2, 3))])
     w.save_to_dir(tmp_path / "g")
     loaded = World.load_from_dir(tmp_path / "g")
     assert_same_world(w, loaded)
-    assert loaded.params.grid_size == 3 and loaded.chain_id == CHAIN
+    assert loaded.params.grid_size == 3 and loaded.params.fee_base == 4 and loaded.chain_id == CHAIN
+    assert loaded.get_agent("ann") == w.get_agent("ann")
+    assert (loaded.get_agent("ann").electricity, loaded.get_agent("ann").position) == (50, (1, -2, 3))
+
+
+def test_harvest_interval_survives_a_reload(tmp_path, populated):
+    w, alice = populated
+    # Blocks 2..13 each tried a harvest: those at heights 2, 5, 8 and 11 succeeded.
+    assert (w.height, w.get_agent("alice").last_harvest_height) == (13, 11)
+    w.save_to_dir(tmp_path / "w")
+    loaded = World.load_from_dir(tmp_path / "w")
+    assert loaded.get_agent("alice").last_harvest_height == 11
+    harvests = [alice.sign(HarvestRadiation()) for _ in range(3)]  # heights 14, 15, 16
+    kinds = []
+    for world in (w, loaded):
+        kinds.append([])
+        for harvest in harvests:
+            world.begin_block(world.height + 1, 0)
+            kinds[-1].append(world.apply_action(harvest, compute_action_id(harvest))[0].kind)
+            world.end_block()
+    assert kinds[0] == kinds[1] == ["domain.radiation_harvested", "domain.action_rejected", "domain.action_rejected"]
+    assert_same_world(w, loaded)

@@ -16,27 +16,35 @@ from hypothesis import strategies as st
 from agent_world_runtime import World, compute_action_id
 from agent_world_runtime.actions import (
     CompileModuleArtifactFromSource,
+    CreateAgent,
     HarvestRadiation,
     InstallModuleFromArtifact,
     MoveAgent,
     TransferResource,
     sign_action,
 )
+from agent_world_runtime.admission import payload_size
 from agent_world_runtime.crypto import SigningKey, sha256
 from agent_world_runtime.modules.source import package_from_files
 from agent_world_runtime.params import WorldParams
 from agent_world_runtime.signer import AgentSigner
+from tests.worlds import BANK_ID, BANK_SEED, genesis_world
 
 CHAIN = "prop-chain"
-PARAMS = WorldParams(initial_electricity=20, initial_data=5, move_cost_per_step=1, harvest_amount=3, grid_size=4)
+PARAMS = WorldParams(move_cost_per_step=1, harvest_amount=3, harvest_interval=2, grid_size=4, create_agent_fee=3)
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "modules"
 PACKAGE = package_from_files([EXAMPLES / "move_counter.wat", EXAMPLES / "move_counter.manifest.json"],
                              EXAMPLES / "move_counter.manifest.json")
-NAMES = ["ann", "ben", "cat"]
+#: ann, ben and cat are created by the bank at the start; dan only exists once a create op makes it.
+NAMES = ["ann", "ben", "cat", "dan"]
+SETUP_AGENTS = 3
+#: Ids a create op may ask for: the four agents (dan is new, the others already exist) and an invalid one.
+NEW_IDS = [*NAMES, "dan\n"]
 
 agent = st.integers(0, len(NAMES) - 1)
 op = st.one_of(
-    st.tuples(st.just("register"), agent),
+    st.tuples(st.just("create"), agent, st.one_of(st.just("dan"), st.sampled_from(NEW_IDS)), st.integers(0, 25),
+              st.integers(0, 6)),
     st.tuples(st.just("move"), agent, st.integers(-4, 4), st.integers(-4, 4)),
     st.tuples(st.just("harvest"), agent),
     st.tuples(st.just("transfer"), agent, agent, st.sampled_from(["electricity", "data", "gold"]), st.integers(-1, 12)),
@@ -51,9 +59,11 @@ op = st.one_of(
 def to_steps(ops: list[tuple]) -> list:
     """Sign the operations once so both worlds see byte-identical actions."""
     signers = [AgentSigner.from_seed(n, bytes([i + 1]) * 32, CHAIN) for i, n in enumerate(NAMES)]
-    # Every run starts with the three agents registered and ann's move counter installed, so the
-    # random part exercises moves, transfers, module calls and module state, not only rejections.
-    steps: list = [signer.register() for signer in signers]
+    bank = AgentSigner.from_seed(BANK_ID, BANK_SEED, CHAIN)
+    # Every run starts with ann, ben and cat created by the bank and ann's move counter installed,
+    # so the random part exercises moves, transfers, module calls and module state, not only rejections.
+    steps: list = [bank.create_agent(s, electricity=60 if s.agent_id == "ann" else 30, data=5)
+                   for s in signers[:SETUP_AGENTS]]
     steps.append(signers[0].sign(CompileModuleArtifactFromSource(module_id="move_counter", source_package=PACKAGE)))
     steps.append(signers[0].sign(InstallModuleFromArtifact(wasm_hash=COUNTER_HASH)))
     signed_so_far: list = list(steps)
@@ -63,8 +73,10 @@ def to_steps(ops: list[tuple]) -> list:
         if kind == "block":
             steps.append("block")
             continue
-        if kind == "register":
-            s = signers[o[1]].register()
+        if kind == "create":
+            new_id = o[2]
+            key = signers[NAMES.index(new_id)].public_key if new_id in NAMES else bytes(32)
+            s = signers[o[1]].sign(CreateAgent(agent_id=new_id, public_key=key, electricity=o[3], data=o[4]))
         elif kind == "move":
             s = signers[o[1]].sign(MoveAgent(to=(o[2], o[3], 0)))
         elif kind == "harvest":
@@ -94,8 +106,20 @@ def _counter_hash() -> str:
 COUNTER_HASH = _counter_hash()
 
 
-def run(steps: list, save_at: int | None, workdir: Path | None) -> tuple[World, list]:
-    world = World.from_genesis(CHAIN, PARAMS)
+def blocks_of(steps: list) -> list[list]:
+    blocks: list[list] = [[]]
+    for step in steps:
+        if step == "block":
+            blocks.append([])
+        else:
+            blocks[-1].append(step)
+    return blocks
+
+
+def run(steps: list, save_at: int | None, workdir: Path | None, collect: bool) -> tuple[World, list]:
+    """Apply ``steps`` block by block; with ``collect``, each block's fees are collected first (as
+    the node does), otherwise each action pays its fee when it runs."""
+    world = genesis_world(CHAIN, PARAMS)
     outcomes = []
     blocks_done = 0
 
@@ -109,14 +133,14 @@ def run(steps: list, save_at: int | None, workdir: Path | None) -> tuple[World, 
             world.save_to_dir(workdir)
             world = World.load_from_dir(workdir)
 
-    world.begin_block(1, 1_000)
-    for step in steps:
-        if step == "block":
-            close_block()
-            world.begin_block(world.height + 1, (world.height + 1) * 1_000)
-        else:
-            world.apply_action(step, compute_action_id(step))
-    close_block()
+    for block in blocks_of(steps):
+        world.begin_block(world.height + 1, (world.height + 1) * 1_000)
+        ids = [compute_action_id(s) for s in block]
+        if collect:
+            world.collect_fees([(s, a, payload_size(s)) for s, a in zip(block, ids, strict=True)])
+        for s, action_id in zip(block, ids, strict=True):
+            world.apply_action(s, action_id)
+        close_block()
     if save_at is not None:
         world.save_to_dir(workdir)  # a second save into the same directory (appends a segment)
         world = World.load_from_dir(workdir)
@@ -124,13 +148,13 @@ def run(steps: list, save_at: int | None, workdir: Path | None) -> tuple[World, 
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(op, min_size=8, max_size=50), save_fraction=st.integers(0, 99))
-def test_save_load_midway_gives_identical_roots(ops, save_fraction):
+@given(ops=st.lists(op, min_size=8, max_size=50), save_fraction=st.integers(0, 99), collect=st.booleans())
+def test_save_load_midway_gives_identical_roots(ops, save_fraction, collect):
     steps = to_steps(ops)
     save_at = 1 + save_fraction * steps.count("block") // 100  # a block that exists, 1-based
-    plain, plain_outcomes = run(steps, None, None)
+    plain, plain_outcomes = run(steps, None, None, collect)
     with tempfile.TemporaryDirectory() as tmp:
-        reloaded, reloaded_outcomes = run(steps, save_at, Path(tmp) / "world")
+        reloaded, reloaded_outcomes = run(steps, save_at, Path(tmp) / "world", collect)
     assert reloaded_outcomes == plain_outcomes
     assert reloaded.state_root() == plain.state_root()
     assert reloaded.journal_raw() == plain.journal_raw()
@@ -138,7 +162,10 @@ def test_save_load_midway_gives_identical_roots(ops, save_fraction):
     reasons = [e.data["reason"] for e in plain.events(limit=10_000, kind_prefix="domain.action_rejected")]
     assert not [r for r in reasons if r.startswith("internal error")], reasons
     stats = plain.stats()
-    accepted = len(plain.events(limit=10_000, kind_prefix="domain.")) - len(reasons) - len(NAMES)
+    accepted = len(plain.events(limit=10_000, kind_prefix="domain.")) - len(reasons) - SETUP_AGENTS
+    created = len(plain.events(limit=10_000, kind_prefix="domain.agent_created")) - SETUP_AGENTS
     event(f"blocks: {'1' if len(plain_outcomes) == 1 else '2-4' if len(plain_outcomes) <= 4 else '5+'}")
     event(f"move_counter calls: {'0' if stats['module_calls'] == 0 else '1-4' if stats['module_calls'] < 5 else '5+'}")
     event(f"accepted actions beyond setup: {'0' if accepted == 0 else '1-9' if accepted < 10 else '10+'}")
+    event(f"agents created beyond setup: {created}")
+    event(f"fees collected per block: {collect}")

@@ -12,6 +12,7 @@ from agent_world_runtime.merkle import EMPTY_ROOT, merkle_root_of_leaf_hashes, n
 from agent_world_runtime.params import WorldParams
 from agent_world_runtime.signer import AgentSigner
 from agent_world_runtime.state_tree import BUCKET_BITS, StateTree, bucket_of, record_leaf_hash
+from tests.worlds import create_signed, genesis_world
 
 CHAIN = "state-chain"
 
@@ -69,14 +70,14 @@ def test_incremental_root_equals_fresh_tree(operations):
 
 
 def build_world(extra_harvest: bool = False) -> tuple[World, list[bytes]]:
-    w = World.from_genesis(CHAIN, WorldParams())
+    w = genesis_world(CHAIN, WorldParams())
     agents = [AgentSigner.from_seed(f"agent{i}", bytes([i + 1]) * 32, CHAIN) for i in range(3)]
     roots = []
     for height in range(1, 4):
         w.begin_block(height, height * 10)
         for i, a in enumerate(agents):
             if height == 1:
-                action = a.register()
+                action = create_signed(w, a)
             elif height == 2:
                 action = a.sign(MoveAgent(to=(i, height, 0)))
             else:
@@ -102,11 +103,11 @@ def test_same_actions_same_roots_different_actions_different_roots():
 
 
 def test_a_block_recomputes_only_the_buckets_it_changed(monkeypatch):
-    w = World.from_genesis(CHAIN, WorldParams())
     agents = [AgentSigner.from_seed(f"agent{i}", (i + 1).to_bytes(32, "big"), CHAIN) for i in range(300)]
+    w = World.from_genesis(CHAIN, WorldParams(), agents=[a.genesis_agent(electricity=100) for a in agents])
     w.begin_block(1, 1)
-    for a in agents:
-        s = a.register()
+    for a in agents[:5]:
+        s = a.sign(MoveAgent(to=(1, 0, 0)))
         w.apply_action(s, compute_action_id(s))
     w.end_block()
     recomputed: list[int] = []
@@ -116,5 +117,6 @@ def test_a_block_recomputes_only_the_buckets_it_changed(monkeypatch):
     s = agents[7].sign(HarvestRadiation())
     w.apply_action(s, compute_action_id(s))
     w.end_block()
-    # The world leaf, the journal leaf and one agent leaf: three buckets of ~1 record each.
+    # The world leaf, the journal leaf and one agent leaf (its fee and harvest are one record
+    # change): three buckets of ~1 record each.
     assert len(recomputed) == 3 and sum(recomputed) <= 6
