@@ -2,7 +2,8 @@
 
 Each agent has its own Ed25519 key, kept in ``key_dir/<agent_id>.json`` (``client.AgentKey``
 format, the one ``awnode keygen`` writes; created on first use, reused afterwards). An agent
-registers itself if the node does not know it, then loops, one turn at a time:
+is created by the sponsor (an existing agent that pays for it) if the node does not know it,
+then loops, one turn at a time:
 
 1. observe: its record (GET /v1/agents/{id}), the module list and the recent events about it
    (both polled once for the whole runtime by a shared poller, not per agent);
@@ -43,7 +44,7 @@ from agent_world_client.client import (
     NodeUnreachable,
     NotFound,
 )
-from agent_world_runtime.actions import Action, RegisterAgent, action_kind, sign_action
+from agent_world_runtime.actions import Action, CreateAgent, action_kind, sign_action
 from agent_world_runtime.codec import to_builtins
 from agent_world_runtime.crypto import SigningKey
 
@@ -52,7 +53,7 @@ from .decision import Decision, Wait, WaitTicks, decision_kind, decision_to_acti
 log = structlog.get_logger(__name__)
 
 # Data keys of an event that name the agents it is about.
-_EVENT_AGENT_KEYS = ("agent_id", "to", "owner_agent_id", "publisher", "owner", "payer", "installer")
+_EVENT_AGENT_KEYS = ("agent_id", "created_agent_id", "to", "owner_agent_id", "publisher", "owner", "payer", "installer")
 DEFAULT_MEMORY_SIZE = 50
 DEFAULT_EVENTS_KEPT = 20
 MAX_WAIT_TICKS = 100
@@ -230,6 +231,10 @@ class Pacer:
         await trio.sleep_until(slot)
 
 
+#: What a sponsor gives each agent it creates: (electricity, data).
+DEFAULT_ENDOWMENT = (2_000, 2_000)
+
+
 def agent_id_for(seed: int, index: int, prefix: str = "agent") -> str:
     """Return the agent id of agent ``index`` for ``seed``: ``"{prefix}-s{seed}-{index:03d}"``."""
     return f"{prefix}-s{seed}-{index:03d}"
@@ -261,7 +266,7 @@ def event_mentions(event: dict, agent_id: str) -> bool:
 class _Agent:
     """One controlled agent: identity, key, node, policy, memory, nonce counter, turn counter."""
 
-    def __init__(self, index: int, agent_id: str, key: SigningKey, client: NodeClient, policy: Policy,
+    def __init__(self, index: int, agent_id: str, key: SigningKey, client: NodeClient, policy: Policy | None,
                  memory_size: int, events_kept: int) -> None:
         self.index = index
         self.agent_id = agent_id
@@ -299,6 +304,10 @@ class AgentRuntime:
     ``memory_size`` / ``events_kept``: the bounds of each agent's memory and event window.
     ``timeout_s`` / ``max_503_retries`` / ``transport``: passed to every ``NodeClient``.
     ``stats``: a ``RuntimeStats`` (or subclass) to update live; a new one by default.
+    ``sponsor``: the key (with its agent id) of an existing agent that creates, and pays for, the
+    agents that do not exist yet, giving each ``endowment`` = (electricity, data) from its own
+    balances; without it, an agent that does not exist is counted (``rejected["no_sponsor"]``)
+    and does not run.
 
     ``await runtime.run(stop)`` runs until ``stop`` is set or the caller is cancelled, then closes
     its clients. Raises ValueError for bad arguments, AgentKeyError for an unusable key file, and
@@ -325,6 +334,8 @@ class AgentRuntime:
         max_503_retries: int = 5,
         transport: httpx.AsyncBaseTransport | None = None,
         stats: RuntimeStats | None = None,
+        sponsor: AgentKey | None = None,
+        endowment: tuple[int, int] = DEFAULT_ENDOWMENT,
     ) -> None:
         urls = [rpc_urls] if isinstance(rpc_urls, str) else list(rpc_urls)
         if not urls:
@@ -355,6 +366,12 @@ class AgentRuntime:
             policy = policy_factory(i, agent_id)
             self.agents[agent_id] = _Agent(i, agent_id, key, self.clients[i % len(self.clients)], policy,
                                            memory_size, events_kept)
+        self.sponsor: _Agent | None = None
+        if sponsor is not None:
+            if sponsor.agent_id is None:
+                raise AgentKeyError("the sponsor key file has no agent_id; add the id of the agent it belongs to")
+            self.sponsor = _Agent(-1, sponsor.agent_id, sponsor.key, self.clients[0], None, 1, 1)
+        self.endowment = endowment
         self.registered: set[str] = set()
         self.height = 0
         self.modules: dict | None = None
@@ -463,7 +480,7 @@ class AgentRuntime:
         through ``agent``'s node and record the outcome in ``entry`` (if given). Returns True if
         the node took it (accepted or duplicate). Every outcome is counted; never raises for a
         node's answer."""
-        signer = self.agents[signer_id]
+        signer = self.sponsor if self.sponsor is not None and signer_id == self.sponsor.agent_id else self.agents[signer_id]
         if self.pacer is not None:
             await self.pacer.wait()
         async with signer.submit_lock:
@@ -535,9 +552,10 @@ class AgentRuntime:
     # -- life cycle ----------------------------------------------------------------------------
 
     async def register(self, agent: _Agent) -> bool:
-        """Make sure ``agent`` is registered and visible on its node; return False if its id is
-        taken by another key. Resubmits the registration if the node did not take it (after a
-        growing pause, at most 30 s) or if it does not appear within ``registration_timeout_s``."""
+        """Make sure ``agent`` exists and is visible on its node, having the sponsor create it if
+        needed; return False if its id is taken by another key or it does not exist and there is
+        no sponsor. Resubmits the creation if the node did not take it (after a growing pause, at
+        most 30 s) or if the agent does not appear within ``registration_timeout_s``."""
         rng = random.Random(f"agent-world-register/{self.seed}/{agent.agent_id}")
         failures = 0
         while True:
@@ -550,10 +568,22 @@ class AgentRuntime:
                 agent.sync_nonce(record)
                 self.registered.add(agent.agent_id)
                 self.stats.agents_registered += 1
-                agent.log.debug("agent_registered", nonce=agent.next_nonce)
+                agent.log.debug("agent_ready", nonce=agent.next_nonce)
                 return True
+            sponsor = self.sponsor
+            if sponsor is None:
+                self.stats.rejected["no_sponsor"] = self.stats.rejected.get("no_sponsor", 0) + 1
+                agent.log.error("agent_missing_no_sponsor",
+                                hint="the agent does not exist; give a sponsor key (--sponsor-key) to create it")
+                return False
+            if sponsor.turn == 0:  # first use: start from the sponsor's nonce on the node
+                sponsor.sync_nonce(await self._fetch(agent, sponsor.agent_id))
+                sponsor.turn = 1
             position = (rng.randint(-10, 10), rng.randint(-10, 10), 0)
-            if not await self.submit(agent, agent.agent_id, RegisterAgent(public_key=agent.key.public_key, position=position)):
+            electricity, data = self.endowment
+            create = CreateAgent(agent_id=agent.agent_id, public_key=agent.key.public_key, position=position,
+                                 electricity=electricity, data=data)
+            if not await self.submit(agent, sponsor.agent_id, create):
                 failures += 1
                 await trio.sleep(min(30.0, self.poll_interval_s * 2**failures))
                 continue

@@ -31,6 +31,8 @@ from typing import Any, Callable
 
 import structlog
 
+from agent_world_runtime.params import WorldParams
+
 from .decision import (
     CompileModule,
     Decision,
@@ -48,8 +50,11 @@ from .runtime import Memory, Observation, Policy
 log = structlog.get_logger(__name__)
 
 # Electricity below which an agent harvests instead of spending (WorldParams: moves cost 1 per
-# step, a harvest yields 5, agents start with 100).
+# step, a harvest yields 5, every action pays a fee of about 2).
 LOW_ELECTRICITY = 30
+# Heights between two harvests of one agent (WorldParams.harvest_interval; a harvest sooner is
+# rejected and still pays its fee).
+HARVEST_INTERVAL = WorldParams().harvest_interval
 # Agents wander in [-WANDER_BOUND, WANDER_BOUND] on x and y, well inside the world grid.
 WANDER_BOUND = 50
 # A policy re-reads its estimate from the observation after this many turns.
@@ -168,12 +173,16 @@ class _Scripted:
         self.electricity = 0
         self.data = 0
         self.since_refresh = 0
+        self.last_harvest = 0
+        self.height = 0
 
     def refresh(self, obs: Observation, memory: Memory) -> bool:
         """Update the estimate from ``obs`` when due; return False if the agent is not visible yet."""
         record = obs.agent
         if record is None:
             return False
+        self.height = obs.height
+        self.last_harvest = max(self.last_harvest, _int(record, "last_harvest_height", 0))
         last = memory.recent(1)
         failed = bool(last) and last[0].get("outcome") in FAILED_OUTCOMES
         if self.position is None or failed or self.since_refresh >= REFRESH_EVERY:
@@ -195,6 +204,7 @@ class _Scripted:
             self.position = decision.to
         elif isinstance(decision, Harvest):
             self.electricity += 5
+            self.last_harvest = max(self.height, 1)
         elif isinstance(decision, Transfer):
             if decision.kind == "data":
                 self.data -= decision.amount
@@ -215,9 +225,19 @@ class _Scripted:
             nx, ny = x - dx, y - dy
         return Move(to=(nx, ny, z))
 
+    def may_harvest(self) -> bool:
+        """True when the harvest interval has passed since the agent's last harvest."""
+        return not self.last_harvest or self.height >= self.last_harvest + HARVEST_INTERVAL
+
+    def harvest_or_wait(self) -> Decision:
+        """Harvest if allowed now, else wait a turn (a move or a gift would spend what is low)."""
+        return self.expect(Harvest()) if self.may_harvest() else Wait()
+
     def wander(self) -> Decision:
-        """Harvest when low (or one turn in eight), else one step; the estimate follows."""
-        if self.electricity < LOW_ELECTRICITY or self.rng.random() < 0.12:
+        """Harvest when low (or one turn in eight, when allowed), else one step; the estimate follows."""
+        if self.electricity < LOW_ELECTRICITY:
+            return self.harvest_or_wait()
+        if self.rng.random() < 0.12 and self.may_harvest():
             return self.expect(Harvest())
         return self.expect(self.step())
 
@@ -244,9 +264,9 @@ class Explorer(_Scripted):
             return Wait()
         payer = module_payer(obs)
         if self.electricity < LOW_ELECTRICITY:
-            return self.expect(Harvest())
+            return self.harvest_or_wait()
         r = self.rng.random()
-        if r < 0.12:
+        if r < 0.12 and self.may_harvest():
             return self.expect(Harvest())
         if r < 0.22 and payer is not None and payer != self.agent_id:
             return self.expect(self.pay(payer, big=True))
@@ -266,7 +286,7 @@ class Trader(_Scripted):
         if not self.refresh(obs, memory):
             return Wait()
         if self.electricity < LOW_ELECTRICITY:
-            return self.expect(Harvest())
+            return self.harvest_or_wait()
         payer = module_payer(obs)
         others = [a for a in obs.controlled if a != self.agent_id]
         r = self.rng.random()
@@ -274,7 +294,7 @@ class Trader(_Scripted):
             if payer is not None and payer != self.agent_id and self.rng.random() < 0.8:
                 return self.expect(self.pay(payer, big=True))
             return self.expect(self.pay(self.rng.choice(others), big=False))
-        if r < 0.8:
+        if r < 0.8 and self.may_harvest():
             return self.expect(Harvest())
         return self.expect(self.step())
 
@@ -359,13 +379,13 @@ class ModuleBuilder(_Scripted):
 
     def _submit_step(self, step: str, decision: Decision, memory: Memory) -> Decision:
         """Return ``decision`` if step ``step`` is due (new, failed, or not visible in time), else
-        a harvest while its result is on its way; give up after ``max_attempts``."""
+        a harvest (or a wait) while its result is on its way; give up after ``max_attempts``."""
         last = next((e for e in reversed(memory.recent(20)) if e.get("kind") == decision_kind(decision)), None)
         failed = last is not None and last.get("outcome") in FAILED_OUTCOMES
         due = self._step != step or failed or self._step_turns >= self.retry_after_turns
         if not due:
             self._step_turns += 1
-            return self.expect(Harvest())
+            return self.harvest_or_wait()
         transient = failed and last is not None and last.get("outcome") in TRANSIENT_OUTCOMES
         attempts = self._attempts.get(step, 0) + (0 if transient else 1)
         if attempts > self.max_attempts:
@@ -383,7 +403,7 @@ class ModuleBuilder(_Scripted):
         if self.phase == "error" or not self._load():
             return self.wander()
         if obs.modules is None:
-            return self.expect(Harvest())
+            return self.harvest_or_wait()
         v1, v2 = self._v1, self._v2
         assert v1 is not None
         instance = find_instance(obs.modules, v1.module_id, self.agent_id)
@@ -395,16 +415,16 @@ class ModuleBuilder(_Scripted):
                 self.upgraded_wasm_hash = at
                 self.wasm_hash = self.wasm_hash or v1_hash
                 self._set_phase("upgraded")
-                return self.expect(Harvest())
+                return self.harvest_or_wait()
             self.wasm_hash = at
             if v2 is None:
                 self._set_phase("installed")
-                return self.expect(Harvest())
+                return self.harvest_or_wait()
             if self.phase not in ("installed", "upgrading"):
                 self._set_phase("installed")
             self._installed_turns += 1
             if self._installed_turns <= self.upgrade_after_turns:
-                return self.expect(Harvest())
+                return self.harvest_or_wait()
             self._set_phase("upgrading")
             if v2_hash is None:
                 return self._submit_step("compile_v2", self._compile(v2), memory)

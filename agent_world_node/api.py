@@ -287,7 +287,7 @@ def create_app(node: NodeView) -> Starlette:
         agent_id = request.path_params["agent_id"]
         data = node.agent_json(agent_id)
         if data is None:
-            return _error(404, "unknown_agent", f"no agent {agent_id[:64]!r}; register it with a register_agent action")
+            return _error(404, "unknown_agent", f"no agent {agent_id[:64]!r}; an existing agent must create it with a create_agent action")
         return JSONResponse(data)
 
     async def events(request: Request) -> Response:

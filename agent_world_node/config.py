@@ -20,8 +20,10 @@ from pathlib import Path
 
 import msgspec
 
+from agent_world_runtime import World
 from agent_world_runtime.crypto import SigningKey
-from agent_world_runtime.params import WorldParams
+from agent_world_runtime.modules.sandbox import Sandbox
+from agent_world_runtime.params import GenesisAgent, WorldParams
 
 
 class ConfigError(RuntimeError):
@@ -37,13 +39,21 @@ class GenesisValidator(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class Genesis(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """The shared starting point of a chain: every node of a chain has the identical file."""
+    """The shared starting point of a chain: every node of a chain has the identical file.
+    ``agents`` are the agents that exist from genesis (every other agent is created, and paid
+    for, by an existing one)."""
 
     chain_id: str
     genesis_time_ms: int
     validators: list[GenesisValidator]
     epoch_length: int = 1000
     world: WorldParams = msgspec.field(default_factory=WorldParams)
+    agents: list[GenesisAgent] = []
+
+    def new_world(self, sandbox: Sandbox | None = None) -> World:
+        """Return the world at height 0 of this genesis (``World.from_genesis``); raises
+        ValueError for invalid world parameters or genesis agents."""
+        return World.from_genesis(self.chain_id, self.world, agents=self.agents, sandbox=sandbox)
 
 
 class P2PConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -204,6 +214,10 @@ def read_genesis(path: Path) -> Genesis:
         seen.add(v.public_key)
     if genesis.epoch_length <= 0:
         raise ConfigError(f"{path}: epoch_length must be positive")
+    try:
+        genesis.new_world()
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     return genesis
 
 

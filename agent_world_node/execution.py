@@ -226,17 +226,21 @@ class NodeRuntimeExecutionDriver:
     ) -> ExecutionRecord:
         world = self.world
         world.begin_block(height, timestamp_ms)
+        block: list[tuple[SignedAction, bytes, int]] = []
         for act in actions:
             try:
-                signed = self.decode_action(act)
+                block.append((self.decode_action(act), act.action_id, len(act.payload)))
             except DecodeError as exc:
                 # Validators refuse blocks with undecodable payloads; this only guards the runtime.
                 log.error("undecodable_committed_action", height=height, action_id=act.action_id.hex(), error=str(exc))
-                continue
+        # Every fee of the block is taken before its first action runs (valid(v) checked that each
+        # signer can pay them all).
+        world.collect_fees(block)
+        for signed, action_id, payload_bytes in block:
             # Committed blocks carry only validly signed actions: valid(v) verifies them
             # (replica.validity) and more than 2/3 of the stake prevoted for the block, so
             # at least one correct validator checked it. Syncing and replay need not verify again.
-            world.apply_action(signed, act.action_id, signature_checked=True)
+            world.apply_action(signed, action_id, signature_checked=True, payload_bytes=payload_bytes)
         world.step_with_modules()
         outcome = world.end_block()
         block_hash = chain_execution_block_hash(self.last_block_hash, height, outcome.state_root, outcome.events_root)

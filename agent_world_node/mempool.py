@@ -1,9 +1,11 @@
 """The mempool: admitted client actions waiting for a block.
 
-Admission is checked by the caller (signature, agent, nonce against the executed world). The pool
-keeps at most ``max_actions`` entries; a full pool refuses new actions (the HTTP API answers 503 with
-a retry hint) rather than accepting and dropping them. A proposer reaps the oldest actions up to a
-count and byte budget, ordered by (submitter, nonce, action id).
+Admission is checked by the caller (signature, agent, nonce and fee against the executed world and
+the fees the agent already owes here, ``owed``). The pool keeps at most ``max_actions`` entries; a
+full pool refuses new actions (the HTTP API answers 503 with a retry hint) rather than accepting and
+dropping them. A proposer reaps the oldest actions up to a count and byte budget, ordered by
+(submitter, nonce, action id) and filtered by the block rules. After each commit ``recheck`` drops
+what can no longer be committed (CometBFT's recheck): used nonces and fees the agent cannot pay.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ class MempoolFull(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class MempoolEntry:
-    """One admitted action: its consensus form and the (submitter, nonce) ordering key."""
+    """One admitted action: its consensus form, the (submitter, nonce) ordering key and its fee
+    (electricity)."""
 
     action: NodeConsensusAction
     nonce: int
+    fee: int
 
     @property
     def sort_key(self) -> tuple[str, int, bytes]:
@@ -40,6 +44,7 @@ class Mempool:
     def __init__(self, max_actions: int) -> None:
         self.max_actions = max_actions
         self._entries: dict[bytes, MempoolEntry] = {}
+        self._owed: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -47,24 +52,30 @@ class Mempool:
     def __contains__(self, action_id: bytes) -> bool:
         return action_id in self._entries
 
-    def add(self, payload: bytes, payload_hash: bytes, signed: SignedAction) -> bool:
-        """Add an admitted action. Returns False when it is already pending (same action id);
-        raises MempoolFull when the pool is at capacity."""
+    def owed(self, agent_id: str) -> int:
+        """The fees (electricity) of ``agent_id``'s pending actions."""
+        return self._owed.get(agent_id, 0)
+
+    def add(self, payload: bytes, payload_hash: bytes, signed: SignedAction, fee: int) -> bool:
+        """Add an admitted action whose fee is ``fee``. Returns False when it is already pending
+        (same action id); raises MempoolFull when the pool is at capacity."""
         if payload_hash in self._entries:
             return False
         if len(self._entries) >= self.max_actions:
             raise MempoolFull(f"mempool holds {len(self._entries)} actions (limit {self.max_actions})")
-        action = NodeConsensusAction(
-            action_id=payload_hash, submitter=signed.body.agent_id, payload=payload, payload_hash=payload_hash
-        )
-        self._entries[payload_hash] = MempoolEntry(action, signed.body.nonce)
+        submitter = signed.body.agent_id
+        action = NodeConsensusAction(action_id=payload_hash, submitter=submitter, payload=payload, payload_hash=payload_hash)
+        self._entries[payload_hash] = MempoolEntry(action, signed.body.nonce, fee)
+        self._owed[submitter] = self._owed.get(submitter, 0) + fee
         return True
 
-    def reap(self, max_actions: int, max_bytes: int) -> list[NodeConsensusAction]:
+    def reap(self, max_actions: int, max_bytes: int,
+             fits: Callable[[NodeConsensusAction], bool]) -> list[NodeConsensusAction]:
         """Return up to ``max_actions`` pending actions whose payloads total at most ``max_bytes``:
         the oldest first (admission order, so a backlog drains fairly and no agent waits behind
         others), then put in (submitter, nonce, action id) order so each agent's actions execute
-        in nonce order. The actions stay pending until ``remove``."""
+        in nonce order, keeping those ``fits`` accepts in that order (the block rules: the caller
+        passes a ``BlockPlan``'s admit). The actions stay pending until ``remove``."""
         picked: list[MempoolEntry] = []
         size = 0
         for entry in self._entries.values():  # dicts keep insertion (admission) order
@@ -74,31 +85,47 @@ class Mempool:
             picked.append(entry)
             size += n
         picked.sort(key=lambda e: e.sort_key)
-        return [e.action for e in picked]
+        return [e.action for e in picked if fits(e.action)]
 
     def remove(self, action_ids: list[bytes]) -> None:
-        """Drop committed actions."""
+        """Drop actions (committed, or no longer admissible)."""
         for aid in action_ids:
-            self._entries.pop(aid, None)
+            entry = self._entries.pop(aid, None)
+            if entry is not None:
+                submitter = entry.action.submitter
+                left = self._owed[submitter] - entry.fee
+                if left:
+                    self._owed[submitter] = left
+                else:
+                    del self._owed[submitter]
 
-    def drop_stale(self, last_nonce_of: Callable[[str], int | None]) -> int:
-        """Drop actions whose nonce is at or below their agent's last executed nonce (they can only
-        be rejected now). Returns how many were dropped."""
-        stale = []
+    def recheck(self, balance_of: Callable[[str], tuple[int, int] | None]) -> int:
+        """Drop what can no longer be committed, given ``balance_of(agent_id)`` = (last executed
+        nonce, electricity) or None for an unknown agent: actions whose nonce is used, and, in
+        admission order, each action whose fee would take its agent's pending fees above its
+        electricity. Returns how many were dropped."""
+        dropped: list[bytes] = []
+        owed: dict[str, int] = {}
         for aid, entry in self._entries.items():
-            last = last_nonce_of(entry.action.submitter)
-            if last is not None and entry.nonce <= last:
-                stale.append(aid)
-        self.remove(stale)
-        return len(stale)
+            submitter = entry.action.submitter
+            account = balance_of(submitter)
+            if account is None:
+                continue
+            last_nonce, electricity = account
+            total = owed.get(submitter, 0) + entry.fee
+            if entry.nonce <= last_nonce or total > electricity:
+                dropped.append(aid)
+            else:
+                owed[submitter] = total
+        self.remove(dropped)
+        return len(dropped)
 
 
 class RecentIds:
     """A bounded set of action ids, least recently added dropped first (``capacity`` ids).
 
     The replica keeps two: the ids whose signature it verified (safe to trust later, because an
-    agent's key never changes once registered and a ``RegisterAgent`` is verified against the key
-    it carries), and the ids it recently committed (a late gossip copy of a committed action is
+    agent's key never changes once the agent exists), and the ids it recently committed (a late gossip copy of a committed action is
     dropped without decoding it, as CometBFT's mempool cache does).
     """
 

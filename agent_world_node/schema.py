@@ -39,12 +39,10 @@ class AdmissionCode(enum.StrEnum):
     TOO_LARGE = "too_large"  # encoded action above the runtime's payload limit
     MEMPOOL_FULL = "mempool_full"  # status busy: retry later
     WRONG_CHAIN = "wrong_chain"
-    BAD_AGENT_ID = "bad_agent_id"
-    ALREADY_REGISTERED = "already_registered"
     BAD_SIGNATURE = "bad_signature"
-    NEGATIVE_NONCE = "negative_nonce"
     UNKNOWN_AGENT = "unknown_agent"
     NONCE_REPLAYED = "nonce_replayed"
+    INSUFFICIENT_FEE = "insufficient_fee"
 
     @classmethod
     def from_refusal(cls, code: RefusalCode) -> "AdmissionCode":

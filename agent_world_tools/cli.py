@@ -46,7 +46,7 @@ from agent_world_node.config import (
     read_key,
 )
 from agent_world_node.network import peer_id_for_seed
-from agent_world_runtime.actions import AGENT_ID_RE, Action, RegisterAgent, action_kind, sign_action
+from agent_world_runtime.actions import AGENT_ID_RE, Action, action_kind, sign_action
 from agent_world_runtime.crypto import SigningKey
 
 from .testnet import (
@@ -54,6 +54,7 @@ from .testnet import (
     DEFAULT_TESTNET_CHAIN_ID,
     TestnetError,
     TestnetOptions,
+    genesis_faucet,
     init_testnet,
     prepare_testnet,
     render_summary,
@@ -138,8 +139,9 @@ def init(
     ),
 ) -> None:
     """Create a node home with new random keys. Without --genesis it starts its own chain (this node
-    the sole validator); with --genesis it joins that chain as a full node that syncs from --peers
-    (its validator key is not in the genesis, so it never votes)."""
+    the sole validator; its one genesis agent, the faucet, has its key in HOME/config/faucet.json);
+    with --genesis it joins that chain as a full node that syncs from --peers (its validator key is
+    not in the genesis, so it never votes)."""
     quiet_logs()
     with friendly_errors():
         peer_list = parse_peers(peers) or []
@@ -155,10 +157,14 @@ def init(
         else:
             if not chain_id.strip():
                 raise CliError("--chain-id must not be empty")
+            if Home(home).validator_key_file.exists():
+                raise CliError(f"{home}: a node home already exists; choose another --home")
+            faucet = genesis_faucet(Home(home).config_dir / "faucet.json")
             chain = Genesis(
                 chain_id=chain_id,
                 genesis_time_ms=int(time.time() * 1000),
                 validators=[GenesisValidator(name=moniker, public_key=validator_key.public_key.hex(), stake=DEFAULT_STAKE)],
+                agents=[faucet],
             )
         config = NodeConfig()
         config.p2p.peers = peer_list
@@ -170,6 +176,9 @@ def init(
         role = "full node (not in the validator set)" if joined else validator_key.public_key.hex()
         console.print(f"  validator    {role}", highlight=False)
         console.print(f"  peer id      {peer_id_for_seed(node_key.seed)}", highlight=False)
+        if not joined:
+            console.print(f"  faucet key   {h.config_dir / 'faucet.json'} (agent 'faucet': creates and funds agents)",
+                          highlight=False)
         console.print(f"start it with: awnode start --home {h.root}", highlight=False)
 
 
@@ -346,8 +355,7 @@ def load_action(source: str, key: SigningKey) -> Action:
     """Read an unsigned action (msgspec JSON of ``actions.Action``, e.g. ``{"type": "move_agent",
     "to": [1, 2, 0]}``) from the file ``source`` (``-`` for stdin).
 
-    A ``register_agent`` without ``public_key`` gets the key's public key. Raises CliError when the
-    file is missing, not JSON, not a known action, or registers a public key other than ``key``'s.
+    Raises CliError when the file is missing, not JSON or not a known action.
     """
     try:
         raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
@@ -359,14 +367,15 @@ def load_action(source: str, key: SigningKey) -> Action:
         raise CliError(f"{source}: not JSON ({exc})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise CliError(f'{source}: expected a JSON object with a "type", like {{"type": "move_agent", "to": [1, 2, 0]}}')
-    if obj["type"] == "register_agent" and "public_key" not in obj:
-        obj["public_key"] = base64.b64encode(key.public_key).decode()
+    if obj["type"] == "create_agent" and isinstance(obj.get("public_key"), str) and len(obj["public_key"]) == 64:
+        try:  # hex, as `awnode keygen` prints it; the JSON form of bytes is base64
+            obj["public_key"] = base64.b64encode(bytes.fromhex(obj["public_key"])).decode()
+        except ValueError:
+            pass
     try:
         action = msgspec.json.decode(json.dumps(obj), type=Action)
     except msgspec.DecodeError as exc:
         raise CliError(f"{source}: not a valid action ({exc})") from None
-    if isinstance(action, RegisterAgent) and action.public_key != key.public_key:
-        raise CliError(f"{source}: register_agent.public_key is not the public key of --key; omit it to use the key's")
     return action
 
 
@@ -414,11 +423,11 @@ def submit(
             except NotFound:
                 record = None
             if record is None:
-                if not isinstance(action, RegisterAgent):
-                    raise CliError(
-                        f"agent {agent!r} is not registered on the node at {rpc}; submit a register_agent action first"
-                    )
-                nonce = 1
+                raise CliError(
+                    f"agent {agent!r} does not exist on the node at {rpc}; an existing agent (on a testnet, the "
+                    f"faucet) must create it: awnode submit --key FAUCET.json create.json with "
+                    f'{{"type": "create_agent", "agent_id": "{agent}", "public_key": "<hex>", "electricity": 1000}}'
+                )
             else:
                 last = record.get("last_nonce")
                 if not isinstance(last, int):
@@ -452,7 +461,10 @@ def keygen(
         if agent_id:
             console.print(f"  agent id    {agent_id}", highlight=False)
             console.print(
-                f"register it: echo '{{\"type\": \"register_agent\"}}' | awnode submit --key {out} --rpc URL -",
+                "create it with an existing agent's key (on a testnet, DIR/faucet.json): echo "
+                f"'{{\"type\": \"create_agent\", \"agent_id\": \"{agent_id}\", "
+                f"\"public_key\": \"{key.public_key.hex()}\", \"electricity\": 1000, \"data\": 1000}}' | "
+                "awnode submit --key FAUCET.json --rpc URL -",
                 highlight=False,
             )
 
@@ -484,6 +496,11 @@ def agent_run(
     prefix: str = typer.Option("agent", "--prefix", help="Agent id prefix."),
     chain_id: Optional[str] = typer.Option(None, "--chain-id", help="Chain to sign for; default: the node's."),
     json_summary: Optional[Path] = typer.Option(None, "--json-summary", help="Also write the final stats here as JSON."),
+    sponsor_key: Optional[Path] = typer.Option(
+        None, "--sponsor-key",
+        help="Key file of an existing agent that creates and funds the agents that do not exist yet "
+        "(a testnet's DIR/faucet.json).",
+    ),
 ) -> None:
     """Run N agents, each with its own key, observing, deciding and acting until Ctrl-C or --duration;
     print a live summary and the final stats (decisions per second)."""
@@ -519,10 +536,11 @@ def agent_run(
             factory = lambda index, agent_id: shared  # noqa: E731 - one policy serves every agent
         else:
             raise CliError(f"--policy must be 'scripted' or 'llm', got {policy!r}")
+        sponsor = AgentKey.load(sponsor_key) if sponsor_key is not None else None
         stats = RuntimeStats()
         runtime = AgentRuntime(
             urls, agents=agents, policy_factory=factory, key_dir=key_dir, chain_id=chain_id, seed=seed,
-            agent_prefix=prefix, turn_s=turn, actions_per_s=rate, stats=stats,
+            agent_prefix=prefix, turn_s=turn, actions_per_s=rate, stats=stats, sponsor=sponsor,
         )
         interrupted = False
         closers: list[Any] = [shared] if policy == "llm" else []

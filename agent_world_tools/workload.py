@@ -4,8 +4,9 @@ Used by ``awnode testnet`` and the multi-process tests. It is the agent runtime
 (``agent_world_agents.runtime.AgentRuntime``) with the scripted population
 (``agent_world_agents.scripted.ScriptedPopulation``): each agent has its own Ed25519 key (saved
 under ``key_dir`` and reused when the directory already holds it), talks to one node (agents are
-spread round robin over ``rpc_urls``), registers, waits until its registration is committed and
-executed (GET /v1/agents/{id} answers), then acts: explorers move and harvest, traders pay other
+spread round robin over ``rpc_urls``), is created by the sponsor (the testnet's genesis faucet
+agent, which pays for it and gives it its starting balances), waits until its creation is committed
+and executed (GET /v1/agents/{id} answers), then acts: explorers move and harvest, traders pay other
 agents (mostly the module owner), and agent 0, the builder, compiles
 ``examples/modules/move_counter.wat`` in the world, installs it (so every later move also
 exercises the WASM sandbox) and later upgrades it to ``move_counter_v2.wat``.
@@ -42,6 +43,7 @@ from agent_world_agents.scripted import (
     ScriptedPopulation,
     default_modules_dir,
 )
+from agent_world_client.client import AgentKey
 
 __all__ = [
     "LOW_ELECTRICITY",
@@ -112,6 +114,7 @@ async def run_workload(
     upgrade_after_turns: int = 10,
     timeout_s: float = 10.0,
     transport: httpx.AsyncBaseTransport | None = None,
+    sponsor: AgentKey | None = None,
 ) -> None:
     """Run ``agents`` scripted agents against the nodes at ``rpc_urls`` until ``stop`` is set.
 
@@ -123,7 +126,8 @@ async def run_workload(
     (seconds). ``module_timeout_s``: a builder step whose result has not appeared after about this
     many seconds is submitted again (converted to the builder's turns at the paced rate).
     ``upgrade_after_turns``: the builder's turns between the install and the upgrade.
-    ``transport``: an httpx async transport for every client (tests).
+    ``transport``: an httpx async transport for every client (tests). ``sponsor``: the key of the
+    existing agent that creates the agents that do not exist yet (the testnet's faucet).
 
     Returns after ``stop`` is set and every agent has stopped. Raises ValueError for bad arguments
     and AgentKeyError for an unusable key file; node errors are counted in ``stats``, not raised.
@@ -152,6 +156,7 @@ async def run_workload(
         timeout_s=timeout_s,
         transport=transport,
         stats=stats,
+        sponsor=sponsor,
     )
     if population.builder_policy is not None:
         # one builder turn every agents / actions_per_s seconds

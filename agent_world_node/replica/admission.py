@@ -1,7 +1,8 @@
 """Admission: whether a signed action may enter this node's mempool, and the gossip of admitted ones.
 
 An action is admitted when its encoding is within the runtime's size limit, it is not already
-pending, and the executed world's admission rules accept it (chain id, agent, signature, nonce;
+pending, and the executed world's admission rules accept it (chain id, agent, signature, nonce, and
+a fee the agent can pay on top of the fees of its actions already pending here;
 ``agent_world_runtime.admission``). Refusals carry an ``AdmissionCode`` created where each check
 fails. Decoded actions are kept by the node's ``ActionDecoder``, so validity and execution do not
 decode them again; verified signatures are remembered, and so are recently committed actions,
@@ -127,12 +128,14 @@ class Admission:
         if action_id in self.mempool:
             return AdmissionResult(AdmissionStatus.DUPLICATE, action_id)
         self._decoder.remember(action_id, signed)
-        refusal = self._world().check_action(signed)
+        world = self._world()
+        agent_id = signed.body.agent_id
+        refusal = world.check_action(signed, payload_bytes=len(payload), owed=self.mempool.owed(agent_id))
         if refusal is not None:
             return self._refuse(action_id, AdmissionCode.from_refusal(refusal.code), refusal.message)
         self.verified_signatures.add(action_id)
         try:
-            self.mempool.add(payload, action_id, signed)
+            self.mempool.add(payload, action_id, signed, world.action_fee(signed, len(payload)))
         except MempoolFull as exc:
             self._metrics.actions_refused.labels(AdmissionCode.MEMPOOL_FULL.value).inc()
             return AdmissionResult(

@@ -78,6 +78,7 @@ from ..types import (
     GossipProposalMessage,
     GossipStatusMessage,
     GossipVoteMessage,
+    NodeConsensusAction,
     Offence,
     Proposal,
     ReplicatedCommitPayload,
@@ -229,7 +230,7 @@ class Replica:
         memory cache only). Raises ``ExecutionError`` when the stored state cannot be restored."""
         driver = NodeRuntimeExecutionDriver.open(
             store,
-            lambda: World.from_genesis(genesis.chain_id, genesis.world, sandbox=sandbox),
+            lambda: genesis.new_world(sandbox),
             snapshot_dir,
             snapshot_interval,
             sandbox=sandbox,
@@ -462,7 +463,13 @@ class Replica:
         return False
 
     def _build_block(self, height: int, round: int) -> Block:
-        actions = self.mempool.reap(self.config.max_block_actions, self.config.max_block_bytes)
+        plan = self.world.block_plan()
+
+        def fits(action: NodeConsensusAction) -> bool:
+            signed = self.validity.decoded_action(action.action_id, action.payload)
+            return signed is not None and plan.admit(signed, len(action.payload)) is None
+
+        actions = self.mempool.reap(self.config.max_block_actions, self.config.max_block_bytes, fits)
         d = self.driver
         header = BlockHeader(
             chain_id=self.chain_id,
@@ -498,7 +505,7 @@ class Replica:
         self.last_block_hash = block.hash()
         self.last_block_time_ms = hdr.timestamp_ms
         self.admission.committed([a.action_id for a in block.actions])
-        self.mempool.drop_stale(self._last_nonce_of)
+        self.mempool.recheck(self._account_of)
         if self._wal_written:  # a synced or observed height signed nothing: no write, no fsync
             self.store.wal_prune(hdr.height)
             self._wal_written = False
@@ -525,9 +532,9 @@ class Replica:
             StartCommitWait(hdr.height, self.timeouts.commit_ms),
         ]
 
-    def _last_nonce_of(self, agent_id: str) -> int | None:
+    def _account_of(self, agent_id: str) -> tuple[int, int] | None:
         agent = self.world.get_agent(agent_id)
-        return agent.last_nonce if agent is not None else None
+        return (agent.last_nonce, agent.electricity) if agent is not None else None
 
     def _commit_synced(self, payloads: list[bytes], peer: str) -> list[Output]:
         outputs: list[Output] = []

@@ -7,9 +7,11 @@ predicate of L22, L28, L36 and L49).
    payload hashes and action ids, no action twice);
 2. it extends our chain: parent hash is our last committed block, timestamp not earlier than it,
    epoch = height // epoch_length, at most ``max_block_actions`` actions;
-3. every action decodes, is signed by its submitter's key (a ``RegisterAgent`` by the key it
-   carries, or by one registered earlier in the block), and its signature verifies; signatures
-   this node verified before (at admission) are not verified again;
+3. every action decodes, its submitter is the signing agent and the block rules of the executed
+   world accept it in block order (``agent_world_runtime.admission.BlockPlan``: the agent exists,
+   the action is for this chain, nonces increase, and the agent can pay the fees of all its
+   actions in the block), and its signature verifies against the agent's key; signatures this
+   node verified before (at admission) are not verified again;
 4. the proposer's execution hashes of the previous height equal ours (``ExecutionCheck``).
 
 Actions are decoded through the node's ``ActionDecoder``, which keeps them for execution (and
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from agent_world_runtime import World
-from agent_world_runtime.actions import RegisterAgent, SignedAction, verify_action_signature
+from agent_world_runtime.actions import SignedAction, verify_action_signature
 from agent_world_runtime.codec import DecodeError
 
 from ..mempool import RecentIds
@@ -70,23 +72,26 @@ class BlockValidity:
             return f"epoch {h.epoch} is not height // epoch_length"
         if len(block.actions) > self._max_block_actions:
             return f"{len(block.actions)} actions exceed max_block_actions"
-        problem = self._signatures_problem(block)
+        problem = self._actions_problem(block)
         if problem is not None:
             return problem
         return self._execution.check_proposal(h)
 
-    def _signatures_problem(self, block: Block) -> str | None:
-        registered_here: dict[str, bytes] = {}
+    def _actions_problem(self, block: Block) -> str | None:
         world = self._world()
+        plan = world.block_plan()
         for act in block.actions:
             signed = self.decoded_action(act.action_id, act.payload)
             if signed is None:
                 return f"action {act.action_id.hex()[:16]} is malformed"
             if signed.body.agent_id != act.submitter:
                 return f"action {act.action_id.hex()[:16]}: submitter is not the signing agent"
-            key = _signer_key(world, signed, registered_here)
-            if act.action_id not in self._verified and key is not None:
-                if not verify_action_signature(signed, key):
+            refusal = plan.admit(signed, len(act.payload))
+            if refusal is not None:
+                return f"action {act.action_id.hex()[:16]} cannot be in this block ({refusal.code}): {refusal.message}"
+            if act.action_id not in self._verified:
+                agent = world.get_agent(signed.body.agent_id)
+                if agent is None or not verify_action_signature(signed, agent.public_key):
                     return f"action {act.action_id.hex()[:16]} has a bad signature"
                 self._verified.add(act.action_id)
         return None
@@ -98,15 +103,3 @@ class BlockValidity:
         except DecodeError:
             return None
 
-
-def _signer_key(world: World, signed: SignedAction, registered_here: dict[str, bytes]) -> bytes | None:
-    """The public key ``signed`` must be signed with: a ``RegisterAgent``'s own key; else the
-    agent's registered key (keys never change), or the key of its first ``RegisterAgent`` earlier
-    in the block; None for an agent nobody registered (execution rejects the action as from an
-    unknown agent whatever its signature)."""
-    body = signed.body
-    if isinstance(body.action, RegisterAgent):
-        registered_here.setdefault(body.agent_id, body.action.public_key)
-        return body.action.public_key
-    agent = world.get_agent(body.agent_id)
-    return agent.public_key if agent is not None else registered_here.get(body.agent_id)

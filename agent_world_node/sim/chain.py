@@ -6,6 +6,7 @@ from __future__ import annotations
 from agent_world_runtime.crypto import SigningKey, sha256
 
 from ..config import ConsensusConfig, Genesis, GenesisValidator
+from .clients import genesis_agents
 from .scenario import Scenario
 
 SIM_CONSENSUS = ConsensusConfig(
@@ -30,10 +31,13 @@ def validator_keys(seed: int, count: int) -> list[SigningKey]:
 
 
 def make_genesis(scenario: Scenario) -> tuple[Genesis, list[SigningKey]]:
-    """The genesis of a scenario (chain ``sim-<seed>``) and the validators' keys."""
+    """The genesis of a scenario (chain ``sim-<seed>``, with its genesis client agents) and the
+    validators' keys."""
     keys = validator_keys(scenario.seed, len(scenario.stakes))
     validators = [
         GenesisValidator(name=f"v{i}", public_key=k.public_key.hex(), stake=s)
         for i, (k, s) in enumerate(zip(keys, scenario.stakes, strict=True))
     ]
-    return Genesis(chain_id=f"sim-{scenario.seed}", genesis_time_ms=GENESIS_TIME_MS, validators=validators), keys
+    chain_id = f"sim-{scenario.seed}"
+    agents = genesis_agents(chain_id, scenario.clients, scenario.seed)
+    return Genesis(chain_id=chain_id, genesis_time_ms=GENESIS_TIME_MS, validators=validators, agents=agents), keys

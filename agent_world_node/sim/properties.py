@@ -28,7 +28,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent_world_runtime import World
 from agent_world_runtime.codec import DecodeError, decode
 from agent_world_runtime.crypto import sha256
 
@@ -237,7 +236,7 @@ class PropertyChecker:
             try:
                 genesis = self.genesis
                 driver = NodeRuntimeExecutionDriver.open(
-                    store, lambda: World.from_genesis(genesis.chain_id, genesis.world), Path(tmp), 10**9
+                    store, lambda: genesis.new_world(), Path(tmp), 10**9
                 )
                 for h in heights:
                     if h != driver.last_height + 1:

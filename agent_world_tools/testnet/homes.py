@@ -2,6 +2,10 @@
 node a validator with equal stake), with random keys, free loopback ports and a full-mesh peer list;
 adding a non-validating late joiner to an existing testnet; and reading a testnet directory back as
 ``TestnetNode`` descriptions (name, home, RPC URL, chain id) that the other testnet modules use.
+
+The genesis of a testnet has one agent, the faucet (``FAUCET_AGENT_ID``, with ``FAUCET_BALANCE``
+electricity and data), whose key is ``dir/faucet.json``: agents are never free, so the workload
+and people trying the testnet create their agents with it (``awnode agent run --sponsor-key``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Callable
 
 import structlog
 
+from agent_world_client.client import AgentKey
 from agent_world_node.config import (
     ConfigError,
     Genesis,
@@ -29,13 +34,15 @@ from agent_world_node.config import (
 )
 from agent_world_node.network import peer_id_for_seed
 from agent_world_runtime.crypto import SigningKey
-from agent_world_runtime.params import WorldParams
+from agent_world_runtime.params import GenesisAgent, WorldParams
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_TESTNET_CHAIN_ID = "agent-world-testnet"
 DEFAULT_STAKE = 100
 NODE_LOG = "node.log"
+FAUCET_AGENT_ID = "faucet"
+FAUCET_BALANCE = 10**15
 
 
 # --- creating a testnet -------------------------------------------------------------------------
@@ -65,6 +72,20 @@ def node_dir(directory: Path, index: int) -> Path:
     return Path(directory) / f"node{index}"
 
 
+def faucet_key_file(directory: Path) -> Path:
+    """Return the path of a testnet's faucet key: ``directory/faucet.json``."""
+    return Path(directory) / "faucet.json"
+
+
+def genesis_faucet(path: Path) -> GenesisAgent:
+    """Create a new faucet key at ``path`` (mode 0600; never overwritten: AgentKeyError) and return
+    the genesis agent it controls (``FAUCET_AGENT_ID`` with ``FAUCET_BALANCE`` of each resource)."""
+    key = SigningKey.generate()
+    AgentKey(key=key, agent_id=FAUCET_AGENT_ID).save(path)
+    return GenesisAgent(agent_id=FAUCET_AGENT_ID, public_key=key.public_key.hex(), electricity=FAUCET_BALANCE,
+                        data=FAUCET_BALANCE)
+
+
 def is_testnet(directory: Path) -> bool:
     """Return True iff ``directory`` holds a testnet (``node0/config/genesis.json`` exists)."""
     return Home(node_dir(directory, 0)).genesis_file.exists()
@@ -87,7 +108,8 @@ def init_testnet(
     """Create ``nodes`` homes ``directory/node0..`` for one chain and return them.
 
     Every node gets new random keys (``SigningKey.generate``), every node is a validator with
-    ``stake``, and all homes hold the identical ``genesis.json``. Ports: a free loopback port for
+    ``stake``, and all homes hold the identical ``genesis.json``, whose only agent is the faucet
+    (key in ``faucet_key_file(directory)``). Ports: a free loopback port for
     libp2p and one for HTTP per node (``pick_free_ports``). ``p2p.peers`` of each node lists every
     other node as ``/ip4/127.0.0.1/tcp/PORT/p2p/<peer id>``. ``config(i)`` may supply a base
     NodeConfig for node i (listen addresses, peers and moniker are overwritten).
@@ -113,6 +135,7 @@ def init_testnet(
             for i, key in enumerate(validator_keys)
         ],
         world=TESTNET_WORLD,
+        agents=[genesis_faucet(faucet_key_file(directory))],
     )
     homes = []
     for i in range(nodes):

@@ -21,12 +21,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from agent_world_client.client import ClientError, NodeClient, NodeUnreachable
+from agent_world_client.client import AgentKey, ClientError, NodeClient, NodeUnreachable
 from agent_world_node.config import ConfigError
 
 from ..workload import WorkloadStats, run_workload
 from .agreement import AgreementChecker, Mismatch
-from .homes import DEFAULT_TESTNET_CHAIN_ID, TestnetNode, init_testnet, is_testnet, load_testnet
+from .homes import DEFAULT_TESTNET_CHAIN_ID, TestnetNode, faucet_key_file, init_testnet, is_testnet, load_testnet
 from .live_view import NodeView, _num, _short, render_live
 from .processes import NodeProcess, leaf_exceptions, stop_all, wait_until_ready
 
@@ -273,7 +273,7 @@ class _Session:
             if live is not None:
                 live.stop()
 
-    async def run(self, key_dir: Path) -> None:
+    async def run(self, key_dir: Path, sponsor: AgentKey | None) -> None:
         async with trio.open_nursery() as outer:
             outer.start_soon(self.watch_signals, outer.cancel_scope)
             with trio.CancelScope() as ready_scope:
@@ -307,6 +307,7 @@ class _Session:
                         stop=workload_stop,
                         stats=self.stats,
                         actions_per_s=self.opts.actions_per_s,
+                        sponsor=sponsor,
                     )
                 )
                 await self.monitor()
@@ -367,6 +368,8 @@ def run_testnet(directory: Path, nodes: list[TestnetNode], opts: TestnetOptions,
     then stops every node (SIGTERM, SIGKILL after ``stop_grace_s``). Every started process is stopped,
     whatever happens. Raises ConfigError or TestnetError when the testnet cannot be set up or started.
     """
+    faucet = faucet_key_file(directory)
+    sponsor = AgentKey.load(faucet) if faucet.exists() else None  # a testnet made before faucets: agents must exist
     processes = [NodeProcess(n, command=opts.node_command(n) if opts.node_command else None) for n in nodes]
     session = _Session(nodes, processes, opts, console)
     exit_statuses: dict[str, int | None] = {}
@@ -374,7 +377,7 @@ def run_testnet(directory: Path, nodes: list[TestnetNode], opts: TestnetOptions,
 
     async def main() -> None:
         try:
-            await session.run(directory / "workload-keys")
+            await session.run(directory / "workload-keys", sponsor)
         finally:
             await session.close()
 
