@@ -118,6 +118,15 @@ class UpgradeModuleFromArtifact(_Action, frozen=True, tag="upgrade_module_from_a
     activate: bool = True
 
 
+class SetModuleInstanceActive(_Action, frozen=True, tag="set_module_instance_active"):
+    """Turn instance ``instance_id`` (owned by the signing agent) on (``active=True``: routed again)
+    or off. Turning it on requires its payer to hold the minimum pre-call fees now
+    (docs/module-abi.md, "Billing")."""
+
+    instance_id: str
+    active: bool
+
+
 Action = Union[
     CreateAgent,
     MoveAgent,
@@ -127,6 +136,7 @@ Action = Union[
     DeployModuleArtifact,
     InstallModuleFromArtifact,
     UpgradeModuleFromArtifact,
+    SetModuleInstanceActive,
 ]
 
 

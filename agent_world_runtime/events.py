@@ -37,6 +37,8 @@ MODULE_EMITTED = "module.emitted"
 MODULE_UPGRADED = "module.upgraded"
 MODULE_RUNTIME_CHARGED = "module.runtime_charged"
 MODULE_LOAD_FAILED = "module.load_failed"
+MODULE_DEACTIVATED = "module.deactivated"
+MODULE_ACTIVATION_CHANGED = "module.activation_changed"
 EFFECT_DENIED = "effect.denied"
 EFFECT_APPLIED = "effect.applied"
 POLICY_DECISION_RECORDED = "governance.policy_decision_recorded"
@@ -44,7 +46,7 @@ POLICY_DECISION_RECORDED = "governance.policy_decision_recorded"
 # Events produced by module calls; they are never routed to modules again (no recursion).
 MODULE_CALL_EVENT_KINDS = frozenset({
     MODULE_CALLED, MODULE_CALL_FAILED, MODULE_EMITTED, MODULE_RUNTIME_CHARGED, MODULE_LOAD_FAILED,
-    EFFECT_DENIED, EFFECT_APPLIED, POLICY_DECISION_RECORDED,
+    MODULE_DEACTIVATED, EFFECT_DENIED, EFFECT_APPLIED, POLICY_DECISION_RECORDED,
 })
 
 ZERO_HEAD = b"\x00" * 32

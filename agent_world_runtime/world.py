@@ -27,6 +27,7 @@ from .actions import (
     HarvestRadiation,
     InstallModuleFromArtifact,
     MoveAgent,
+    SetModuleInstanceActive,
     SignedAction,
     TransferResource,
     UpgradeModuleFromArtifact,
@@ -144,6 +145,7 @@ class World:
             DeployModuleArtifact: lambda c, a: lifecycle.apply_deploy(self._state, self._sandbox, c, a),
             InstallModuleFromArtifact: lambda c, a: lifecycle.apply_install(self._state, c, a),
             UpgradeModuleFromArtifact: lambda c, a: lifecycle.apply_upgrade(self._state, c, a),
+            SetModuleInstanceActive: lambda c, a: lifecycle.apply_set_active(self._state, c, a),
         }
 
     @classmethod

@@ -18,6 +18,9 @@ Rules:
 * Capabilities: a manifest may only require capabilities in CAPABILITIES; an installer may grant an
   instance only capabilities its manifest requires (over the installer's own agent).
 * Upgrades (``apply_upgrade``) keep the interface; each failed rule is a rejection naming the rule.
+* Activation (``apply_set_active``): the owner turns an instance on or off (the router turns off an
+  instance whose payer cannot pay a call's pre-call fees); turning it on requires the payer to
+  hold the minimum pre-call fees (``fees.min_call_fees``) now. No fee.
 """
 
 from __future__ import annotations
@@ -31,13 +34,15 @@ from ..actions import (
     CompileModuleArtifactFromSource,
     DeployModuleArtifact,
     InstallModuleFromArtifact,
+    SetModuleInstanceActive,
     UpgradeModuleFromArtifact,
 )
 from ..crypto import sha256
 from ..rules import ActionContext, EventSpec, Rejected
 from ..state import ArtifactRecord, InstanceRecord, WorldState
 from .abi import ABI_INTERFACE_VERSION
-from .manifest import MODULE_KINDS, ModuleManifest, Subscription
+from .billing import min_call_fees
+from .manifest import MODULE_KINDS, ModuleManifest, Subscription, cap_module_limits
 from .sandbox import ModuleValidationError, Sandbox
 from .source import SourceRejected, build_source_package
 
@@ -308,3 +313,45 @@ def apply_upgrade(state: WorldState, ctx: ActionContext, action: UpgradeModuleFr
         "wasm_hash": artifact.wasm_hash,
         "active": action.activate,
     })]
+
+
+def apply_set_active(state: WorldState, ctx: ActionContext, action: SetModuleInstanceActive) -> list[EventSpec]:
+    """Set instance ``action.instance_id``'s active flag (event module.activation_changed
+    {action_id, agent_id, instance_id, active}). Raises Rejected if the instance is unknown, the
+    signer is not its owner, the flag already has that value, or (turning it on) its payer, the
+    artifact's publisher, does not hold the minimum pre-call fees (``fees.min_call_fees`` of the
+    capped max_gas at the world's gas price)."""
+    inst = state.instances.get(action.instance_id)
+    if inst is None:
+        raise Rejected(f"unknown instance {action.instance_id[:80]!r}; install the module first")
+    if inst.owner_agent_id != ctx.agent_id:
+        raise Rejected(f"only the owner {inst.owner_agent_id!r} may turn instance {inst.instance_id!r} on or off")
+    if inst.active == action.active:
+        raise Rejected(f"instance {inst.instance_id!r} is already {'active' if inst.active else 'inactive'}")
+    if action.active:
+        check_payer_can_run(state, inst)
+    state.put_instance(msgspec.structs.replace(inst, active=action.active))
+    return [(ev.MODULE_ACTIVATION_CHANGED, {
+        "action_id": ctx.action_id,
+        "agent_id": ctx.agent_id,
+        "instance_id": inst.instance_id,
+        "active": action.active,
+    })]
+
+
+def check_payer_can_run(state: WorldState, inst: InstanceRecord) -> None:
+    """Raise Rejected unless the payer of ``inst`` (its artifact's publisher) holds the minimum
+    pre-call fees: 1 electricity and 1 + gas_fee(capped max_gas) data."""
+    artifact = state.artifacts[inst.wasm_hash]
+    params = state.meta.params
+    max_gas = cap_module_limits(artifact.manifest.limits, params.module_limits_max).max_gas
+    data, elec = min_call_fees(max_gas, params.gas_price_per_mfuel)
+    payer = state.agents.get(artifact.publisher)
+    if payer is None:
+        raise Rejected(f"cannot activate instance {inst.instance_id!r}: its payer {artifact.publisher!r} is not registered")
+    if payer.data < data or payer.electricity < elec:
+        raise Rejected(
+            f"cannot activate instance {inst.instance_id!r}: its payer {artifact.publisher!r} must hold at least "
+            f"{data} data and {elec} electricity (the base fee plus the gas fee of max_gas {max_gas}) and has "
+            f"{payer.data} data and {payer.electricity} electricity; transfer resources to it or harvest first"
+        )

@@ -24,11 +24,21 @@ counts calls per instance per block. A block's calls share ``abi.BLOCK_MODULE_GA
 
 Billing (docs/module-abi.md, "Billing"): every call that runs is billed to the artifact's publisher (the
 artifact owner) as ``module.runtime_charged``: compute fee (kind ``data``) =
-ceil(input_bytes/1024) + ceil(output_bytes/1024) + 2*effect_count + emit_count, electricity fee =
-1 + effect_count + emit_count + (1 if the call returned new_state). A call is not started unless the
-payer holds the base fee (output, effects and emits zero); a failed call is billed the base fee;
-a successful call whose full fee the payer cannot pay becomes ``module.call_failed``
-INSUFFICIENT_FUNDS, is billed the base fee, and none of its output is applied.
+ceil(input_bytes/1024) + ceil(output_bytes/1024) + 2*effect_count + emit_count, gas fee (kind
+``data``) = ceil(gas_used * params.gas_price_per_mfuel / 1_000_000), electricity fee =
+1 + effect_count + emit_count + (1 if the call returned new_state); the payer pays compute + gas
+fee in data. A call is not started unless the payer holds the base fee (output, effects and emits
+zero) plus the gas fee of the call's capped ``max_gas`` (the worst case); if not, the call fails
+with INSUFFICIENT_FUNDS, nothing is charged, and the instance is deactivated (``active=False``,
+event ``module.deactivated``) so it is routed no more until its owner turns it back on
+(``set_module_instance_active``). A failed call is billed the base fee plus the gas fee of its
+gas_used; a successful call whose full fee the payer cannot pay becomes ``module.call_failed``
+INSUFFICIENT_FUNDS, is billed the same (base + gas, always affordable after the pre-check), none
+of its output is applied, and the instance stays active (the call was paid for).
+
+Logs: call failures are logged as ``module_call_failed`` at most MAX_FAILURE_LOGS_PER_BLOCK times
+per block; the rest are counted and summarised once as ``module_call_failures_suppressed`` when
+the next block begins. Logs are node-local; the journal events are unaffected.
 
 Effects: each ``EffectIntent`` is checked (cap_ref among the manifest's required_caps, granted to
 the instance at install, matching the effect kind, allowed by the world policy) and the decision
@@ -38,6 +48,7 @@ as ``effect.applied``. Nothing a module does raises out of here.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -49,6 +60,7 @@ from ..codec import encode
 from ..rules import MAX_BALANCE
 from ..state import InstanceRecord, WorldState
 from . import abi
+from .billing import compute_fee, electricity_fee, gas_fee
 from .lifecycle import CAPABILITIES, LOCATION_TARGET_RE, entry_point
 from .manifest import ModuleLimits, ModuleLimitsMax, Subscription, cap_module_limits
 from .sandbox import ModuleValidationError, Sandbox
@@ -59,6 +71,9 @@ EventSpec = tuple[str, dict[str, Any]]
 ROUTED_STAGES = ("pre_action", "post_action", "post_event")
 # (instance, its subscriptions for the stage, target: None | ("agent", id) | ("location", (x, y, z)))
 Route = tuple[InstanceRecord, list[Subscription], Any]
+#: Call failures logged per block and node; further ones are counted and summarised (node logs only).
+MAX_FAILURE_LOGS_PER_BLOCK = 10
+MAX_LOGGED_DETAIL_CHARS = 200
 
 
 def kind_matches(pattern: str, kind: str) -> bool:
@@ -87,17 +102,6 @@ def subscription_matches(sub: Subscription, event: ev.Event) -> bool:
     return kind_matches(sub.kind, event.kind) and filters_match(sub.filters, event.data)
 
 
-def compute_fee(input_bytes: int, output_bytes: int, effects: int, emits: int) -> int:
-    """Return the compute fee (resource ``data``) of a call: ceil(in/1024) + ceil(out/1024) +
-    2*effects + emits (docs/module-abi.md, "Billing")."""
-    return -(-input_bytes // 1024) + -(-output_bytes // 1024) + 2 * effects + emits
-
-
-def electricity_fee(effects: int, emits: int, new_state: bool) -> int:
-    """Return the electricity fee of a call: 1 + effects + emits + (1 if it wrote new state)."""
-    return 1 + effects + emits + (1 if new_state else 0)
-
-
 def _parse_target(target: str) -> Any:
     if target.startswith("agent:"):
         return ("agent", target[6:])
@@ -108,8 +112,8 @@ def _parse_target(target: str) -> Any:
 
 
 class ModuleRunner:
-    """Runs module calls against a WorldState; keeps the per-block call counts for ``max_call_rate``
-    and the block's remaining gas budget."""
+    """Runs module calls against a WorldState; keeps the per-block call counts for ``max_call_rate``,
+    the block's remaining gas budget and the node-local failure-log budget."""
 
     def __init__(self, state: WorldState, sandbox: Sandbox) -> None:
         self.state = state
@@ -118,9 +122,19 @@ class ModuleRunner:
         self.gas_left = abi.BLOCK_MODULE_GAS_BUDGET
         self._routes_cache: tuple[int, dict[str, list[Route]], list[InstanceRecord]] | None = None
         self._capped: dict[tuple[ModuleLimits, ModuleLimitsMax], ModuleLimits] = {}
+        self._failure_logs_left = MAX_FAILURE_LOGS_PER_BLOCK
+        self._suppressed: Counter[str] = Counter()  # failure code -> failures not logged this block
+        self._suppressed_height = 0
 
     def new_block(self) -> None:
-        """Reset the per-block call counts and gas budget."""
+        """Reset the per-block call counts, gas budget and failure-log budget; first log a
+        ``module_call_failures_suppressed`` summary {height, count, by_code} if failures of the
+        previous block went unlogged."""
+        if self._suppressed:
+            log.info("module_call_failures_suppressed", height=self._suppressed_height,
+                     count=sum(self._suppressed.values()), by_code=dict(sorted(self._suppressed.items())))
+        self._suppressed = Counter()
+        self._failure_logs_left = MAX_FAILURE_LOGS_PER_BLOCK
         self._calls_this_block = {}
         self.gas_left = abi.BLOCK_MODULE_GAS_BUDGET
 
@@ -189,19 +203,24 @@ class ModuleRunner:
             out.extend(self.call(inst, "tick", f"{height}/tick/{inst.instance_id}"))
         return out
 
+    def _limits(self, limits: ModuleLimits) -> ModuleLimits:
+        """Return the manifest ``limits`` capped by the world's ``module_limits_max`` (memoised)."""
+        key = (limits, self.state.meta.params.module_limits_max)
+        capped = self._capped.get(key)
+        if capped is None:
+            capped = self._capped[key] = cap_module_limits(*key)
+        return capped
+
     def call(self, inst: InstanceRecord, stage: str, trace_id: str, *, event: ev.Event | None = None,
              action: dict[str, Any] | None = None) -> list[EventSpec]:
         """Run one call of ``inst`` and return its events: module.called, module.runtime_charged,
         the emits, the policy decisions and applied effects; or module.call_failed (preceded by
         module.load_failed when the artifact cannot be loaded, followed by module.runtime_charged
-        when the call ran)."""
+        when the call ran, or by module.deactivated when the payer cannot pay the pre-call fees)."""
         state = self.state
         artifact = state.artifacts[inst.wasm_hash]
         manifest = artifact.manifest
-        key = (manifest.limits, state.meta.params.module_limits_max)
-        limits = self._capped.get(key)
-        if limits is None:
-            limits = self._capped[key] = cap_module_limits(*key)
+        limits = self._limits(manifest.limits)
         reducer = manifest.kind == "reducer"
         base = {"module_id": inst.module_id, "instance_id": inst.instance_id, "trace_id": trace_id}
         count = self._calls_this_block.get(inst.instance_id, 0)
@@ -222,16 +241,18 @@ class ModuleRunner:
         ))
         payer = artifact.publisher
         in_len = len(payload)
-        base_data, base_elec = compute_fee(in_len, 0, 0, 0), electricity_fee(0, 0, False)
-        shortfall = self._shortfall(payer, base_data, base_elec)
+        bill = _Bill(payer, in_len, limits.max_gas, meta.params.gas_price_per_mfuel)
+        shortfall = self._shortfall(payer, bill.data(compute_fee(in_len, 0, 0, 0), limits.max_gas),
+                                    electricity_fee(0, 0, False))
         if shortfall:
-            return [self._failed(base, abi.INSUFFICIENT_FUNDS, f"payer {payer!r} cannot pay the base fee: {shortfall}", 0)]
+            detail = (f"payer {payer!r} cannot pay the pre-call fees (base fee plus the gas fee of "
+                      f"max_gas {limits.max_gas}): {shortfall}")
+            return [self._failed(base, abi.INSUFFICIENT_FUNDS, detail, 0), self._deactivate(inst, payer, detail)]
         try:
             wasm = state.artifact_bytes[inst.wasm_hash]
             compiled = self.sandbox.compile(wasm, inst.wasm_hash)
         except (KeyError, ModuleValidationError) as exc:
             reason = "artifact bytes are missing" if isinstance(exc, KeyError) else str(exc)
-            log.warning("module load failed", wasm_hash=inst.wasm_hash, instance_id=inst.instance_id, reason=reason)
             return [(ev.MODULE_LOAD_FAILED, {"wasm_hash": inst.wasm_hash, "instance_id": inst.instance_id,
                                               "reason": reason}),
                     self._failed(base, abi.LOAD_FAILED, f"artifact {inst.wasm_hash} cannot be loaded", 0)]
@@ -242,62 +263,83 @@ class ModuleRunner:
             log.exception("sandbox error", module_id=inst.module_id, instance_id=inst.instance_id, trace_id=trace_id)
             self.gas_left -= limits.max_gas
             return [self._failed(base, abi.TRAP, "the host could not run this call", limits.max_gas),
-                    self._charge(base, payer, in_len, 0, 0, 0, False, limits.max_gas)]
+                    self._charge(base, bill, 0, 0, 0, False, limits.max_gas)]
         self.gas_left -= result.gas_used
         if not result.ok:
             return [self._failed(base, result.code or abi.TRAP, result.detail, result.gas_used),
-                    self._charge(base, payer, in_len, 0, 0, 0, False, result.gas_used)]
+                    self._charge(base, bill, 0, 0, 0, False, result.gas_used)]
         try:
             output = abi.decode_module_output(result.output, limits, reducer=reducer)
         except abi.OutputRejected as exc:
             return [self._failed(base, exc.code, exc.detail, result.gas_used),
-                    self._charge(base, payer, in_len, 0, 0, 0, False, result.gas_used)]
-        out_len, n_eff, n_emit, new_state = len(result.output), len(output.effects), len(output.emits), output.new_state
-        shortfall = self._shortfall(payer, compute_fee(in_len, out_len, n_eff, n_emit),
+                    self._charge(base, bill, 0, 0, 0, False, result.gas_used)]
+        return self._apply_output(inst, manifest.required_caps, base, bill, result.output, output, result.gas_used)
+
+    def _apply_output(self, inst: InstanceRecord, required_caps: list[str], base: dict[str, Any], bill: "_Bill",
+                      raw: bytes, output: abi.ModuleOutput, gas_used: int) -> list[EventSpec]:
+        """Bill a successful call in full and apply its output; if the payer cannot pay the full
+        fee, fail it with INSUFFICIENT_FUNDS, bill base + gas fee and apply nothing."""
+        out_len, n_eff, n_emit, new_state = len(raw), len(output.effects), len(output.emits), output.new_state
+        shortfall = self._shortfall(bill.payer, bill.data(compute_fee(bill.in_len, out_len, n_eff, n_emit), gas_used),
                                     electricity_fee(n_eff, n_emit, new_state is not None))
         if shortfall:
-            return [self._failed(base, abi.INSUFFICIENT_FUNDS, f"payer {payer!r} cannot pay for this call: {shortfall}",
-                                 result.gas_used),
-                    self._charge(base, payer, in_len, 0, 0, 0, False, result.gas_used)]
+            return [self._failed(base, abi.INSUFFICIENT_FUNDS, f"payer {bill.payer!r} cannot pay for this call: "
+                                 f"{shortfall}", gas_used),
+                    self._charge(base, bill, 0, 0, 0, False, gas_used)]
         events: list[EventSpec] = [
-            (ev.MODULE_CALLED, {**base, "gas_used": result.gas_used}),
-            self._charge(base, payer, in_len, out_len, n_eff, n_emit, new_state is not None, result.gas_used),
+            (ev.MODULE_CALLED, {**base, "gas_used": gas_used}),
+            self._charge(base, bill, out_len, n_eff, n_emit, new_state is not None, gas_used),
         ]
         if new_state is not None:
-            state.put_module_state(inst.instance_id, new_state)
+            self.state.put_module_state(inst.instance_id, new_state)
         for emit in output.emits:
             events.append((ev.MODULE_EMITTED, {**base, "kind": emit.kind, "data": emit.data}))
         for index, effect in enumerate(output.effects):
-            events.extend(self._effect(inst, manifest.required_caps, base, index, effect))
+            events.extend(self._effect(inst, required_caps, base, index, effect))
         return events
 
     # -- billing ---------------------------------------------------------------------------------
     def _shortfall(self, payer: str, data_fee: int, elec_fee: int) -> str:
+        """Return "" if ``payer`` holds ``data_fee`` data and ``elec_fee`` electricity, else what is missing."""
         agent = self.state.agents.get(payer)
         if agent is None:
             return "the payer is not a registered agent"
         if agent.data < data_fee:
-            return f"compute fee is {data_fee} data, the payer has {agent.data}"
+            return f"data fee (compute + gas) is {data_fee}, the payer has {agent.data}"
         if agent.electricity < elec_fee:
             return f"electricity fee is {elec_fee}, the payer has {agent.electricity}"
         return ""
 
-    def _charge(self, base: dict[str, Any], payer: str, in_len: int, out_len: int, n_eff: int, n_emit: int,
+    def _charge(self, base: dict[str, Any], bill: "_Bill", out_len: int, n_eff: int, n_emit: int,
                 new_state: bool, gas_used: int) -> EventSpec:
-        """Take the call's fees from ``payer`` (the caller checked it can pay) and return the
+        """Take the call's fees from the payer (the caller checked it can pay) and return the
         module.runtime_charged event."""
-        data_fee = compute_fee(in_len, out_len, n_eff, n_emit)
+        data_fee = compute_fee(bill.in_len, out_len, n_eff, n_emit)
+        gas = bill.gas_fee(gas_used)
         elec_fee = electricity_fee(n_eff, n_emit, new_state)
-        agent = self.state.agents[payer]
-        self.state.put_agent(msgspec.structs.replace(agent, data=agent.data - data_fee,
+        agent = self.state.agents[bill.payer]
+        self.state.put_agent(msgspec.structs.replace(agent, data=agent.data - data_fee - gas,
                                                      electricity=agent.electricity - elec_fee))
         return (ev.MODULE_RUNTIME_CHARGED, {
             "module_id": base["module_id"], "instance_id": base["instance_id"], "trace_id": base["trace_id"],
-            "payer_agent_id": payer,
+            "payer_agent_id": bill.payer,
             "compute_fee_kind": "data", "compute_fee_amount": data_fee,
             "electricity_fee_kind": "electricity", "electricity_fee_amount": elec_fee,
-            "input_bytes": in_len, "output_bytes": out_len, "effect_count": n_eff, "emit_count": n_emit,
+            "gas_fee_kind": "data", "gas_fee_amount": gas,
+            "input_bytes": bill.in_len, "output_bytes": out_len, "effect_count": n_eff, "emit_count": n_emit,
             "gas_used": gas_used,
+        })
+
+    def _deactivate(self, inst: InstanceRecord, payer: str, detail: str) -> EventSpec:
+        """Write instance ``inst`` with ``active=False`` (it is routed no more) and return the
+        module.deactivated event."""
+        current = self.state.instances[inst.instance_id]
+        self.state.put_instance(msgspec.structs.replace(current, active=False))
+        reason = (f"{detail}; the owner can turn it back on with set_module_instance_active once the payer "
+                  "holds the fees")
+        return (ev.MODULE_DEACTIVATED, {
+            "module_id": inst.module_id, "instance_id": inst.instance_id, "owner_agent_id": inst.owner_agent_id,
+            "payer_agent_id": payer, "reason": reason, "height": self.state.meta.height,
         })
 
     # -- effects ---------------------------------------------------------------------------------
@@ -345,8 +387,42 @@ class ModuleRunner:
             return f"policy: the recipient's {kind} balance would overflow"
         return ""
 
-    @staticmethod
-    def _failed(base: dict[str, Any], code: str, detail: str, gas_used: int) -> EventSpec:
-        log.info("module call failed", module_id=base["module_id"], instance_id=base["instance_id"],
-                 trace_id=base["trace_id"], code=code, detail=detail)
+    # -- failures and their logs ---------------------------------------------------------------
+    def _failed(self, base: dict[str, Any], code: str, detail: str, gas_used: int) -> EventSpec:
+        """Return the module.call_failed event; log it (``module_call_failed``) within the block's
+        failure-log budget, else count it for the next ``new_block`` summary."""
+        if self._may_log(code):
+            log.info("module_call_failed", module_id=base["module_id"], instance_id=base["instance_id"],
+                     code=code, height=self.state.meta.height, trace_id=base["trace_id"],
+                     detail=detail[:MAX_LOGGED_DETAIL_CHARS])
         return (ev.MODULE_CALL_FAILED, {**base, "code": code, "detail": detail, "gas_used": gas_used})
+
+    def _may_log(self, code: str) -> bool:
+        """Spend one unit of the block's failure-log budget and return True, or count a
+        suppressed failure of ``code`` and return False."""
+        if self._failure_logs_left > 0:
+            self._failure_logs_left -= 1
+            return True
+        if not self._suppressed:
+            self._suppressed_height = self.state.meta.height
+        self._suppressed[code] += 1
+        return False
+
+
+class _Bill:
+    """Who pays a call and how its gas is priced: ``payer`` (agent id), ``in_len`` (input bytes),
+    ``max_gas`` (the capped fuel limit) and ``price`` (data per million fuel)."""
+
+    __slots__ = ("payer", "in_len", "max_gas", "price")
+
+    def __init__(self, payer: str, in_len: int, max_gas: int, price: int) -> None:
+        self.payer, self.in_len, self.max_gas, self.price = payer, in_len, max_gas, price
+
+    def gas_fee(self, gas_used: int) -> int:
+        """Return the gas fee (data) of ``gas_used`` fuel, never more than that of ``max_gas``: the
+        pre-call check covered ``max_gas``, so whatever is billed can be paid."""
+        return gas_fee(min(gas_used, self.max_gas), self.price)
+
+    def data(self, compute: int, gas_used: int) -> int:
+        """Return the data a call owes: ``compute`` fee plus the gas fee of ``gas_used``."""
+        return compute + self.gas_fee(gas_used)

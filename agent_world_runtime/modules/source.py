@@ -3,7 +3,10 @@ action; docs/module-abi.md, "Compiling from source").
 
 A ``ModuleSourcePackage`` maps relative paths to UTF-8 text and names its JSON manifest. Paths
 are validated (relative, no ``..``, no absolute or drive paths, no backslashes) and sizes are
-bounded. The build:
+bounded. The paths must also form a tree that every node can write the same way
+(``check_source_layout``): no path is both a file and a directory (``a`` with ``a/b.c``), and no
+two files or directories differ only by letter case (``A.c`` with ``a.c``, ``Src/`` with
+``src/``), since a case-insensitive file system would merge them. The build:
 
 1. a package with a ``.wat`` source: exactly one, compiled in-process by the engine's WAT compiler
    (deterministic for the pinned engine);
@@ -31,6 +34,7 @@ import shlex
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 import structlog
 
@@ -75,10 +79,37 @@ def check_source_path(path: str) -> None:
             )
 
 
+def check_source_layout(paths: Iterable[str]) -> None:
+    """Raise SourceRejected unless the (already safe, ``check_source_path``) ``paths`` can be
+    written as one directory tree on any file system: no path is a file and also a directory of
+    another path, and no two distinct file or directory names are equal ignoring ASCII case. The
+    message names both paths and what to do."""
+    seen: dict[str, tuple[str, str]] = {}  # lower-cased node -> (spelling, "file" | "directory")
+    for path in sorted(paths):
+        segments = path.split("/")
+        for depth in range(1, len(segments) + 1):
+            node = "/".join(segments[:depth])
+            kind = "file" if depth == len(segments) else "directory"
+            prior = seen.setdefault(node.lower(), (node, kind))
+            if prior == (node, kind):
+                continue
+            other, other_kind = prior
+            if other == node:  # the same name as a file and as a directory
+                raise SourceRejected(
+                    f"source path {path!r} needs {node!r} to be a directory, but {node!r} is also a file in "
+                    "the package; rename or move one of them"
+                )
+            raise SourceRejected(
+                f"source paths {other!r} ({other_kind}) and {node!r} ({kind}) differ only by letter case; "
+                "a case-insensitive file system would merge them, so rename one of them"
+            )
+
+
 def build_source_package(module_id: str, package: ModuleSourcePackage) -> tuple[ModuleManifest, bytes]:
     """Validate ``package`` and compile it; return ``(manifest, wasm_bytes)``.
 
-    Raises SourceRejected when paths or sizes are invalid, the manifest is missing, is not a
+    Raises SourceRejected when paths or sizes are invalid, the paths conflict
+    (``check_source_layout``), the manifest is missing, is not a
     ModuleManifest, or names another module id, when there is more than one ``.wat`` source, when
     the WAT does not compile, or when the external build (``build_external``) fails.
     """
@@ -96,6 +127,7 @@ def build_source_package(module_id: str, package: ModuleSourcePackage) -> tuple[
         total += size
     if total > MAX_SOURCE_TOTAL_BYTES:
         raise SourceRejected(f"source package is {total} bytes; the limit is {MAX_SOURCE_TOTAL_BYTES}")
+    check_source_layout(files)
     check_source_path(package.manifest_path)
     if package.manifest_path not in files:
         raise SourceRejected(f"manifest_path {package.manifest_path!r} is not one of the package files {sorted(files)[:8]}")
@@ -139,7 +171,9 @@ def build_external(files: dict[str, str]) -> bytes:
     """Write ``files`` (paths already validated) into a temporary workspace, run
     ``compiler_command() + [src_dir, out_wasm]`` there under BUILD_TIMEOUT_S and return the
     module bytes. Raises SourceRejected with the compiler's message (stderr, else stdout,
-    truncated) when the command is missing, fails, times out, or writes no or too large output."""
+    truncated) when the paths conflict (``check_source_layout``), the command is missing, fails,
+    times out, or writes no or too large output."""
+    check_source_layout(files)
     cmd = compiler_command()
     with tempfile.TemporaryDirectory(prefix="aw-module-build-") as tmp:
         src = Path(tmp) / "src"
