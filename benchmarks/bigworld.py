@@ -180,7 +180,7 @@ def bench_replay(chain: BuiltChain, record: Record, workdir: Path) -> None:
         start = time.perf_counter()
         driver = NodeRuntimeExecutionDriver.open(
             store,
-            lambda: World.from_genesis(genesis.chain_id, genesis.world),
+            lambda: genesis.new_world(),
             workdir / "replay-snapshots",
             1 << 62,
         )
