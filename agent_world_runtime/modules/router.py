@@ -223,13 +223,14 @@ class ModuleRunner:
         limits = self._limits(manifest.limits)
         reducer = manifest.kind == "reducer"
         base = {"module_id": inst.module_id, "instance_id": inst.instance_id, "trace_id": trace_id}
+        payer = artifact.publisher
         count = self._calls_this_block.get(inst.instance_id, 0)
         if count >= limits.max_call_rate:
             detail = f"already called {count} times in this block; the limit is {limits.max_call_rate}"
-            return [self._failed(base, abi.CALL_RATE_EXCEEDED, detail, 0)]
+            return self._not_run(inst, base, payer, abi.CALL_RATE_EXCEEDED, detail)
         if self.gas_left < limits.max_gas:
-            return [self._failed(base, abi.OUT_OF_GAS, f"the block's module gas budget is used up ({self.gas_left} "
-                                 f"of {abi.BLOCK_MODULE_GAS_BUDGET} left, max_gas is {limits.max_gas})", 0)]
+            return self._not_run(inst, base, payer, abi.OUT_OF_GAS, f"the block's module gas budget is used up "
+                                 f"({self.gas_left} of {abi.BLOCK_MODULE_GAS_BUDGET} left, max_gas is {limits.max_gas})")
         meta = state.meta
         ctx = abi.ModuleContext(
             chain_id=meta.chain_id, height=meta.height, timestamp_ms=meta.timestamp_ms, stage=stage,
@@ -239,7 +240,6 @@ class ModuleRunner:
         payload = encode(abi.ModuleCallInput(
             ctx=ctx, event=event, state=state.module_state.get(inst.instance_id) if reducer else None, action=action,
         ))
-        payer = artifact.publisher
         in_len = len(payload)
         bill = _Bill(payer, in_len, limits.max_gas, meta.params.gas_price_per_mfuel)
         shortfall = self._shortfall(payer, bill.data(compute_fee(in_len, 0, 0, 0), limits.max_gas),
@@ -255,7 +255,7 @@ class ModuleRunner:
             reason = "artifact bytes are missing" if isinstance(exc, KeyError) else str(exc)
             return [(ev.MODULE_LOAD_FAILED, {"wasm_hash": inst.wasm_hash, "instance_id": inst.instance_id,
                                               "reason": reason}),
-                    self._failed(base, abi.LOAD_FAILED, f"artifact {inst.wasm_hash} cannot be loaded", 0)]
+                    *self._not_run(inst, base, payer, abi.LOAD_FAILED, f"artifact {inst.wasm_hash} cannot be loaded")]
         self._calls_this_block[inst.instance_id] = count + 1
         try:
             result = self.sandbox.call(compiled, entry_point(manifest.kind), payload, limits)
@@ -299,6 +299,19 @@ class ModuleRunner:
         return events
 
     # -- billing ---------------------------------------------------------------------------------
+    def _not_run(self, inst: InstanceRecord, base: dict[str, Any], payer: str, code: str,
+                 detail: str) -> list[EventSpec]:
+        """A call refused before it ran (call rate, block gas budget, unloadable artifact): its
+        module.call_failed event is billed the base electricity fee with no input
+        (``electricity_fee(0, 0, False)``, no data, no gas), so a refused call still costs its
+        payer; a payer who cannot pay even that gets the instance deactivated instead."""
+        failed = self._failed(base, code, detail, 0)
+        shortfall = self._shortfall(payer, 0, electricity_fee(0, 0, False))
+        if shortfall:
+            return [failed, self._deactivate(inst, payer, f"payer {payer!r} cannot pay for a refused call: {shortfall}")]
+        price = self.state.meta.params.gas_price_per_mfuel
+        return [failed, self._charge(base, _Bill(payer, 0, 0, price), 0, 0, 0, False, 0)]
+
     def _shortfall(self, payer: str, data_fee: int, elec_fee: int) -> str:
         """Return "" if ``payer`` holds ``data_fee`` data and ``elec_fee`` electricity, else what is missing."""
         agent = self.state.agents.get(payer)
