@@ -23,8 +23,11 @@ from agent_world_runtime.signer import AgentSigner
 CHAIN = "exec-test"
 
 
+ALICE = AgentSigner.from_seed("alice", b"a" * 32, CHAIN)
+
+
 def _genesis() -> World:
-    return World.from_genesis(CHAIN, WorldParams())
+    return World.from_genesis(CHAIN, WorldParams(), agents=[ALICE.genesis_agent(10_000, 10_000)])
 
 
 def _consensus_action(signed) -> NodeConsensusAction:
@@ -34,14 +37,11 @@ def _consensus_action(signed) -> NodeConsensusAction:
 
 
 def _blocks(n: int) -> list[Block]:
-    """n blocks: alice registers, then moves and harvests."""
+    """n blocks: alice (a genesis agent) moves and harvests."""
     alice = AgentSigner.from_seed("alice", b"a" * 32, CHAIN)
     out, prev = [], ZERO_HASH
     for h in range(1, n + 1):
-        if h == 1:
-            acts = [alice.register()]
-        else:
-            acts = [alice.sign(MoveAgent(to=(h, 0, 0))), alice.sign(HarvestRadiation())]
+        acts = [alice.sign(MoveAgent(to=(h, 0, 0))), alice.sign(HarvestRadiation())]
         actions = [_consensus_action(a) for a in acts]
         header = BlockHeader(CHAIN, h, 0, 0, "p", prev, compute_consensus_action_root(actions), len(actions),
                              h - 1, ZERO_HASH, ZERO_HASH, 1_000 * h)

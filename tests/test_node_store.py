@@ -80,30 +80,44 @@ def test_wal_append_and_prune(tmp_path):
     assert store.wal_entries(6) == [(0, "prevote", b"c")]
 
 
-def _signed(agent: str, nonce: int):
+def _signed(agent: str, nonce: int, fee: int = 2):
     key = SigningKey(bytes([len(agent)]) * 32)
     signed = sign_action(key, "test", agent, nonce, MoveAgent(to=(nonce, 0, 0)))
     payload = encode_signed_action(signed)
-    return payload, sha256(payload), signed
+    return payload, sha256(payload), signed, fee
 
 
 def test_mempool_orders_by_submitter_then_nonce_and_bounds_size():
     pool = Mempool(max_actions=4)
     entries = [_signed("bob", 2), _signed("alice", 3), _signed("bob", 1), _signed("alice", 1)]
-    for payload, h, signed in entries:
-        assert pool.add(payload, h, signed)
+    for entry in entries:
+        assert pool.add(*entry)
     assert not pool.add(*entries[0])  # duplicate
     with pytest.raises(MempoolFull):
         pool.add(*_signed("carol", 1))
-    reaped = pool.reap(10, 1_000_000)
-    order = [(a.submitter, next(s.body.nonce for p, h, s in entries if h == a.action_id)) for a in reaped]
+    reaped = pool.reap(10, 1_000_000, lambda a: True)
+    order = [(a.submitter, next(s.body.nonce for p, h, s, _ in entries if h == a.action_id)) for a in reaped]
     assert order == [("alice", 1), ("alice", 3), ("bob", 1), ("bob", 2)]
-    assert len(pool.reap(2, 1_000_000)) == 2
-    assert pool.reap(10, 1) == []
+    assert len(pool.reap(2, 1_000_000, lambda a: True)) == 2
+    assert pool.reap(10, 1, lambda a: True) == []
+    assert [a.submitter for a in pool.reap(10, 1_000_000, lambda a: a.submitter == "bob")] == ["bob", "bob"]
     pool.remove([reaped[0].action_id])
     assert len(pool) == 3
-    assert pool.drop_stale(lambda agent: 1 if agent == "bob" else None) == 1
+    assert pool.recheck(lambda agent: (1, 100) if agent == "bob" else None) == 1  # bob's nonce 1 is used
     assert len(pool) == 2
+
+
+def test_mempool_owes_fees_per_agent_and_recheck_drops_what_can_no_longer_be_paid():
+    pool = Mempool(max_actions=10)
+    entries = [_signed("alice", n, fee=3) for n in (1, 2, 3)] + [_signed("bob", 1, fee=5)]
+    for entry in entries:
+        pool.add(*entry)
+    assert (pool.owed("alice"), pool.owed("bob"), pool.owed("carol")) == (9, 5, 0)
+    # alice now holds 7 electricity: her first two actions (6) still fit, the third does not
+    assert pool.recheck(lambda agent: (0, 7) if agent == "alice" else (0, 100)) == 1
+    assert (len(pool), pool.owed("alice"), pool.owed("bob")) == (3, 6, 5)
+    pool.remove([entries[3][1]])
+    assert pool.owed("bob") == 0
 
 
 def test_mempool_reaps_the_oldest_actions_first_whatever_the_agent():
@@ -113,6 +127,6 @@ def test_mempool_reaps_the_oldest_actions_first_whatever_the_agent():
     later = [_signed("al", n) for n in range(1, 20)]  # an agent that sorts first, arriving later
     for entry in later:
         pool.add(*entry)
-    reaped = pool.reap(5, 1_000_000)
+    reaped = pool.reap(5, 1_000_000, lambda a: True)
     assert first[1] in [a.action_id for a in reaped], "a backlog starved the oldest action"
     assert [a.submitter for a in reaped] == ["al"] * 4 + ["zed"]  # then ordered by (submitter, nonce)
