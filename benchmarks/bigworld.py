@@ -96,15 +96,11 @@ class BenchError(RuntimeError):
 
 
 def _world_with_agents(n: int) -> tuple[World, list[AgentSigner]]:
-    """A world of ``n`` registered agents (one block, as ``benchmarks.run`` builds its worlds)."""
-    from benchmarks.run import PARAMS  # lazy: run.py imports this module
+    """A world of ``n`` genesis agents (as ``benchmarks.run`` builds its worlds)."""
+    from benchmarks.run import GENESIS_BALANCE, PARAMS  # lazy: run.py imports this module
 
-    world = World.from_genesis(EXEC_CHAIN, PARAMS)
     signers = agent_signers(n, EXEC_CHAIN)
-    world.begin_block(1, 1)
-    for i, s in enumerate(signers):
-        world.apply_action(s.register(), i.to_bytes(32, "big"), signature_checked=True)
-    world.end_block()
+    world = World.from_genesis(EXEC_CHAIN, PARAMS, agents=[s.genesis_agent(GENESIS_BALANCE, GENESIS_BALANCE) for s in signers])
     return world, signers
 
 

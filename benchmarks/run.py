@@ -25,6 +25,7 @@ from pathlib import Path
 
 from agent_world_runtime import World
 from agent_world_runtime.actions import HarvestRadiation, MoveAgent
+from agent_world_runtime.admission import payload_size
 from agent_world_runtime.crypto import SigningKey, verify
 from agent_world_runtime.params import WorldParams
 from agent_world_runtime.signer import AgentSigner
@@ -44,16 +45,15 @@ def bench_verify(n: int = 5_000) -> float:
     return n / (time.perf_counter() - start)
 
 
-PARAMS = WorldParams(initial_electricity=10**12, initial_data=10**12)  # enough that no move or module call fails to pay
+# Harvests are not rate-limited in these worlds: the execution benchmark harvests every other action.
+PARAMS = WorldParams(harvest_interval=0)
+#: Each benchmark agent's genesis balance of each resource: enough that no fee, move or module call fails to pay.
+GENESIS_BALANCE = 10**12
 
 
 def _world_with_agents(n: int) -> tuple[World, list[AgentSigner]]:
-    world = World.from_genesis(CHAIN, PARAMS)
     signers = [AgentSigner.from_seed(f"a{i}", i.to_bytes(32, "big"), CHAIN) for i in range(n)]
-    world.begin_block(1, 1)
-    for i, s in enumerate(signers):
-        world.apply_action(s.register(), i.to_bytes(32, "big"), signature_checked=True)
-    world.end_block()
+    world = World.from_genesis(CHAIN, PARAMS, agents=[s.genesis_agent(GENESIS_BALANCE, GENESIS_BALANCE) for s in signers])
     return world, signers
 
 
@@ -67,10 +67,13 @@ def bench_execute(agents: int, blocks: int = 5, per_block: int = 1_000) -> float
             s = signers[(b * per_block + i) % len(signers)]
             act = MoveAgent(to=(height, 1, 0)) if i % 2 else HarvestRadiation()
             actions.append(s.sign(act))
+        ids = [(height * 1_000_000 + i).to_bytes(32, "big") for i in range(len(actions))]
+        block = [(a, aid, payload_size(a)) for a, aid in zip(actions, ids, strict=True)]
         start = time.perf_counter()
         world.begin_block(height, height)
-        for i, a in enumerate(actions):
-            world.apply_action(a, (height * 1_000_000 + i).to_bytes(32, "big"), signature_checked=True)
+        world.collect_fees(block)  # as the node does: every fee of the block first
+        for a, aid, size in block:
+            world.apply_action(a, aid, signature_checked=True, payload_bytes=size)
         world.step_with_modules()
         world.end_block()
         times.append((time.perf_counter() - start) * 1000)

@@ -2,8 +2,8 @@
 
 Method:
 1. ``init_testnet`` 4 validators in a temporary directory and start them as processes.
-2. Register ``agents`` agents (batches through ``POST /v1/actions/batch``), wait until every node
-   executed them.
+2. The testnet's faucet creates ``agents`` agents (batches through ``POST /v1/actions/batch`` to
+   node0), wait until every node executed them.
 3. Pre-sign ``rate x duration`` ``TransferResource`` actions (1 data to the next agent; each agent
    keeps one node, so its nonces arrive in order) so the load generator only sends.
 4. Every ``TICK_S`` send each node its share as one batch; record each action's submit time.
@@ -34,11 +34,22 @@ from typing import Callable
 
 import trio
 
-from agent_world_client.client import NodeClient
+from agent_world_client.client import AgentKey, NodeClient
 from agent_world_node.config import NodeConfig
 from agent_world_runtime.actions import TransferResource
 from agent_world_runtime.signer import AgentSigner
-from agent_world_tools.testnet import NodeProcess, init_testnet, load_testnet, stop_all, wait_until_ready
+from agent_world_tools.testnet import (
+    FAUCET_AGENT_ID,
+    NodeProcess,
+    faucet_key_file,
+    init_testnet,
+    load_testnet,
+    stop_all,
+    wait_until_ready,
+)
+
+#: What the faucet gives each load agent, of each resource (transfers cost 1 data and a fee of about 2).
+ENDOWMENT = 10**9
 
 TICK_S = 0.1
 POLL_S = 0.1
@@ -118,13 +129,10 @@ async def _submit_all(client: NodeClient, signed: list, batch: int = BATCH_LIMIT
     return out
 
 
-async def _register(clients: list[NodeClient], signers: list[AgentSigner]) -> None:
-    """Register every agent through "its" node (agent i -> node i mod n); wait until all nodes
-    executed the registrations."""
-    n = len(clients)
-    async with trio.open_nursery() as nursery:
-        for j in range(n):
-            nursery.start_soon(_submit_all, clients[j], [s.register() for i, s in enumerate(signers) if i % n == j])
+async def _register(clients: list[NodeClient], signers: list[AgentSigner], faucet: AgentSigner) -> None:
+    """Have the faucet create every agent (through node0, so its nonces arrive in order) with
+    ``ENDOWMENT`` of each resource; wait until all nodes executed the creations."""
+    await _submit_all(clients[0], [faucet.create_agent(s, electricity=ENDOWMENT, data=ENDOWMENT) for s in signers])
     with trio.fail_after(120):
         while True:
             agent = None
@@ -245,12 +253,12 @@ def _meets_targets(fig: dict[str, float], rate: float) -> bool:
     return fig["actions_per_s"] >= 0.95 * rate and fig["latency_p50_ms"] <= 1000 and fig["latency_p99_ms"] <= 3000
 
 
-async def _scenario(urls: list[str], chain_id: str, *, agents: int, rates: tuple[float, ...], duration_s: float,
-                    warmup_s: float, record: Callable[[str, float], None]) -> None:
+async def _scenario(urls: list[str], chain_id: str, *, faucet: AgentSigner, agents: int, rates: tuple[float, ...],
+                    duration_s: float, warmup_s: float, record: Callable[[str, float], None]) -> None:
     clients = [NodeClient(u, timeout_s=30.0) for u in urls]
     try:
         signers = [AgentSigner.from_seed(f"t{i}", i.to_bytes(4, "big") * 8, chain_id) for i in range(agents)]
-        await _register(clients, signers)
+        await _register(clients, signers, faucet)
         best: tuple[float, dict[str, float]] | None = None
         for rate in rates:
             plan = _plan(signers, len(clients), rate, duration_s)
@@ -299,15 +307,17 @@ def run_cluster(record: Callable[[str, float], None], *, rates: tuple[float, ...
         try:
             for p in procs:
                 p.start()
-            trio.run(_ready_and_run, tn, procs, record, tuple(rates), duration_s, warmup_s, agents)
+            faucet_key = AgentKey.load(faucet_key_file(directory))
+            faucet = AgentSigner(FAUCET_AGENT_ID, faucet_key.key, tn[0].chain_id)
+            trio.run(_ready_and_run, tn, procs, record, tuple(rates), duration_s, warmup_s, agents, faucet)
         finally:
             stop_all(procs, grace_s=10)
 
 
-async def _ready_and_run(tn, procs, record, rates, duration_s, warmup_s, agents) -> None:
+async def _ready_and_run(tn, procs, record, rates, duration_s, warmup_s, agents, faucet) -> None:
     await wait_until_ready(tn, procs, timeout_s=60)
-    await _scenario([n.rpc_url for n in tn], tn[0].chain_id, agents=agents, rates=rates, duration_s=duration_s,
-                    warmup_s=warmup_s, record=record)
+    await _scenario([n.rpc_url for n in tn], tn[0].chain_id, faucet=faucet, agents=agents, rates=rates,
+                    duration_s=duration_s, warmup_s=warmup_s, record=record)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from agent_world_node.replica import Replica
 from agent_world_node.store import NodeStore
 from agent_world_node.types import ZERO_HASH, compute_consensus_action_root
 from agent_world_runtime.actions import decode_signed_action
-from benchmarks.chain import ChainBuildError, agent_signers, build_chain, init_joiner_home, node_multiaddr, workload_blocks
+from benchmarks.chain import ChainBuildError, agent_signers, bank_signer, build_chain, init_joiner_home, node_multiaddr, workload_blocks
 from tests.node_harness import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -65,7 +65,7 @@ def test_node_opens_the_chain_at_its_height_and_root(chain):
         assert node.execution_height == chain.height
         assert node.replica.driver.last_state_root == chain.state_root
         assert node.replica.driver.last_block_hash == chain.execution_block_hash
-        assert node.world.stats()["agents"] == 30
+        assert node.world.stats()["agents"] == 30 + 1  # the agents and the genesis bank
         assert node.replica.is_validator
     finally:
         node.replica.store.close()
@@ -128,14 +128,16 @@ def test_late_joiner_syncs_the_chain_to_the_same_root(chain, tmp_path):
 
 def test_the_workload_follows_the_agents_nonces():
     signers = agent_signers(3, "c")
-    blocks = list(workload_blocks(signers, register_per_block=2, activity_blocks=2, actions_per_block=4))
+    blocks = list(workload_blocks(signers, register_per_block=2, activity_blocks=2, actions_per_block=4,
+                                  bank=bank_signer("c")))
     assert [k for k, _ in blocks] == ["register", "register", "activity", "activity"]
+    assert [a.body.agent_id for a in blocks[0][1]] == ["bank", "bank"]
     nonces = {}
     for _kind, acts in blocks:
         for a in acts:
             assert a.body.nonce > nonces.get(a.body.agent_id, 0)
             nonces[a.body.agent_id] = a.body.nonce
-    assert nonces == {"a0": 4, "a1": 4, "a2": 3}
+    assert nonces == {"bank": 3, "a0": 3, "a1": 3, "a2": 2}
 
 
 def test_building_into_an_existing_home_is_refused(chain):
