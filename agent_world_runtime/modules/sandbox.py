@@ -47,14 +47,12 @@ from ..crypto import sha256
 from . import abi
 from .cache import DiskArtifactCache, ModuleLRU
 from .manifest import ModuleLimits, ModuleLimitsMax, cap_module_limits
+from .wasm_check import MAX_EXPORTS, MAX_TABLE_ELEMENTS, MAX_TABLES, ModuleValidationError, check_module
 
 log = structlog.get_logger(__name__)
 
 WASM_PAGE = 65536
 MAX_WASM_STACK_BYTES = 512 * 1024
-MAX_EXPORTS = 64
-MAX_TABLE_ELEMENTS = 10_000
-MAX_TABLES = 4
 DEFAULT_CACHE_SIZE = 128
 WASMTIME_VERSION = metadata.version("wasmtime")
 
@@ -70,6 +68,7 @@ ENGINE_SETTINGS: dict[str, object] = {
     "wasm_threads": False,
     "shared_memory": False,
     "wasm_relaxed_simd": False,
+    "wasm_simd": False,
     "wasm_gc": False,
     "gc_support": False,
     "wasm_exceptions": False,
@@ -177,10 +176,6 @@ def wat_to_wasm(text: str) -> bytes:
         return bytes(wasmtime.wat2wasm(text))
     except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
         raise ModuleValidationError(f"WAT does not compile: {engine_message(exc)}") from None
-
-
-class ModuleValidationError(ValueError):
-    """The bytes are not a usable module: invalid wasm, imports, or missing/mistyped ABI exports."""
 
 
 _LIMIT_FIELDS = ModuleLimits.__struct_fields__
@@ -318,7 +313,11 @@ class Sandbox:
         checked against the bytes. Order: memory LRU, then the disk cache (verified, deserialized
         and re-validated), then a fresh compile (whose artifact is then written to disk).
 
-        Raises ModuleValidationError when ``wasm_hash`` does not match the bytes, the bytes are not
+        On a miss the structural check (``wasm_check.check_module``: size, counts, nesting, compile
+        weight, disabled instructions) runs first, before the disk cache or the engine sees the bytes.
+
+        Raises ModuleValidationError when ``wasm_hash`` does not match the bytes, the structural
+        check fails (``ModuleLimitError`` names the limit), the bytes are not
         valid wasm under the deterministic config, the module imports anything, or it lacks
         ``memory`` / ``alloc(i32) -> i32`` / at least one entry point ``reduce`` or ``call`` of type
         ``(i32, i32) -> i64``.
@@ -333,6 +332,7 @@ class Sandbox:
                 return hit
             if wasm_hash is not None and sha256(wasm).hex() != wasm_hash:
                 raise ModuleValidationError(f"wasm_hash {wasm_hash} does not match the sha256 of the module bytes")
+            check_module(wasm)
             compiled = self._load_from_disk(key) or self._compile_uncached(wasm, key)
             self._cache.put(key, compiled)
             return compiled
