@@ -207,35 +207,47 @@ def _wat(body: str, pages: int = 1, locals_: str = "") -> str:
     (i64.const {EMPTY_OUTPUT})))"""
 
 
+_R = 50  # operators per chain: one fuel unit each, every one waiting on the previous result
+_TOUCH = ("(local.set $i (i32.const 0)) (loop $t (i32.store8 (local.get $i) (local.get $i))"
+          " (local.set $i (i32.add (local.get $i) (i32.const 4096))) (br_if $t (i32.lt_u (local.get $i) (i32.const 0x1000000))))")
+
 RUNTIME_CLASSES: dict[str, str] = {
     # an endless loop of the operator class; the call ends when its fuel runs out
     "plain_loop": _wat("(loop $l (br $l))"),
-    "i64_div": _wat("(loop $l (local.set $x (i64.div_u (local.get $m) (i64.or (local.get $x) (i64.const 3)))) (br $l))"),
-    "i64_rem": _wat("(loop $l (local.set $x (i64.rem_u (local.get $m) (i64.or (local.get $x) (i64.const 0x10000001)))) (br $l))"),
-    "i32_div": _wat("(loop $l (local.set $y (i32.div_u (i32.const -1) (i32.or (local.get $y) (i32.const 3)))) (br $l))"),
-    "f64_sqrt": _wat("(loop $l (local.set $f (f64.sqrt (local.get $f))) (br $l))"),
-    "f64_div": _wat("(loop $l (local.set $f (f64.div (local.get $g) (local.get $f))) (br $l))"),
-    "f32_sqrt": _wat("(loop $l (local.set $f (f64.promote_f32 (f32.sqrt (f32.demote_f64 (local.get $f))))) (br $l))"),
-    "f64_add_mul": _wat("(loop $l (local.set $f (f64.add (f64.mul (local.get $f) (local.get $g)) (local.get $g))) (br $l))"),
-    "random_load_16mib": _wat(
-        "(loop $l (local.set $x (i64.xor (i64.load8_u (i32.wrap_i64 (i64.shr_u (local.get $x) (i64.const 40))))"
-        " (i64.mul (local.get $x) (local.get $a)))) (br $l))", pages=256),
+    # divisors come from the input length, so the compiler cannot fold them
+    "i64_div_chain": _wat("(local.set $a (i64.extend_i32_u (i32.add (local.get $n) (i32.const 1)))) (local.set $x (i64.const -1))"
+                          " (loop $l local.get $x" + " local.get $a i64.div_u" * _R + " local.set $x (br $l))"),
+    "i64_rem_chain": _wat("(local.set $a (i64.sub (i64.const 0x7fffffffffffffff) (i64.extend_i32_u (local.get $n))))"
+                          " (loop $l local.get $x" + " local.get $a i64.rem_u" * _R + " local.set $x (br $l))"),
+    "i32_div_chain": _wat("(local.set $i (i32.add (local.get $n) (i32.const 1))) (local.set $y (i32.const -1))"
+                          " (loop $l local.get $y" + " local.get $i i32.div_u" * _R + " local.set $y (br $l))"),
+    "f64_sqrt_chain": _wat("(loop $l local.get $f" + " f64.sqrt" * _R + " local.set $f (br $l))"),
+    "f32_sqrt_chain": _wat("(loop $l local.get $f f32.demote_f64" + " f32.sqrt" * _R + " f64.promote_f32 local.set $f (br $l))"),
+    "f64_div_chain": _wat("(loop $l local.get $f" + " local.get $g f64.div" * _R + " local.set $f (br $l))"),
+    "f64_add_mul_chain": _wat("(loop $l local.get $f" + " local.get $g f64.mul local.get $g f64.add" * _R + " local.set $f (br $l))"),
+    # every 4 KiB page of 16 MiB touched once, then a dependent chain of pseudo-random byte loads
+    "random_load_16mib": _wat(_TOUCH + " (local.set $y (i32.const 12345)) (local.set $i (i32.const 1664525))"
+                              " (loop $l local.get $y local.get $i i32.mul local.tee $y i32.const 8 i32.shr_u i32.load8_u"
+                              " local.get $y i32.add local.set $y (br $l))", pages=256),
+    # grow one page at a time and touch each 4 KiB of it, until memory is full
     "memory_grow_touch": _wat(
         "(block $done (loop $l (br_if $done (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))"
         " (local.set $i (i32.mul (i32.sub (memory.size) (i32.const 1)) (i32.const 65536)))"
         " (local.set $y (i32.add (local.get $i) (i32.const 65536)))"
         " (loop $t (i32.store8 (local.get $i) (i32.const 1)) (local.set $i (i32.add (local.get $i) (i32.const 4096)))"
         " (br_if $t (i32.lt_u (local.get $i) (local.get $y)))) (br $l)))"),
+    "memory_copy_8mib": _wat("(loop $l (memory.copy (i32.const 0) (i32.const 0x800000) (i32.const 0x7FFFFF)) (br $l))", pages=256),
+    "memory_fill_16mib": _wat("(loop $l (memory.fill (i32.const 0) (i32.const 0) (i32.const 0xFFFFFF)) (br $l))", pages=256),
     "calls": _wat("(loop $l (call $nop) (br $l))"),
     "call_indirect": _wat("(loop $l (call_indirect (type $v) (i32.const 0)) (br $l))"),
 }
 
-# Classes that only the original engine configuration accepts (SIMD and bulk memory are now disabled).
+# Classes that only the original engine configuration accepts (SIMD and the table/segment bulk
+# operations are now rejected).
 DISABLED_CLASSES: dict[str, str] = {
     "f64x2_sqrt": _wat("(loop $l (local.set $v (f64x2.sqrt (local.get $v))) (br $l))", locals_="(local $v v128)"),
-    "memory_fill_16mib": _wat("(loop $l (memory.fill (i32.const 0) (i32.const 0) (i32.const 0xFFFFFF)) (br $l))", pages=256),
-    "memory_copy_8mib": _wat("(loop $l (memory.copy (i32.const 0) (i32.const 0x800000) (i32.const 0x7FFFFF)) (br $l))",
-                             pages=256),
+    "table_fill": _wat("(loop $l (table.fill (i32.const 0) (ref.null func) (i32.const 1)) (br $l))"),
+    "data_drop": _wat("(loop $l (data.drop 0) (br $l))"),
 }
 
 # The trivial reducer: returns {} at once (per-call overhead).
