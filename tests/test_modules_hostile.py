@@ -179,3 +179,24 @@ def test_the_worlds_module_limits_max_caps_a_generous_manifest():
     assert failed.kind == "module.call_failed"
     assert failed.data["code"] == "OUT_OF_GAS" and failed.data["gas_used"] == 200_000
     assert_world_carries_on(w, alice)
+
+
+def test_compile_time_bomb_is_rejected_at_deploy_with_the_limit_named():
+    from benchmarks.wasm_gen import bomb
+
+    w, alice = new_world()
+    reason = rejection(deploy(w, alice, bomb("nest_loop", 20_000), manifest("bomb", subs=TICK)))
+    assert reason == ("module exceeds MAX_NESTING_DEPTH: control nesting depth in function 2 is 257, the limit is 256; "
+                      "flatten the control flow or split the function")
+    assert w.module_status()["artifacts"] == [] and w.get_agent("alice").electricity == 1000  # no fee taken
+    assert_world_carries_on(w, alice)
+
+
+def test_simd_module_is_rejected_at_deploy():
+    w, alice = new_world()
+    wasm = wat_to_wasm('(module (memory (export "memory") 1) (func (export "alloc") (param i32) (result i32) i32.const 0)'
+                       ' (func (export "reduce") (param i32 i32) (result i64) (drop (f64x2.sqrt (v128.const f64x2 1 2)))'
+                       ' i64.const 0))')
+    reason = rejection(deploy(w, alice, wasm, manifest("simd", subs=TICK)))
+    assert reason == "function 1 uses a SIMD instruction: SIMD is disabled"
+    assert_world_carries_on(w, alice)

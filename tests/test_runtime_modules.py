@@ -375,9 +375,9 @@ def test_output_pointer_outside_memory(world, alice):
 def test_trap_is_billed_max_gas(world, alice):
     wasm = wat_to_wasm('(module (memory (export "memory") 1) (func (export "alloc") (param i32) (result i32) i32.const 64)'
                        ' (func (export "reduce") (param i32 i32) (result i64) unreachable))')
-    deploy_and_install(world, alice, wasm, manifest("trapper", max_gas=12345))
+    deploy_and_install(world, alice, wasm, manifest("trapper", max_gas=123_456))
     _, failed = apply(world, alice.sign(HarvestRadiation()))
-    assert failed.data["code"] == "TRAP" and failed.data["gas_used"] == 12345
+    assert failed.data["code"] == "TRAP" and failed.data["gas_used"] == 123_456
     assert failed.data["detail"] == "reduce trapped: UNREACHABLE"
 
 

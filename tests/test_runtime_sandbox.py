@@ -77,7 +77,7 @@ def test_start_function_loop_runs_out_of_gas():
                        ' (func (export "alloc") (param i32) (result i32) i32.const 0)'
                        ' (func (export "reduce") (param i32 i32) (result i64) i64.const 0))')
     sb = Sandbox()
-    res = sb.call(sb.compile(wasm), "reduce", b"", ModuleLimits(max_gas=10_000))
+    res = sb.call(sb.compile(wasm), "reduce", b"", ModuleLimits(max_gas=100_000))
     assert res.code == abi.OUT_OF_GAS and res.detail.startswith("instantiate")
 
 

@@ -54,10 +54,10 @@ def test_caps_are_applied_to_every_call_and_settable():
     sb = Sandbox()
     loop = sb.compile(module("(loop $l (br $l)) (i64.const 0)"))
     assert sb.call(loop, "reduce", b"", LIMITS).gas_used == LIMITS.max_gas
-    sb.set_module_limits_max(ModuleLimitsMax(max_gas=500))
-    assert sb.module_limits_max.max_gas == 500
+    sb.set_module_limits_max(ModuleLimitsMax(max_gas=50_000))
+    assert sb.module_limits_max.max_gas == 50_000
     res = sb.call(loop, "reduce", b"", LIMITS)
-    assert (res.code, res.gas_used) == (abi.OUT_OF_GAS, 500)
+    assert (res.code, res.gas_used) == (abi.OUT_OF_GAS, 50_000)
     big_output = sb.compile(TRIVIAL)
     assert sb.call(big_output, "reduce", b"", LIMITS).ok
     sb.set_module_limits_max(ModuleLimitsMax(max_output_bytes=0))

@@ -33,9 +33,21 @@ INVALID_OUTPUT = "INVALID_OUTPUT"
 INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
 LOAD_FAILED = "LOAD_FAILED"
 
-# Total fuel all module calls of one block may reserve (about half a second of wasm); bounds the
-# work any set of instances can force on every node per block.
-BLOCK_MODULE_GAS_BUDGET = 500_000_000
+# Total fuel all module calls of one block may reserve; bounds the work any set of instances can
+# force on every node per block. The slowest operator class kept (f64/f32 sqrt chains, ~7.6 ns per
+# fuel unit on the reference machine; benchmarks/adversarial.py) runs 100 M fuel in ~0.8 s.
+BLOCK_MODULE_GAS_BUDGET = 100_000_000
+
+# What a call is charged besides the engine's fuel (one unit per wasm operator; memory.copy and
+# memory.fill one per byte), all included in gas_used (docs/module-abi.md, "Fuel and what it
+# charges"). Calibrated so that host work costs about what the slowest operator class costs per
+# unit of fuel (~7.6 ns): a tiny call's host path (instantiate, copy in, read out, route, bill)
+# takes ~25-75 us; touching a fresh 64 KiB page ~17 us; the output's header walk ~0.2 us per item.
+CALL_BASE_GAS = 10_000  # per call, charged before the module runs
+INPUT_BYTE_GAS = 1  # per input byte, charged before the module runs
+MEMORY_PAGE_GAS = 2_500  # per 64 KiB page: the initial pages before the call, the grown ones after
+OUTPUT_BYTE_GAS = 8  # per output byte read by the host
+MAX_OUTPUT_ITEMS = 4_096  # msgpack items (each key, value and container counts) in one output
 
 
 class ModuleContext(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -99,14 +111,21 @@ class OutputRejected(Exception):
         self.detail = detail
 
 
-def msgpack_nesting_depth(buf: bytes, limit: int) -> int:
+class TooManyItems(ValueError):
+    """A msgpack value holds more items than allowed (raised by ``msgpack_nesting_depth``)."""
+
+
+def msgpack_nesting_depth(buf: bytes, limit: int, max_items: int | None = None) -> int:
     """Return the nesting depth of the single msgpack value in ``buf`` (a scalar is depth 0).
 
     Walks the headers iteratively, so it never recurses. Raises ValueError if ``buf`` is truncated,
-    has trailing bytes, uses a reserved byte (0xc1), or nests deeper than ``limit``.
+    has trailing bytes, uses a reserved byte (0xc1), or nests deeper than ``limit``; TooManyItems
+    (a ValueError) as soon as more than ``max_items`` items (every value, map key and container
+    counts one) were read, when ``max_items`` is given.
     """
     n = len(buf)
     pos = 0
+    items_left = max_items if max_items is not None else n + 1  # each item takes at least one byte
     stack: list[int] = []  # items still to read in each open container
     depth = 0
     remaining = 1
@@ -120,6 +139,9 @@ def msgpack_nesting_depth(buf: bytes, limit: int) -> int:
         if pos >= n:
             raise ValueError("truncated msgpack value")
         remaining -= 1
+        items_left -= 1
+        if items_left < 0:
+            raise TooManyItems(f"more than {max_items} msgpack items")
         b = buf[pos]
         pos += 1
         count = -1
@@ -202,7 +224,8 @@ def check_plain_value(value: Any) -> str | None:
 def decode_module_output(raw: bytes, limits: ModuleLimits, *, reducer: bool) -> ModuleOutput:
     """Decode and check a guest's output bytes against ``limits``.
 
-    Raises OutputRejected with OUTPUT_TOO_LARGE (over ``max_output_bytes``), INVALID_OUTPUT (not a
+    Raises OutputRejected with OUTPUT_TOO_LARGE (over ``max_output_bytes``, or more than
+    MAX_OUTPUT_ITEMS msgpack items: the header walk stops there, before decoding), INVALID_OUTPUT (not a
     ModuleOutput, nested deeper than MAX_NESTING_DEPTH, floats/nil in emit data, a bad emit kind,
     ``new_state`` from a pure module), EFFECT_LIMIT_EXCEEDED or EMIT_LIMIT_EXCEEDED.
     """
@@ -210,8 +233,11 @@ def decode_module_output(raw: bytes, limits: ModuleLimits, *, reducer: bool) -> 
         raise OutputRejected(OUTPUT_TOO_LARGE, f"output is {len(raw)} bytes; the limit is {limits.max_output_bytes}")
     try:
         if len(raw) > MAX_NESTING_DEPTH:  # each level takes at least one byte: shorter output cannot nest deeper
-            msgpack_nesting_depth(raw, MAX_NESTING_DEPTH)
+            msgpack_nesting_depth(raw, MAX_NESTING_DEPTH, MAX_OUTPUT_ITEMS)
         out = msgspec.msgpack.decode(raw, type=ModuleOutput)
+    except TooManyItems:
+        raise OutputRejected(OUTPUT_TOO_LARGE, f"output holds more than {MAX_OUTPUT_ITEMS} msgpack items; "
+                             f"the limit is {MAX_OUTPUT_ITEMS}") from None
     except (ValueError, msgspec.DecodeError) as exc:
         raise OutputRejected(INVALID_OUTPUT, f"output is not a valid ModuleOutput: {exc}") from None
     if len(out.effects) > limits.max_effects:

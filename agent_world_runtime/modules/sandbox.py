@@ -47,14 +47,12 @@ from ..crypto import sha256
 from . import abi
 from .cache import DiskArtifactCache, ModuleLRU
 from .manifest import ModuleLimits, ModuleLimitsMax, cap_module_limits
+from .wasm_check import MAX_EXPORTS, MAX_TABLE_ELEMENTS, MAX_TABLES, ModuleValidationError, check_module
 
 log = structlog.get_logger(__name__)
 
 WASM_PAGE = 65536
 MAX_WASM_STACK_BYTES = 512 * 1024
-MAX_EXPORTS = 64
-MAX_TABLE_ELEMENTS = 10_000
-MAX_TABLES = 4
 DEFAULT_CACHE_SIZE = 128
 WASMTIME_VERSION = metadata.version("wasmtime")
 
@@ -70,6 +68,7 @@ ENGINE_SETTINGS: dict[str, object] = {
     "wasm_threads": False,
     "shared_memory": False,
     "wasm_relaxed_simd": False,
+    "wasm_simd": False,
     "wasm_gc": False,
     "gc_support": False,
     "wasm_exceptions": False,
@@ -177,10 +176,6 @@ def wat_to_wasm(text: str) -> bytes:
         return bytes(wasmtime.wat2wasm(text))
     except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
         raise ModuleValidationError(f"WAT does not compile: {engine_message(exc)}") from None
-
-
-class ModuleValidationError(ValueError):
-    """The bytes are not a usable module: invalid wasm, imports, or missing/mistyped ABI exports."""
 
 
 _LIMIT_FIELDS = ModuleLimits.__struct_fields__
@@ -318,7 +313,11 @@ class Sandbox:
         checked against the bytes. Order: memory LRU, then the disk cache (verified, deserialized
         and re-validated), then a fresh compile (whose artifact is then written to disk).
 
-        Raises ModuleValidationError when ``wasm_hash`` does not match the bytes, the bytes are not
+        On a miss the structural check (``wasm_check.check_module``: size, counts, nesting, compile
+        weight, disabled instructions) runs first, before the disk cache or the engine sees the bytes.
+
+        Raises ModuleValidationError when ``wasm_hash`` does not match the bytes, the structural
+        check fails (``ModuleLimitError`` names the limit), the bytes are not
         valid wasm under the deterministic config, the module imports anything, or it lacks
         ``memory`` / ``alloc(i32) -> i32`` / at least one entry point ``reduce`` or ``call`` of type
         ``(i32, i32) -> i64``.
@@ -333,6 +332,7 @@ class Sandbox:
                 return hit
             if wasm_hash is not None and sha256(wasm).hex() != wasm_hash:
                 raise ModuleValidationError(f"wasm_hash {wasm_hash} does not match the sha256 of the module bytes")
+            check_module(wasm)
             compiled = self._load_from_disk(key) or self._compile_uncached(wasm, key)
             self._cache.put(key, compiled)
             return compiled
@@ -407,6 +407,14 @@ class Sandbox:
         ``limits`` are first capped by ``module_limits_max``; used here: ``max_mem_bytes`` (linear
         memory), ``max_gas`` (fuel), ``max_output_bytes``. The i64 result is masked to unsigned
         and split into (ptr, len); the range is bounds-checked before reading.
+
+        ``gas_used`` is the engine's fuel plus the host charges of ``abi`` (docs/module-abi.md,
+        "Fuel and what it charges"): ``CALL_BASE_GAS`` + ``INPUT_BYTE_GAS`` per input byte +
+        ``MEMORY_PAGE_GAS`` per initial page, taken from the fuel before the module runs (a call
+        whose fixed charge exceeds ``max_gas`` fails OUT_OF_GAS without running), then
+        ``MEMORY_PAGE_GAS`` per page grown and ``OUTPUT_BYTE_GAS`` per output byte, added after it
+        returns (a total above ``max_gas`` fails OUT_OF_GAS). Every failure with ``max_gas`` in the
+        table of docs/module-abi.md is billed ``max_gas``.
         Never raises for anything the guest does: traps, fuel exhaustion, memory exhaustion and
         out-of-range results come back as a failed CallResult (OUT_OF_GAS, MEMORY_LIMIT, TRAP,
         OUTPUT_TOO_LARGE, INVALID_OUTPUT). Raises ValueError if ``entry`` is not exported or
@@ -422,18 +430,26 @@ class Sandbox:
                 abi.MEMORY_LIMIT, 0,
                 f"module declares {compiled.min_memory_bytes} bytes of initial memory; the limit is {limits.max_mem_bytes}",
             )
+        pages = compiled.min_memory_bytes // WASM_PAGE
+        upfront = fixed_call_gas(len(input_bytes), pages)
+        if upfront > limits.max_gas:
+            return _fail(abi.OUT_OF_GAS, limits.max_gas,
+                         f"the call's fixed charge is {upfront} ({len(input_bytes)} input bytes, {pages} initial pages); "
+                         f"max_gas is {limits.max_gas}")
         with self._slots:
             store = _store_new(self._engine_ptr, None, _NO_FINALIZER)
             try:
-                return self._run(store, compiled, entry, input_bytes, limits)
+                return self._run(store, compiled, entry, input_bytes, limits, upfront, pages)
             finally:
                 _store_delete(store)
 
-    def _run(self, store: _StorePtr, compiled: CompiledModule, entry: str, input_bytes: bytes, limits: ModuleLimits) -> CallResult:
+    def _run(self, store: _StorePtr, compiled: CompiledModule, entry: str, input_bytes: bytes, limits: ModuleLimits,
+             upfront: int, pages: int) -> CallResult:
         max_gas = limits.max_gas
+        fuel = max_gas - upfront
         ctx = _store_context(store)
         _store_limiter(store, limits.max_mem_bytes, MAX_TABLE_ELEMENTS, 1, MAX_TABLES, 1)
-        err = _set_fuel(ctx, max_gas)
+        err = _set_fuel(ctx, fuel)
         if err:
             raise wasmtime.WasmtimeError._from_ptr(err)
         inst = _Instance()
@@ -460,10 +476,12 @@ class Sandbox:
         ptr = args[0].i32 & _MASK32
         size = _memory_size(ctx, memory)
         if ptr + n > size:
+            gas = _total(ctx, fuel, upfront, size, pages, 0)
+            if gas > max_gas:
+                return _over_budget(gas, max_gas, "alloc")
             if size + WASM_PAGE > limits.max_mem_bytes:
-                return _fail(abi.MEMORY_LIMIT, _used(ctx, max_gas),
-                             f"no room for the {n}-byte input within {limits.max_mem_bytes} bytes of memory")
-            return _fail(abi.INVALID_OUTPUT, _used(ctx, max_gas), f"alloc({n}) returned {ptr}, outside the {size}-byte memory")
+                return _fail(abi.MEMORY_LIMIT, gas, f"no room for the {n}-byte input within {limits.max_mem_bytes} bytes of memory")
+            return _fail(abi.INVALID_OUTPUT, gas, f"alloc({n}) returned {ptr}, outside the {size}-byte memory")
         if n:
             ctypes.memmove(ctypes.addressof(_memory_data(ctx, memory).contents) + ptr, input_bytes, n)
         args[0].i32 = ptr
@@ -472,16 +490,19 @@ class Sandbox:
         if trap or err:
             return self._call_failure(trap, err, ctx, memory, limits, entry)
         packed = args[0].i64 & _MASK64
-        gas_used = _used(ctx, max_gas)
         out_ptr, out_len = packed >> 32, packed & _MASK32
-        if out_len > limits.max_output_bytes:
-            return _fail(abi.OUTPUT_TOO_LARGE, gas_used, f"output is {out_len} bytes; the limit is {limits.max_output_bytes}")
         size = _memory_size(ctx, memory)
+        readable = out_len <= limits.max_output_bytes and out_ptr + out_len <= size
+        gas = _total(ctx, fuel, upfront, size, pages, out_len if readable else 0)
+        if gas > max_gas:
+            return _over_budget(gas, max_gas, entry)
+        if out_len > limits.max_output_bytes:
+            return _fail(abi.OUTPUT_TOO_LARGE, gas, f"output is {out_len} bytes; the limit is {limits.max_output_bytes}")
         if out_ptr + out_len > size:
-            return _fail(abi.INVALID_OUTPUT, gas_used,
+            return _fail(abi.INVALID_OUTPUT, gas,
                          f"{entry} returned the range [{out_ptr}, {out_ptr + out_len}) outside the {size}-byte memory")
         output = ctypes.string_at(ctypes.addressof(_memory_data(ctx, memory).contents) + out_ptr, out_len) if out_len else b""
-        return CallResult(ok=True, output=output, gas_used=gas_used)
+        return CallResult(ok=True, output=output, gas_used=gas)
 
     def _call_failure(self, trap: _TrapPtrT, err: _ErrorPtr, ctx: _ContextPtr, memory: _MemoryRef,
                       limits: ModuleLimits, stage: str) -> CallResult:
@@ -522,10 +543,23 @@ def _require_func(exports: dict, name: str, params: list[str], results: list[str
         )
 
 
-def _used(ctx: _ContextPtr, max_gas: int) -> int:
+def fixed_call_gas(input_len: int, initial_pages: int) -> int:
+    """Return the gas charged before a call runs: ``abi.CALL_BASE_GAS`` + ``abi.INPUT_BYTE_GAS`` per
+    input byte + ``abi.MEMORY_PAGE_GAS`` per initial 64 KiB page of the module's memory."""
+    return abi.CALL_BASE_GAS + abi.INPUT_BYTE_GAS * input_len + abi.MEMORY_PAGE_GAS * initial_pages
+
+
+def _total(ctx: _ContextPtr, fuel: int, upfront: int, memory_size: int, initial_pages: int, out_len: int) -> int:
+    """Return gas_used: the fixed charge, the engine fuel used, the pages grown and the output bytes."""
     left = ctypes.c_uint64()
     _get_fuel(ctx, byref(left))
-    return max_gas - left.value
+    grown = max(0, memory_size // WASM_PAGE - initial_pages)
+    return upfront + (fuel - left.value) + abi.MEMORY_PAGE_GAS * grown + abi.OUTPUT_BYTE_GAS * out_len
+
+
+def _over_budget(gas: int, max_gas: int, stage: str) -> CallResult:
+    return _fail(abi.OUT_OF_GAS, max_gas,
+                 f"{stage} needs {gas} units of gas with the memory and output charges; max_gas is {max_gas}")
 
 
 def _fail(code: str, gas_used: int, detail: str) -> CallResult:
