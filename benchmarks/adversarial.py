@@ -174,12 +174,11 @@ def _block_world(wasm: bytes, max_gas: int):
             raise RuntimeError(f"setup action rejected: {events[-1].data}")
 
     instances = abi.BLOCK_MODULE_GAS_BUDGET // max_gas
-    world = World.from_genesis("adv", WorldParams(initial_electricity=10**12, initial_data=10**12))
+    owners = [AgentSigner.from_seed(f"o{a}", a.to_bytes(32, "big"), "adv") for a in range((instances + 31) // 32)]
+    world = World.from_genesis("adv", WorldParams(), agents=[o.genesis_agent(10**12, 10**12) for o in owners])
     world.begin_block(1, 1)
     limits = ModuleLimits(max_mem_bytes=16 << 20, max_gas=max_gas, max_output_bytes=1024)
-    for a in range((instances + 31) // 32):
-        owner = AgentSigner.from_seed(f"o{a}", a.to_bytes(32, "big"), "adv")
-        run(owner.register())
+    for a, owner in enumerate(owners):
         copy = wasm + wasm_gen.section(0, wasm_gen.name("copy") + a.to_bytes(4, "big"))
         manifest = ModuleManifest(module_id=f"worst{a}", version="1.0.0",
                                   subscriptions=[Subscription(kind="tick", stage="tick")], limits=limits)

@@ -241,8 +241,8 @@ def test_gas_fee_follows_the_fuel_used():
 
 def test_a_call_starts_only_if_the_payer_can_pay_its_worst_case_gas():
     price = 1_000_000  # one data per fuel
-    max_gas = 5_000
-    w, alice, bob = setup(1000, 100_000, gas_price_per_mfuel=price)
+    max_gas = 50_000  # above the fixed per-call charge (abi.CALL_BASE_GAS)
+    w, alice, bob = setup(1000, 1_000_000, gas_price_per_mfuel=price)
     install(w, alice, burn_module(0), manifest("cheap", max_gas=max_gas))
     events = act(w, bob.sign(HarvestRadiation()))
     [charged] = [e.data for e in events if e.kind == "module.runtime_charged"]

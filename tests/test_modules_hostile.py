@@ -25,12 +25,20 @@ def hostile(name: str) -> bytes:
     return wat_to_wasm((EXAMPLES / f"hostile_{name}.wat").read_text())
 
 
-def new_world() -> tuple[World, AgentSigner]:
-    w = World.from_genesis(CHAIN, WorldParams(grid_size=100, initial_data=1000, initial_electricity=1000))
+ALICE_SEED = b"\x01" * 32
+
+
+def alice_world(params: WorldParams | None = None, **kwargs) -> tuple[World, AgentSigner]:
+    """A world (block 1 open) whose genesis agent alice holds 1000 electricity and 1000 data."""
+    alice = AgentSigner.from_seed("alice", ALICE_SEED, CHAIN)
+    w = World.from_genesis(CHAIN, params or WorldParams(grid_size=100), agents=[alice.genesis_agent(1000, 1000)],
+                           **kwargs)
     w.begin_block(1, 1_000)
-    alice = AgentSigner.from_seed("alice", b"\x01" * 32, CHAIN)
-    apply(w, alice.register())
     return w, alice
+
+
+def new_world() -> tuple[World, AgentSigner]:
+    return alice_world()
 
 
 def run_tick_module(name: str, **limits) -> tuple[World, AgentSigner, str, dict]:
@@ -106,9 +114,12 @@ def test_host_function_import_is_rejected_at_deploy():
 @pytest.mark.parametrize("blob", [b"", b"\x00asm", b"\x00asm\x01\x00\x00\x00\xff\xff", b"MZ\x90\x00" * 64, b"\x00asm\x02\x00\x00\x00"])
 def test_malformed_bytes_are_rejected_at_deploy(blob):
     w, alice = new_world()
-    reason = rejection(deploy(w, alice, blob, manifest("junk", subs=TICK)))
+    [rejected] = deploy(w, alice, blob, manifest("junk", subs=TICK))
+    reason = rejection([rejected])
     assert reason.startswith("not a valid WebAssembly module:"), reason
-    assert w.module_status()["artifacts"] == [] and w.get_agent("alice").electricity == 1000  # no fee taken
+    fee = rejected.data["fee"]  # paid before validation: the bytes cost every validator work
+    assert fee >= 1 + WorldParams().module_deploy_fee
+    assert w.module_status()["artifacts"] == [] and w.get_agent("alice").electricity == 1000 - fee
     assert_world_carries_on(w, alice)
 
 
@@ -150,14 +161,12 @@ def test_load_failure_is_recorded_and_the_world_continues():
             return super().compile(wasm, wasm_hash)
 
     sandbox = RefusingSandbox()
-    w = World.from_genesis(CHAIN, WorldParams(initial_data=1000), sandbox=sandbox)
-    w.begin_block(1, 1_000)
-    alice = AgentSigner.from_seed("alice", b"\x01" * 32, CHAIN)
-    apply(w, alice.register())
+    w, alice = alice_world(WorldParams(), sandbox=sandbox)
     wasm = hostile("rate")
     deploy_and_install(w, alice, wasm, manifest("loadfail", subs=TICK))
     sandbox.refuse.add(sha256(wasm).hex())
-    load_failed, call_failed = w.step_with_modules()
+    load_failed, call_failed, charged = w.step_with_modules()
+    assert charged.kind == "module.runtime_charged" and charged.data["electricity_fee_amount"] == 1  # not free
     assert load_failed.kind == "module.load_failed"
     assert load_failed.data["wasm_hash"] == sha256(wasm).hex() and "engine refused" in load_failed.data["reason"]
     assert call_failed.kind == "module.call_failed" and call_failed.data["code"] == "LOAD_FAILED"
@@ -168,12 +177,7 @@ def test_the_worlds_module_limits_max_caps_a_generous_manifest():
     """A manifest asking for 10 M fuel runs under the world's genesis cap of 200 k fuel."""
     from agent_world_runtime.modules.manifest import ModuleLimitsMax
 
-    params = WorldParams(grid_size=100, initial_data=1000, initial_electricity=1000,
-                         module_limits_max=ModuleLimitsMax(max_gas=200_000))
-    w = World.from_genesis(CHAIN, params)
-    w.begin_block(1, 1_000)
-    alice = AgentSigner.from_seed("alice", b"\x01" * 32, CHAIN)
-    apply(w, alice.register())
+    w, alice = alice_world(WorldParams(grid_size=100, module_limits_max=ModuleLimitsMax(max_gas=200_000)))
     deploy_and_install(w, alice, hostile("loop"), manifest("hostile_loop", subs=TICK, max_gas=10_000_000))
     [failed] = tick(w)
     assert failed.kind == "module.call_failed"
@@ -185,10 +189,15 @@ def test_compile_time_bomb_is_rejected_at_deploy_with_the_limit_named():
     from benchmarks.wasm_gen import bomb
 
     w, alice = new_world()
-    reason = rejection(deploy(w, alice, bomb("nest_loop", 20_000), manifest("bomb", subs=TICK)))
-    assert reason == ("module exceeds MAX_NESTING_DEPTH: control nesting depth in function 2 is 257, the limit is 256; "
-                      "flatten the control flow or split the function")
-    assert w.module_status()["artifacts"] == [] and w.get_agent("alice").electricity == 1000  # no fee taken
+    wasm = bomb("nest_loop", 20_000)
+    [rejected] = deploy(w, alice, wasm, manifest("bomb", subs=TICK))
+    assert rejection([rejected]) == (
+        "module exceeds MAX_NESTING_DEPTH: control nesting depth in function 2 is 257, the limit is 256; "
+        "flatten the control flow or split the function")
+    # the sender paid for every byte before the check ran: resending costs the fee again
+    fee = rejected.data["fee"]
+    assert fee >= len(wasm) // 1024 + WorldParams().module_deploy_fee
+    assert w.module_status()["artifacts"] == [] and w.get_agent("alice").electricity == 1000 - fee
     assert_world_carries_on(w, alice)
 
 

@@ -55,7 +55,7 @@ class ModuleLimitsMax(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     capped again by the engine's own hard limits in the sandbox."""
 
     max_mem_bytes: int = 16 << 20
-    max_gas: int = 50_000_000
+    max_gas: int = 20_000_000
     max_call_rate: int = 10_000
     max_output_bytes: int = 256 * 1024
     max_effects: int = 64
