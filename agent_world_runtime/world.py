@@ -111,10 +111,12 @@ def _genesis_agent(state: WorldState, agent: GenesisAgent) -> AgentRecord:
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_BALANCE:
             raise ValueError(f"{name}: {field} must be an integer in 0..{MAX_BALANCE}, got {value!r}")
     try:
-        check_position(state, tuple(agent.position))  # type: ignore[arg-type]
-    except (Rejected, TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: {exc}") from None
-    x, y, z = agent.position
+        x, y, z = agent.position
+        check_position(state, (x, y, z))
+    except Rejected as exc:
+        raise ValueError(f"{name}: {exc.reason}") from None
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: position must be three integers [x, y, z]") from None
     return AgentRecord(agent_id=agent.agent_id, public_key=key, position=(x, y, z), electricity=agent.electricity,
                        data=agent.data, last_nonce=0, registered_at=0)
 
@@ -230,19 +232,21 @@ class World:
 
     def collect_fees(self, actions: Sequence[tuple[SignedAction, bytes, int]]) -> None:
         """Take the fees of the open block's actions ``(signed, action_id, payload_bytes)``, in
-        block order, before any of them runs: each action the ``BlockPlan`` admits pays its fee
-        now; ``apply_action`` then rejects, unpaid, every action of the block that did not (a
-        block valid(v) accepts has none). Raises RuntimeError when no block is open or fees were
-        already collected for it."""
+        block order, before any of them runs: each action the ``BlockPlan`` admits (against the
+        balances before the block) pays its fee now; ``apply_action`` then rejects, unpaid, every
+        action of the block that did not (a block valid(v) accepts has none), and refunds the fee
+        of one whose signature it then finds bad (the node verifies signatures before; this only
+        guards direct callers). Raises RuntimeError when no block is open or fees were already
+        collected for it."""
         self._require_block()
         if self._prepaid is not None:
             raise RuntimeError("fees were already collected for this block")
-        plan = BlockPlan(self._state)
-        prepaid: dict[bytes, int] = {}
-        for signed, action_id, payload_bytes in actions:
-            if plan.admit(signed, payload_bytes) is None:
-                prepaid[action_id] = self._take_fee(signed.body.agent_id, self.action_fee(signed, payload_bytes))
-        self._prepaid = prepaid
+        plan = BlockPlan(self._state)  # judged against the balances before the block: plan all, then take
+        admitted = [(s, a, n) for s, a, n in actions if plan.admit(s, n) is None]
+        self._prepaid = {
+            action_id: self._take_fee(signed.body.agent_id, self.action_fee(signed, payload_bytes))
+            for signed, action_id, payload_bytes in admitted
+        }
 
     def _take_fee(self, agent_id: str, fee: int) -> int:
         agent = self._state.agents[agent_id]
@@ -283,6 +287,10 @@ class World:
         kind = action_kind(body.action)
         refusal = admission_refusal(self._state, signed, check_signature=not signature_checked)
         fee = 0
+        if refusal is not None and self._prepaid is not None and action_id in self._prepaid:
+            refund = self._prepaid.pop(action_id)  # collected for an action that fails admission now
+            agent = self._state.agents[body.agent_id]
+            self._state.put_agent(msgspec.structs.replace(agent, electricity=agent.electricity + refund))
         if refusal is None:
             paid = self._pay(signed, action_id, payload_bytes)
             if isinstance(paid, Refusal):

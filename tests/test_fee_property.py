@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -41,7 +40,6 @@ from agent_world_runtime.actions import (
 from agent_world_runtime.admission import RefusalCode, payload_size
 from agent_world_runtime.crypto import SigningKey
 from agent_world_runtime.params import GenesisAgent, WorldParams
-from tests.test_runtime_fees import COLLECT_FEES_BUG
 
 CHAIN = "fee-prop-chain"
 #: fee_per_kib=16 makes payload size matter (a 100-byte action pays 2 for its bytes, a 300-byte one 5).
@@ -227,7 +225,6 @@ def simulate(run: list[tuple]) -> tuple[list[list[Entry]], list[tuple[bytes, byt
     return blocks, roots, world, counts
 
 
-@pytest.mark.xfail(strict=True, reason=COLLECT_FEES_BUG)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(run=runs)
 def test_node_built_blocks_pay_exact_fees_and_replay_identically(run):

@@ -427,16 +427,9 @@ def test_a_plan_refused_action_is_rejected_unpaid_with_its_nonce_unused(world, a
     assert electricity(world, "poor") == before - event.data["fee"] - 1
 
 
-COLLECT_FEES_BUG = (
-    "World.collect_fees runs its BlockPlan over the live state while taking each fee, so the balance an action "
-    "is checked against already lacks the earlier fees it also counts as owed: an agent that can pay all its "
-    "fees from its balance before the block (as BlockPlan, hence valid(v), says) has its later actions rejected "
-    "unpaid. Fix: plan every action first, then take the admitted fees."
-)
-
-
-@pytest.mark.xfail(strict=True, reason=COLLECT_FEES_BUG)
 def test_collect_fees_charges_every_action_the_plan_admitted(world):
+    """The plan judges every action against the balances before the block, then the fees are taken
+    (judging each against a balance already reduced by the earlier fees would count them twice)."""
     poor = signer("poor", 5)
     harvest, move = poor.sign(HarvestRadiation()), poor.sign(MoveAgent(to=(0, 0, 1)))
     fees = world.action_fee(harvest) + world.action_fee(move)
@@ -642,3 +635,25 @@ def test_module_emit_kind_with_a_trailing_newline_fails_the_call(world, alice):
     assert len(failed) == 1 and failed[0]["code"] == "INVALID_OUTPUT"
     assert "emit 0 has invalid kind 'seen\\n'" in failed[0]["detail"]
     assert not [e for e in events if e.kind == "module.emitted"]
+
+
+def test_a_collected_fee_of_an_action_whose_signature_is_bad_is_refunded(world, alice):
+    """collect_fees does not verify signatures (the node did before); apply_action does when asked,
+    and gives back what was collected for a forged action."""
+    world.end_block()
+    forged = msgspec.structs.replace(alice.sign(HarvestRadiation()), signature=bytes(64))
+    world.begin_block(2, 2_000)
+    world.collect_fees([entry(forged)])
+    assert electricity(world, "alice") == 100 - world.action_fee(forged)
+    [rejected] = world.apply_action(forged, compute_action_id(forged))
+    assert rejected.kind == "domain.action_rejected" and "bad signature" in rejected.data["reason"]
+    assert rejected.data["fee"] == 0 and electricity(world, "alice") == 100
+    assert world.get_agent("alice").last_nonce == 0
+
+
+def test_a_genesis_agent_with_a_short_position_is_named_in_the_error():
+    from agent_world_runtime.params import GenesisAgent
+
+    bad = GenesisAgent(agent_id="short", public_key="00" * 32, position=(1, 2))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="genesis agent 'short': position must be three integers"):
+        World.from_genesis(CHAIN, PARAMS, agents=[bad])
