@@ -583,7 +583,7 @@ class AgentRuntime:
             electricity, data = self.endowment
             create = CreateAgent(agent_id=agent.agent_id, public_key=agent.key.public_key, position=position,
                                  electricity=electricity, data=data)
-            if not await self.submit(agent, sponsor.agent_id, create):
+            if not await self.submit(sponsor, sponsor.agent_id, create):  # one node: its nonces in order
                 failures += 1
                 await trio.sleep(min(30.0, self.poll_interval_s * 2**failures))
                 continue
