@@ -1,5 +1,5 @@
 """The agent runtime against an in-process single-validator node (tests/node_harness.py): keys
-created and reused, registration, nonces, 503 retries with a tiny mempool, memory entries with
+created and reused, agents created by a sponsor (the harness bank) or present from genesis, nonces, 503 retries with a tiny mempool, memory entries with
 their committed outcomes, a decision signed by another controlled agent, and the scripted
 builder reaching an installed and then upgraded module."""
 
@@ -14,14 +14,26 @@ import trio
 import wasmtime
 
 from agent_world_agents.decision import CompileModule, Wait
-from agent_world_agents.runtime import AgentRuntime, Memory, Observation, RuntimeStats, agent_id_for, event_mentions
+from agent_world_agents.runtime import (
+    AgentRuntime,
+    Memory,
+    Observation,
+    RuntimeStats,
+    agent_id_for,
+    event_mentions,
+    load_or_create_agent_key,
+)
 from agent_world_agents.scripted import ModuleBuilder, ScriptedPopulation, default_modules_dir
-from agent_world_client.client import NodeClient
+from agent_world_client.client import AgentKey, NodeClient
+from agent_world_runtime.crypto import SigningKey
+from agent_world_runtime.signer import AgentSigner
 
-from .node_harness import running_node, single_validator_home
+from .node_harness import BANK_ID, BANK_SEED, running_node, single_validator_home
 
 CHAIN = "runtime-test"
 SEED = 5
+#: The harness bank as the runtime's sponsor: it creates, and pays for, the agents that do not exist.
+SPONSOR = AgentKey(SigningKey(BANK_SEED), BANK_ID)
 
 
 class CrossSigner:
@@ -86,7 +98,8 @@ def test_runtime_lifecycle_against_a_node(tmp_path):
 
             stats = RuntimeStats()
             runtime = AgentRuntime(base, agents=6, policy_factory=factory, key_dir=key_dir, seed=SEED,
-                                   agent_prefix="rt", turn_s=0.05, poll_interval_s=0.2, memory_size=500, stats=stats)
+                                   agent_prefix="rt", turn_s=0.05, poll_interval_s=0.2, memory_size=500, stats=stats,
+                                   sponsor=SPONSOR)
             builder: ModuleBuilder = population.builder_policy
             expected_v2 = v2_hash()
 
@@ -104,13 +117,19 @@ def test_runtime_lifecycle_against_a_node(tmp_path):
                 modules = await client.modules()
                 records = {a: await client.agent(a) for a in ids}
 
-            # Keys: one file per agent, registered with that key.
+            # Keys: one file per agent, created on chain with that key.
             files = {p.stem: json.loads(p.read_text()) for p in key_dir.iterdir()}
             assert set(files) == set(ids)
             for a in ids:
                 assert records[a]["public_key"] == files[a]["public_key"]
-            # (a registration the busy node never took is submitted again)
-            assert stats.agents_registered == 6 and stats.by_kind["register_agent"] >= 6
+            # The sponsor signed every creation (a creation the busy node never took is submitted
+            # again), with its own nonces, and paid for them.
+            assert stats.agents_registered == 6 and stats.by_kind["create_agent"] >= 6
+            assert "no_sponsor" not in stats.rejected
+            async with NodeClient(base) as client:
+                bank = await client.agent(BANK_ID)
+            assert bank["last_nonce"] >= 6
+            assert runtime.sponsor is not None and runtime.sponsor.next_nonce > bank["last_nonce"]
 
             # The tiny mempool answered 503 and the runtime waited the hint and retried.
             assert stats.retried_503 > 0
@@ -123,7 +142,9 @@ def test_runtime_lifecycle_against_a_node(tmp_path):
             assert builder.wasm_hash != expected_v2 and builder.wasm_hash is not None
             # Memory: every builder action entry names its signer, nonce and outcome; the module
             # steps were seen committed, in order (a step the busy node did not take is repeated).
-            module_entries = [e for e in runtime.memory_of(builder_id).recent(500) if e["kind"] != "harvest_radiation"]
+            # (between module steps the builder harvests, or waits while the harvest interval runs)
+            module_entries = [e for e in runtime.memory_of(builder_id).recent(500)
+                              if e["kind"] not in ("harvest_radiation", "wait")]
             assert all(e["signer"] == builder_id and "nonce" in e and "outcome" in e for e in module_entries)
             committed = [e for e in module_entries if e["outcome"] == "committed"]
             assert [e["kind"] for e in committed] == ["compile_module_artifact_from_source", "install_module_from_artifact",
@@ -146,14 +167,16 @@ def test_runtime_lifecycle_against_a_node(tmp_path):
             assert last.recent_events and all(event_mentions(e, cross_id) for e in last.recent_events)
             assert last.modules is not None and last.height > 0
 
-            # Second run with the same keys: no new registration, nonces continue past the first run.
+            # Second run with the same keys: no new creation, nonces continue past the first run.
             first_last = dict((a, r["last_nonce"]) for a, r in records.items())
             stats2 = RuntimeStats()
             runtime2 = AgentRuntime(base, agents=6, policy_factory=ScriptedPopulation(SEED), key_dir=key_dir,
-                                    seed=SEED, agent_prefix="rt", turn_s=0.05, poll_interval_s=0.2, stats=stats2)
+                                    seed=SEED, agent_prefix="rt", turn_s=0.05, poll_interval_s=0.2, stats=stats2,
+                                    sponsor=SPONSOR)
             await run_until(runtime2, lambda: stats2.committed >= 6, 60)
             assert json.loads((key_dir / f"{builder_id}.json").read_text()) == files[builder_id]
-            assert "register_agent" not in stats2.by_kind and "nonce_replayed" not in stats2.rejected
+            assert stats2.agents_registered == 6
+            assert "create_agent" not in stats2.by_kind and "nonce_replayed" not in stats2.rejected
             async with NodeClient(base) as client:
                 for a in ids:
                     for e in runtime2.memory_of(a).recent(500):
@@ -185,13 +208,44 @@ def test_policy_errors_and_invalid_decisions_are_remembered_not_raised(tmp_path)
             base = f"http://{node.config.rpc.listen}"
             policy = Broken()
             runtime = AgentRuntime(base, agents=1, policy_factory=lambda i, a: policy, key_dir=tmp_path / "k",
-                                   turn_s=0.01, poll_interval_s=0.05)
+                                   turn_s=0.01, poll_interval_s=0.05, sponsor=SPONSOR)
             await run_until(runtime, lambda: policy.turns >= 6, 30)
             entries = runtime.memory_of(agent_id_for(0, 0)).recent(500)
             assert {e["outcome"] for e in entries} == {"policy_error", "invalid"}
             assert any("stranger" in e["reason"] for e in entries if e["outcome"] == "invalid")
             assert runtime.stats.decision_errors >= 5
-            assert runtime.stats.by_kind == {"register_agent": 1}
+            assert runtime.stats.by_kind == {"create_agent": 1}
+
+    trio.run(main)
+
+
+def test_without_a_sponsor_only_agents_that_exist_run(tmp_path):
+    """Agent 0 exists from genesis and runs without a sponsor; agent 1 does not exist: with no
+    sponsor to create it, it is counted as ``no_sponsor`` and never decides."""
+    key_dir = tmp_path / "k"
+    present, missing = agent_id_for(0, 0), agent_id_for(0, 1)
+    signer = AgentSigner(present, load_or_create_agent_key(key_dir, present), CHAIN)
+    home = single_validator_home(tmp_path / "solo", chain_id=CHAIN,
+                                 agents=[signer.genesis_agent(electricity=1000, data=1000)])
+    turns = {present: 0, missing: 0}
+
+    class Count:
+        def __init__(self, agent_id):
+            self.agent_id = agent_id
+
+        async def decide(self, obs, memory):
+            turns[self.agent_id] += 1
+            return Wait()
+
+    async def main():
+        async with running_node(home) as node:
+            base = f"http://{node.config.rpc.listen}"
+            runtime = AgentRuntime(base, agents=2, policy_factory=lambda i, a: Count(a), key_dir=key_dir,
+                                   turn_s=0.01, poll_interval_s=0.05)
+            await run_until(runtime, lambda: turns[present] >= 3 and runtime.stats.rejected.get("no_sponsor"), 30)
+            assert runtime.stats.agents_registered == 1 and runtime.stats.rejected == {"no_sponsor": 1}
+            assert turns[missing] == 0 and runtime.stats.submitted == 0
+            assert node.world.get_agent(missing) is None
 
     trio.run(main)
 

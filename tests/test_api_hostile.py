@@ -15,11 +15,12 @@ from collections import Counter
 import httpx
 import trio
 
-from agent_world_runtime.actions import MoveAgent, RegisterAgent, TransferResource, sign_action
+from agent_world_runtime.actions import CreateAgent, MoveAgent, TransferResource, sign_action
 from agent_world_runtime.codec import encode_json
 from agent_world_runtime.crypto import SigningKey
+from agent_world_runtime.signer import AgentSigner
 
-from .node_harness import running_node, single_validator_home
+from .node_harness import bank_signer, running_node, single_validator_home
 
 CHAIN = "hostile-api"
 RUN_LIMIT_S = 30
@@ -65,11 +66,14 @@ async def _wait_for(predicate, timeout_s: float = 15.0):
 
 
 def test_hostile_http_client_gets_clear_4xx_and_the_node_keeps_committing(tmp_path):
-    home = single_validator_home(tmp_path / "solo", chain_id=CHAIN)
+    pauper = AgentSigner("pauper", SigningKey(b"p" * 32), CHAIN)
+    # a genesis agent whose electricity (1) is below the cheapest fee (2)
+    home = single_validator_home(tmp_path / "solo", chain_id=CHAIN, agents=[pauper.genesis_agent(electricity=1)])
     ANSWERED.clear()
     alice = SigningKey(b"a" * 32)
     bob = SigningKey(b"b" * 32)
     mallory = SigningKey(b"m" * 32)
+    bank = bank_signer(CHAIN)
 
     async def main():
         with trio.fail_after(RUN_LIMIT_S):
@@ -80,15 +84,24 @@ def test_hostile_http_client_gets_clear_4xx_and_the_node_keeps_committing(tmp_pa
     async def _scenario(node, c: httpx.AsyncClient):
         post = lambda content, headers=JSON: c.post("/v1/actions", content=content, headers=headers)  # noqa: E731
 
-        # Two agents registered and committed first, so the later actions reach the world checks.
-        for nonce, (name, key) in enumerate((("alice", alice), ("bob", bob)), start=1):
-            r = await post(encode_json(sign_action(key, CHAIN, name, nonce, RegisterAgent(key.public_key))))
+        # Two agents created by the genesis bank and committed first, so the later actions reach the
+        # world checks.
+        for name, key in (("alice", alice), ("bob", bob)):
+            r = await post(encode_json(bank.create_agent(AgentSigner(name, key, CHAIN), electricity=1000, data=100)))
             assert r.status_code == 202, r.text
 
-        async def both_registered():
+        async def both_created():
             return [(await c.get(f"/v1/agents/{n}")).status_code for n in ("alice", "bob")] == [200, 200]
 
-        await _wait_for(both_registered)
+        await _wait_for(both_created)
+        # alice moves once (nonce 1), so nonce 1 is committed and can be replayed below
+        r = await post(encode_json(sign_action(alice, CHAIN, "alice", 1, MoveAgent(to=(0, 1, 0)))))
+        assert r.status_code == 202, r.text
+
+        async def alice_moved():
+            return (await c.get("/v1/agents/alice")).json()["last_nonce"] == 1
+
+        await _wait_for(alice_moved)
         metrics_before = (await c.get("/metrics")).text
         bob_electricity = (await c.get("/v1/agents/bob")).json()["electricity"]
         height_before = node.height
@@ -185,17 +198,32 @@ def test_hostile_http_client_gets_clear_4xx_and_the_node_keeps_committing(tmp_pa
         doc = _doc(good_transfer)
         doc["body"]["action"]["amount"] = 1000
         _assert_error(await post(_body(doc)), 400, "bad_signature")
-        short_key = sign_action(mallory, CHAIN, "mallory", 1, RegisterAgent(b"\x02" * 31))
+        bank_key = bank.key
+        next_bank = (await c.get("/v1/agents/bank")).json()["last_nonce"] + 1
+        short_key = sign_action(bank_key, CHAIN, "bank", next_bank, CreateAgent("mallory", b"\x02" * 31))
         _assert_error(await post(encode_json(short_key)), 400, "malformed", "public_key must be 32 bytes")
-        # replay of alice's committed registration nonce
+        for electricity, data in ((-1, 0), (0, -5), (2**63, 0)):
+            endowment = sign_action(bank_key, CHAIN, "bank", next_bank,
+                                    CreateAgent("mallory", mallory.public_key, electricity=electricity, data=data))
+            _assert_error(await post(encode_json(endowment)), 400, "malformed", "electricity and data must be integers")
+        # an agent that does not exist cannot sign anything, not even its own creation
+        self_made = sign_action(mallory, CHAIN, "mallory", 1, CreateAgent("mallory", mallory.public_key))
+        _assert_error(await post(encode_json(self_made)), 400, "unknown_agent", "create_agent")
+        # replay of alice's committed nonce
         replay = sign_action(alice, CHAIN, "alice", 1, MoveAgent(to=(1, 0, 0)))
         _assert_error(await post(encode_json(replay)), 400, "nonce_replayed", "use a nonce above")
-        for garbage in ("\x00\xff\u202e", "Z" * 5000, "../../etc/passwd", ""):
-            signed = sign_action(mallory, CHAIN, garbage, 1, RegisterAgent(mallory.public_key))
-            error = _assert_error(await post(encode_json(signed)), 400, "bad_agent_id", "invalid agent id", "use 1-64 characters")
+        for garbage in ("\x00\xff\u202e", "Z" * 5000, "../../etc/passwd", "", "alice\n", "Alice"):
+            signed = sign_action(bank_key, CHAIN, "bank", next_bank, CreateAgent(garbage, mallory.public_key))
+            error = _assert_error(await post(encode_json(signed)), 400, "malformed", "body.action.agent_id",
+                                  "is not a valid agent id", "use 1-64 characters")
             assert len(error) < 400, "the error echoes a huge agent id back"
             signed = sign_action(mallory, CHAIN, garbage, 1, MoveAgent(to=(1, 0, 0)))
-            _assert_error(await post(encode_json(signed)), 400, "unknown_agent", "register it first")
+            error = _assert_error(await post(encode_json(signed)), 400, "malformed", "body.agent_id",
+                                  "is not a valid agent id")
+            assert len(error) < 400, "the error echoes a huge agent id back"
+        # "alice\n" is not alice: not even alice's own key may sign as it
+        newline = sign_action(alice, CHAIN, "alice\n", 2, MoveAgent(to=(1, 0, 0)))
+        _assert_error(await post(encode_json(newline)), 400, "malformed", "'alice\\n' is not a valid agent id")
 
         # -- routes, methods, path and query parameters ---------------------------------------------
         _assert_error(await c.get("/v1/nothing"), 404, "not_found", "/v1/nothing", "/v1/status")
@@ -207,7 +235,7 @@ def test_hostile_http_client_gets_clear_4xx_and_the_node_keeps_committing(tmp_pa
             _assert_error(await c.get(f"/v1/blocks/{bad}"), 400, "bad_height", "0..9223372036854775807")
             _assert_error(await c.get(f"/v1/execution/{bad}"), 400, "bad_height")
         _assert_error(await c.get("/v1/blocks/9223372036854775807"), 404, "not_found")
-        _assert_error(await c.get("/v1/agents/" + "q" * 5000), 404, "unknown_agent", "register_agent")
+        _assert_error(await c.get("/v1/agents/" + "q" * 5000), 404, "unknown_agent", "create_agent")
         assert len((await c.get("/v1/agents/" + "q" * 5000)).text) < 400
         for params in ({"limit": "abc"}, {"limit": "0"}, {"limit": "100000"}, {"from_seq": "-1"},
                        {"from_seq": "1e9"}, {"from_seq": str(10**30)}):
@@ -249,5 +277,33 @@ def test_hostile_http_client_gets_clear_4xx_and_the_node_keeps_committing(tmp_pa
         assert node.height > height_before
         status = (await c.get("/v1/status")).json()
         assert status["execution_height"] == status["height"] >= height_before + 1
+
+        # -- fees: a signer that cannot pay is refused before anything is pooled, told what to do ----
+        broke = sign_action(pauper.key, CHAIN, "pauper", 1, MoveAgent(to=(1, 0, 0)))
+        _assert_error(await post(encode_json(broke)), 400, "insufficient_fee", "the fee of this action is 2",
+                      "'pauper' has 1", "receive a transfer first")
+        # ... and doing what the message says works: once alice gives it electricity, the same action
+        # is accepted
+        gift = sign_action(alice, CHAIN, "alice", 6, TransferResource(to="pauper", kind="electricity", amount=10))
+        assert (await post(encode_json(gift))).status_code == 202
+
+        async def pauper_paid():
+            return (await c.get("/v1/agents/pauper")).json()["electricity"] == 11
+
+        await _wait_for(pauper_paid)
+        assert (await post(encode_json(broke))).status_code == 202
+        # the fees of a signer's pending actions count: bob has about 1000 electricity, and a flood of
+        # 600 transfers of 1 would owe 1200 in fees alone. Whatever commits meanwhile (3 electricity
+        # per transfer), the node admits at most 500 of them and refuses the rest, then anything else
+        # from bob.
+        codes: Counter[str] = Counter()
+        for nonce in range(1, 601):
+            flood = sign_action(bob, CHAIN, "bob", nonce, TransferResource(to="alice", kind="electricity", amount=1))
+            r = await post(encode_json(flood))
+            codes["accepted" if r.status_code == 202 else r.json()["code"]] += 1
+        assert codes["insufficient_fee"] > 0 and codes["accepted"] <= 500, codes
+        assert set(codes) == {"accepted", "insufficient_fee"}, codes
+        last = await post(encode_json(sign_action(bob, CHAIN, "bob", 900, MoveAgent(to=(1, 0, 0)))))
+        _assert_error(last, 400, "insufficient_fee", "'bob'")
 
     trio.run(main)

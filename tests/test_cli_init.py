@@ -9,16 +9,42 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from agent_world_client.client import AgentKey
 from agent_world_node.config import ConfigError, Home, read_config, read_genesis, read_key
 from agent_world_node.network import peer_id_for_seed
+from agent_world_runtime.params import GenesisAgent
 from agent_world_tools import cli
-from agent_world_tools.testnet import TestnetOptions, init_testnet, load_testnet, pick_free_ports, prepare_testnet
+from agent_world_tools.testnet import (
+    TestnetOptions,
+    faucet_key_file,
+    init_testnet,
+    load_testnet,
+    pick_free_ports,
+    prepare_testnet,
+)
+
+FAUCET_BALANCE = 10**15
 
 runner = CliRunner()
 
 
 def invoke(*args: str):
     return runner.invoke(cli.app, list(args))
+
+
+def assert_faucet(path, genesis) -> AgentKey:
+    """``path`` is a private key file of agent ``faucet``, and ``genesis`` holds that agent (and no
+    other) with ``FAUCET_BALANCE`` of each resource."""
+    assert path.exists(), path
+    assert (path.stat().st_mode & 0o777) == 0o600
+    faucet = AgentKey.load(path)
+    assert faucet.agent_id == "faucet"
+    assert genesis.agents == [GenesisAgent(agent_id="faucet", public_key=faucet.key.public_key.hex(),
+                                           electricity=FAUCET_BALANCE, data=FAUCET_BALANCE)]
+    record = genesis.new_world().get_agent("faucet")  # the world at height 0 has it, funded
+    assert record is not None and record.public_key == faucet.key.public_key
+    assert (record.electricity, record.data, record.last_nonce) == (FAUCET_BALANCE, FAUCET_BALANCE, 0)
+    return faucet
 
 
 def test_init_creates_a_single_validator_home(tmp_path):
@@ -37,17 +63,23 @@ def test_init_creates_a_single_validator_home(tmp_path):
     node_key = read_key(home.node_key_file)
     assert node_key.seed != validator.seed
     assert peer_id_for_seed(node_key.seed) in result.output
+    # the one genesis agent, the faucet, whose key the home holds, and the output says where
+    faucet = assert_faucet(home.config_dir / "faucet.json", genesis)
+    assert faucet.key.seed not in (validator.seed, node_key.seed)
+    assert "faucet.json" in result.output
 
 
 def test_init_refuses_an_existing_home_without_traceback(tmp_path):
     home_dir = tmp_path / "n"
     assert invoke("init", "--home", str(home_dir)).exit_code == 0
     before = Home(home_dir).validator_key_file.read_bytes()
+    faucet_before = (Home(home_dir).config_dir / "faucet.json").read_bytes()
     result = invoke("init", "--home", str(home_dir))
     assert result.exit_code == 1
     assert "already exists" in result.stderr
     assert "Traceback" not in result.output + result.stderr
     assert Home(home_dir).validator_key_file.read_bytes() == before
+    assert (Home(home_dir).config_dir / "faucet.json").read_bytes() == faucet_before
 
 
 def test_two_inits_make_different_random_keys(tmp_path):
@@ -56,6 +88,7 @@ def test_two_inits_make_different_random_keys(tmp_path):
     a, b = Home(tmp_path / "a"), Home(tmp_path / "b")
     assert read_key(a.validator_key_file).seed != read_key(b.validator_key_file).seed
     assert read_key(a.node_key_file).seed != read_key(b.node_key_file).seed
+    assert read_key(a.config_dir / "faucet.json").seed != read_key(b.config_dir / "faucet.json").seed
 
 
 def _port(listen_multiaddr: str) -> int:
@@ -76,6 +109,11 @@ def test_testnet_init_shares_one_genesis_and_full_mesh_peers(tmp_path):
     assert [v.public_key for v in genesis.validators] == [k.public_key.hex() for k in validator_keys]
     assert [v.stake for v in genesis.validators] == [100] * 4
     assert len({k.seed for k in validator_keys}) == 4
+    # one faucet for the whole testnet, next to the node homes, in the shared genesis
+    assert faucet_key_file(tmp_path) == tmp_path / "faucet.json"
+    faucet = assert_faucet(tmp_path / "faucet.json", genesis)
+    assert faucet.key.seed not in {k.seed for k in validator_keys}
+    assert not any((h.config_dir / "faucet.json").exists() for h in homes)
 
     configs = [read_config(h.config_file) for h in homes]
     peer_ids = [peer_id_for_seed(read_key(h.node_key_file).seed) for h in homes]
@@ -102,6 +140,7 @@ def test_testnet_init_uses_random_keys_each_time(tmp_path):
     ka = read_key(Home(tmp_path / "a" / "node0").validator_key_file)
     kb = read_key(Home(tmp_path / "b" / "node0").validator_key_file)
     assert ka.seed != kb.seed
+    assert read_key(tmp_path / "a" / "faucet.json").seed != read_key(tmp_path / "b" / "faucet.json").seed
 
 
 def test_testnet_init_rejects_bad_counts_and_existing_homes(tmp_path):
@@ -166,6 +205,10 @@ def test_keygen_writes_a_private_key_file_and_never_overwrites(tmp_path):
     again = invoke("keygen", "--out", str(out))
     assert again.exit_code == 1 and "already exists" in again.stderr
     assert json.loads(out.read_text()) == data
+    # how to bring the agent into existence: an existing agent (the faucet) creates it
+    said = " ".join(result.output.split())
+    assert '"type": "create_agent"' in said and '"agent_id": "alice"' in said, said
+    assert data["public_key"] in said and "faucet" in said
     bad = invoke("keygen", "--out", str(tmp_path / "b.json"), "--agent-id", "Bad Id")
     assert bad.exit_code == 1 and "invalid agent id" in bad.stderr
 
@@ -199,6 +242,9 @@ def test_init_with_genesis_joins_an_existing_chain_as_a_full_node(tmp_path):
     validators = {v.public_key for v in read_genesis(home.genesis_file).validators}
     assert read_key(home.validator_key_file).public_key.hex() not in validators  # never votes
     assert "full node" in result.output
+    # the chain's faucet is in the copied genesis; the joiner gets no faucet key of its own
+    assert_faucet(Home(chain).config_dir / "faucet.json", read_genesis(home.genesis_file))
+    assert not (home.config_dir / "faucet.json").exists() and "faucet" not in result.output
 
 
 def test_init_with_genesis_needs_peers_and_a_readable_file(tmp_path):

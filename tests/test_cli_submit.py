@@ -13,11 +13,12 @@ from typer.testing import CliRunner
 
 from agent_world_client.client import AgentKey, SyncNodeClient
 from agent_world_runtime.actions import (
+    CreateAgent,
     MoveAgent,
-    RegisterAgent,
     decode_signed_action_json,
     verify_action_signature,
 )
+from agent_world_runtime.codec import DecodeError
 from agent_world_runtime.crypto import SigningKey
 from agent_world_tools import cli
 
@@ -43,7 +44,10 @@ class FakeNode:
                 return httpx.Response(404, json={"error": "no agent", "code": "unknown_agent"})
             return httpx.Response(200, json=agent)
         if path == "/v1/actions" and request.method == "POST":
-            signed = decode_signed_action_json(request.content)
+            try:  # the real node's decoding and static checks
+                signed = decode_signed_action_json(request.content)
+            except DecodeError as exc:
+                return httpx.Response(400, json={"error": str(exc), "code": "malformed"})
             self.posted.append(signed)
             if self.reject is not None:
                 code, reason = self.reject
@@ -77,16 +81,51 @@ def submit(*args):
     return runner.invoke(cli.app, ["submit", "--rpc", "http://fake:1", *args])
 
 
-def test_register_defaults_to_nonce_1_fills_the_public_key_and_uses_the_nodes_chain(node, key_file, tmp_path):
-    key, path = key_file
-    result = submit("--key", str(path), action_file(tmp_path, {"type": "register_agent", "position": [3, 4, 0]}))
+@pytest.fixture
+def faucet_file(node, tmp_path):
+    """The faucet's key file; the faucet exists on the fake node and has used 3 nonces."""
+    key = SigningKey(b"\xfa" * 32)
+    path = tmp_path / "faucet.json"
+    AgentKey(key=key, agent_id="faucet").save(path)
+    node.agents["faucet"] = {"agent_id": "faucet", "public_key": key.public_key.hex(), "last_nonce": 3}
+    return key, path
+
+
+@pytest.mark.parametrize("encoding", ["hex", "base64"])
+def test_the_faucet_creates_an_agent_with_its_next_nonce_on_the_nodes_chain(node, faucet_file, key_file, tmp_path,
+                                                                              encoding):
+    faucet, path = faucet_file
+    alice, _ = key_file
+    public_key = alice.public_key.hex() if encoding == "hex" else base64.b64encode(alice.public_key).decode()
+    create = {"type": "create_agent", "agent_id": "alice", "public_key": public_key, "position": [3, 4, 0],
+              "electricity": 1000, "data": 50}
+    result = submit("--key", str(path), action_file(tmp_path, create))
     assert result.exit_code == 0, result.output + result.stderr
     (signed,) = node.posted
     body = signed.body
-    assert (body.chain_id, body.agent_id, body.nonce) == ("fake-chain", "alice", 1)
-    assert body.action == RegisterAgent(public_key=key.public_key, position=(3, 4, 0))
-    assert verify_action_signature(signed, key.public_key)
-    assert "accepted" in result.output and "nonce=1" in result.output
+    # signed by the sponsor, with its next nonce; the new agent's key is in the action
+    assert (body.chain_id, body.agent_id, body.nonce) == ("fake-chain", "faucet", 4)
+    assert body.action == CreateAgent(agent_id="alice", public_key=alice.public_key, position=(3, 4, 0),
+                                      electricity=1000, data=50)
+    assert verify_action_signature(signed, faucet.public_key)
+    assert "accepted" in result.output and "create_agent" in result.output and "nonce=4" in result.output
+
+
+@pytest.mark.parametrize("public_key, message", [
+    ("not a key", "not a valid action"),  # neither hex nor base64: refused before anything is sent
+    ("ab" * 31, "not a valid action"),  # 62 characters: not read as hex, and not base64 either
+    # 64 characters that are not hex are read as base64 (48 bytes): the node refuses the length
+    ("zz" * 32, "public_key must be 32 bytes"),
+    (base64.b64encode(b"k" * 31).decode(), "public_key must be 32 bytes"),
+])
+def test_create_agent_with_a_public_key_that_is_not_a_key_is_refused(node, faucet_file, tmp_path, public_key,
+                                                                       message):
+    _, path = faucet_file
+    result = submit("--key", str(path), action_file(tmp_path, {"type": "create_agent", "agent_id": "alice",
+                                                               "public_key": public_key}))
+    assert result.exit_code == 1 and message in " ".join(result.stderr.split()), result.stderr
+    assert node.posted == []
+    assert "Traceback" not in result.stderr
 
 
 def test_nonce_defaults_to_last_nonce_plus_one(node, key_file, tmp_path):
@@ -119,11 +158,14 @@ def test_action_from_stdin(node, key_file):
     assert node.posted[0].body.nonce == 1
 
 
-def test_unregistered_agent_needs_register_first(node, key_file, tmp_path):
+def test_an_agent_that_does_not_exist_is_told_to_have_an_existing_agent_create_it(node, key_file, tmp_path):
     _, path = key_file
-    result = submit("--key", str(path), action_file(tmp_path, {"type": "move_agent", "to": [1, 0, 0]}))
-    assert result.exit_code == 1
-    assert "not registered" in result.stderr and "register_agent" in result.stderr
+    for action in ({"type": "move_agent", "to": [1, 0, 0]}, {"type": "harvest_radiation"}):
+        result = submit("--key", str(path), action_file(tmp_path, action))
+        assert result.exit_code == 1
+        message = " ".join(result.stderr.split())  # (the console wraps long lines)
+        assert "'alice' does not exist" in message and "faucet" in message, message
+        assert '"type": "create_agent", "agent_id": "alice"' in message, message
     assert node.posted == []
 
 
@@ -137,8 +179,9 @@ def test_key_without_agent_id_needs_the_option(node, tmp_path):
 
 def test_rejection_exits_1_with_code_and_reason(node, key_file, tmp_path):
     _, path = key_file
+    node.agents["alice"] = {"agent_id": "alice", "last_nonce": 0}
     node.reject = ("nonce_replayed", "nonce 1 already used by alice; use 2")
-    result = submit("--key", str(path), action_file(tmp_path, {"type": "register_agent"}))
+    result = submit("--key", str(path), action_file(tmp_path, {"type": "harvest_radiation"}))
     assert result.exit_code == 1
     assert "nonce_replayed" in result.stderr and "use 2" in result.stderr
     assert "Traceback" not in result.stderr
@@ -163,11 +206,16 @@ def test_bad_action_files_are_clear_errors(node, key_file, tmp_path, content, me
     assert node.posted == []
 
 
-def test_register_with_a_foreign_public_key_is_refused(node, key_file, tmp_path):
+def test_the_nodes_refusal_of_an_unpaid_fee_is_shown(node, key_file, tmp_path):
     _, path = key_file
-    other = base64.b64encode(SigningKey.generate().public_key).decode()
-    result = submit("--key", str(path), action_file(tmp_path, {"type": "register_agent", "public_key": other}))
-    assert result.exit_code == 1 and "not the public key of --key" in result.stderr
+    node.agents["alice"] = {"agent_id": "alice", "last_nonce": 0}
+    node.reject = ("insufficient_fee", "the fee of this action is 2 electricity but agent 'alice' has 1; "
+                                       "harvest radiation or receive a transfer first")
+    result = submit("--key", str(path), action_file(tmp_path, {"type": "move_agent", "to": [1, 0, 0]}))
+    assert result.exit_code == 1
+    message = " ".join(result.stderr.split())
+    assert "insufficient_fee" in message and "receive a transfer first" in message
+    assert "Traceback" not in result.stderr
 
 
 def test_missing_files_and_bad_options(node, key_file, tmp_path):
@@ -192,7 +240,7 @@ def test_unreachable_node_is_one_red_line(key_file, tmp_path):
     port = s.getsockname()[1]
     s.close()
     result = runner.invoke(
-        cli.app, ["submit", "--rpc", f"127.0.0.1:{port}", "--key", str(path), action_file(tmp_path, {"type": "register_agent"})]
+        cli.app, ["submit", "--rpc", f"127.0.0.1:{port}", "--key", str(path), action_file(tmp_path, {"type": "harvest_radiation"})]
     )
     assert result.exit_code == 1
     assert f"cannot reach node at http://127.0.0.1:{port}" in result.stderr and "is it running?" in result.stderr

@@ -143,15 +143,20 @@ def test_live_view_and_summary_render_the_numbers():
 
 STAND_IN = textwrap.dedent(
     '''
-    """Stand-in node: serves /v1/status and /v1/execution/{h} from the home's config; 5 blocks/s."""
-    import hashlib, json, os, signal, sys, threading, time, tomllib
+    """Stand-in node: serves /v1/status and /v1/execution/{h} from the home's config; 5 blocks/s.
+    Agents: the genesis ones, and those a create_agent POSTed here creates (visible at once; each
+    creation is appended to HOME/created.jsonl as {"sponsor", "agent_id"})."""
+    import base64, hashlib, json, os, signal, sys, threading, time, tomllib
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from pathlib import Path
 
     home = Path(sys.argv[1])
     mode = sys.argv[2] if len(sys.argv) > 2 else "ok"
     cfg = tomllib.loads((home / "config" / "config.toml").read_text())
-    chain_id = json.loads((home / "config" / "genesis.json").read_text())["chain_id"]
+    genesis = json.loads((home / "config" / "genesis.json").read_text())
+    chain_id = genesis["chain_id"]
+    agents = {a["agent_id"]: {"agent_id": a["agent_id"], "public_key": a["public_key"], "last_nonce": 0}
+              for a in genesis.get("agents", [])}
     host, port = cfg["rpc"]["listen"].rsplit(":", 1)
     t0 = time.monotonic()
     dying = []  # mode "die": exit with status 3 one second after the first status answer
@@ -188,10 +193,22 @@ STAND_IN = textwrap.dedent(
                 return self.send(200, {"height": q, "execution_state_root": hashlib.sha256(tag.encode()).hexdigest()})
             if self.path == "/v1/modules":
                 return self.send(200, {"artifacts": [], "instances": []})
+            if self.path.startswith("/v1/agents/") and self.path.rsplit("/", 1)[1] in agents:
+                return self.send(200, agents[self.path.rsplit("/", 1)[1]])
             return self.send(404, {"error": "unknown", "code": "unknown_agent"})
 
         def do_POST(self):
-            self.rfile.read(int(self.headers.get("content-length", 0)))
+            signed = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+            body = signed.get("body", {}) if isinstance(signed, dict) else {}
+            action = body.get("action", {})
+            if action.get("type") == "create_agent" and body.get("agent_id") in agents:
+                body_signer = agents[body["agent_id"]]
+                body_signer["last_nonce"] = max(body_signer["last_nonce"], body["nonce"])
+                new = action["agent_id"]
+                agents.setdefault(new, {"agent_id": new, "public_key": base64.b64decode(action["public_key"]).hex(),
+                                        "last_nonce": 0})
+                with open(home / "created.jsonl", "a") as f:
+                    f.write(json.dumps({"sponsor": body["agent_id"], "agent_id": new}) + "\\n")
             return self.send(202, {"status": "accepted", "action_id": "00" * 32})
 
     server = ThreadingHTTPServer((host, int(port)), H)
@@ -292,6 +309,13 @@ def test_session_ok(tmp_path, stand_in):
     assert summary.exit_statuses == {"node0": 0, "node1": 0, "node2": 0}
     assert summary.workload["submitted"] > 0
     assert "all 3 nodes answer" in text and "stopping nodes" in text
+    # the testnet's faucet created the workload's agents (agent i through node i % 3)
+    assert (tmp_path / "tn" / "faucet.json").exists()
+    created = [json.loads(line) for n in nodes if (n.home.root / "created.jsonl").exists()
+               for line in (n.home.root / "created.jsonl").read_text().splitlines()]
+    assert created and {c["sponsor"] for c in created} == {"faucet"}, created
+    assert summary.workload["by_kind"]["create_agent"] >= 1
+    assert summary.workload["agents_registered"] > 0 and "no_sponsor" not in summary.workload["rejected"]
 
 
 def test_session_mismatch_is_reported(tmp_path, stand_in):

@@ -1,6 +1,7 @@
 """The scripted workload against in-memory fake nodes (httpx.MockTransport) on trio's virtual clock:
-registration before acting, strictly increasing nonces, the builder's compile+install+upgrade,
-pacing, counted rejections and 503 retries, and key reuse across runs."""
+agents created by the sponsor before acting, strictly increasing nonces, the builder's
+compile+install+upgrade, harvests only when the interval allows, pacing, counted rejections and
+503 retries, and key reuse across runs."""
 
 from __future__ import annotations
 
@@ -12,42 +13,70 @@ import pytest
 import trio
 import trio.testing
 
+from agent_world_agents.runtime import DEFAULT_ENDOWMENT
 from agent_world_agents.scripted import find_artifact, find_instance
+from agent_world_client.client import AgentKey
 from agent_world_runtime.actions import (
     CompileModuleArtifactFromSource,
+    CreateAgent,
     HarvestRadiation,
     InstallModuleFromArtifact,
     MoveAgent,
-    RegisterAgent,
     TransferResource,
     UpgradeModuleFromArtifact,
     decode_signed_action_json,
     verify_action_signature,
 )
+from agent_world_runtime.crypto import SigningKey
+from agent_world_runtime.params import WorldParams
 from agent_world_tools.workload import Pacer, WorkloadStats, agent_id_for, run_workload
 
 CHAIN = "fake-chain"
+FAUCET_ID = "faucet"
+FAUCET = AgentKey(SigningKey(b"\xfa" * 32), FAUCET_ID)
+FAUCET_BALANCE = 10**15
+PARAMS = WorldParams()
+FEE = 2  # what every action costs in the fake (about the real fee of a small action)
+CREATE_FEE = FEE + PARAMS.create_agent_fee
 
 
 class FakeCluster:
-    """One shared world behind several node URLs. Actions execute at once, but a registration becomes
-    visible only ``commit_delay_s`` (virtual) seconds later, and artifacts/instances likewise. Every
-    ``busy_every``-th POST answers 503 once. Transfers to unknown agents are rejected with 400."""
+    """One shared world behind several node URLs, holding the genesis agent ``faucet``.
+
+    Admission is the real node's, simplified: the signer must be visible (else ``unknown_agent``,
+    even for the agent a create_agent is about to make), its signature valid, its nonce above its
+    last one (``nonce_replayed``), and its electricity must cover the fee (``FEE``, ``CREATE_FEE``
+    for create_agent; else ``insufficient_fee``). Accepted actions execute at once and pay their fee
+    first, but a created agent becomes visible only ``commit_delay_s`` (virtual) seconds later, and
+    artifacts/instances likewise. A create_agent for an existing id, and a harvest less than
+    ``harvest_interval`` heights after the agent's last, are accepted and then rejected by the world
+    (counted in ``world_rejected``), as a real node does. The height is one per ``commit_delay_s``
+    (GET /v1/status). Every ``busy_every``-th POST answers 503 once. Transfers to unknown agents are
+    rejected with 400."""
 
     def __init__(self, *, commit_delay_s: float = 1.0, busy_every: int = 9) -> None:
         self.commit_delay_s = commit_delay_s
         self.busy_every = busy_every
-        self.agents: dict[str, dict] = {}
-        self.visible_at: dict[str, float] = {}
+        self.agents: dict[str, dict] = {
+            FAUCET_ID: {"agent_id": FAUCET_ID, "public_key": FAUCET.key.public_key.hex(), "position": [0, 0, 0],
+                        "electricity": FAUCET_BALANCE, "data": FAUCET_BALANCE, "last_nonce": 0,
+                        "last_harvest_height": 0},
+        }
+        self.visible_at: dict[str, float] = {FAUCET_ID: -math.inf}
         self.artifacts: list[tuple[float, dict]] = []
         self.instances: list[tuple[float, dict]] = []
-        self.log: list[tuple[str, str, int, str, float]] = []  # (host, agent, nonce, kind, time)
+        self.log: list[tuple[str, str, int, str, float]] = []  # (host, signer, nonce, kind, time)
+        self.created: list[tuple[str, str, str]] = []  # (host, sponsor, created agent id)
+        self.world_rejected: dict[str, int] = {}  # kind -> accepted but rejected by the world rules
         self.posts = 0
         self.busy_answers = 0
-        self.premature = 0  # actions (other than register) from agents not yet visible
+        self.premature = 0  # actions from agents not yet visible
 
     def _now(self) -> float:
         return trio.current_time()
+
+    def height(self) -> int:
+        return 1 + max(0, int(self._now() / self.commit_delay_s))
 
     def visible(self, agent_id: str) -> bool:
         return agent_id in self.agents and self._now() >= self.visible_at[agent_id]
@@ -57,8 +86,13 @@ class FakeCluster:
         if path.startswith("/v1/agents/"):
             agent_id = path.rsplit("/", 1)[1]
             if not self.visible(agent_id):
-                return httpx.Response(404, json={"error": "unknown agent", "code": "unknown_agent"})
+                return httpx.Response(404, json={
+                    "error": f"no agent {agent_id!r}; an existing agent must create it with a create_agent action",
+                    "code": "unknown_agent"})
             return httpx.Response(200, json=self.agents[agent_id])
+        if path == "/v1/status":
+            height = self.height()
+            return httpx.Response(200, json={"chain_id": CHAIN, "height": height, "execution_height": height})
         if path == "/v1/modules":
             now = self._now()
             return httpx.Response(
@@ -72,6 +106,10 @@ class FakeCluster:
             return self.post(request)
         return httpx.Response(404, json={"error": "no route"})
 
+    def _world_reject(self, kind: str) -> httpx.Response:
+        self.world_rejected[kind] = self.world_rejected.get(kind, 0) + 1
+        return httpx.Response(202, json={"status": "accepted", "action_id": f"{self.posts:064x}"})
+
     def post(self, request: httpx.Request) -> httpx.Response:
         self.posts += 1
         if self.busy_every and self.posts % self.busy_every == 0:
@@ -83,35 +121,49 @@ class FakeCluster:
         action = body.action
         kind = type(action).__name__
         self.log.append((request.url.host, body.agent_id, body.nonce, kind, self._now()))
-        if isinstance(action, RegisterAgent):
-            if body.agent_id in self.agents:
-                return httpx.Response(400, json={"error": "already registered", "code": "already_registered"})
-            assert verify_action_signature(signed, action.public_key)
-            self.agents[body.agent_id] = {
-                "agent_id": body.agent_id,
-                "public_key": action.public_key.hex(),
-                "position": list(action.position),
-                "electricity": 100,
-                "data": 10,
-                "last_nonce": body.nonce,
-            }
-            self.visible_at[body.agent_id] = self._now() + self.commit_delay_s
-            return httpx.Response(202, json={"status": "accepted", "action_id": f"{self.posts:064x}"})
         if not self.visible(body.agent_id):
             self.premature += 1
-            return httpx.Response(400, json={"error": "unknown agent", "code": "unknown_agent"})
+            return httpx.Response(400, json={
+                "error": f"unknown agent {body.agent_id!r}: an existing agent must create it first with create_agent",
+                "code": "unknown_agent"})
         agent = self.agents[body.agent_id]
         assert verify_action_signature(signed, bytes.fromhex(agent["public_key"]))
         if body.nonce <= agent["last_nonce"]:
             return httpx.Response(400, json={"error": "nonce used", "code": "nonce_replayed"})
+        fee = CREATE_FEE if isinstance(action, CreateAgent) else FEE
+        if agent["electricity"] < fee:
+            return httpx.Response(400, json={"error": "cannot pay the fee", "code": "insufficient_fee"})
         agent["last_nonce"] = body.nonce
-        if isinstance(action, MoveAgent):
+        agent["electricity"] -= fee
+        if isinstance(action, CreateAgent):
+            if action.agent_id in self.agents:
+                return self._world_reject(kind)
+            if agent["electricity"] < action.electricity or agent["data"] < action.data:
+                return self._world_reject(kind)
+            agent["electricity"] -= action.electricity
+            agent["data"] -= action.data
+            self.agents[action.agent_id] = {
+                "agent_id": action.agent_id,
+                "public_key": action.public_key.hex(),
+                "position": list(action.position),
+                "electricity": action.electricity,
+                "data": action.data,
+                "last_nonce": 0,
+                "last_harvest_height": 0,
+            }
+            self.visible_at[action.agent_id] = self._now() + self.commit_delay_s
+            self.created.append((request.url.host, body.agent_id, action.agent_id))
+        elif isinstance(action, MoveAgent):
             cost = sum(abs(a - b) for a, b in zip(action.to, agent["position"], strict=True))
             if cost <= agent["electricity"]:
                 agent["electricity"] -= cost
                 agent["position"] = list(action.to)
         elif isinstance(action, HarvestRadiation):
+            last = agent["last_harvest_height"]
+            if last and self.height() < last + PARAMS.harvest_interval:
+                return self._world_reject(kind)
             agent["electricity"] += 5
+            agent["last_harvest_height"] = self.height()
         elif isinstance(action, TransferResource):
             if action.to not in self.agents:
                 return httpx.Response(400, json={"error": "no such agent", "code": "unknown_recipient"})
@@ -162,7 +214,9 @@ URLS = ["http://n0:1", "http://n1:1", "http://n2:1"]
 
 
 def run_for(cluster: FakeCluster, seconds: float, stats: WorkloadStats, **kwargs) -> float:
-    """Run the workload for ``seconds`` of virtual time; return the virtual start time."""
+    """Run the workload for ``seconds`` of virtual time (sponsored by the faucet unless ``sponsor``
+    is given); return the virtual start time."""
+    kwargs.setdefault("sponsor", FAUCET)
     start = []
 
     async def main():
@@ -179,19 +233,32 @@ def run_for(cluster: FakeCluster, seconds: float, stats: WorkloadStats, **kwargs
     return start[0]
 
 
-def test_agents_register_then_act_with_increasing_nonces_and_builder_installs(tmp_path, modules_dir):
+def test_the_sponsor_creates_the_agents_then_they_act_with_increasing_nonces_and_builder_installs(
+        tmp_path, modules_dir):
     cluster = FakeCluster()
     stats = WorkloadStats()
     run_for(cluster, 40.0, stats, agents=20, seed=7, key_dir=tmp_path / "keys", modules_dir=modules_dir)
 
     ids = [agent_id_for(7, i) for i in range(20)]
-    assert set(cluster.agents) == set(ids)
+    assert set(cluster.agents) == set(ids) | {FAUCET_ID}
     assert stats.agents_registered == 20
-    assert cluster.premature == 0  # nobody acted before its registration was visible
-    # Round robin: agent i always talks to node i % 3.
+    assert cluster.premature == 0  # nobody acted before its creation was visible
+    # The faucet signed every creation, once per agent, and gave each agent the endowment.
+    assert sorted(created for _, _, created in cluster.created) == sorted(ids)
+    assert {sponsor for _, sponsor, _ in cluster.created} == {FAUCET_ID}
+    assert "CreateAgent" not in cluster.world_rejected
+    assert stats.by_kind["create_agent"] == 20
+    electricity, data = DEFAULT_ENDOWMENT
+    faucet = cluster.agents[FAUCET_ID]
+    assert faucet["electricity"] == FAUCET_BALANCE - 20 * (CREATE_FEE + electricity)
+    assert faucet["data"] == FAUCET_BALANCE - 20 * data
+    # Round robin: agent i always talks to node i % 3. The sponsor's actions all go through the
+    # first node, so that they reach the chain in nonce order (a later nonce committed first would
+    # make the earlier ones replays).
     for host, agent, *_ in cluster.log:
-        assert host == f"n{ids.index(agent) % 3}"
-    # Nonces strictly increase per agent, in submission order, and start at 1.
+        assert host == ("n0" if agent == FAUCET_ID else f"n{ids.index(agent) % 3}")
+    assert {host for host, *_ in cluster.created} == {"n0"}
+    # Nonces strictly increase per signer (the faucet included), in submission order, and start at 1.
     by_agent: dict[str, list[int]] = {}
     for _, agent, nonce, _, _ in cluster.log:
         by_agent.setdefault(agent, []).append(nonce)
@@ -212,7 +279,9 @@ def test_agents_register_then_act_with_increasing_nonces_and_builder_installs(tm
     assert [i["wasm_hash"] for _, i in cluster.instances] == ["ef" * 32]
     # Every agent moved, and the mix includes harvests and transfers.
     kinds = {k for *_, k, _ in cluster.log}
-    assert {"RegisterAgent", "MoveAgent", "HarvestRadiation", "TransferResource"} <= kinds
+    assert {"CreateAgent", "MoveAgent", "HarvestRadiation", "TransferResource"} <= kinds
+    # No agent harvested before its harvest interval had passed.
+    assert "HarvestRadiation" not in cluster.world_rejected
     # Counters add up: every POST that reached the action handler is one submission outcome; at
     # most one submission per agent was still in flight (waiting out a 503) when the run stopped.
     outcomes = stats.accepted + stats.duplicate + stats.rejected_total
@@ -256,11 +325,28 @@ def test_rejections_are_counted_not_raised(tmp_path, modules_dir, monkeypatch):
     assert stats.agents_registered == 5
 
 
+def test_without_a_sponsor_missing_agents_are_counted_and_do_not_act(tmp_path, modules_dir):
+    cluster = FakeCluster(busy_every=0)
+    stats = WorkloadStats()
+    run_for(cluster, 10.0, stats, agents=3, seed=0, key_dir=tmp_path / "keys", modules_dir=modules_dir, sponsor=None)
+    assert stats.rejected == {"no_sponsor": 3} and stats.agents_registered == 0
+    assert cluster.log == [] and set(cluster.agents) == {FAUCET_ID}
+
+
+def test_a_sponsor_that_cannot_pay_creates_nobody_and_the_refusals_are_counted(tmp_path, modules_dir):
+    cluster = FakeCluster(busy_every=0)
+    cluster.agents[FAUCET_ID]["electricity"] = CREATE_FEE - 1
+    stats = WorkloadStats()
+    run_for(cluster, 10.0, stats, agents=2, seed=0, key_dir=tmp_path / "keys", modules_dir=modules_dir)
+    assert stats.rejected.get("insufficient_fee", 0) > 0 and stats.agents_registered == 0
+    assert cluster.created == [] and all(a == FAUCET_ID for _, a, *_ in cluster.log)
+
+
 def test_second_run_reuses_keys_and_continues_nonces(tmp_path, modules_dir):
     cluster = FakeCluster(busy_every=0)
     keys = tmp_path / "keys"
     run_for(cluster, 15.0, WorkloadStats(), agents=4, seed=2, key_dir=keys, modules_dir=modules_dir)
-    first = {a: max(n for _, b, n, _, _ in cluster.log if b == a) for a in cluster.agents}
+    first = {a: max((n for _, b, n, _, _ in cluster.log if b == a), default=0) for a in cluster.agents}
     files = sorted(p.name for p in keys.iterdir())
     assert files == [f"{agent_id_for(2, i)}.json" for i in range(4)]
     n_logged = len(cluster.log)
@@ -271,7 +357,8 @@ def test_second_run_reuses_keys_and_continues_nonces(tmp_path, modules_dir):
     stats = WorkloadStats()
     run_for(cluster, 10.0, stats, agents=4, seed=2, key_dir=keys, modules_dir=modules_dir)
     second = cluster.log[n_logged:]
-    assert second and all(k != "RegisterAgent" for *_, k, _ in second)
+    # the agents exist: the faucet creates nobody and signs nothing
+    assert second and all(a != FAUCET_ID and k != "CreateAgent" for _, a, _, k, _ in second)
     # run 1 got as far as the upgrade: run 2 repeats none of the module steps
     assert [i["wasm_hash"] for _, i in cluster.instances] == ["ef" * 32]
     module_kinds = ("CompileModuleArtifactFromSource", "InstallModuleFromArtifact", "UpgradeModuleFromArtifact")
@@ -291,6 +378,7 @@ def test_agent_id_taken_by_another_key_stops_only_that_agent(tmp_path, modules_d
     run_for(cluster, 10.0, stats, agents=3, seed=0, key_dir=tmp_path / "keys", modules_dir=modules_dir)
     assert stats.rejected.get("agent_id_taken") == 1
     assert all(a != taken for _, a, *_ in cluster.log)
+    assert taken not in {created for *_, created in cluster.created}
     assert stats.agents_registered == 2
 
 

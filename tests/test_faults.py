@@ -48,7 +48,7 @@ import pytest
 import structlog
 import trio
 
-from agent_world_client.client import NodeClient
+from agent_world_client.client import AgentKey, NodeClient
 from agent_world_node.config import NodeConfig, RPCConfig
 from agent_world_node.network import NetworkConfig
 from agent_world_tools.testnet import (
@@ -56,6 +56,7 @@ from agent_world_tools.testnet import (
     NodeProcess,
     TestnetNode,
     add_testnet_node,
+    faucet_key_file,
     init_testnet,
     load_testnet,
     stop_all,
@@ -339,9 +340,11 @@ class Scenario:
 
 
 def run_scenario(cluster: Cluster, body: Callable[[Scenario], Awaitable[None]], *, seed: int = 5) -> None:
-    """Run ``body`` under the scripted workload against the validators, then check the cluster's
-    health on every node (``Scenario.check_healthy``). Before: start any node a failed scenario left
-    down, resume any it left paused, clear every peer filter. Every client is closed after."""
+    """Run ``body`` under the scripted workload against the validators (its agents created by the
+    testnet's faucet), then check the cluster's health on every node (``Scenario.check_healthy``)
+    and that the workload's agents exist. Before: start any node a failed scenario left down, resume
+    any it left paused, clear every peer filter. Every client is closed after."""
+    faucet = AgentKey.load(faucet_key_file(cluster.directory))
 
     async def main() -> None:
         cluster.resume_all()
@@ -364,6 +367,7 @@ def run_scenario(cluster: Cluster, body: Callable[[Scenario], Awaitable[None]], 
                         stop=stop,
                         stats=sc.stats,
                         actions_per_s=WORKLOAD_ACTIONS_PER_S,
+                        sponsor=faucet,
                     )
                 )
                 await sc.wait_answering([n.name for n in cluster.nodes])
@@ -371,6 +375,9 @@ def run_scenario(cluster: Cluster, body: Callable[[Scenario], Awaitable[None]], 
                 stop.set()
                 nursery.cancel_scope.cancel()
             await sc.check_healthy([n.name for n in cluster.nodes])
+            # the load was real: the faucet created the workload's agents (in an earlier scenario
+            # of the module at the latest) and they were seen on the chain
+            assert sc.stats.agents_registered > 0 and "no_sponsor" not in sc.stats.rejected, sc.stats.as_dict()
         finally:
             cluster.resume_all()
             await sc.aclose()

@@ -6,11 +6,12 @@ import httpx
 import pytest
 import trio
 
-from agent_world_runtime.actions import MoveAgent, RegisterAgent, sign_action
+from agent_world_runtime.actions import MoveAgent, sign_action
 from agent_world_runtime.codec import encode_json
 from agent_world_runtime.crypto import SigningKey
+from agent_world_runtime.signer import AgentSigner
 
-from .node_harness import running_node, single_validator_home
+from .node_harness import bank_signer, running_node, single_validator_home
 
 CHAIN = "api-test"
 
@@ -46,35 +47,41 @@ def test_admission_errors_and_read_routes(tmp_path):
                 r = await client.post("/v1/actions", content=b"x" * (600 * 1024))
                 assert r.status_code == 413 and r.json()["code"] == "too_large"
 
-                # unknown agent, wrong chain, bad signature
+                # unknown agent (told how agents come to exist), wrong chain, bad signature
                 r = await _post(client, sign_action(alice, CHAIN, "alice", 1, MoveAgent(to=(1, 0, 0))))
                 assert r.status_code == 400 and r.json()["code"] == "unknown_agent", r.json()
-                r = await _post(client, sign_action(alice, "other-chain", "alice", 1, RegisterAgent(alice.public_key)))
+                assert "create_agent" in r.json()["error"]
+                alice_signer = AgentSigner("alice", alice, CHAIN)
+                other_chain = bank_signer("other-chain").create_agent(alice_signer, electricity=100)
+                r = await _post(client, other_chain)
                 assert r.status_code == 400 and r.json()["code"] == "wrong_chain"
-                forged = sign_action(mallory, CHAIN, "alice", 1, RegisterAgent(alice.public_key))
+                forged = AgentSigner("bank", mallory, CHAIN).create_agent(alice_signer, electricity=100)
                 r = await _post(client, forged)
                 assert r.status_code == 400 and r.json()["code"] == "bad_signature"
 
-                # a valid registration is accepted once, then a duplicate
-                reg = sign_action(alice, CHAIN, "alice", 1, RegisterAgent(alice.public_key, (0, 0, 0)))
-                r = await _post(client, reg)
+                # the genesis bank creates alice: accepted once, then a duplicate
+                bank = bank_signer(CHAIN)
+                create = bank.create_agent(alice_signer, (0, 0, 0), electricity=1000, data=500)
+                r = await _post(client, create)
                 assert r.status_code == 202, r.json()
-                r2 = await _post(client, reg)
+                r2 = await _post(client, create)
                 assert r2.status_code in (200, 400)  # duplicate while pending, or replay once committed
 
-                async def registered():
+                async def created():
                     resp = await client.get("/v1/agents/alice")
                     return resp.json() if resp.status_code == 200 else None
 
-                agent = await _wait_for(registered, "alice registered")
-                assert agent["last_nonce"] == 1
+                agent = await _wait_for(created, "alice created")
+                # a created agent has the endowment its creator gave and has used no nonce yet
+                assert agent["last_nonce"] == 0 and agent["electricity"] == 1000 and agent["data"] == 500
+                assert (await client.get("/v1/agents/bank")).json()["last_nonce"] == 1
 
-                # after commit: the same nonce is a replay, a forged move is a bad signature
-                r = await _post(client, sign_action(alice, CHAIN, "alice", 1, MoveAgent(to=(1, 0, 0))))
+                # after commit: the creation is a replay, a forged move is a bad signature
+                r = await _post(client, create)
                 assert r.status_code == 400 and r.json()["code"] == "nonce_replayed", r.json()
-                r = await _post(client, sign_action(mallory, CHAIN, "alice", 2, MoveAgent(to=(1, 0, 0))))
+                r = await _post(client, sign_action(mallory, CHAIN, "alice", 1, MoveAgent(to=(1, 0, 0))))
                 assert r.status_code == 400 and r.json()["code"] == "bad_signature"
-                r = await _post(client, sign_action(alice, CHAIN, "alice", 2, MoveAgent(to=(1, 2, 0))))
+                r = await _post(client, sign_action(alice, CHAIN, "alice", 1, MoveAgent(to=(1, 2, 0))))
                 assert r.status_code == 202
 
                 async def moved():
@@ -82,6 +89,10 @@ def test_admission_errors_and_read_routes(tmp_path):
                     return resp.json()["position"] == [1, 2, 0]
 
                 await _wait_for(moved, "alice moved")
+                r = await _post(client, sign_action(alice, CHAIN, "alice", 1, MoveAgent(to=(1, 0, 0))))
+                assert r.status_code == 400 and r.json()["code"] == "nonce_replayed", r.json()
+                # the move paid its fee and its distance in electricity
+                assert (await client.get("/v1/agents/alice")).json()["electricity"] < 1000 - 3
 
                 status = (await client.get("/v1/status")).json()
                 assert status["chain_id"] == CHAIN and status["height"] >= 2
@@ -97,7 +108,7 @@ def test_admission_errors_and_read_routes(tmp_path):
                 assert (await client.get("/v1/agents/nobody")).status_code == 404
                 events = (await client.get("/v1/events", params={"kind": "domain."})).json()["events"]
                 kinds = {e["kind"] for e in events}
-                assert {"domain.agent_registered", "domain.agent_moved"} <= kinds
+                assert {"domain.agent_created", "domain.agent_moved"} <= kinds
                 assert (await client.get("/v1/events", params={"limit": "0"})).status_code == 400
                 metrics = (await client.get("/metrics")).text
                 assert "awnode_blocks_committed_total" in metrics
@@ -112,12 +123,13 @@ def test_full_mempool_answers_503_with_a_retry_hint(tmp_path):
     async def main():
         async with running_node(home) as node:
             assert node.replica.mempool.max_actions == 1
-            keys = [SigningKey(bytes([i + 1]) * 32) for i in range(3)]
+            bank = bank_signer(CHAIN)
+            news = [AgentSigner(f"agent{i}", SigningKey(bytes([i + 1]) * 32), CHAIN) for i in range(3)]
             base = f"http://{node.config.rpc.listen}"
             async with httpx.AsyncClient(base_url=base, timeout=10) as client:
                 statuses = []
-                for i, k in enumerate(keys):
-                    r = await _post(client, sign_action(k, CHAIN, f"agent{i}", 1, RegisterAgent(k.public_key)))
+                for new in news:
+                    r = await _post(client, bank.create_agent(new, electricity=100))
                     statuses.append(r)
                 busy = [r for r in statuses if r.status_code == 503]
                 # the pool holds one action; at least one of the two others, submitted before the
@@ -141,17 +153,18 @@ def test_batch_submission_gives_a_result_per_action_and_commits_them(tmp_path):
             base = f"http://{node.config.rpc.listen}"
             async with NodeClient(base, timeout_s=10) as client:
                 keys = [SigningKey(bytes([i + 1]) * 32) for i in range(5)]
-                regs = [sign_action(k, CHAIN, f"b{i}", 1, RegisterAgent(k.public_key, (0, 0, 0))) for i, k in enumerate(keys)]
-                wrong_chain = sign_action(keys[0], "other", "x0", 1, RegisterAgent(keys[0].public_key))
-                results = await client.submit_batch(regs + [regs[0], wrong_chain])
+                bank = bank_signer(CHAIN)
+                creates = [bank.create_agent(AgentSigner(f"b{i}", k, CHAIN), electricity=100) for i, k in enumerate(keys)]
+                wrong_chain = bank_signer("other").create_agent(AgentSigner("x0", keys[0], "other"))
+                results = await client.submit_batch(creates + [creates[0], wrong_chain])
                 assert [r["status"] for r in results] == ["accepted"] * 5 + ["duplicate", "rejected"]
                 assert results[6]["code"] == "wrong_chain" and "chain" in results[6]["error"]
-                moves = [sign_action(k, CHAIN, f"b{i}", 2, MoveAgent(to=(i, 1, 0))) for i, k in enumerate(keys)]
+                moves = [sign_action(k, CHAIN, f"b{i}", 1, MoveAgent(to=(i, 1, 0))) for i, k in enumerate(keys)]
 
-                async def registered():
+                async def created():
                     return all(node.world.get_agent(f"b{i}") for i in range(5))
 
-                await _wait_for(registered, "the batch committed")
+                await _wait_for(created, "the batch committed")
                 assert [r["status"] for r in await client.submit_batch(moves)] == ["accepted"] * 5
 
                 async def moved():

@@ -1,6 +1,7 @@
 """Real node processes on loopback: the multi-process tests of the testnet launcher and the daemon.
 
-1. Four nodes from `testnet init`, driven by the scripted workload: heights advance, every node
+1. Four nodes from `testnet init`, driven by the scripted workload (its agents created by the
+   testnet's faucet): heights advance, every node
    agrees on execution_state_root at every common height, actions and module calls are executed.
    Then node3 is SIGKILLed: the other three keep committing. node3 restarts from its home, catches
    up, agrees on every root, and its execution_height never went backwards.
@@ -23,9 +24,10 @@ import pytest
 import structlog
 import trio
 
-from agent_world_client.client import NodeClient
+from agent_world_client.client import AgentKey, NodeClient
 from agent_world_tools.testnet import (
     NodeProcess,
+    faucet_key_file,
     init_testnet,
     load_testnet,
     stop_all,
@@ -51,7 +53,7 @@ def _quiet_structlog():
     structlog.reset_defaults()
 
 
-async def scenario(nodes, procs, key_dir: Path):
+async def scenario(nodes, procs, key_dir: Path, faucet: AgentKey):
     clients = {n.name: NodeClient(n.rpc_url, timeout_s=5.0) for n in nodes}
     names = [n.name for n in nodes]
     victim = procs[3]
@@ -65,7 +67,8 @@ async def scenario(nodes, procs, key_dir: Path):
             nursery.start_soon(observer.run)
             nursery.start_soon(
                 lambda: run_workload(
-                    [n.rpc_url for n in nodes], chain_id, agents=20, seed=11, key_dir=key_dir, stop=stop, stats=stats
+                    [n.rpc_url for n in nodes], chain_id, agents=20, seed=11, key_dir=key_dir, stop=stop, stats=stats,
+                    sponsor=faucet,
                 )
             )
             await wait_for(lambda: all(observer.height(n) >= 0 for n in names), 30, "first statuses")
@@ -79,6 +82,7 @@ async def scenario(nodes, procs, key_dir: Path):
             assert common > 3
             assert stats.accepted >= 50, stats.as_dict()
             assert stats.agents_registered == 20, stats.as_dict()
+            assert stats.by_kind["create_agent"] >= 20 and "no_sponsor" not in stats.rejected, stats.as_dict()
             await wait_for(lambda: stats.module_installed, 30, f"the module install ({stats.module_error})")
             await wait_for(
                 lambda: max(s.get("module_calls", 0) for s in observer.status.values()) >= 1, 30, "a module call"
@@ -129,12 +133,14 @@ async def scenario(nodes, procs, key_dir: Path):
 def test_four_nodes_agree_survive_kill_9_and_catch_up(tmp_path):
     directory = tmp_path / "tn"
     init_testnet(directory, 4)
+    faucet = AgentKey.load(faucet_key_file(directory))
+    assert faucet.agent_id == "faucet"
     nodes = load_testnet(directory)
     procs = [NodeProcess(n) for n in nodes]
     try:
         for p in procs:
             p.start()
-        trio.run(scenario, nodes, procs, tmp_path / "keys")
+        trio.run(scenario, nodes, procs, tmp_path / "keys", faucet)
     finally:
         codes = stop_all(procs, grace_s=15)
     assert all(code is not None for code in codes.values())
@@ -183,6 +189,9 @@ def test_awnode_testnet_runs_until_sigint_and_writes_the_summary(tmp_path):
         assert summary["blocks_committed"] > 0 and summary["actions_committed"] > 0, summary
         assert summary["agreement"]["checked_heights"] > 0
         assert set(summary["exit_statuses"]) == {"node0", "node1", "node2", "node3"}
+        # the launcher's workload had the testnet's faucet create its agents
+        assert (directory / "faucet.json").exists()
+        assert summary["workload"]["agents_registered"] > 0, summary["workload"]
         assert "testnet summary" in output
         assert _processes_mentioning(str(directory)) == []
     finally:
