@@ -108,7 +108,7 @@ def fee_refusal(state: WorldState, signed: SignedAction, fee: int, owed: int) ->
     return Refusal(
         RefusalCode.INSUFFICIENT_FEE,
         f"the fee of this action is {fee} electricity{pending} but agent {agent_id!r} has {have}; "
-        "harvest radiation or receive a transfer first, or wait for its pending actions to commit",
+        "receive a transfer first (a harvest pays this fee too), or wait for its pending actions to commit",
     )
 
 

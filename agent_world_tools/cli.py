@@ -46,7 +46,7 @@ from agent_world_node.config import (
     read_key,
 )
 from agent_world_node.network import peer_id_for_seed
-from agent_world_runtime.actions import AGENT_ID_RE, Action, action_kind, sign_action
+from agent_world_runtime.actions import AGENT_ID_RE, Action, action_kind, sign_action, static_action_problem
 from agent_world_runtime.crypto import SigningKey
 
 from .testnet import (
@@ -351,7 +351,7 @@ def status(
 # --- submit -------------------------------------------------------------------------------------
 
 
-def load_action(source: str, key: SigningKey) -> Action:
+def load_action(source: str) -> Action:
     """Read an unsigned action (msgspec JSON of ``actions.Action``, e.g. ``{"type": "move_agent",
     "to": [1, 2, 0]}``) from the file ``source`` (``-`` for stdin).
 
@@ -411,7 +411,7 @@ def submit(
             raise CliError(f"invalid agent id {agent!r}: use 1-64 of a-z, 0-9, '_', '.', '-', starting with a letter or digit")
         if nonce is not None and nonce < 1:
             raise CliError(f"--nonce must be at least 1, got {nonce}")
-        action = load_action(action_file, key)
+        action = load_action(action_file)
         client = make_client(rpc)
         if chain_id is None:
             chain_id = client.status().get("chain_id")
@@ -434,6 +434,9 @@ def submit(
                     raise CliError(f"the node at {rpc} reported no last_nonce for {agent!r}; pass --nonce")
                 nonce = last + 1
         signed = sign_action(key, chain_id, agent, nonce, action)
+        problem = static_action_problem(signed)
+        if problem is not None:
+            raise CliError(f"{action_file}: {problem}")
         result = client.submit(signed)
         colour = "green" if result.status == "accepted" else "yellow"
         console.print(

@@ -210,7 +210,7 @@ def test_the_nodes_refusal_of_an_unpaid_fee_is_shown(node, key_file, tmp_path):
     _, path = key_file
     node.agents["alice"] = {"agent_id": "alice", "last_nonce": 0}
     node.reject = ("insufficient_fee", "the fee of this action is 2 electricity but agent 'alice' has 1; "
-                                       "harvest radiation or receive a transfer first")
+                                       "receive a transfer first (a harvest pays this fee too)")
     result = submit("--key", str(path), action_file(tmp_path, {"type": "move_agent", "to": [1, 0, 0]}))
     assert result.exit_code == 1
     message = " ".join(result.stderr.split())

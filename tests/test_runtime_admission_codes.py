@@ -123,10 +123,10 @@ CASES = [
     Case("'already-registered' creates with nonce -1",
          lambda: create_with_nonce("already-registered", "signature-bot", -1),
          RefusalCode.NONCE_REPLAYED, ("nonce -1 already used", "use a nonce above 0")),
-    # INSUFFICIENT_FEE: fix "harvest radiation or receive a transfer first"
+    # INSUFFICIENT_FEE: fix "receive a transfer first"
     Case("'insufficient-fee' (1 electricity) harvests",
          lambda: known("insufficient-fee").sign(HarvestRadiation()),
-         RefusalCode.INSUFFICIENT_FEE, ("agent 'insufficient-fee' has 1", "harvest radiation or receive a transfer")),
+         RefusalCode.INSUFFICIENT_FEE, ("agent 'insufficient-fee' has 1", "receive a transfer first")),
     Case("'fee-ok' (2 electricity) creates an agent (surcharge 20)",
          lambda: create_with_nonce("fee-ok", "nonce-replayed", 1),
          RefusalCode.INSUFFICIENT_FEE, ("the fee of this action is 22 electricity", "agent 'fee-ok' has 2")),

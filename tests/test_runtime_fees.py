@@ -264,7 +264,7 @@ def test_insufficient_fee_counts_what_is_owed(world, alice):
     assert refusal is not None and refusal.code is RefusalCode.INSUFFICIENT_FEE
     assert refusal.message == (
         f"the fee of this action is {fee} electricity on top of {100 - fee + 1} owed for its earlier actions but "
-        "agent 'alice' has 100; harvest radiation or receive a transfer first, or wait for its pending actions to commit"
+        "agent 'alice' has 100; receive a transfer first (a harvest pays this fee too), or wait for its pending actions to commit"
     )
     big = world.check_action(harvest, payload_bytes=100_000)
     assert big is not None and big.code is RefusalCode.INSUFFICIENT_FEE
