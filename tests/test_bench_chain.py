@@ -16,7 +16,15 @@ from agent_world_node.replica import Replica
 from agent_world_node.store import NodeStore
 from agent_world_node.types import ZERO_HASH, compute_consensus_action_root
 from agent_world_runtime.actions import decode_signed_action
-from benchmarks.chain import ChainBuildError, agent_signers, bank_signer, build_chain, init_joiner_home, node_multiaddr, workload_blocks
+from benchmarks.chain import (
+    ChainBuildError,
+    agent_signers,
+    bank_signer,
+    build_chain,
+    init_joiner_home,
+    node_multiaddr,
+    workload_blocks,
+)
 from tests.node_harness import free_port
 
 pytestmark = pytest.mark.timeout(60)

@@ -23,7 +23,7 @@ from agent_world_runtime.modules.router import compute_fee, electricity_fee, gas
 from agent_world_runtime.modules.sandbox import wat_to_wasm
 from agent_world_runtime.params import WorldParams
 from agent_world_runtime.signer import AgentSigner
-from tests.test_runtime_modules import CHAIN, const_module, deploy, example_package, manifest, rejection
+from tests.test_runtime_modules import CHAIN, const_module, deploy, example_package, manifest
 
 STATEFUL_EMIT = msgspec.msgpack.encode({"new_state": b"S" * 10, "emits": [{"kind": "tick.seen", "data": {"n": 1}}]})
 

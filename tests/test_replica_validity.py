@@ -9,10 +9,10 @@ import msgspec
 from agent_world_node import config as cfg
 from agent_world_node.replica import Replica
 from agent_world_node.store import NodeStore
+from agent_world_node.types import Block, NodeConsensusAction, compute_consensus_action_root
 from agent_world_runtime.actions import HarvestRadiation, MoveAgent, encode_signed_action
 from agent_world_runtime.crypto import SigningKey, sha256
 from agent_world_runtime.signer import AgentSigner
-from agent_world_node.types import Block, NodeConsensusAction, compute_consensus_action_root
 
 CHAIN = "validity"
 ALICE = AgentSigner.from_seed("alice", b"a" * 32, CHAIN)
