@@ -26,7 +26,6 @@ Bounded by trio.fail_after; every node process is stopped in a finally; all file
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 from pathlib import Path
@@ -117,11 +116,8 @@ def aid(signed: SignedAction) -> str:
 
 
 def event_aid(event: dict) -> str:
-    """The action id of a journal event as hex (the JSON API may render bytes as base64)."""
-    raw = event["data"]["action_id"]
-    if isinstance(raw, str) and len(raw) == 64 and all(c in "0123456789abcdef" for c in raw):
-        return raw
-    return base64.b64decode(raw).hex()
+    """The action id (hex) of a journal event."""
+    return event["data"]["action_id"]
 
 
 def gas_fee(gas_used: int) -> int:
