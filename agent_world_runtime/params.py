@@ -36,7 +36,7 @@ class WorldParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     module_deploy_fee: int = 5
     module_compile_fee: int = 5
     module_install_fee: int = 2
-    gas_price_per_mfuel: int = 1
+    gas_price_per_mfuel: int = 10
     module_effect_max_amount: int = 100
     module_limits_max: ModuleLimitsMax = msgspec.field(default_factory=ModuleLimitsMax)
 
