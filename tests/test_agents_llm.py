@@ -393,8 +393,15 @@ class BuilderModel:
 @pytest.mark.timeout(240)
 def test_llm_agent_builds_installs_and_uses_a_module_on_a_testnet(tmp_path):
     from agent_world_agents.runtime import AgentRuntime
-    from agent_world_client.client import NodeClient
-    from agent_world_tools.testnet import NodeProcess, init_testnet, load_testnet, stop_all, wait_until_ready
+    from agent_world_client.client import AgentKey, NodeClient
+    from agent_world_tools.testnet import (
+        NodeProcess,
+        faucet_key_file,
+        init_testnet,
+        load_testnet,
+        stop_all,
+        wait_until_ready,
+    )
 
     init_testnet(tmp_path / "tn", 4)
     nodes = load_testnet(tmp_path / "tn")
@@ -408,7 +415,8 @@ def test_llm_agent_builds_installs_and_uses_a_module_on_a_testnet(tmp_path):
         policy = LLMPolicy(config)
         runtime = AgentRuntime([n.rpc_url for n in nodes], agents=1, policy_factory=lambda i, a: policy,
                                key_dir=tmp_path / "keys", chain_id=nodes[0].chain_id, seed=3, agent_prefix="llm",
-                               turn_s=0.3, poll_interval_s=0.25)
+                               turn_s=0.3, poll_interval_s=0.25,
+                               sponsor=AgentKey.load(faucet_key_file(tmp_path / "tn")))
         agent_id = next(iter(runtime.agents))
         clients = [NodeClient(n.rpc_url, timeout_s=5.0) for n in nodes]
         stop = trio.Event()

@@ -118,14 +118,16 @@ def test_builder_compiles_installs_then_upgrades():
     inst = {"instance_id": "move_counter@a", "module_id": "move_counter", "version": "1.0.0", "wasm_hash": "11",
             "owner_agent_id": "a", "active": True}
     installed = {"artifacts": [art1], "instances": [inst]}
-    assert [decide(installed) for _ in range(2)] == [Harvest(), Harvest()]  # upgrade_after_turns
+    # upgrade_after_turns; the observed height stays 3, so after one harvest the builder waits out
+    # the harvest interval instead of paying for a harvest the world would reject
+    assert [decide(installed) for _ in range(2)] == [Wait(), Wait()]
     d = decide(installed)
     assert isinstance(d, CompileModule) and d.module_version == "2.0.0" and d.module_id == "move_counter"
     art2 = {"wasm_hash": "22", "module_id": "move_counter", "version": "2.0.0", "publisher": "a"}
     d = decide({"artifacts": [art1, art2], "instances": [inst]})
     assert d == UpgradeModule(installer="self", module_id="move_counter", module_version="2.0.0", wasm_hash="22")
     upgraded = {"artifacts": [art1, art2], "instances": [dict(inst, version="2.0.0", wasm_hash="22")]}
-    assert decide(upgraded) == Harvest()
+    assert decide(upgraded) == Wait()
     assert builder.phase == "upgraded" and builder.wasm_hash == "11" and builder.upgraded_wasm_hash == "22"
     assert phases == ["compiling", "installing", "installed", "upgrading", "upgraded"]
 
@@ -135,7 +137,8 @@ def test_builder_skips_steps_the_chain_already_has():
     art2 = {"wasm_hash": "22", "module_id": "move_counter", "version": "2.0.0", "publisher": "a"}
     inst = {"instance_id": "move_counter@a", "module_id": "move_counter", "version": "2.0.0", "wasm_hash": "22", "owner_agent_id": "a"}
     builder = ModuleBuilder(0, "a")
-    assert run_decisions(builder, [obs("a", modules={"artifacts": [art1, art2], "instances": [inst]})] * 3) == [Harvest()] * 3
+    done = {"artifacts": [art1, art2], "instances": [inst]}
+    assert run_decisions(builder, [obs("a", modules=done)] * 3) == [Harvest(), Wait(), Wait()]  # one harvest per interval
     assert builder.phase == "upgraded"
     # someone else's artifact is not ours: compile our own
     other = dict(art1, publisher="z")
