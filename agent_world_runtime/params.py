@@ -6,6 +6,21 @@ import msgspec
 
 from .modules.manifest import ModuleLimitsMax
 
+#: The toolchain names a genesis may list.
+TOOLCHAIN_NAMES = ("c", "rust")
+
+
+class Toolchain(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A compiler the chain builds module sources with (genesis ``world.toolchains``): ``name`` is
+    ``"c"`` (C through ``ziglang``'s clang, wasm32-freestanding) or ``"rust"`` (``rustc`` with the
+    wasm32-unknown-unknown std); ``version`` is the compiler's own version text; ``compiler_sha256``
+    is the hex sha256 of the compiler executable's bytes. A validator builds only with a toolchain
+    whose three fields equal its own (``agent_world_node.builds``)."""
+
+    name: str
+    version: str
+    compiler_sha256: str
+
 
 class WorldParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """World rules. Units: resource units; grid coordinates are integers in ``[-grid_size, grid_size]``
@@ -24,7 +39,11 @@ class WorldParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     used. ``module_effect_max_amount`` is the policy ceiling on the amount of one module
     ``transfer_resource`` effect (docs/module-abi.md, "Capabilities and policy").
     ``module_limits_max`` caps every manifest's limits before each call; it is a genesis parameter,
-    so every node applies the same caps."""
+    so every node applies the same caps.
+
+    Builds from source (docs/module-abi.md, "Compiling from source"): ``toolchains`` are the
+    compilers the chain accepts (none: only WAT sources compile); a build request not settled by
+    validator attestations within ``build_deadline_heights`` heights fails."""
 
     move_cost_per_step: int = 1
     harvest_amount: int = 5
@@ -39,6 +58,8 @@ class WorldParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     gas_price_per_mfuel: int = 10
     module_effect_max_amount: int = 100
     module_limits_max: ModuleLimitsMax = msgspec.field(default_factory=ModuleLimitsMax)
+    build_deadline_heights: int = 100
+    toolchains: list[Toolchain] = []
 
 
 class GenesisAgent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

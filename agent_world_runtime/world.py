@@ -41,9 +41,10 @@ from .events import Event
 from .fees import action_fee
 from .merkle import merkle_root
 from .modules import lifecycle
+from .modules.lifecycle import WASM_HASH_RE
 from .modules.router import ModuleRunner
 from .modules.sandbox import Sandbox, check_module_limits_max, default_sandbox
-from .params import GenesisAgent, WorldParams
+from .params import TOOLCHAIN_NAMES, GenesisAgent, Toolchain, WorldParams
 from .persistence import SaveCache, load_state, save_state
 from .rules import (
     MAX_BALANCE,
@@ -88,9 +89,26 @@ def _coerce_params(params: Any) -> WorldParams:
         if name == "module_limits_max":
             check_module_limits_max(value)  # ValueError naming the bad field
             continue
+        if name == "toolchains":
+            _check_toolchains(value)
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < (1 << 62):
             raise ValueError(f"world param {name} must be an integer in [0, 2**62), got {value!r}")
     return params
+
+
+def _check_toolchains(toolchains: list[Toolchain]) -> None:
+    """ValueError unless each toolchain has a known name (``c`` or ``rust``, once each), a
+    version of 1-200 characters and a 64-hex-character compiler_sha256."""
+    seen: set[str] = set()
+    for t in toolchains:
+        if t.name not in TOOLCHAIN_NAMES or t.name in seen:
+            raise ValueError(f"world toolchains: name must be one of {list(TOOLCHAIN_NAMES)}, once each; got {t.name!r}")
+        seen.add(t.name)
+        if not 0 < len(t.version) <= 200:
+            raise ValueError(f"world toolchain {t.name}: version must be 1-200 characters")
+        if not WASM_HASH_RE.fullmatch(t.compiler_sha256):
+            raise ValueError(f"world toolchain {t.name}: compiler_sha256 must be 64 lowercase hex characters")
 
 
 def _genesis_agent(state: WorldState, agent: GenesisAgent) -> AgentRecord:
