@@ -53,7 +53,8 @@ class Genesis(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     def new_world(self, sandbox: Sandbox | None = None) -> World:
         """Return the world at height 0 of this genesis (``World.from_genesis``); raises
         ValueError for invalid world parameters or genesis agents."""
-        return World.from_genesis(self.chain_id, self.world, agents=self.agents, sandbox=sandbox)
+        return World.from_genesis(self.chain_id, self.world, agents=self.agents,
+                                  validators={v.public_key: v.stake for v in self.validators}, sandbox=sandbox)
 
 
 class P2PConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -99,17 +99,21 @@ class Mempool:
                 else:
                     del self._owed[submitter]
 
-    def recheck(self, balance_of: Callable[[str], tuple[int, int] | None]) -> int:
+    def recheck(self, balance_of: Callable[[str], tuple[int, int] | None],
+                still_admissible: Callable[[NodeConsensusAction], bool] = lambda a: True) -> int:
         """Drop what can no longer be committed, given ``balance_of(agent_id)`` = (last executed
-        nonce, electricity) or None for an unknown agent: actions whose nonce is used, and, in
-        admission order, each action whose fee would take its agent's pending fees above its
-        electricity. Returns how many were dropped."""
+        nonce, electricity) or None for a submitter that is no agent: actions whose nonce is used,
+        and, in admission order, each action whose fee would take its agent's pending fees above its
+        electricity; an action of a submitter that is no agent (a validator's build attestation)
+        is dropped unless ``still_admissible(action)``. Returns how many were dropped."""
         dropped: list[bytes] = []
         owed: dict[str, int] = {}
         for aid, entry in self._entries.items():
             submitter = entry.action.submitter
             account = balance_of(submitter)
             if account is None:
+                if not still_admissible(entry.action):
+                    dropped.append(aid)
                 continue
             last_nonce, electricity = account
             total = owed.get(submitter, 0) + entry.fee

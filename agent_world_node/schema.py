@@ -42,6 +42,7 @@ class AdmissionCode(enum.StrEnum):
     BAD_SIGNATURE = "bad_signature"
     UNKNOWN_AGENT = "unknown_agent"
     NONCE_REPLAYED = "nonce_replayed"
+    ATTESTATION_REFUSED = "attestation_refused"
     INSUFFICIENT_FEE = "insufficient_fee"
 
     @classmethod

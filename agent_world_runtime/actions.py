@@ -127,7 +127,23 @@ class SetModuleInstanceActive(_Action, frozen=True, tag="set_module_instance_act
     active: bool
 
 
+
+class AttestBuild(_Action, frozen=True, tag="attest_build"):
+    """A validator's result of building the pending build ``build_id`` (docs/module-abi.md,
+    "Compiling from source"). Signed with the validator's consensus key; the envelope's
+    ``agent_id`` is the validator id (its public key in hex) and its nonce is not used (a validator
+    attests each build once). ``code`` is ``"OK"`` with the ``wasm_hash`` it built (and the bytes,
+    unless the world already holds bytes for that hash in this build), or a build failure code
+    with no hash or bytes. Attestations pay no fee: each build is paid for by its requester and
+    draws at most one attestation per validator."""
+
+    build_id: str
+    code: str
+    wasm_hash: str = ""
+    wasm_bytes: bytes = b""
+
 Action = Union[
+    AttestBuild,
     CreateAgent,
     MoveAgent,
     HarvestRadiation,

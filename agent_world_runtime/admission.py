@@ -18,6 +18,11 @@ rule that failed, and a human message saying what was wrong and what to do. The 
 rejected action's ``domain.action_rejected`` event records as its ``reason``, so its text is part
 of the state root and must not change. These functions read state and never change it.
 
+A validator's ``AttestBuild`` follows its own rules instead of 2-4: the signer is a genesis
+validator (``UNKNOWN_AGENT`` otherwise), the signature verifies against its consensus key, and
+``modules.builds.attestation_problem`` finds nothing wrong (``ATTESTATION_REFUSED``: unknown or
+settled build, already attested, bad hash or bytes). It pays no fee and uses no nonce.
+
 ``BlockPlan`` applies the same rules to the actions of one block in order, as CometBFT's CheckTx
 does for a mempool: a block may only carry actions whose signer exists before the block, whose
 nonces increase, and whose fees the signer can pay from its balance before the block, since every
@@ -30,8 +35,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .actions import SignedAction, encode_signed_action, verify_action_signature
+from .actions import AttestBuild, SignedAction, encode_signed_action, verify_action_signature
 from .fees import action_fee
+from .modules.builds import attestation_problem
 from .state import WorldState
 
 
@@ -50,6 +56,10 @@ class RefusalCode(enum.StrEnum):
     NONCE_REPLAYED = "nonce_replayed"
     """The nonce is not above the agent's ``last_nonce``: the action, or one with the same nonce,
     was already applied."""
+
+    ATTESTATION_REFUSED = "attestation_refused"
+    """A build attestation that cannot apply now (unknown or settled build, attested twice, a hash
+    without bytes, bytes that do not match)."""
 
     INSUFFICIENT_FEE = "insufficient_fee"
     """The agent's electricity does not cover the action's fee on top of the fees it already owes
@@ -77,6 +87,8 @@ def admission_refusal(state: WorldState, signed: SignedAction, *, check_signatur
             RefusalCode.WRONG_CHAIN,
             f"wrong chain id {body.chain_id[:64]!r} (this world is {state.meta.chain_id!r}); sign for this chain",
         )
+    if isinstance(body.action, AttestBuild):
+        return _attestation_refusal(state, signed, check_signature)
     agent = state.agents.get(agent_id)
     if agent is None:
         return Refusal(
@@ -95,6 +107,27 @@ def admission_refusal(state: WorldState, signed: SignedAction, *, check_signatur
             f"use a nonce above {agent.last_nonce}",
         )
     return None
+
+
+def _attestation_refusal(state: WorldState, signed: SignedAction, check_signature: bool) -> Refusal | None:
+    validator = signed.body.agent_id
+    if validator not in state.meta.validators:
+        return Refusal(RefusalCode.UNKNOWN_AGENT, f"{validator[:64]!r} is not a genesis validator; only validators attest builds")
+    if check_signature and not verify_action_signature(signed, bytes.fromhex(validator)):
+        return Refusal(RefusalCode.BAD_SIGNATURE, f"bad signature for validator {validator[:16]}; sign with its consensus key")
+    assert isinstance(signed.body.action, AttestBuild)
+    problem = attestation_problem(state, validator, signed.body.action)
+    return None if problem is None else Refusal(RefusalCode.ATTESTATION_REFUSED, problem)
+
+
+def signer_key(state: WorldState, signed: SignedAction) -> bytes | None:
+    """The public key ``signed`` must carry a signature of: a validator's consensus key for an
+    ``AttestBuild``, else the agent's key; None for an unknown signer."""
+    agent_id = signed.body.agent_id
+    if isinstance(signed.body.action, AttestBuild):
+        return bytes.fromhex(agent_id) if agent_id in state.meta.validators else None
+    agent = state.agents.get(agent_id)
+    return agent.public_key if agent is not None else None
 
 
 def fee_refusal(state: WorldState, signed: SignedAction, fee: int, owed: int) -> Refusal | None:
@@ -129,6 +162,7 @@ class BlockPlan:
         self._state = state
         self._owed: dict[str, int] = {}
         self._last_nonce: dict[str, int] = {}
+        self._attested: set[tuple[str, str]] = set()
 
     def admit(self, signed: SignedAction, payload_bytes: int) -> Refusal | None:
         """See the class docstring; ``payload_bytes`` is the length of the action's payload."""
@@ -137,6 +171,13 @@ class BlockPlan:
         if refusal is not None:
             return refusal
         body = signed.body
+        if isinstance(body.action, AttestBuild):
+            key = (body.agent_id, body.action.build_id)
+            if key in self._attested:
+                return Refusal(RefusalCode.ATTESTATION_REFUSED,
+                               f"validator {body.agent_id[:16]} attests build {body.action.build_id} twice in the block")
+            self._attested.add(key)
+            return None
         last = self._last_nonce.get(body.agent_id)
         if last is not None and body.nonce <= last:
             return Refusal(

@@ -9,13 +9,16 @@ ante handler, which deducts fees before the message runs, is the model):
 ``payload_bytes`` is the length of the action's canonical encoding (the consensus payload). The
 surcharge is ``create_agent_fee`` for ``create_agent``, ``module_deploy_fee``,
 ``module_compile_fee`` and ``module_install_fee`` for the module lifecycle actions, 0 otherwise.
-All parameters are genesis ``WorldParams``; every node computes the same fee.
+All parameters are genesis ``WorldParams``; every node computes the same fee. A validator's
+``attest_build`` pays nothing: the build's requester paid for it, and each validator attests a
+build once (``modules.builds``).
 """
 
 from __future__ import annotations
 
 from .actions import (
     Action,
+    AttestBuild,
     CompileModuleArtifactFromSource,
     CreateAgent,
     DeployModuleArtifact,
@@ -39,8 +42,10 @@ def surcharge(params: WorldParams, action: Action) -> int:
 
 def action_fee(params: WorldParams, action: Action, payload_bytes: int) -> int:
     """Return the fee, in electricity, of ``action`` whose canonical payload is ``payload_bytes``
-    long: ``fee_base + ceil(payload_bytes * fee_per_kib / 1024) + surcharge``. Raises ValueError
-    for a negative length."""
+    long: ``fee_base + ceil(payload_bytes * fee_per_kib / 1024) + surcharge`` (0 for a build
+    attestation). Raises ValueError for a negative length."""
     if payload_bytes < 0:
         raise ValueError(f"payload_bytes must be >= 0, got {payload_bytes}")
+    if isinstance(action, AttestBuild):
+        return 0
     return params.fee_base + -(-payload_bytes * params.fee_per_kib // 1024) + surcharge(params, action)

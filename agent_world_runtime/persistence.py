@@ -46,7 +46,7 @@ from .codec import DecodeError, decode, encode
 from .crypto import sha256
 from .events import EventJournal
 from .failpoints import failpoint
-from .state import AgentRecord, ArtifactRecord, InstanceRecord, WorldMeta, WorldState
+from .state import AgentRecord, ArtifactRecord, BuildRecord, InstanceRecord, WorldMeta, WorldState
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +85,7 @@ class WorldSnapshot(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     artifacts: list[ArtifactRecord] = []
     instances: list[InstanceRecord] = []
     module_state: dict[str, bytes] = {}
+    builds: list[BuildRecord] = []
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ def save_state(state: WorldState, height: int, directory: Path, cache: SaveCache
         artifacts=[state.artifacts[k] for k in sorted(state.artifacts)],
         instances=[state.instances[k] for k in sorted(state.instances)],
         module_state=dict(sorted(state.module_state.items())),
+        builds=[state.builds[k] for k in sorted(state.builds)],
     )
     generation = f"snapshot-{height:012d}-{uuid.uuid4().hex[:12]}"
     tmp_dir = directory / f".tmp-{generation}"
@@ -279,6 +281,8 @@ def load_state(directory: Path) -> LoadedState:
     for inst in snap.instances:
         state.instances[inst.instance_id] = inst
     state.module_state.update(snap.module_state)
+    for build in snap.builds:
+        state.builds[build.build_id] = build
     state.rebuild_indexes()
     root = state.rebuild_tree()
     if root != snap.state_root:

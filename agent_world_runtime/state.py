@@ -12,6 +12,7 @@ Records and their keys in the state tree (value = canonical msgpack of the recor
 * ``artifact/<wasm_hash>`` → ``ArtifactRecord`` (binds ``wasm_hash``, hence the bytes)
 * ``instance/<instance_id>`` → ``InstanceRecord``
 * ``mstate/<instance_id>`` → the reducer instance's raw state bytes
+* ``build/<build_id>`` → ``BuildRecord`` (a build from source: request, attestations, outcome)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 
 import msgspec
 
+from .actions import ModuleSourcePackage
 from .codec import encode
 from .events import EventJournal
 from .modules.manifest import ModuleManifest
@@ -29,12 +31,14 @@ from .state_tree import StateTree
 
 class WorldMeta(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The world's identity and clock: ``height`` is the block being built or last built,
-    ``timestamp_ms`` that block's timestamp (Unix ms, from the block header)."""
+    ``timestamp_ms`` that block's timestamp (Unix ms, from the block header); ``validators`` maps
+    each genesis validator id (hex public key) to its stake, for counting build attestations."""
 
     chain_id: str
     params: WorldParams
     height: int
     timestamp_ms: int
+    validators: dict[str, int] = {}
 
 
 class JournalMeta(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -91,7 +95,31 @@ class InstanceRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True, om
     granted_caps: list[str] = []
 
 
-_AGENT, _ARTIFACT, _INSTANCE, _MSTATE = "agent/", "artifact/", "instance/", "mstate/"
+class BuildRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """A build from source (``modules.builds``). ``build_id`` is the hex action id of the compile
+    action; ``publisher`` its signer; ``toolchain`` the toolchain name; ``requested_at`` and
+    ``deadline`` heights; ``status`` ``pending``, ``registered`` or ``failed`` with ``code`` and
+    the registered ``wasm_hash``. While pending it holds the ``package`` (the validators build it)
+    and the attestations: ``attestations`` maps validator id to the outcome it attested (a
+    wasm_hash, or ``"code:<CODE>"``), ``candidates`` maps an attested wasm_hash to its bytes (the
+    first copy received). Settling drops the package and the candidates."""
+
+    build_id: str
+    publisher: str
+    module_id: str
+    manifest: ModuleManifest
+    toolchain: str
+    requested_at: int
+    deadline: int
+    status: str = "pending"
+    code: str = ""
+    wasm_hash: str = ""
+    package: ModuleSourcePackage | None = None
+    attestations: dict[str, str] = {}
+    candidates: dict[str, bytes] = {}
+
+
+_AGENT, _ARTIFACT, _INSTANCE, _MSTATE, _BUILD = "agent/", "artifact/", "instance/", "mstate/", "build/"
 
 
 class WorldState:
@@ -104,6 +132,7 @@ class WorldState:
         self.artifact_bytes: dict[str, bytes] = {}
         self.instances: dict[str, InstanceRecord] = {}
         self.module_state: dict[str, bytes] = {}
+        self.builds: dict[str, BuildRecord] = {}
         self.journal = EventJournal()
         # Derived indexes (rebuilt on load, not part of the root): module_id -> publisher,
         # (module_id, version) -> wasm_hash.
@@ -143,6 +172,11 @@ class WorldState:
         self.module_state[instance_id] = state
         self._dirty.add(_MSTATE + instance_id)
 
+    def put_build(self, record: BuildRecord) -> None:
+        """Insert or replace a build record."""
+        self.builds[record.build_id] = record
+        self._dirty.add(_BUILD + record.build_id)
+
     def journal_changed(self) -> None:
         """Mark the journal leaf dirty (call after appending events)."""
         self._dirty.add("journal")
@@ -163,6 +197,7 @@ class WorldState:
         self._dirty.update(_ARTIFACT + k for k in self.artifacts)
         self._dirty.update(_INSTANCE + k for k in self.instances)
         self._dirty.update(_MSTATE + k for k in self.module_state)
+        self._dirty.update(_BUILD + k for k in self.builds)
         return self.state_root()
 
     def rebuild_indexes(self) -> None:
@@ -185,7 +220,7 @@ class WorldState:
                 value = self.module_state.get(ident)
             else:
                 tables: dict[str, Mapping[str, msgspec.Struct]] = {
-                    "agent": self.agents, "artifact": self.artifacts, "instance": self.instances,
+                    "agent": self.agents, "artifact": self.artifacts, "instance": self.instances, "build": self.builds,
                 }
                 rec = tables[prefix].get(ident)
                 value = None if rec is None else encode(rec)

@@ -10,7 +10,7 @@ the world reads no clock, no randomness and no environment.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +21,7 @@ from . import events as ev
 from .actions import (
     AGENT_ID_RE,
     AGENT_ID_RULE,
+    AttestBuild,
     CompileModuleArtifactFromSource,
     CreateAgent,
     DeployModuleArtifact,
@@ -35,12 +36,12 @@ from .actions import (
     encode_signed_action,
     payload_hash,
 )
-from .admission import BlockPlan, Refusal, RefusalCode, admission_refusal, fee_refusal, payload_size
+from .admission import BlockPlan, Refusal, RefusalCode, admission_refusal, fee_refusal, payload_size, signer_key
 from .crypto import PUBLIC_KEY_SIZE
 from .events import Event
 from .fees import action_fee
 from .merkle import merkle_root
-from .modules import lifecycle
+from .modules import builds, lifecycle
 from .modules.lifecycle import WASM_HASH_RE
 from .modules.router import ModuleRunner
 from .modules.sandbox import Sandbox, check_module_limits_max, default_sandbox
@@ -57,7 +58,7 @@ from .rules import (
     apply_transfer,
     check_position,
 )
-from .state import AgentRecord, InstanceRecord, WorldMeta, WorldState
+from .state import AgentRecord, BuildRecord, InstanceRecord, WorldMeta, WorldState
 
 log = structlog.get_logger(__name__)
 
@@ -166,22 +167,31 @@ class World:
             InstallModuleFromArtifact: lambda c, a: lifecycle.apply_install(self._state, c, a),
             UpgradeModuleFromArtifact: lambda c, a: lifecycle.apply_upgrade(self._state, c, a),
             SetModuleInstanceActive: lambda c, a: lifecycle.apply_set_active(self._state, c, a),
+            AttestBuild: lambda c, a: builds.apply_attestation(
+                self._state, c, a, lambda b, w: lifecycle.publish_build(self._state, self._sandbox, b, w)),
         }
 
     @classmethod
     def from_genesis(cls, chain_id: str, params: WorldParams, *, agents: Iterable[GenesisAgent] = (),
-                     sandbox: Sandbox | None = None) -> "World":
-        """Return the world at height 0 for ``chain_id`` with rules ``params`` and the genesis
-        ``agents`` (the only agents nobody paid to create; their first nonce is 1).
+                     validators: Mapping[str, int] | None = None, sandbox: Sandbox | None = None) -> "World":
+        """Return the world at height 0 for ``chain_id`` with rules ``params``, the genesis
+        ``agents`` (the only agents nobody paid to create; their first nonce is 1) and the genesis
+        ``validators`` (validator id, the hex consensus public key, to stake; they attest builds).
 
         ``params`` may be any struct with WorldParams' fields. Raises ValueError for an empty or
-        over-long chain id, a negative/huge parameter, or a genesis agent with an invalid or
+        over-long chain id, a negative/huge parameter, a genesis agent with an invalid or
         repeated id, a public key that is not 64 hex characters, a negative balance or a position
-        outside the grid (the message names the agent and the field).
+        outside the grid (the message names the agent and the field), or a validator whose id is
+        not 64 lowercase hex characters or whose stake is not positive.
         """
         if not isinstance(chain_id, str) or not 0 < len(chain_id) <= MAX_CHAIN_ID_CHARS:
             raise ValueError(f"chain_id must be a non-empty string of at most {MAX_CHAIN_ID_CHARS} characters")
-        meta = WorldMeta(chain_id=chain_id, params=_coerce_params(params), height=0, timestamp_ms=0)
+        stakes = dict(sorted((validators or {}).items()))
+        for vid, stake in stakes.items():
+            if not WASM_HASH_RE.fullmatch(vid) or not isinstance(stake, int) or stake <= 0:
+                raise ValueError(f"validator {vid[:64]!r}: the id must be a 64-hex public key and the stake positive")
+        meta = WorldMeta(chain_id=chain_id, params=_coerce_params(params), height=0, timestamp_ms=0,
+                         validators=stakes)
         state = WorldState(meta)
         for agent in agents:
             state.put_agent(_genesis_agent(state, agent))
@@ -239,7 +249,7 @@ class World:
         Reads state only; does not check whether the action itself would succeed (balances,
         positions)."""
         refusal = admission_refusal(self._state, signed, check_signature=check_signature)
-        if refusal is not None:
+        if refusal is not None or isinstance(signed.body.action, AttestBuild):
             return refusal
         return fee_refusal(self._state, signed, self.action_fee(signed, payload_bytes), owed)
 
@@ -260,7 +270,8 @@ class World:
         if self._prepaid is not None:
             raise RuntimeError("fees were already collected for this block")
         plan = BlockPlan(self._state)  # judged against the balances before the block: plan all, then take
-        admitted = [(s, a, n) for s, a, n in actions if plan.admit(s, n) is None]
+        admitted = [(s, a, n) for s, a, n in actions
+                    if plan.admit(s, n) is None and not isinstance(s.body.action, AttestBuild)]  # attestations are free
         self._prepaid = {
             action_id: self._take_fee(signed.body.agent_id, self.action_fee(signed, payload_bytes))
             for signed, action_id, payload_bytes in admitted
@@ -305,11 +316,12 @@ class World:
         kind = action_kind(body.action)
         refusal = admission_refusal(self._state, signed, check_signature=not signature_checked)
         fee = 0
+        attestation = isinstance(body.action, AttestBuild)
         if refusal is not None and self._prepaid is not None and action_id in self._prepaid:
             refund = self._prepaid.pop(action_id)  # collected for an action that fails admission now
             agent = self._state.agents[body.agent_id]
             self._state.put_agent(msgspec.structs.replace(agent, electricity=agent.electricity + refund))
-        if refusal is None:
+        if refusal is None and not attestation:
             paid = self._pay(signed, action_id, payload_bytes)
             if isinstance(paid, Refusal):
                 refusal = paid
@@ -322,8 +334,9 @@ class World:
         if reason is None:
             ctx = ActionContext(action_id=action_id, agent_id=body.agent_id, nonce=body.nonce,
                                 height=self._state.meta.height)
-            agent = self._state.agents[body.agent_id]
-            self._state.put_agent(msgspec.structs.replace(agent, last_nonce=body.nonce))
+            if not attestation:
+                agent = self._state.agents[body.agent_id]
+                self._state.put_agent(msgspec.structs.replace(agent, last_nonce=body.nonce))
             if self._runner.has_action_routes():
                 action_map = msgspec.to_builtins(body.action, builtin_types=(bytes,))
                 action_map.update(agent_id=body.agent_id, nonce=body.nonce)
@@ -361,8 +374,11 @@ class World:
         return self._emit(self._runner.tick())
 
     def end_block(self) -> BlockOutcome:
-        """Close the open block and return its BlockOutcome; raises RuntimeError when none is open."""
+        """Close the open block and return its BlockOutcome: builds whose deadline is this height
+        fail first (``module.build_settled`` with ``BUILD_DEADLINE``). Raises RuntimeError when no
+        block is open."""
         self._require_block()
+        self._emit(builds.expire_builds(self._state, self._state.meta.height))
         root = self._state.state_root()
         journal = self._state.journal
         events_root = merkle_root([journal.raw_of(e) for e in self._block_events])
@@ -393,6 +409,22 @@ class World:
     def get_agent(self, agent_id: str) -> AgentRecord | None:
         """Return the agent's record, or None if no such agent is registered."""
         return self._state.agents.get(agent_id)
+
+    def get_build(self, build_id: str) -> BuildRecord | None:
+        """Return the build record ``build_id`` (hex action id of its compile action), or None."""
+        return self._state.builds.get(build_id)
+
+    def pending_builds(self) -> list[BuildRecord]:
+        """Return the builds waiting for validator attestations, in build id order."""
+        return builds.pending_builds(self._state)
+
+    def validators(self) -> dict[str, int]:
+        """Return the genesis validators (hex id to stake) that attest builds."""
+        return dict(self._state.meta.validators)
+
+    def signer_key(self, signed: SignedAction) -> bytes | None:
+        """Return the public key ``signed``'s signature must verify against (``admission.signer_key``)."""
+        return signer_key(self._state, signed)
 
     def get_instance(self, instance_id: str) -> InstanceRecord | None:
         """Return a module instance record, or None."""

@@ -16,6 +16,7 @@ import pytest
 
 from agent_world_runtime import World, compute_action_id
 from agent_world_runtime.actions import (
+    AttestBuild,
     CreateAgent,
     HarvestRadiation,
     SignedAction,
@@ -37,6 +38,9 @@ GENESIS = {
     "nonce-bot": (1, 100), "already-registered": (2, 100), "chain-id-agent": (3, 100), "bad-signature": (4, 100),
     "agent-id": (5, 100), "insufficient-fee": (6, 1), "fee-ok": (7, 2),
 }
+
+
+VALIDATOR = SigningKey(b"\x99" * 32)
 
 
 def key(seed: int) -> SigningKey:
@@ -130,6 +134,10 @@ CASES = [
     Case("'fee-ok' (2 electricity) creates an agent (surcharge 20)",
          lambda: create_with_nonce("fee-ok", "nonce-replayed", 1),
          RefusalCode.INSUFFICIENT_FEE, ("the fee of this action is 22 electricity", "agent 'fee-ok' has 2")),
+    # ATTESTATION_REFUSED: a validator's build attestation that cannot apply
+    Case("the genesis validator attests a build nobody requested",
+         lambda: sign_action(VALIDATOR, CHAIN, VALIDATOR.public_key.hex(), 0, AttestBuild(build_id="ab" * 32, code="TIMEOUT")),
+         RefusalCode.ATTESTATION_REFUSED, ("unknown build",)),
 ]
 
 
@@ -137,7 +145,7 @@ CASES = [
 def world() -> World:
     """A world in open block 1 with the GENESIS agents."""
     agents = [signer(a, seed).genesis_agent(electricity=e, data=10) for a, (seed, e) in GENESIS.items()]
-    w = World.from_genesis(CHAIN, PARAMS, agents=agents)
+    w = World.from_genesis(CHAIN, PARAMS, agents=agents, validators={VALIDATOR.public_key.hex(): 1})
     w.begin_block(1, 1_000)
     return w
 
@@ -148,6 +156,7 @@ def test_refusal_code_values_are_stable():
         "BAD_SIGNATURE": "bad_signature",
         "UNKNOWN_AGENT": "unknown_agent",
         "NONCE_REPLAYED": "nonce_replayed",
+        "ATTESTATION_REFUSED": "attestation_refused",
         "INSUFFICIENT_FEE": "insufficient_fee",
     }
     assert RefusalCode.NONCE_REPLAYED == "nonce_replayed" and str(RefusalCode.WRONG_CHAIN) == "wrong_chain"

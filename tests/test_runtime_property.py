@@ -98,9 +98,11 @@ def to_steps(ops: list[tuple]) -> list:
 
 
 def _counter_hash() -> str:
-    from agent_world_runtime.modules.source import build_source_package
+    from agent_world_runtime.modules.source import prepare_source_package
 
-    return sha256(build_source_package("move_counter", PACKAGE)[1]).hex()
+    wasm = prepare_source_package("move_counter", PACKAGE)[1]
+    assert wasm is not None
+    return sha256(wasm).hex()
 
 
 COUNTER_HASH = _counter_hash()

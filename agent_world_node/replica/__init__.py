@@ -3,7 +3,7 @@ each part handles (see ``replica.replica``). Drivers import from here."""
 
 from .admission import MAX_BATCH_ACTIONS, ActionDecoder, ActionSource, Admission, AdmissionResult
 from .execution_check import Divergence, ExecutionCheck
-from .outputs import FetchBlocks, Misbehaviour, Output, Publish, StartCommitWait, StartTimer
+from .outputs import FetchBlocks, Misbehaviour, Output, Publish, StartBuild, StartCommitWait, StartTimer
 from .replica import DIVERGED_META_KEY, MAX_GOSSIP_BYTES, MAX_SYNC_PAYLOAD_BYTES, Replica
 from .sync import SyncState
 from .validity import BlockValidity
@@ -26,6 +26,7 @@ __all__ = [
     "Output",
     "Publish",
     "Replica",
+    "StartBuild",
     "StartCommitWait",
     "StartTimer",
     "SyncState",

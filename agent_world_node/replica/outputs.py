@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent_world_runtime.params import Toolchain
+
 from ..consensus import TimeoutKind
 from ..types import Offence, Topic
 
@@ -62,4 +64,16 @@ class Misbehaviour:
     offence: Offence
 
 
-Output = Publish | StartTimer | StartCommitWait | FetchBlocks | Misbehaviour
+@dataclass(frozen=True, slots=True)
+class StartBuild:
+    """Build the pending build ``build_id``: the package ``files`` (paths to source text) with the
+    chain's ``toolchain``, off the consensus path, hermetic and bounded (``agent_world_node.builds``;
+    a validator whose local toolchain differs does not build and logs why). Answer with
+    ``Replica.build_finished(build_id, code, wasm, message)``."""
+
+    build_id: str
+    files: dict[str, str]
+    toolchain: Toolchain
+
+
+Output = Publish | StartTimer | StartCommitWait | FetchBlocks | Misbehaviour | StartBuild

@@ -89,6 +89,7 @@ from ..types import (
     compute_consensus_action_root,
 )
 from .admission import ActionDecoder, ActionSource, Admission, AdmissionResult
+from .builds import BuildDuty
 from .execution_check import Divergence, ExecutionCheck
 from .outputs import FetchBlocks, Misbehaviour, Output, Publish, StartCommitWait, StartTimer
 from .policy import PolicyClock
@@ -161,6 +162,7 @@ class Replica:
         self.validator_set = ValidatorSet.from_genesis(genesis)
         self.validator_id = validator_key.public_key.hex() if validator_key else ""
         self.is_validator = self.validator_set.get(self.validator_id) is not None
+        self.builds = BuildDuty(validator_key if self.is_validator else None)
         self.timeouts = TimeoutConfig.from_config(consensus)
         self.core = core_factory(
             chain_id=self.chain_id,
@@ -352,7 +354,20 @@ class Replica:
         fetch = self.sync.next_fetch(self.height, self._connected, now_ms)
         if fetch is not None:
             outputs.append(fetch)
+        outputs.extend(self.builds.due(self.world, self.syncing))
         return outputs
+
+    def build_finished(self, build_id: str, code: str, wasm: bytes = b"") -> AdmissionResult | None:
+        """The answer to ``StartBuild``: sign the attestation of ``code`` ("OK" with ``wasm``, or a
+        failure code) and admit it as this node's own client action (gossiped at the next tick).
+        Returns the admission result, or None when there is nothing to attest any more."""
+        signed = self.builds.attestation(self.world, build_id, code, wasm)
+        if signed is None:
+            return None
+        result = self.admission.admit(signed, ActionSource.API)
+        self.log.info("build_attested", build_id=build_id, code=code, status=result.status,
+                      refusal=result.reason[:200] if result.reason else None)
+        return result
 
     def handle_synced(self, payloads: list[bytes], peer: str) -> list[Output]:
         """The answer to ``FetchBlocks``: verify and commit the blocks in order, stopping at the
@@ -505,7 +520,7 @@ class Replica:
         self.last_block_hash = block.hash()
         self.last_block_time_ms = hdr.timestamp_ms
         self.admission.committed([a.action_id for a in block.actions])
-        self.mempool.recheck(self._account_of)
+        self.mempool.recheck(self._account_of, self._still_admissible)
         if self._wal_written:  # a synced or observed height signed nothing: no write, no fsync
             self.store.wal_prune(hdr.height)
             self._wal_written = False
@@ -531,6 +546,12 @@ class Replica:
             _publish(Topic.COMMIT, GossipCommitMessage(block.header, certificate, hashes)),
             StartCommitWait(hdr.height, self.timeouts.commit_ms),
         ]
+
+    def _still_admissible(self, action: NodeConsensusAction) -> bool:
+        """For a pending action whose submitter is no agent (a validator's build attestation):
+        whether the executed world would still admit it."""
+        signed = self.validity.decoded_action(action.action_id, action.payload)
+        return signed is not None and self.world.check_action(signed, check_signature=False) is None
 
     def _account_of(self, agent_id: str) -> tuple[int, int] | None:
         agent = self.world.get_agent(agent_id)

@@ -10,7 +10,8 @@ predicate of L22, L28, L36 and L49).
 3. every action decodes, its submitter is the signing agent and the block rules of the executed
    world accept it in block order (``agent_world_runtime.admission.BlockPlan``: the agent exists,
    the action is for this chain, nonces increase, and the agent can pay the fees of all its
-   actions in the block), and its signature verifies against the agent's key; signatures this
+   actions in the block; a build attestation comes from a genesis validator, once per build),
+   and its signature verifies against the signer's key (``World.signer_key``); signatures this
    node verified before (at admission) are not verified again;
 4. the proposer's execution hashes of the previous height equal ours (``ExecutionCheck``).
 
@@ -90,8 +91,8 @@ class BlockValidity:
             if refusal is not None:
                 return f"action {act.action_id.hex()[:16]} cannot be in this block ({refusal.code}): {refusal.message}"
             if act.action_id not in self._verified:
-                agent = world.get_agent(signed.body.agent_id)
-                if agent is None or not verify_action_signature(signed, agent.public_key):
+                key = world.signer_key(signed)
+                if key is None or not verify_action_signature(signed, key):
                     return f"action {act.action_id.hex()[:16]} has a bad signature"
                 self._verified.add(act.action_id)
         return None

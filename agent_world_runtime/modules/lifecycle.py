@@ -39,12 +39,13 @@ from ..actions import (
 )
 from ..crypto import sha256
 from ..rules import ActionContext, EventSpec, Rejected
-from ..state import ArtifactRecord, InstanceRecord, WorldState
+from ..state import ArtifactRecord, BuildRecord, InstanceRecord, WorldState
 from .abi import ABI_INTERFACE_VERSION
 from .billing import min_call_fees
+from .builds import request_build
 from .manifest import MODULE_KINDS, ModuleManifest, Subscription, cap_module_limits
 from .sandbox import ModuleValidationError, Sandbox
-from .source import SourceRejected, build_source_package
+from .source import SourceRejected, prepare_source_package
 
 MODULE_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+-]{0,31}")
@@ -107,6 +108,19 @@ def check_manifest(m: ModuleManifest) -> None:
             )
 
 
+def _check_ownership(state: WorldState, agent_id: str, manifest: ModuleManifest) -> None:
+    """Raise Rejected unless ``agent_id`` may publish ``manifest``'s module id and version."""
+    owner = state.module_publishers.get(manifest.module_id)
+    if owner is not None and owner != agent_id:
+        raise Rejected(f"module id {manifest.module_id!r} belongs to agent {owner!r}; choose another module_id")
+    prior = state.module_versions.get((manifest.module_id, manifest.version))
+    if prior is not None:
+        raise Rejected(
+            f"module {manifest.module_id!r} version {manifest.version!r} is already published as artifact {prior}; "
+            "bump the version"
+        )
+
+
 def _publish(state: WorldState, sandbox: Sandbox, ctx: ActionContext, manifest: ModuleManifest, wasm: bytes,
              origin: str, kind: str) -> list[EventSpec]:
     check_manifest(manifest)
@@ -117,15 +131,7 @@ def _publish(state: WorldState, sandbox: Sandbox, ctx: ActionContext, manifest: 
             f"artifact {wasm_hash} already exists (module {existing.module_id!r} version {existing.version!r} "
             f"published by {existing.publisher!r}); install it with install_module_from_artifact"
         )
-    owner = state.module_publishers.get(manifest.module_id)
-    if owner is not None and owner != ctx.agent_id:
-        raise Rejected(f"module id {manifest.module_id!r} belongs to agent {owner!r}; choose another module_id")
-    prior = state.module_versions.get((manifest.module_id, manifest.version))
-    if prior is not None:
-        raise Rejected(
-            f"module {manifest.module_id!r} version {manifest.version!r} is already published as artifact {prior}; "
-            "bump the version"
-        )
+    _check_ownership(state, ctx.agent_id, manifest)
     try:
         compiled = sandbox.compile(wasm, wasm_hash)
     except ModuleValidationError as exc:
@@ -156,13 +162,31 @@ def _publish(state: WorldState, sandbox: Sandbox, ctx: ActionContext, manifest: 
 
 def apply_compile(state: WorldState, sandbox: Sandbox, ctx: ActionContext,
                   action: CompileModuleArtifactFromSource) -> list[EventSpec]:
-    """Build the source package (see ``source``) and publish the artifact (event
-    module.artifact_compiled, whose ``wasm_hash`` records the bytes every node must have built)."""
+    """Check the source package (``source.prepare_source_package``). WAT is compiled here and the
+    artifact published at once (event module.artifact_compiled); C or Rust sources become a build
+    request that validators settle in later blocks (``builds.request_build``, event
+    module.build_requested), after the same checks a publish makes now, so a request that could
+    never register is rejected at once."""
     try:
-        manifest, wasm = build_source_package(action.module_id, action.source_package)
+        manifest, wasm, toolchain = prepare_source_package(action.module_id, action.source_package)
     except SourceRejected as exc:
         raise Rejected(str(exc)) from None
-    return _publish(state, sandbox, ctx, manifest, wasm, "compiled", ev.ARTIFACT_COMPILED)
+    if wasm is not None:
+        return _publish(state, sandbox, ctx, manifest, wasm, "compiled", ev.ARTIFACT_COMPILED)
+    assert toolchain is not None
+    check_manifest(manifest)
+    _check_ownership(state, ctx.agent_id, manifest)
+    return request_build(state, ctx, manifest, action.source_package, toolchain)
+
+
+def publish_build(state: WorldState, sandbox: Sandbox, build: BuildRecord, wasm: bytes) -> list[EventSpec]:
+    """Publish the bytes the validators agreed on for ``build`` as its publisher's artifact
+    (event module.artifact_compiled with the ``build_id``); raises Rejected as a deploy would."""
+    ctx = ActionContext(action_id=bytes.fromhex(build.build_id), agent_id=build.publisher, nonce=0,
+                        height=state.meta.height)
+    events = _publish(state, sandbox, ctx, build.manifest, wasm, "compiled", ev.ARTIFACT_COMPILED)
+    events[0][1]["build_id"] = build.build_id
+    return events
 
 
 def apply_deploy(state: WorldState, sandbox: Sandbox, ctx: ActionContext, action: DeployModuleArtifact) -> list[EventSpec]:

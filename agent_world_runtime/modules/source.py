@@ -1,45 +1,28 @@
-"""Building a module artifact from a source package (the ``CompileModuleArtifactFromSource``
+"""Checking a module source package and compiling its WAT (the ``CompileModuleArtifactFromSource``
 action; docs/module-abi.md, "Compiling from source").
 
 A ``ModuleSourcePackage`` maps relative paths to UTF-8 text and names its JSON manifest. Paths
-are validated (relative, no ``..``, no absolute or drive paths, no backslashes) and sizes are
-bounded. The paths must also form a tree that every node can write the same way
-(``check_source_layout``): no path is both a file and a directory (``a`` with ``a/b.c``), and no
-two files or directories differ only by letter case (``A.c`` with ``a.c``, ``Src/`` with
-``src/``), since a case-insensitive file system would merge them. The build:
+are validated (relative, no ``..``, no absolute or drive paths, no backslashes, no file that is also
+a directory, no two names equal ignoring case) and sizes are bounded. Then
+(``prepare_source_package``):
 
-1. a package with a ``.wat`` source: exactly one, compiled in-process by the engine's WAT compiler
-   (deterministic for the pinned engine);
-2. otherwise the files are written into a temporary workspace and built by the command in the
-   environment variable ``AGENT_WORLD_MODULE_SOURCE_COMPILER`` (split like a shell command) or, if
-   unset, ``scripts/build-wasm-module.sh`` (C via clang or ziglang, Rust via a wasm32 rustc). The
-   command is run as ``<command> <src_dir> <out.wasm>`` with cwd ``src_dir``, at most
-   BUILD_TIMEOUT_S seconds; the output must exist and be at most MAX_BUILD_OUTPUT_BYTES. A missing
-   toolchain, a failed or timed-out build is a SourceRejected carrying the compiler's message.
+1. a package with a ``.wat`` source: exactly one, compiled here, in-process, by the engine's WAT
+   compiler (deterministic for the pinned engine, linear in the text);
+2. a package of C or Rust sources is not built here: the world records a build request and the
+   validators build it off the consensus path (``modules.builds``, ``agent_world_node.builds``).
 
-Determinism rule (docs/module-abi.md, "Compiling from source"): compilation happens while the
-action executes, on every node. WAT is deterministic. An external toolchain is node configuration
-that every validator of a world must pin identically (same command, same compiler version): the
-``module.artifact_compiled`` event records the resulting ``wasm_hash``, and a node whose toolchain
-produces other bytes computes another state root and falls out of consensus visibly rather than
-silently. Worlds that cannot pin a toolchain should compile client-side and deploy the bytes with
-``deploy_module_artifact``.
+The world never runs a compiler process: nothing here depends on the machine.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shlex
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
-import structlog
-
 from ..actions import ModuleSourcePackage
 from ..codec import DecodeError, decode_json
+from .builds import toolchain_of
 from .manifest import ModuleManifest
 from .sandbox import ModuleValidationError, wat_to_wasm
 
@@ -47,13 +30,6 @@ MAX_SOURCE_FILES = 32
 MAX_PATH_CHARS = 200
 MAX_SOURCE_FILE_BYTES = 192 * 1024
 MAX_SOURCE_TOTAL_BYTES = 224 * 1024
-COMPILER_ENV = "AGENT_WORLD_MODULE_SOURCE_COMPILER"
-BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build-wasm-module.sh"
-BUILD_TIMEOUT_S = 120
-MAX_BUILD_OUTPUT_BYTES = 1 << 20
-MAX_COMPILER_MESSAGE_CHARS = 1500
-
-log = structlog.get_logger(__name__)
 
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 
@@ -105,17 +81,19 @@ def check_source_layout(paths: Iterable[str]) -> None:
             )
 
 
-def build_source_package(module_id: str, package: ModuleSourcePackage) -> tuple[ModuleManifest, bytes]:
-    """Validate ``package`` and compile it; return ``(manifest, wasm_bytes)``.
+def prepare_source_package(module_id: str, package: ModuleSourcePackage) -> tuple[ModuleManifest, bytes | None, str | None]:
+    """Validate ``package`` and return ``(manifest, wasm, toolchain)``: for a WAT package the
+    compiled ``wasm`` and None; for C or Rust sources None and the toolchain name (``"c"`` or
+    ``"rust"``; the build happens off the consensus path).
 
     Raises SourceRejected when paths or sizes are invalid, the paths conflict
-    (``check_source_layout``), the manifest is missing, is not a
-    ModuleManifest, or names another module id, when there is more than one ``.wat`` source, when
-    the WAT does not compile, or when the external build (``build_external``) fails.
+    (``check_source_layout``), the manifest is missing, is not a ModuleManifest, or names another
+    module id, when there is more than one ``.wat`` source, when the WAT does not compile, or when
+    there is no buildable source (``.wat``, ``.c`` or ``.rs``).
     """
     files = package.files
     if not files:
-        raise SourceRejected("source package has no files; include a .wat source and its manifest JSON")
+        raise SourceRejected("source package has no files; include a .wat, .c or .rs source and its manifest JSON")
     if len(files) > MAX_SOURCE_FILES:
         raise SourceRejected(f"source package has {len(files)} files; the limit is {MAX_SOURCE_FILES}")
     total = 0
@@ -141,73 +119,17 @@ def build_source_package(module_id: str, package: ModuleSourcePackage) -> tuple[
         )
     wat_files = sorted(p for p in files if p.endswith(".wat"))
     if not wat_files:
-        return manifest, build_external(files)
+        toolchain = toolchain_of(files)
+        if toolchain is None:
+            raise SourceRejected("source package has no .wat, .c or .rs source; include one")
+        return manifest, None, toolchain
     if len(wat_files) > 1:
         raise SourceRejected(f"source package has {len(wat_files)} .wat files {wat_files[:4]}; include exactly one")
     try:
         wasm = wat_to_wasm(files[wat_files[0]])
     except ModuleValidationError as exc:
         raise SourceRejected(f"{wat_files[0]}: {exc}") from None
-    return manifest, wasm
-
-
-def compiler_command() -> list[str]:
-    """Return the external build command: ``AGENT_WORLD_MODULE_SOURCE_COMPILER`` split like a
-    shell command, or ``bash scripts/build-wasm-module.sh``. Raises SourceRejected if the
-    variable is set but empty or unparsable."""
-    configured = os.environ.get(COMPILER_ENV)
-    if configured is None:
-        return ["bash", str(BUILD_SCRIPT)]
-    try:
-        cmd = shlex.split(configured)
-    except ValueError as exc:
-        raise SourceRejected(f"{COMPILER_ENV}={configured[:80]!r} cannot be parsed: {exc}") from None
-    if not cmd:
-        raise SourceRejected(f"{COMPILER_ENV} is set but empty; unset it or name a compiler command")
-    return cmd
-
-
-def build_external(files: dict[str, str]) -> bytes:
-    """Write ``files`` (paths already validated) into a temporary workspace, run
-    ``compiler_command() + [src_dir, out_wasm]`` there under BUILD_TIMEOUT_S and return the
-    module bytes. Raises SourceRejected with the compiler's message (stderr, else stdout,
-    truncated) when the paths conflict (``check_source_layout``), the command is missing, fails,
-    times out, or writes no or too large output."""
-    check_source_layout(files)
-    cmd = compiler_command()
-    with tempfile.TemporaryDirectory(prefix="aw-module-build-") as tmp:
-        src = Path(tmp) / "src"
-        out = Path(tmp) / "out.wasm"
-        for rel, text in files.items():
-            target = src / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, encoding="utf-8")
-        try:
-            proc = subprocess.run(
-                [*cmd, str(src), str(out)], cwd=src, capture_output=True, timeout=BUILD_TIMEOUT_S,
-                stdin=subprocess.DEVNULL, check=False,
-            )
-        except FileNotFoundError:
-            raise SourceRejected(
-                f"module source compiler {cmd[0]!r} was not found; install it or set {COMPILER_ENV} to a working command"
-            ) from None
-        except PermissionError:
-            raise SourceRejected(f"module source compiler {cmd[0]!r} is not executable") from None
-        except subprocess.TimeoutExpired:
-            raise SourceRejected(f"module build took longer than {BUILD_TIMEOUT_S} s and was stopped") from None
-        if proc.returncode != 0:
-            message = (proc.stderr or proc.stdout).decode("utf-8", "replace").strip()
-            log.info("module build failed", exit_code=proc.returncode, compiler=cmd[0])
-            raise SourceRejected(
-                f"module build failed (exit {proc.returncode}): {message[-MAX_COMPILER_MESSAGE_CHARS:] or 'no message'}"
-            )
-        try:
-            size = out.stat().st_size
-        except OSError:
-            raise SourceRejected("module build succeeded but wrote no output .wasm file") from None
-        if size > MAX_BUILD_OUTPUT_BYTES:
-            raise SourceRejected(f"module build output is {size} bytes; the limit is {MAX_BUILD_OUTPUT_BYTES}")
-        return out.read_bytes()
+    return manifest, wasm, None
 
 
 def package_from_files(paths: list[str | Path], manifest: str | Path) -> ModuleSourcePackage:
