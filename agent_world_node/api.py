@@ -13,7 +13,9 @@ Routes (hashes and bytes are lowercase hex in responses):
   when the body is not such a document.
 - ``GET /v1/status``, ``GET /v1/blocks/{height}``, ``GET /v1/execution/{height}``,
   ``GET /v1/agents/{agent_id}``, ``GET /v1/events?from_seq=&limit=&kind=``, ``GET /v1/modules``,
-  ``GET /v1/evidence``, ``GET /health``, ``GET /ready``, ``GET /metrics`` (Prometheus text).
+  ``GET /v1/evidence``, ``GET /v1/builds/{build_id}`` (a build from source: the world's record and
+  this node's own build, with the compiler's message), ``GET /health``, ``GET /ready``,
+  ``GET /metrics`` (Prometheus text).
 - Only with ``rpc.unsafe = true`` in config.toml (local testnets and fault tests): ``GET`` and
   ``POST /v1/unsafe/peer_filter`` with ``{"blocked": [peer id, ...]}``: this node disconnects the
   listed peers and ignores them until the list changes. Otherwise these answer 403.
@@ -94,6 +96,8 @@ class NodeView(Protocol):
     def events_json(self, from_seq: int, limit: int, kind: str | None) -> list[dict[str, Any]]: ...
     def modules_json(self) -> dict[str, Any]: ...
     def evidence_json(self) -> list[dict[str, Any]]: ...
+
+    def build_json(self, build_id: str) -> dict[str, Any] | None: ...
     def set_peer_filter(self, blocked: list[str]) -> list[str]: ...
     def readiness(self) -> tuple[bool, str]: ...
 
@@ -302,6 +306,14 @@ def create_app(node: NodeView) -> Starlette:
     async def modules(request: Request) -> Response:
         return JSONResponse(node.modules_json())
 
+    async def build(request: Request) -> Response:
+        build_id = request.path_params["build_id"]
+        data = node.build_json(build_id)
+        if data is None:
+            return _error(404, "unknown_build", f"no build {build_id[:80]!r}; a build id is the hex action id of a "
+                          "compile_module_artifact_from_source whose sources need a toolchain")
+        return JSONResponse(data)
+
     async def evidence(request: Request) -> Response:
         return JSONResponse({"evidence": node.evidence_json()})
 
@@ -349,6 +361,7 @@ def create_app(node: NodeView) -> Starlette:
         Route("/v1/events", events),
         Route("/v1/modules", modules),
         Route("/v1/evidence", evidence),
+        Route("/v1/builds/{build_id}", build),
         Route("/health", health),
         Route("/ready", ready),
         Route("/metrics", metrics),
@@ -361,7 +374,7 @@ def create_app(node: NodeView) -> Starlette:
 
 
 _ROUTE_LIST = "/v1/actions, /v1/status, /v1/blocks/{height}, /v1/execution/{height}, /v1/agents/{agent_id}, " \
-    "/v1/events, /v1/modules, /v1/evidence, /health, /ready, /metrics"
+    "/v1/events, /v1/modules, /v1/evidence, /v1/builds/{build_id}, /health, /ready, /metrics"
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -25,6 +25,7 @@ from agent_world_runtime.modules.sandbox import Sandbox
 
 from . import config as cfg
 from .api import create_app
+from .build_runner import BuildRunner
 from .consensus import TimeoutFired
 from .metrics import NodeMetrics
 from .network import NetworkConfig, P2PNetwork, SyncError
@@ -38,6 +39,7 @@ from .replica import (
     Output,
     Publish,
     Replica,
+    StartBuild,
     StartCommitWait,
     StartTimer,
 )
@@ -112,6 +114,7 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._started_at = time.time()
         self.log = log.bind(node=self.config.moniker)
+        self._builds = BuildRunner(self.replica, self.log)
 
     # -- views used by the API ------------------------------------------------------------------
     @property
@@ -145,6 +148,8 @@ class Node:
                 assert self._nursery is not None
                 if isinstance(out, FetchBlocks):
                     self._nursery.start_soon(self._fetch, out)
+                elif isinstance(out, StartBuild):
+                    self._nursery.start_soon(self._builds.run, out)
                 else:
                     self._nursery.start_soon(self._timer, out)
 
@@ -267,6 +272,24 @@ class Node:
     def modules_json(self) -> dict[str, Any]:
         """Known artifacts and installed instances."""
         return to_builtins(self.world.module_status())
+
+    def build_json(self, build_id: str) -> dict[str, Any] | None:
+        """The ``GET /v1/builds/{build_id}`` document: the world's record of the build (status,
+        code, wasm_hash, toolchain, heights, each validator's attested outcome) and this node's
+        own build of it (code and the compiler's message), or None when neither exists."""
+        record = self.world.get_build(build_id)
+        local = self._builds.reports.get(build_id)
+        if record is None and local is None:
+            return None
+        doc: dict[str, Any] = {"build_id": build_id}
+        if record is not None:
+            doc.update(status=record.status, code=record.code, wasm_hash=record.wasm_hash, publisher=record.publisher,
+                       module_id=record.module_id, version=record.manifest.version, toolchain=record.toolchain,
+                       requested_at=record.requested_at, deadline_height=record.deadline,
+                       attestations=dict(record.attestations))
+        if local is not None:
+            doc["this_node"] = local
+        return doc
 
     def evidence_json(self) -> list[dict[str, Any]]:
         """Stored equivocation evidence (newest first)."""

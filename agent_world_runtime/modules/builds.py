@@ -32,11 +32,16 @@ from typing import Any
 import msgspec
 
 from .. import events as ev
-from ..actions import AttestBuild, ModuleSourcePackage
+from ..actions import MAX_ACTION_PAYLOAD_BYTES, AttestBuild, ModuleSourcePackage
 from ..crypto import sha256
 from ..rules import ActionContext, EventSpec, Rejected
 from ..state import BuildRecord, WorldState
 from .manifest import ModuleManifest
+
+#: Largest module bytes an attestation carries: an attestation is one action, whose payload is at
+#: most ``MAX_ACTION_PAYLOAD_BYTES``; 8 KiB are left for the envelope. A larger build attests
+#: ``OUTPUT_TOO_LARGE``.
+MAX_ATTESTED_WASM_BYTES = MAX_ACTION_PAYLOAD_BYTES - 8 * 1024
 
 #: Build outcomes that enter the world besides OK (a validator's builder reports one of these).
 BUILD_FAILURE_CODES = frozenset({
