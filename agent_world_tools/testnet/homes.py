@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import msgspec
 import structlog
 
 from agent_world_client.client import AgentKey
+from agent_world_node.builds import local_toolchain
 from agent_world_node.config import (
     ConfigError,
     Genesis,
@@ -34,7 +36,7 @@ from agent_world_node.config import (
 )
 from agent_world_node.network import peer_id_for_seed
 from agent_world_runtime.crypto import SigningKey
-from agent_world_runtime.params import GenesisAgent, WorldParams
+from agent_world_runtime.params import TOOLCHAIN_NAMES, GenesisAgent, Toolchain, WorldParams
 
 log = structlog.get_logger(__name__)
 
@@ -97,6 +99,13 @@ def is_testnet(directory: Path) -> bool:
 TESTNET_WORLD = WorldParams(harvest_amount=20)
 
 
+def local_toolchains() -> list[Toolchain]:
+    """The module toolchains installed on this machine (C through ziglang, Rust through Debian's
+    rustc), as a genesis names them: every node of a local testnet runs here, so all of them can
+    build what the chain accepts. Empty when none is installed (then only WAT compiles in-world)."""
+    return [t for t in (local_toolchain(name) for name in TOOLCHAIN_NAMES) if t is not None]
+
+
 def init_testnet(
     directory: Path,
     nodes: int,
@@ -134,7 +143,7 @@ def init_testnet(
             GenesisValidator(name=f"node{i}", public_key=key.public_key.hex(), stake=stake)
             for i, key in enumerate(validator_keys)
         ],
-        world=TESTNET_WORLD,
+        world=msgspec.structs.replace(TESTNET_WORLD, toolchains=local_toolchains()),
         agents=[genesis_faucet(faucet_key_file(directory))],
     )
     homes = []
