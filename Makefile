@@ -8,7 +8,7 @@ NODES    ?= 4
 DURATION ?=
 TESTNET_ARGS := --nodes $(NODES) $(if $(DURATION),--duration $(DURATION),)
 
-.PHONY: venv testnet test check bench clean sim sim-long test-faults
+.PHONY: venv testnet test check bench clean sim sim-long test-faults toolchains
 
 venv: $(STAMP)
 
@@ -17,6 +17,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test]'
 	@touch $(STAMP)
+
+# Module build toolchains (agent_world_node/builds): Debian rustc with the wasm32 std, lld and
+# bubblewrap (installed with apt-get when missing and run as root; otherwise the command is
+# printed), and the pinned ziglang (C through zig cc) in the venv. Idempotent; CI runs it.
+ZIGLANG  := ziglang==0.17.1
+APT_PKGS := rustc libstd-rust-dev-wasm32 lld bubblewrap
+toolchains: $(STAMP)
+	@if test -x /usr/bin/rustc && test -d /usr/lib/rustlib/wasm32-unknown-unknown && test -e /usr/bin/rust-lld && test -x /usr/bin/bwrap; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS) >/dev/null; \
+	else echo "module build toolchains missing: sudo apt-get install --no-install-recommends $(APT_PKGS)"; fi
+	@$(BIN)/pip install --quiet $(ZIGLANG)
 
 testnet: $(STAMP)
 	$(BIN)/awnode testnet $(TESTNET_ARGS)
