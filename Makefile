@@ -20,17 +20,16 @@ $(STAMP): pyproject.toml
 
 # Module build toolchains (agent_world_node/builds): Debian rustc with the wasm32 std, lld and
 # bubblewrap (installed with apt-get when missing and run as root; otherwise the command is
-# printed), and the pinned ziglang (C through zig cc) in the venv. Idempotent; CI runs it.
-ZIGLANG  := ziglang==0.17.1
+# printed). The C toolchain, ziglang, is pinned in pyproject.toml and comes with the venv.
+# Idempotent; `make test` and `make testnet` run it.
 APT_PKGS := rustc libstd-rust-dev-wasm32 lld bubblewrap
 toolchains: $(STAMP)
 	@if test -x /usr/bin/rustc && test -d /usr/lib/rustlib/wasm32-unknown-unknown && test -e /usr/bin/rust-lld && test -x /usr/bin/bwrap; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS) >/dev/null; \
 	else echo "module build toolchains missing: sudo apt-get install --no-install-recommends $(APT_PKGS)"; fi
-	@$(BIN)/pip install --quiet $(ZIGLANG)
 
-testnet: $(STAMP)
+testnet: $(STAMP) toolchains
 	$(BIN)/awnode testnet $(TESTNET_ARGS)
 
 # Static checks first (configured in pyproject.toml): lint, types, and the import-layer contracts.
@@ -39,7 +38,7 @@ check: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: check
+test: check toolchains
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
