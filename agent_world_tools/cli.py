@@ -48,7 +48,9 @@ from agent_world_node.config import (
 from agent_world_node.network import peer_id_for_seed
 from agent_world_runtime.actions import AGENT_ID_RE, Action, action_kind, sign_action, static_action_problem
 from agent_world_runtime.crypto import SigningKey
+from agent_world_runtime.params import WorldParams
 
+from .modules_cli import module_app
 from .testnet import (
     DEFAULT_STAKE,
     DEFAULT_TESTNET_CHAIN_ID,
@@ -56,6 +58,7 @@ from .testnet import (
     TestnetOptions,
     genesis_faucet,
     init_testnet,
+    local_toolchains,
     prepare_testnet,
     render_summary,
     run_testnet,
@@ -80,6 +83,7 @@ testnet_app = typer.Typer(
 app.add_typer(testnet_app, name="testnet")
 agent_app = typer.Typer(help="Run agents that live in the world through a node's API.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
+app.add_typer(module_app, name="module")
 
 
 class CliError(RuntimeError):
@@ -165,6 +169,7 @@ def init(
                 genesis_time_ms=int(time.time() * 1000),
                 validators=[GenesisValidator(name=moniker, public_key=validator_key.public_key.hex(), stake=DEFAULT_STAKE)],
                 agents=[faucet],
+                world=WorldParams(toolchains=local_toolchains()),
             )
         config = NodeConfig()
         config.p2p.peers = peer_list
