@@ -14,7 +14,8 @@ class Toolchain(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A compiler the chain builds module sources with (genesis ``world.toolchains``): ``name`` is
     ``"c"`` (C through ``ziglang``'s clang, wasm32-freestanding) or ``"rust"`` (``rustc`` with the
     wasm32-unknown-unknown std); ``version`` is the compiler's own version text; ``compiler_sha256``
-    is the hex sha256 of the compiler executable's bytes. A validator builds only with a toolchain
+    is the hex sha256 of the compiler executable's bytes (for Rust, the sha256 of the executable's
+    and ``librustc_driver``'s digests, since Debian's ``rustc`` is a stub). A validator builds only with a toolchain
     whose three fields equal its own (``agent_world_node.builds``)."""
 
     name: str

@@ -123,8 +123,17 @@ def _detect_rust() -> InstalledToolchain | None:
         has_std = False
     if not has_std or not RUST_LINKER.exists():
         return None
+    # Debian's rustc is a small stub; the compiler is librustc_driver, so both are hashed.
+    drivers = sorted(p for lib in (Path(sysroot) / "lib", *Path(sysroot, "lib").glob("*-linux-gnu"))
+                     for p in lib.glob("librustc_driver-*.so"))
+    if not drivers:
+        return None
+    digest = hashlib.sha256(bytes.fromhex(file_sha256(exe)))
+    for driver in drivers:
+        digest.update(bytes.fromhex(file_sha256(driver)))
     # rustc, its driver and LLVM libraries, the std and the linker all live under /usr.
-    return InstalledToolchain(Toolchain(name="rust", version=version, compiler_sha256=file_sha256(exe)), exe, (Path("/usr"),))
+    return InstalledToolchain(Toolchain(name="rust", version=version, compiler_sha256=digest.hexdigest()), exe,
+                              (Path("/usr"),))
 
 
 def installed_toolchain(name: str) -> InstalledToolchain | None:
