@@ -47,9 +47,13 @@ C_EXAMPLE = REPO_ROOT / "examples" / "modules" / "c_counter" / "counter.c"
 MANIFEST = "manifest.json"
 BUILD_DIR = "build"
 RUSTC = "/usr/bin/rustc"
+# The fallback's flags follow the node's builder (agent_world_node/builds/hermetic.py), including its
+# 64 KiB stack: the toolchains' default 1 MiB stack alone would cost 16 pages of gas per call.
+STACK_BYTES = 65536
 RUST_FLAGS = ["--edition", "2021", "--target", "wasm32-unknown-unknown", "--crate-type", "cdylib", "-O",
-              "-C", "strip=symbols", "-C", "codegen-units=1"]
-C_FLAGS = ["--target=wasm32-freestanding", "-O2", "-nostdlib", "-Wl,--no-entry", "-Wl,--strip-all"]
+              "-C", "strip=symbols", "-C", "codegen-units=1", "-C", f"link-arg=-zstack-size={STACK_BYTES}"]
+C_FLAGS = ["--target=wasm32-freestanding", "-O2", "-nostdlib", "-Wl,--no-entry", "-Wl,--strip-all",
+           f"-Wl,-z,stack-size={STACK_BYTES}"]
 INSTALL_HINT = {
     "rust": "apt-get install --no-install-recommends rustc libstd-rust-dev-wasm32 lld (or `make toolchains`)",
     "c": "pip install ziglang (into this Python environment, or `make toolchains`)",
@@ -305,7 +309,7 @@ def _manifest_text(name: str) -> str:
         "exports": ["reduce"],
         "subscriptions": [{"kind": "move_agent", "stage": "post_action"}],
         "required_caps": [],
-        # Rust and C modules start with 17 pages (a 1 MiB stack + data): 2 MiB leaves room to grow
+        # Rust and C modules start with a few pages (a 64 KiB stack + data) and grow as they allocate
         "limits": {"max_mem_bytes": 2 * 1024 * 1024, "max_gas": 1_000_000, "max_call_rate": 100,
                    "max_output_bytes": 16384, "max_effects": 0, "max_emits": 1},
     }

@@ -208,3 +208,16 @@ def test_deploy_refuses_a_new_build_under_a_published_version(tmp_path, monkeypa
     result = awnode("module", "deploy", str(tmp_path / "m"), "--key", str(key_file), "--rpc", "http://fake:1")
     assert result.exit_code == 1 and "bump" in result.stderr and "already published" in result.stderr, result.stderr
     assert posted == []
+
+
+@pytest.mark.parametrize("example", ["rust_counter", "c_counter"])
+def test_the_fallback_build_without_the_node_builder_gives_a_valid_module(tmp_path, monkeypatch, example):
+    from agent_world_tools import modules_cli
+
+    need("rust" if example == "rust_counter" else "c")
+    monkeypatch.setattr(modules_cli, "_hermetic_builder", lambda: None)
+    project = copy_example(example, tmp_path)
+    result = awnode("module", "build", str(project))
+    assert result.exit_code == 0, result.output + result.stderr
+    compiled = Sandbox().compile((project / "build" / f"{example}.wasm").read_bytes())
+    assert "reduce" in compiled.entries and compiled.min_memory_bytes <= 4 * 65536  # the 64 KiB stack flag
