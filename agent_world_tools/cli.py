@@ -19,31 +19,27 @@ and exit with status 1, without a traceback.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import msgspec
 import structlog
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from agent_world_client.client import AgentKey, ClientError, NotFound, SyncNodeClient
+from agent_world_client.client import AgentKey, NotFound
 from agent_world_node.config import (
-    ConfigError,
     Genesis,
     GenesisValidator,
     Home,
     NodeConfig,
     init_home,
     read_genesis,
-    read_key,
 )
 from agent_world_node.network import peer_id_for_seed
 from agent_world_runtime.actions import AGENT_ID_RE, Action, action_kind, sign_action, static_action_problem
@@ -54,7 +50,6 @@ from .modules_cli import module_app
 from .testnet import (
     DEFAULT_STAKE,
     DEFAULT_TESTNET_CHAIN_ID,
-    TestnetError,
     TestnetOptions,
     genesis_faucet,
     init_testnet,
@@ -63,11 +58,9 @@ from .testnet import (
     render_summary,
     run_testnet,
 )
+from .ui import CliError, console, err_console, friendly_errors, make_client, quiet_logs, read_agent_key
 
 DEFAULT_CHAIN_ID = "agent-world-local"
-
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
 
 app = typer.Typer(
     name="awnode",
@@ -84,47 +77,6 @@ app.add_typer(testnet_app, name="testnet")
 agent_app = typer.Typer(help="Run agents that live in the world through a node's API.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 app.add_typer(module_app, name="module")
-
-
-class CliError(RuntimeError):
-    """A usage error the user can fix; the message says what was wrong and what to do."""
-
-
-class _CurrentStderr:
-    """A file object that writes to whatever ``sys.stderr`` is at the time of the write, so a
-    configured logger does not keep a stream that was replaced and closed since (e.g. by a
-    test runner capturing a command's output)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
-def quiet_logs() -> None:
-    """Library logs of client commands go to stderr, warnings and errors only (the daemon configures
-    its own logging in ``start``; the testnet launcher logs to a file)."""
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
-    )
-
-
-@contextlib.contextmanager
-def friendly_errors() -> Iterator[None]:
-    """Turn errors a user can fix into one red line on stderr and exit status 1."""
-    try:
-        yield
-    except (ConfigError, ClientError, TestnetError, CliError) as exc:
-        err_console.print(f"[bold red]error:[/bold red] [red]{escape(str(exc))}[/red]", highlight=False)
-        raise typer.Exit(1) from None
-
-
-def make_client(rpc: str) -> SyncNodeClient:
-    """Return the client the commands use for ``--rpc`` (tests replace this to inject a transport)."""
-    return SyncNodeClient(rpc)
 
 
 # --- init ---------------------------------------------------------------------------------------
@@ -382,18 +334,6 @@ def load_action(source: str) -> Action:
     except msgspec.DecodeError as exc:
         raise CliError(f"{source}: not a valid action ({exc})") from None
     return action
-
-
-def read_agent_key(path: Path) -> tuple[SigningKey, str | None]:
-    """Read a key file (``awnode keygen`` or node key format); return the key and its agent_id if any.
-    Raises ConfigError or ClientError naming the file."""
-    key = read_key(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
-    agent_id = data.get("agent_id") if isinstance(data, dict) else None
-    return key, agent_id if isinstance(agent_id, str) else None
 
 
 @app.command()

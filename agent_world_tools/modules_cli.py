@@ -36,6 +36,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from . import ui
+
 module_app = typer.Typer(
     help="Write, build, test and publish world modules (docs/module-guide.md).", no_args_is_help=True
 )
@@ -64,10 +66,8 @@ STAGES = ("pre_action", "post_action", "post_event", "tick")
 
 
 def _cli() -> Any:
-    # imported late: cli.py imports this module to register the sub-app
-    from . import cli
-
-    return cli
+    """The shared command helpers (``ui``: consoles, CliError, friendly_errors, make_client)."""
+    return ui
 
 
 def fail(message: str) -> NoReturn:

@@ -18,7 +18,7 @@ from agent_world_client.client import AgentKey
 from agent_world_runtime.crypto import SigningKey
 from agent_world_runtime.modules.sandbox import Sandbox
 from agent_world_runtime.signer import AgentSigner
-from agent_world_tools import cli
+from agent_world_tools import cli, ui
 from agent_world_tools.modules_cli import INSTALL_HINT
 
 from .node_harness import running_node, single_validator_home
@@ -204,7 +204,7 @@ def test_deploy_refuses_a_new_build_under_a_published_version(tmp_path, monkeypa
 
     from agent_world_client.client import SyncNodeClient
 
-    monkeypatch.setattr(cli, "make_client", lambda rpc: SyncNodeClient(rpc, transport=httpx.MockTransport(handler)))
+    monkeypatch.setattr(ui, "make_client", lambda rpc: SyncNodeClient(rpc, transport=httpx.MockTransport(handler)))
     result = awnode("module", "deploy", str(tmp_path / "m"), "--key", str(key_file), "--rpc", "http://fake:1")
     assert result.exit_code == 1 and "bump" in result.stderr and "already published" in result.stderr, result.stderr
     assert posted == []
