@@ -352,6 +352,15 @@ class NodeClient:
             raise BadResponse(f"node at {self.base_url} answered /v1/events without an 'events' list")
         return body["events"]
 
+    async def build(self, build_id: str) -> dict[str, Any]:
+        """GET /v1/builds/{build_id}: the world's record of a build from source (status, code,
+        wasm_hash, attestations) and ``this_node`` (that node's own build and the compiler's
+        message). Raises NotFound for an unknown build."""
+        body = await self._get_json(f"/v1/builds/{build_id}", what="build")
+        if not isinstance(body, dict):
+            raise BadResponse(f"node at {self.base_url} answered /v1/builds with {type(body).__name__}, not an object")
+        return body
+
     async def modules(self) -> dict[str, Any]:
         """GET /v1/modules: {"artifacts": [...], "instances": [...]}."""
         body = await self._get_json("/v1/modules", what="module list")
@@ -420,6 +429,10 @@ class SyncNodeClient:
     def modules(self) -> dict[str, Any]:
         """See NodeClient.modules."""
         return self._call(NodeClient.modules)
+
+    def build(self, build_id: str) -> dict[str, Any]:
+        """See NodeClient.build."""
+        return self._call(NodeClient.build, build_id)
 
 
 # --- agent key files ---------------------------------------------------------------------------

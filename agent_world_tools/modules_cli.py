@@ -660,6 +660,67 @@ def deploy(
         cli.console.print(f"next: awnode module install {wasm_hash} --key {key_file} --rpc {rpc}", highlight=False)
 
 
+@module_app.command("compile")
+def compile_in_world(
+    directory: Path = typer.Argument(Path("."), help="The project directory (with manifest.json)."),
+    key_file: Path = typer.Option(..., "--key", help="The publisher's agent key file (from `awnode keygen`)."),
+    rpc: str = typer.Option("http://127.0.0.1:26657", "--rpc", help="The node's HTTP API."),
+    agent_id: Optional[str] = typer.Option(None, "--agent-id", help="Agent id; default: the key file's agent_id."),
+    timeout: float = typer.Option(180.0, "--timeout", help="Seconds to wait for the validators' build."),
+) -> None:
+    """Have the chain build the sources (compile_module_artifact_from_source): WAT compiles at once;
+    C and Rust are built by the validators, whose agreed result registers the artifact. Waits for the
+    outcome and prints the wasm_hash, or the build's code and this node's compiler message."""
+    from agent_world_client.client import NotFound
+    from agent_world_runtime.actions import CompileModuleArtifactFromSource, ModuleSourcePackage
+
+    cli = _cli()
+    cli.quiet_logs()
+    with cli.friendly_errors():
+        key, agent = _signer(key_file, agent_id)
+        project = load_project(directory)
+        _check_sources(project)
+        files = {**project.sources, MANIFEST: project.manifest_text}
+        m = project.manifest
+        client = cli.make_client(rpc)
+        action_id = _submit(client, rpc, key, agent, CompileModuleArtifactFromSource(
+            module_id=m.module_id, source_package=ModuleSourcePackage(manifest_path=MANIFEST, files=files)))
+        if project.lang == "wat":
+            art = _wait(client, action_id, lambda mods: next((a for a in mods["artifacts"] if a.get("module_id")
+                        == m.module_id and a.get("version") == m.version), None), timeout, "compile")
+            cli.console.print(f"[green]compiled[/green] {m.module_id} {m.version} wasm_hash={art.get('wasm_hash')}",
+                              highlight=False)
+            return
+        deadline = time.monotonic() + timeout
+        doc: dict[str, Any] = {}
+        cursor = 0
+        while time.monotonic() < deadline:
+            try:
+                doc = client.build(action_id)
+            except NotFound:  # not executed yet, or rejected before any build was recorded
+                doc = {}
+                for event in client.events(from_seq=cursor, limit=1000, kind="domain.action_rejected"):
+                    cursor = max(cursor, event["seq"] + 1)
+                    if str(event.get("data", {}).get("action_id", "")).lower() == action_id.lower():
+                        fail(f"the chain rejected the compile: {event['data'].get('reason', '(no reason given)')}")
+            if doc.get("status") in ("registered", "failed"):
+                break
+            time.sleep(0.5)
+        status_ = doc.get("status")
+        if status_ == "registered":
+            cli.console.print(f"[green]built[/green] {m.module_id} {m.version} wasm_hash={doc.get('wasm_hash')} "
+                              f"(build {action_id}, {len(doc.get('attestations', {}))} attestations)", highlight=False)
+            cli.console.print(f"next: awnode module install {doc.get('wasm_hash')} --key {key_file} --rpc {rpc}",
+                              highlight=False)
+            return
+        message = (doc.get("this_node") or {}).get("message", "")
+        if status_ == "failed":
+            fail(f"the build failed: {doc.get('code')}" + (f"; this node's compiler said: {message[:1500]}" if message
+                                                            else ""))
+        fail(f"build {action_id} is not settled after {timeout:g} s (status {status_ or 'not recorded'}); check "
+             f"GET {rpc}/v1/builds/{action_id}")
+
+
 @module_app.command("install")
 def install(
     target_ref: str = typer.Argument(..., metavar="WASM_HASH|DIR", help="An artifact's wasm_hash, or a project "

@@ -221,3 +221,46 @@ def test_the_fallback_build_without_the_node_builder_gives_a_valid_module(tmp_pa
     assert result.exit_code == 0, result.output + result.stderr
     compiled = Sandbox().compile((project / "build" / f"{example}.wasm").read_bytes())
     assert "reduce" in compiled.entries and compiled.min_memory_bytes <= 4 * 65536  # the 64 KiB stack flag
+
+
+def test_compile_in_world_the_validator_builds_attests_and_registers(tmp_path):
+    """``awnode module compile`` against a real single validator whose genesis names this machine's
+    toolchains: the build request, the validator's hermetic build and attestation, the artifact;
+    a source that does not compile ends in a code, with the compiler's message from the node."""
+    need("rust")
+    need("c")
+    from agent_world_runtime.params import WorldParams
+    from agent_world_tools.testnet import local_toolchains
+
+    key = SigningKey(b"m" * 32)
+    alice = AgentSigner("alice", key, CHAIN).genesis_agent(electricity=10**6, data=10**6)
+    home = single_validator_home(tmp_path / "solo", chain_id=CHAIN, agents=[alice],
+                                 world=WorldParams(toolchains=local_toolchains()))
+    key_file = tmp_path / "alice.json"
+    AgentKey(key=key, agent_id="alice").save(key_file)
+    project = copy_example("rust_counter", tmp_path)
+    broken = copy_example("c_counter", tmp_path)
+    (broken / "counter.c").write_text("int reduce(int p, int n) { return undefined_name; }\n")
+    manifest = json.loads((broken / "manifest.json").read_text())
+    (broken / "manifest.json").write_text(json.dumps({**manifest, "module_id": "broken"}))
+
+    async def run(*args: str):
+        return await trio.to_thread.run_sync(lambda: runner.invoke(cli.app, list(args)))
+
+    async def main():
+        async with running_node(home) as node:
+            rpc = f"http://{node.config.rpc.listen}"
+            result = await run("module", "compile", str(project), "--key", str(key_file), "--rpc", rpc)
+            assert result.exit_code == 0, result.output + result.stderr
+            assert "built rust_counter 1.0.0 wasm_hash=" in result.output
+            wasm_hash = result.output.split("wasm_hash=")[1].split()[0]
+            local = awnode("module", "build", str(project))
+            assert wasm_hash in local.output  # the local build gives the bytes the chain registered
+            result = await run("module", "compile", str(broken), "--key", str(key_file), "--rpc", rpc)
+            assert result.exit_code == 1 and "the build failed: COMPILE_ERROR" in result.stderr
+            assert "undefined_name" in result.stderr  # the node's compiler message, outside consensus
+            async with httpx.AsyncClient(base_url=rpc, timeout=10) as client:
+                events = (await client.get("/v1/events", params={"kind": "module.build", "limit": 1000})).json()
+            assert "undefined_name" not in json.dumps(events)
+
+    trio.run(main)
