@@ -88,7 +88,9 @@ class Memory:
     ``duplicate``, ``rejected`` with ``code`` and ``reason``, ``busy``, ``unreachable``,
     ``error``, ``invalid`` with ``reason``; ``wait`` for a wait). When the action's event
     arrives, ``outcome`` becomes ``committed`` (with ``event`` = its kind and ``height``) or
-    ``failed`` (with ``reason`` from ``domain.action_rejected``).
+    ``failed`` (with ``reason`` from ``domain.action_rejected``); a compile whose sources the
+    validators build becomes ``build_pending``, then ``built`` (with ``wasm_hash``) or
+    ``build_failed`` (with the code as ``reason``).
     """
 
     def __init__(self, size: int = DEFAULT_MEMORY_SIZE) -> None:
@@ -421,17 +423,32 @@ class AgentRuntime:
                 return True
 
     def _dispatch(self, event: dict) -> None:
+        """Settle memory entries from ``event``: an action's first event marks it committed (or
+        failed, for a rejection); a build request stays ``build_pending`` until its
+        ``module.build_settled`` event says ``built`` (with the wasm_hash) or ``build_failed``
+        (with the code), so a compile decision waits for the validators' build."""
         data = event.get("data") if isinstance(event.get("data"), dict) else {}
-        action_id = data.get("action_id")
+        kind = event.get("kind")
+        action_id = data.get("build_id") if kind == "module.build_settled" else data.get("action_id")
         owner = self._pending.pop(action_id, None) if isinstance(action_id, str) else None
         if owner is not None:
             entry = self.agents[owner].memory.find(action_id)
             if entry is not None:
-                if event.get("kind") == "domain.action_rejected":
+                if kind == "domain.action_rejected":
                     entry.update(outcome="failed", reason=data.get("reason"), height=event.get("height"))
                     self.stats.failed += 1
+                elif kind == "module.build_requested":
+                    entry.update(outcome="build_pending", event=kind, height=event.get("height"))
+                    self._pending[action_id] = owner  # settled by module.build_settled
+                elif kind == "module.build_settled":
+                    if data.get("status") == "registered":
+                        entry.update(outcome="built", wasm_hash=data.get("wasm_hash"), height=event.get("height"))
+                        self.stats.committed += 1
+                    else:
+                        entry.update(outcome="build_failed", reason=data.get("code"), height=event.get("height"))
+                        self.stats.failed += 1
                 else:
-                    entry.update(outcome="committed", event=event.get("kind"), height=event.get("height"))
+                    entry.update(outcome="committed", event=kind, height=event.get("height"))
                     self.stats.committed += 1
         for agent_id, agent in self.agents.items():
             if event_mentions(event, agent_id):

@@ -304,3 +304,26 @@ def test_cli_agent_run_usage_errors(tmp_path):
     assert no_agents.exit_code == 1 and "--agents must be at least 1" in no_agents.output
     down = runner.invoke(app, ["agent", "run", "--rpc", "http://127.0.0.1:9", "--key-dir", str(tmp_path / "k"), "--duration", "1"])
     assert down.exit_code == 1 and "cannot reach node at http://127.0.0.1:9" in down.output
+
+
+def test_a_compile_entry_waits_for_the_validators_build(tmp_path):
+    """A build request leaves the compile decision ``build_pending``; the settling event names it
+    ``built`` with the wasm_hash (or ``build_failed`` with the code)."""
+    from agent_world_agents.runtime import AgentRuntime
+
+    runtime = AgentRuntime("http://127.0.0.1:9", agents=2, policy_factory=lambda i, a: None, key_dir=tmp_path,
+                           chain_id="c")
+    a, b = sorted(runtime.agents)
+    for agent_id, action_id in ((a, "aa" * 32), (b, "bb" * 32)):
+        runtime.memory_of(agent_id).add({"kind": "compile_module", "action_id": action_id, "outcome": "accepted"})
+        runtime._pending[action_id] = agent_id
+    runtime._dispatch({"kind": "module.build_requested", "height": 3, "data": {"action_id": "aa" * 32}})
+    runtime._dispatch({"kind": "module.build_requested", "height": 3, "data": {"action_id": "bb" * 32}})
+    assert runtime.memory_of(a).find("aa" * 32)["outcome"] == "build_pending"
+    runtime._dispatch({"kind": "module.build_settled", "height": 5,
+                       "data": {"build_id": "aa" * 32, "status": "registered", "wasm_hash": "cc" * 32}})
+    runtime._dispatch({"kind": "module.build_settled", "height": 6,
+                       "data": {"build_id": "bb" * 32, "status": "failed", "code": "COMPILE_ERROR"}})
+    built, failed = runtime.memory_of(a).find("aa" * 32), runtime.memory_of(b).find("bb" * 32)
+    assert (built["outcome"], built["wasm_hash"]) == ("built", "cc" * 32)
+    assert (failed["outcome"], failed["reason"]) == ("build_failed", "COMPILE_ERROR")
