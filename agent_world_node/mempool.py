@@ -93,11 +93,11 @@ class Mempool:
             entry = self._entries.pop(aid, None)
             if entry is not None:
                 submitter = entry.action.submitter
-                left = self._owed[submitter] - entry.fee
+                left = self._owed.get(submitter, 0) - entry.fee  # a fee-free action (attestation) owes nothing
                 if left:
                     self._owed[submitter] = left
                 else:
-                    del self._owed[submitter]
+                    self._owed.pop(submitter, None)
 
     def recheck(self, balance_of: Callable[[str], tuple[int, int] | None],
                 still_admissible: Callable[[NodeConsensusAction], bool] = lambda a: True) -> int:

@@ -59,7 +59,7 @@ class WorldParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     gas_price_per_mfuel: int = 10
     module_effect_max_amount: int = 100
     module_limits_max: ModuleLimitsMax = msgspec.field(default_factory=ModuleLimitsMax)
-    build_deadline_heights: int = 100
+    build_deadline_heights: int = 1500
     toolchains: list[Toolchain] = []
 
 

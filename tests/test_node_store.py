@@ -130,3 +130,14 @@ def test_mempool_reaps_the_oldest_actions_first_whatever_the_agent():
     reaped = pool.reap(5, 1_000_000, lambda a: True)
     assert first[1] in [a.action_id for a in reaped], "a backlog starved the oldest action"
     assert [a.submitter for a in reaped] == ["al"] * 4 + ["zed"]  # then ordered by (submitter, nonce)
+
+
+def test_fee_free_actions_of_one_submitter_can_be_removed_one_by_one():
+    """Two of a validator's attestations (fee 0) pending: removing them never fails."""
+    pool = Mempool(max_actions=10)
+    first, second = _signed("validator", 1, fee=0), _signed("validator", 2, fee=0)
+    pool.add(*first)
+    pool.add(*second)
+    pool.remove([first[1]])
+    pool.remove([second[1]])
+    assert len(pool) == 0 and pool.owed("validator") == 0
