@@ -206,10 +206,15 @@ def test_closed_consumer_is_counted_not_raised() -> None:
 def test_libp2p_warnings_reach_structlog_and_routine_errors_are_demoted() -> None:
     handler = install_libp2p_log_bridge()
     assert install_libp2p_log_bridge() is handler  # installed once
-    with structlog.testing.capture_logs() as captured:
-        logging.getLogger("libp2p.pubsub.pubsub").warning("fail to deliver message to subscription for topic %s", "t")
-        logging.getLogger("libp2p.transport.tcp.tcp").error("Failed to open TCP stream: all attempts failed")
-        logging.getLogger("libp2p.pubsub.pubsub").debug("not forwarded below WARNING")
+    saved = structlog.get_config()  # an earlier test may have left a WARNING filter (a CLI's quiet_logs)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with structlog.testing.capture_logs() as captured:
+            logging.getLogger("libp2p.pubsub.pubsub").warning("fail to deliver message to subscription for topic %s", "t")
+            logging.getLogger("libp2p.transport.tcp.tcp").error("Failed to open TCP stream: all attempts failed")
+            logging.getLogger("libp2p.pubsub.pubsub").debug("not forwarded below WARNING")
+    finally:
+        structlog.configure(**saved)
     assert [(e["event"], e["log_level"], e["logger"]) for e in captured] == [
         ("libp2p_log", "warning", "libp2p.pubsub.pubsub"),
         ("libp2p_log", "debug", "libp2p.transport.tcp.tcp"),
