@@ -77,6 +77,8 @@ def apply_create_agent(state: WorldState, ctx: ActionContext, action: CreateAgen
         raise Rejected(f"invalid agent id {new_id[:64]!r}: {AGENT_ID_RULE}")
     if new_id in state.agents:
         raise Rejected(f"agent {new_id!r} already exists; choose another agent id")
+    if new_id in state.meta.validators:
+        raise Rejected(f"{new_id[:16]}... is a validator's id (validators attest builds under it); choose another agent id")
     if len(action.public_key) != PUBLIC_KEY_SIZE:
         raise Rejected(f"public_key must be {PUBLIC_KEY_SIZE} bytes (Ed25519), got {len(action.public_key)}")
     check_position(state, action.position)

@@ -190,6 +190,10 @@ class World:
         for vid, stake in stakes.items():
             if not WASM_HASH_RE.fullmatch(vid) or not isinstance(stake, int) or stake <= 0:
                 raise ValueError(f"validator {vid[:64]!r}: the id must be a 64-hex public key and the stake positive")
+        agents = list(agents)
+        clash = next((a.agent_id for a in agents if a.agent_id in stakes), None)
+        if clash is not None:
+            raise ValueError(f"genesis agent {clash[:16]}...: its id is a validator's id; choose another agent id")
         meta = WorldMeta(chain_id=chain_id, params=_coerce_params(params), height=0, timestamp_ms=0,
                          validators=stakes)
         state = WorldState(meta)

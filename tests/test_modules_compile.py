@@ -171,3 +171,16 @@ def test_unsafe_paths_are_rejected_before_any_request(world, alice):
 def test_a_package_without_buildable_sources_is_rejected(world, alice, files):
     pkg = ModuleSourcePackage(manifest_path="m.json", files=files)
     assert "no .wat, .c or .rs source" in rejection(apply(world, alice.sign(compile_action(pkg))))
+
+
+def test_no_agent_may_take_a_validators_id():
+    """Attestations are signed under the validator's id; an agent by that name would mix its nonces and
+    fees with them, so neither genesis nor create_agent may use one."""
+    w, bob = build_world()
+    validator = SigningKey(b"\x33" * 32)
+    [rejected] = apply(w, bob.create_agent(AgentSigner(VALIDATORS[0].public_key.hex(), validator, CHAIN)))
+    assert rejected.kind == "domain.action_rejected" and "is a validator's id" in rejected.data["reason"]
+    with pytest.raises(ValueError, match="is a validator's id"):
+        World.from_genesis(CHAIN, WorldParams(), agents=[AgentSigner(VALIDATORS[0].public_key.hex(), validator,
+                                                                     CHAIN).genesis_agent(1, 1)],
+                           validators={VALIDATORS[0].public_key.hex(): 1})

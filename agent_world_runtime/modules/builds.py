@@ -27,7 +27,7 @@ the blocks), so a restarted node, a late joiner or a replay from genesis never b
 from __future__ import annotations
 
 import enum
-from typing import Any
+from collections.abc import Callable
 
 import msgspec
 
@@ -127,7 +127,7 @@ def attestation_problem(state: WorldState, validator: str, action: AttestBuild) 
 
 
 def apply_attestation(state: WorldState, ctx: ActionContext, action: AttestBuild,
-                      publish: Any) -> list[EventSpec]:
+                      publish: Callable[[BuildRecord, bytes], list[EventSpec]]) -> list[EventSpec]:
     """Record validator ``ctx.agent_id``'s attestation and settle the build when an outcome holds
     more than 2/3 of the stake, or none can (see the module docstring). ``publish(build, wasm)``
     registers the agreed bytes and returns its events, raising Rejected when the world refuses the
