@@ -396,19 +396,24 @@ def test_a_replica_drops_every_hostile_message_of_the_garbage_sender(tmp_path: P
     garbage = Garbage(ByzContext("n3", keys[3], genesis.chain_id, ValidatorSet.from_genesis(genesis), rng,
                                  ["n0"], {"n0": 1}, lambda: 0))
     topics = set()
-    baited = 0
+    baited = baited_after_answer = 0
+    answered = False
     for _ in range(300):
         topic, data = garbage.hostile_message()
         topics.add(topic)
         replica.handle_gossip(data, "n3")  # must not raise
         if replica.sync.target(replica.height, {"n3"}) == ("n3", 10**6 + 1):
             baited += 1  # the bait worked: the liar looks like a sync source
-        replica.handle_synced(garbage.serve_sync(1, 3), "n3")
+            baited_after_answer += answered
+            replica.handle_synced(garbage.serve_sync(1, 3), "n3")  # the fetch it drew: garbage
+            answered = True
         assert replica.height == 0  # nothing the liar sends commits a block
-        assert "n3" not in replica.sync.peer_heights  # a useless answer: the liar is no longer believed
+        if answered:
+            assert "n3" not in replica.sync.peer_heights  # a useless answer: the liar is no longer believed
     assert topics == {"vote", "proposal", "status", "commit", "actions"}
     assert replica.height == 0 and replica.core.rejected["bad_signature"] > 0
-    assert baited > 0
+    assert baited == 1 and baited_after_answer == 0  # believed once; its useless answer ends that for good
+    assert "n3" in replica.sync.distrusted
 
 
 def test_a_node_one_height_behind_that_the_quorum_needs_catches_up(monkeypatch: pytest.MonkeyPatch):

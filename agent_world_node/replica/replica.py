@@ -377,7 +377,7 @@ class Replica:
         with self.store.relaxed_durability(), self.driver.batch():
             outputs = self._commit_synced(payloads, peer)
         useful = self.height > before
-        self.sync.fetch_ended(peer, useful=useful)
+        self.sync.fetch_ended(peer, useful=useful, answered=True)
         if useful:
             self.log.info("synced", peer=peer, from_height=before + 1, to_height=self.height)
         else:
@@ -603,7 +603,7 @@ class Replica:
             self.metrics.messages_dropped.labels("invalid_commit").inc()
             self.log.warning("peer_commit_rejected", height=h, peer=peer, source="gossip", reason=str(exc))
             return [Misbehaviour(peer, Offence.INVALID_COMMIT)]
-        self.sync.note_peer_height(peer, h)
+        self.sync.note_peer_height(peer, h, verified=True)
         self.sync.certified_next = h
         return []
 
@@ -626,6 +626,7 @@ class Replica:
                 return []
             return [Misbehaviour(peer, Offence.BAD_SYNC_RESPONSE if source == "sync" else Offence.INVALID_COMMIT)]
         outputs = self._commit(block, cert, source=source)
+        self.sync.note_peer_height(peer, h, verified=True)
         self.execution.check_peer(payload.execution, peer)
         return outputs
 

@@ -4,8 +4,15 @@ Peers' heights are learnt from what they send (status heartbeats, commits, propo
 imply a height). A node more than one height behind a connected peer, or one height behind with a
 verified commit certificate of a block it never received, fetches the missing heights from the
 most advanced connected peer, ``sync_batch_heights`` at a time, one request at a time. A failed
-fetch, one that answers nothing useful, or one unanswered for ``sync_timeout_ms`` makes the node
-forget what it believed of that peer's height until the peer tells it again.
+fetch, or one unanswered for ``sync_timeout_ms``, makes the node forget what it believed of that
+peer's height until the peer tells it again.
+
+A claim is not proof. A peer whose fetch answered nothing that advanced us, although it claimed to
+be ahead, is **distrusted**: its unverified claims (status, votes, proposals, commit announcements
+we did not verify) are ignored, so it is not chosen again and cannot keep a node at the tip
+believing it is behind. Only a verified claim clears that: a commit certificate of it that we
+verified, or a block of it that we committed. No penalty is given: an honest peer that lost blocks
+in a crash answers the same way until it catches up.
 """
 
 from __future__ import annotations
@@ -32,14 +39,22 @@ class SyncState:
         self.certified_next = 0
         self._in_flight: _InFlight | None = None
         self._behind = False
+        #: peers whose claims a fetch did not back; ignored until a verified claim
+        self.distrusted: set[str] = set()
 
     @property
     def syncing(self) -> bool:
         """True while a fetch is in flight or the last look found a peer to sync from."""
         return self._in_flight is not None or self._behind
 
-    def note_peer_height(self, peer: str, height: int) -> None:
-        """``peer`` has committed at least ``height``."""
+    def note_peer_height(self, peer: str, height: int, *, verified: bool = False) -> None:
+        """``peer`` has committed at least ``height``: ``verified`` when we checked it (a commit
+        certificate, a block we committed), which also ends any distrust; an unverified claim of a
+        distrusted peer is ignored."""
+        if verified:
+            self.distrusted.discard(peer)
+        elif peer in self.distrusted:
+            return
         if height > self.peer_heights.get(peer, -1):
             self.peer_heights[peer] = height
 
@@ -74,8 +89,11 @@ class SyncState:
         end = min(peer_height, height + self.batch_heights)
         return FetchBlocks(peer, height + 1, end, self.timeout_ms)
 
-    def fetch_ended(self, peer: str, *, useful: bool) -> None:
-        """The fetch from ``peer`` answered (``useful``: it advanced our height) or failed."""
+    def fetch_ended(self, peer: str, *, useful: bool, answered: bool = False) -> None:
+        """The fetch from ``peer`` failed, or ``answered`` (``useful``: it advanced our height). An
+        answer that did not advance us makes ``peer`` distrusted (see the module docstring)."""
         self._in_flight = None
         if not useful:
             self.forget_peer(peer)
+            if answered:
+                self.distrusted.add(peer)

@@ -1,0 +1,44 @@
+"""Sync source choice (``replica.sync.SyncState``): a claim is not proof. A peer whose fetch did not
+back its claim is distrusted until a verified claim; honest peers are never penalised for it."""
+
+from __future__ import annotations
+
+from agent_world_node.replica.sync import SyncState
+
+
+def test_a_useless_answer_distrusts_the_peer_until_a_verified_claim():
+    sync = SyncState(batch_heights=100, timeout_ms=1000)
+    sync.note_peer_height("liar", 10**9)
+    sync.note_peer_height("honest", 5)
+    fetch = sync.next_fetch(height=1, connected={"liar", "honest"}, now_ms=0)
+    assert fetch is not None and fetch.peer == "liar"
+    sync.fetch_ended("liar", useful=False, answered=True)
+    assert "liar" in sync.distrusted
+    for _ in range(5):  # its status heartbeats keep claiming: ignored
+        sync.note_peer_height("liar", 10**9)
+    fetch = sync.next_fetch(height=1, connected={"liar", "honest"}, now_ms=1)
+    assert fetch is not None and fetch.peer == "honest"
+    sync.fetch_ended("honest", useful=True, answered=True)
+    sync.note_peer_height("liar", 7, verified=True)  # a certificate of it we verified
+    assert "liar" not in sync.distrusted and sync.peer_heights["liar"] == 7
+
+
+def test_a_failed_fetch_forgets_the_claim_without_distrust():
+    sync = SyncState(batch_heights=100, timeout_ms=1000)
+    sync.note_peer_height("flaky", 9)
+    assert sync.next_fetch(height=1, connected={"flaky"}, now_ms=0) is not None
+    sync.fetch_ended("flaky", useful=False)  # unreachable or timed out: not its fault
+    assert "flaky" not in sync.distrusted and "flaky" not in sync.peer_heights
+    sync.note_peer_height("flaky", 9)
+    assert sync.target(1, {"flaky"}) == ("flaky", 9)
+
+
+def test_a_node_at_the_tip_stops_looking_behind_after_one_useless_answer():
+    """The height liar made nodes at the tip flap between syncing and ready; after its one useless
+    answer it no longer makes them look behind."""
+    sync = SyncState(batch_heights=100, timeout_ms=1000)
+    sync.note_peer_height("liar", 10**9)
+    assert sync.next_fetch(height=50, connected={"liar"}, now_ms=0) is not None and sync.syncing
+    sync.fetch_ended("liar", useful=False, answered=True)
+    sync.note_peer_height("liar", 10**9)
+    assert sync.next_fetch(height=50, connected={"liar"}, now_ms=10) is None and not sync.syncing
