@@ -32,3 +32,32 @@ def test_no_node_decodes_an_action_twice(seed: int, monkeypatch: pytest.MonkeyPa
     assert len(decoded) == 4  # one decoder per node (no crash in this scenario)
     for counts in decoded.values():
         assert counts and max(counts.values()) == 1, counts.most_common(3)
+
+
+def test_a_re_encoded_action_is_refused_as_malformed():
+    """The same signed action re-encoded (a wider integer form) would get another action id under
+    the same signature; only the canonical payload is accepted."""
+    import msgspec as _msgspec
+
+    from agent_world_node.replica import ActionDecoder
+    from agent_world_runtime.actions import HarvestRadiation, encode_signed_action
+    from agent_world_runtime.codec import DecodeError
+    from agent_world_runtime.crypto import sha256
+    from agent_world_runtime.signer import AgentSigner
+
+    signed = AgentSigner.from_seed("alice", b"\x01" * 32, "c").sign(HarvestRadiation())
+    canonical = encode_signed_action(signed)
+    body = _msgspec.msgpack.decode(canonical)
+    wider = bytearray(canonical)
+    nonce_at = wider.index(b"\xa5nonce") + 6
+    assert wider[nonce_at] == 0x01  # positive fixint 1
+    wider[nonce_at:nonce_at + 1] = b"\xcd\x00\x01"  # uint16 1: the same value, another encoding
+    assert _msgspec.msgpack.decode(bytes(wider)) == body
+    decoder = ActionDecoder()
+    assert decoder.decode(sha256(canonical), canonical) == signed
+    try:
+        decoder.decode(sha256(bytes(wider)), bytes(wider))
+    except DecodeError as exc:
+        assert "canonical" in str(exc)
+    else:
+        raise AssertionError("a non-canonical payload was accepted")

@@ -66,11 +66,15 @@ class ActionDecoder:
 
     def decode(self, action_id: bytes, payload: bytes) -> SignedAction:
         """The decoded action ``action_id`` whose canonical encoding is ``payload`` (its sha256 is
-        ``action_id``; callers check that); raises ``DecodeError``."""
+        ``action_id``; callers check that). Raises ``DecodeError`` when the payload does not decode,
+        or is not the canonical encoding of what it decodes to: a re-encoded copy of an action
+        (other key order, wider integers) would carry another action id under the same signature."""
         signed = self._recent.get(action_id)
         if signed is None:
             self.count += 1
             signed = decode_signed_action(payload)
+            if encode(signed) != payload:
+                raise DecodeError("action payload is not in canonical form (msgspec msgpack, docs/wire-format.md)")
         self.remember(action_id, signed)
         return signed
 
