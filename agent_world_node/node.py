@@ -29,6 +29,7 @@ from .build_runner import BuildRunner
 from .consensus import TimeoutFired
 from .metrics import NodeMetrics
 from .network import NetworkConfig, P2PNetwork, SyncError
+from .network.topics import topic_ids
 from .replica import (
     MAX_GOSSIP_BYTES,
     ActionSource,
@@ -115,6 +116,7 @@ class Node:
         self._started_at = time.time()
         self.log = log.bind(node=self.config.moniker)
         self._builds = BuildRunner(self.replica, self.log)
+        self._topics = {tid: Topic(name) for name, tid in topic_ids(self.replica.chain_id).items()}
 
     # -- views used by the API ------------------------------------------------------------------
     @property
@@ -173,7 +175,7 @@ class Node:
     # -- tasks ----------------------------------------------------------------------------------
     async def _inbound_loop(self) -> None:
         async for msg in self.net.incoming:
-            await self._perform(self.replica.handle_gossip(msg.data, msg.peer_id))
+            await self._perform(self.replica.handle_gossip(msg.data, msg.peer_id, self._topics.get(msg.topic)))
 
     async def _tick_loop(self) -> None:
         """``Replica.tick`` every ``policy.tick_interval_ms`` on trio's monotonic clock."""

@@ -61,3 +61,25 @@ def test_a_re_encoded_action_is_refused_as_malformed():
         assert "canonical" in str(exc)
     else:
         raise AssertionError("a non-canonical payload was accepted")
+
+
+def test_a_message_on_another_topic_is_dropped_and_blamed(tmp_path):
+    """Every gossip message belongs on its own topic: a status message published on the vote topic
+    is malformed."""
+    from agent_world_node import config as cfg
+    from agent_world_node.replica import Misbehaviour, Replica
+    from agent_world_node.store import NodeStore
+    from agent_world_node.types import GossipStatusMessage, Offence, Topic
+    from agent_world_runtime.codec import encode
+    from agent_world_runtime.crypto import SigningKey
+
+    key = SigningKey(b"\x02" * 32)
+    genesis = cfg.Genesis(chain_id="topics", genesis_time_ms=0, validators=[cfg.GenesisValidator("v", key.public_key.hex(), 1)])
+    replica = Replica.open(genesis=genesis, consensus=cfg.ConsensusConfig(), validator_key=key,
+                           store=NodeStore(tmp_path / "db.sqlite3"), snapshot_dir=tmp_path / "snap",
+                           snapshot_interval=10, node_id="n", now_ms=lambda: 1)
+    status = encode(GossipStatusMessage(height=5, execution_height=5, execution_state_root=b"\x00" * 32))
+    assert replica.handle_gossip(status, "peer", Topic.VOTE) == [Misbehaviour("peer", Offence.MALFORMED)]
+    assert "peer" not in replica.sync.peer_heights
+    assert replica.handle_gossip(status, "peer", Topic.STATUS) == []
+    assert replica.sync.peer_heights["peer"] == 5

@@ -302,14 +302,20 @@ class Replica:
         """Admit one signed action (``Admission.admit``); client actions are gossiped at the next tick."""
         return self.admission.admit(signed, source, payload)
 
-    def handle_gossip(self, data: bytes, peer: str) -> list[Output]:
-        """Handle one raw gossip message from ``peer`` (the pubsub origin). Malformed messages are
-        counted, dropped and reported as ``Misbehaviour``."""
+    def handle_gossip(self, data: bytes, peer: str, topic: Topic | None = None) -> list[Output]:
+        """Handle one raw gossip message from ``peer`` (the pubsub origin) received on ``topic``
+        (None: not known to the caller). Malformed messages, and messages of another topic's kind
+        (every message belongs on its own topic, docs/wire-format.md), are counted, dropped and
+        reported as ``Misbehaviour``."""
         try:
             msg: GossipMessage = decode(data, GossipMessage, max_size=MAX_GOSSIP_BYTES)  # type: ignore[arg-type]
         except DecodeError as exc:
             self.metrics.messages_dropped.labels("malformed").inc()
             self.log.warning("gossip_malformed", peer=peer, error=str(exc)[:200])
+            return [Misbehaviour(peer, Offence.MALFORMED)]
+        if topic is not None and type(msg).__struct_config__.tag != topic.value:
+            self.metrics.messages_dropped.labels("wrong_topic").inc()
+            self.log.warning("gossip_wrong_topic", peer=peer, topic=topic.value, kind=type(msg).__struct_config__.tag)
             return [Misbehaviour(peer, Offence.MALFORMED)]
         if isinstance(msg, GossipVoteMessage):
             self.sync.note_peer_height(peer, msg.vote.height - 1)

@@ -386,7 +386,7 @@ class SimCluster:
         if node.behaviour is not None:
             self._send(node, node.behaviour.on_receive(ev.topic, ev.data))
         origin = ev.origin or ev.src
-        self._step(node, f"gossip {ev.topic} from {ev.src}", lambda: replica.handle_gossip(ev.data, origin))
+        self._step(node, f"gossip {ev.topic} from {ev.src}", lambda: replica.handle_gossip(ev.data, origin, Topic(ev.topic)))
         if node.up and node.relays and ev.topic in ("proposal", "vote") and self.rng.random() < RELAY_PROB:
             peer = self.rng.choice([p for p in self.nodes if p != node.name])
             self.network.transmit(Delivery(peer, node.name, ev.topic, ev.data, origin))
