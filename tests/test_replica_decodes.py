@@ -83,3 +83,38 @@ def test_a_message_on_another_topic_is_dropped_and_blamed(tmp_path):
     assert "peer" not in replica.sync.peer_heights
     assert replica.handle_gossip(status, "peer", Topic.STATUS) == []
     assert replica.sync.peer_heights["peer"] == 5
+
+
+def test_a_forged_vote_far_ahead_is_still_blamed_and_an_honest_one_is_not(tmp_path):
+    """Votes more than one height ahead are not kept, but a forged one (unknown key, bad signature)
+    is the sender's fault; a validly signed one from a leading peer is not."""
+    import msgspec as _msgspec
+
+    from agent_world_node import config as cfg
+    from agent_world_node.replica import Misbehaviour, Replica
+    from agent_world_node.store import NodeStore
+    from agent_world_node.types import VOTE_SIGN_DOMAIN, GossipVoteMessage, Offence, Topic, Vote, VoteType
+    from agent_world_runtime.codec import encode
+    from agent_world_runtime.crypto import SigningKey
+
+    keys = [SigningKey(bytes([i + 1]) * 32) for i in range(4)]
+    genesis = cfg.Genesis(chain_id="far", genesis_time_ms=0,
+                          validators=[cfg.GenesisValidator(f"v{i}", k.public_key.hex(), 1) for i, k in enumerate(keys)])
+    replica = Replica.open(genesis=genesis, consensus=cfg.ConsensusConfig(), validator_key=keys[0],
+                           store=NodeStore(tmp_path / "db.sqlite3"), snapshot_dir=tmp_path / "snap",
+                           snapshot_interval=10, node_id="n", now_ms=lambda: 1)
+    replica.start()
+
+    def vote(key: SigningKey, height: int) -> bytes:
+        unsigned = Vote(VoteType.PREVOTE, height, 0, b"\x01" * 32, key.public_key.hex(), b"")
+        signed = _msgspec.structs.replace(unsigned, signature=key.sign(VOTE_SIGN_DOMAIN, unsigned.sign_bytes("far")))
+        return encode(GossipVoteMessage(signed))
+
+    assert replica.handle_gossip(vote(keys[1], 50), "leader", Topic.VOTE) == []
+    stranger = SigningKey(b"\x77" * 32)
+    assert replica.handle_gossip(vote(stranger, 50), "forger", Topic.VOTE) == [
+        Misbehaviour("forger", Offence.UNKNOWN_VALIDATOR)]
+    forged_vote = _msgspec.structs.replace(
+        _msgspec.msgpack.decode(vote(keys[2], 50), type=GossipVoteMessage).vote, signature=b"\x00" * 64)
+    assert replica.handle_gossip(encode(GossipVoteMessage(forged_vote)), "forger2", Topic.VOTE) == [
+        Misbehaviour("forger2", Offence.BAD_SIGNATURE)]

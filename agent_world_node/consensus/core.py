@@ -471,8 +471,22 @@ class ConsensusCore:
         elif message.height == self.height + 1:
             self._buffer_future(message)
         else:
-            self._reject(RejectReason.FUTURE_HEIGHT, message)
+            # Not kept, but still judged: a forged or unknown-key message far ahead is the sender's
+            # fault as much as one for this height, while an honest leading peer's is not.
+            self._reject(self._forgery(message) or RejectReason.FUTURE_HEIGHT, message)
         return False
+
+    def _forgery(self, message: Proposal | Vote) -> str | None:
+        """UNKNOWN_VALIDATOR or BAD_SIGNATURE when ``message`` is not signed by a validator of the
+        set, else None."""
+        validator = self.validator_set.get(message.validator)
+        if validator is None:
+            return RejectReason.UNKNOWN_VALIDATOR
+        if isinstance(message, Proposal):
+            ok = verify(validator.public_key, PROPOSAL_SIGN_DOMAIN, message.sign_bytes(self.chain_id), message.signature)
+        else:
+            ok = self._vote_signature_ok(validator, message)
+        return None if ok else RejectReason.BAD_SIGNATURE
 
     def _buffer_future(self, message: Proposal | Vote) -> None:
         if message.round < 0 or message.round > self._max_round_lookahead:

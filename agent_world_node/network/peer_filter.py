@@ -28,8 +28,10 @@ from ..types import Offence
 PENALTY_POINTS: dict[Offence, float] = {
     Offence.MALFORMED: 10.0,
     Offence.OVERSIZE: 20.0,
-    Offence.BAD_SIGNATURE: 20.0,
-    Offence.UNKNOWN_VALIDATOR: 10.0,
+    # forged consensus messages: no correct node sends one (pubsub's strict signing names the real
+    # origin), so two forgeries, or three votes from unknown keys, ban the sender
+    Offence.BAD_SIGNATURE: 50.0,
+    Offence.UNKNOWN_VALIDATOR: 34.0,
     Offence.INVALID_MESSAGE: 10.0,
     Offence.INVALID_COMMIT: 25.0,
     Offence.BAD_SYNC_RESPONSE: 25.0,
