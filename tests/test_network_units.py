@@ -220,3 +220,28 @@ def test_libp2p_warnings_reach_structlog_and_routine_errors_are_demoted() -> Non
         ("libp2p_log", "debug", "libp2p.transport.tcp.tcp"),
     ]
     assert captured[0]["text"] == "fail to deliver message to subscription for topic t"
+
+
+def test_a_flood_of_one_libp2p_warning_is_rate_limited_and_counted() -> None:
+    """Thousands of the same warning (a peer subscribed to some topics only) make BURST lines per
+    window and one summary, not one line each."""
+    from agent_world_node.network import log_bridge
+
+    now = [0.0]
+    handler = log_bridge.StructlogForwardingHandler(clock=lambda: now[0])
+    record = logging.LogRecord("libp2p.pubsub.pubsub", logging.WARNING, __file__, 1,
+                               "pending message queue for peer %s exceeded limit", ("p",), None)
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with structlog.testing.capture_logs() as captured:
+            for _ in range(1000):
+                handler.emit(record)
+            now[0] = log_bridge.WINDOW_S + 1
+            handler.emit(record)
+    finally:
+        structlog.configure(**saved)
+    events = [e["event"] for e in captured]
+    assert events.count("libp2p_log") == log_bridge.BURST + 1
+    [summary] = [e for e in captured if e["event"] == "libp2p_log_suppressed"]
+    assert summary["count"] == 1000 - log_bridge.BURST and summary["logger"] == "libp2p.pubsub.pubsub"
