@@ -57,6 +57,9 @@ from .types import Topic
 
 log = structlog.get_logger(__name__)
 
+#: A node with peers but no consensus traffic from them for this long (ms) is not ready.
+SILENCE_MS = 10_000
+
 __all__ = ["Node"]
 
 
@@ -304,13 +307,19 @@ class Node:
         return sorted(self.net.peer_filter.blocked)
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready when connected to a peer (or alone in the validator set), not syncing, and not
-        diverged from the quorum's execution."""
-        if self.replica.divergence is not None:
-            return False, f"execution diverged from the quorum at height {self.replica.divergence.height}"
-        if len(self.replica.validator_set) > 1 and not self.net.connected_peers():
-            return False, "no peers connected"
-        if self.replica.syncing:
+        """Ready when connected to a peer (or alone in the validator set), receiving consensus
+        traffic (a peer's vote, proposal or commit within ``SILENCE_MS`` of the replica's tick
+        clock, counted from the first tick when none came yet), not syncing, and not diverged from
+        the quorum's execution."""
+        r = self.replica
+        if r.divergence is not None:
+            return False, f"execution diverged from the quorum at height {r.divergence.height}"
+        if len(r.validator_set) > 1:
+            if not self.net.connected_peers():
+                return False, "no peers connected"
+            if r.consensus_silence_ms() > SILENCE_MS:
+                return False, f"no vote, proposal or commit from any peer for more than {SILENCE_MS // 1000} s"
+        if r.syncing:
             return False, "catching up by sync"
         return True, "ok"
 

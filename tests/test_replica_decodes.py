@@ -118,3 +118,27 @@ def test_a_forged_vote_far_ahead_is_still_blamed_and_an_honest_one_is_not(tmp_pa
         _msgspec.msgpack.decode(vote(keys[2], 50), type=GossipVoteMessage).vote, signature=b"\x00" * 64)
     assert replica.handle_gossip(encode(GossipVoteMessage(forged_vote)), "forger2", Topic.VOTE) == [
         Misbehaviour("forger2", Offence.BAD_SIGNATURE)]
+
+
+def test_consensus_silence_is_measured_on_the_tick_clock(tmp_path):
+    """/ready turns 503 when peers send no vote, proposal or commit for a while
+    (``Node.readiness``); the replica measures that silence on its own tick clock."""
+    from agent_world_node import config as cfg
+    from agent_world_node.replica import Replica
+    from agent_world_node.store import NodeStore
+    from agent_world_node.types import GossipStatusMessage, Topic
+    from agent_world_runtime.codec import encode
+    from agent_world_runtime.crypto import SigningKey
+
+    key = SigningKey(b"\x02" * 32)
+    genesis = cfg.Genesis(chain_id="silence", genesis_time_ms=0, validators=[cfg.GenesisValidator("v", key.public_key.hex(), 1)])
+    replica = Replica.open(genesis=genesis, consensus=cfg.ConsensusConfig(), validator_key=key,
+                           store=NodeStore(tmp_path / "db.sqlite3"), snapshot_dir=tmp_path / "snap",
+                           snapshot_interval=10, node_id="n", now_ms=lambda: 1)
+    assert replica.consensus_silence_ms() == 0
+    replica.tick(1_000, [])
+    replica.tick(13_000, [])
+    assert replica.consensus_silence_ms() == 12_000  # nothing since the first tick
+    status = encode(GossipStatusMessage(height=1, execution_height=1, execution_state_root=b"\x00" * 32))
+    replica.handle_gossip(status, "peer", Topic.STATUS)
+    assert replica.consensus_silence_ms() == 12_000  # a status heartbeat is not consensus traffic

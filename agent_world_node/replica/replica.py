@@ -199,6 +199,8 @@ class Replica:
         self.sync = SyncState(policy.sync_batch_heights, policy.sync_timeout_ms)
         self._clock = PolicyClock(policy)
         self._now_ms = 0  # the last tick's time
+        self.last_consensus_traffic_ms: int | None = None  # the tick time of the last peer vote, proposal or commit
+        self._first_tick_ms: int | None = None
         self._connected: set[str] = set()  # the last tick's connected peers
         self._wal_written = True  # prune whatever a previous run left at the first commit
         stored = store.get_meta(DIVERGED_META_KEY)
@@ -319,12 +321,12 @@ class Replica:
             return [Misbehaviour(peer, Offence.MALFORMED)]
         if isinstance(msg, GossipVoteMessage):
             self.sync.note_peer_height(peer, msg.vote.height - 1)
-            return self._judged(peer, VoteReceived(msg.vote))
+            return self._consensus_traffic(self._judged(peer, VoteReceived(msg.vote)))
         if isinstance(msg, GossipProposalMessage):
             self.sync.note_peer_height(peer, msg.proposal.height - 1)
-            return self._judged(peer, ProposalReceived(msg.proposal))
+            return self._consensus_traffic(self._judged(peer, ProposalReceived(msg.proposal)))
         if isinstance(msg, GossipCommitMessage):
-            return self._on_commit_announcement(msg, peer)
+            return self._consensus_traffic(self._on_commit_announcement(msg, peer))
         if isinstance(msg, GossipActionBatch):
             malformed = self.admission.admit_gossip(msg.payloads)
             return [Misbehaviour(peer, Offence.MALFORMED)] if malformed else []
@@ -347,6 +349,8 @@ class Replica:
         last tick, the status heartbeat when due, re-gossip of the height's messages when it has
         stalled for ``regossip_after_ms``, and a ``FetchBlocks`` when behind a connected peer."""
         self._now_ms = now_ms
+        if self._first_tick_ms is None:
+            self._first_tick_ms = now_ms
         self._connected = set(connected)
         outputs: list[Output] = list(self.admission.take_gossip_batches(MAX_GOSSIP_BYTES - 1024))
         if self._clock.status_due(now_ms):
@@ -362,6 +366,21 @@ class Replica:
             outputs.append(fetch)
         outputs.extend(self.builds.due(self.world, self.syncing))
         return outputs
+
+    def _consensus_traffic(self, outputs: list[Output]) -> list[Output]:
+        """Note a peer's vote, proposal or commit as consensus traffic unless it was blamed (a
+        forgery keeps no node looking connected); return ``outputs``."""
+        if not any(isinstance(o, Misbehaviour) for o in outputs):
+            self.last_consensus_traffic_ms = self._now_ms
+        return outputs
+
+    def consensus_silence_ms(self) -> int:
+        """Milliseconds (of the driver's tick clock) since the last vote, proposal or commit from a
+        peer, or since the first tick when none came yet; 0 before the first tick."""
+        if self._first_tick_ms is None:
+            return 0
+        return self._now_ms - (self.last_consensus_traffic_ms if self.last_consensus_traffic_ms is not None
+                               else self._first_tick_ms)
 
     def build_finished(self, build_id: str, code: str, wasm: bytes = b"") -> AdmissionResult | None:
         """The answer to ``StartBuild``: sign the attestation of ``code`` ("OK" with ``wasm``, or a
