@@ -115,6 +115,10 @@ def _home_with_rate_limit(tmp_path):
     home = single_validator_home(tmp_path / "solo", chain_id=CHAIN)
     config = read_config(home.config_file)
     config.p2p.peer_rate_limit, config.p2p.peer_rate_burst = FLOOD_RATE_LIMIT, FLOOD_RATE_BURST
+    # The scripted offences of steps 2-5 score 2x10 + 20 + 34 + 50 = 124 points, enough for a ban at
+    # the default threshold (forgeries ban quickly); this node's higher threshold keeps the peer
+    # connected through step 5, so that step 6 shows the ban that a flood alone earns.
+    config.p2p.ban_threshold = 200.0
     write_config(home.config_file, config)
     return home
 
