@@ -34,7 +34,7 @@ import pytest
 import structlog
 import trio
 
-from agent_world_client.client import ActionRejected, AgentKey, ClientError, NodeClient, NotFound
+from agent_world_client.client import ActionRejected, AgentKey, NotFound
 from agent_world_runtime.actions import (
     DeployModuleArtifact,
     InstallModuleFromArtifact,
@@ -62,6 +62,8 @@ from agent_world_tools.testnet import (
     wait_until_ready,
 )
 from benchmarks import wasm_gen
+
+from .testnet_clients import TestnetClients
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(330)]
 
@@ -124,47 +126,11 @@ def gas_fee(gas_used: int) -> int:
     return -(-gas_used * PARAMS.gas_price_per_mfuel // 1_000_000)
 
 
-class Net:
+class Net(TestnetClients):
     """Clients of the four nodes and the waits the scenario needs."""
 
     def __init__(self, nodes, procs):
-        self.nodes = nodes
-        self.procs = procs
-        self.clients = {n.name: NodeClient(n.rpc_url, timeout_s=10.0) for n in nodes}
-        self.first = self.clients[nodes[0].name]
-
-    def client(self, i: int) -> NodeClient:
-        return self.clients[self.nodes[i % len(self.nodes)].name]
-
-    def check_alive(self) -> None:
-        for p in self.procs:
-            assert not p.failed(), f"{p.name} exited:\n{p.log_tail(40)}"
-
-    async def until(self, predicate, what: str, timeout_s: float = STEP_S):
-        """Await ``predicate()`` (async) every 0.25 s until it is truthy; return its value."""
-        with trio.move_on_after(timeout_s):
-            while True:
-                self.check_alive()
-                try:
-                    value = await predicate()
-                except ClientError:
-                    value = None
-                if value:
-                    return value
-                await trio.sleep(0.25)
-        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-    async def statuses(self) -> dict[str, dict]:
-        return {name: await c.status() for name, c in self.clients.items()}
-
-    async def exec_heights(self) -> dict[str, int]:
-        return {name: s["execution_height"] for name, s in (await self.statuses()).items()}
-
-    async def wait_exec_height(self, height: int) -> None:
-        async def reached():
-            return min((await self.exec_heights()).values()) >= height
-
-        await self.until(reached, f"every node to execute height {height}")
+        super().__init__(nodes, procs, STEP_S)
 
     async def agent_everywhere(self, agent_id: str) -> list[dict]:
         return [await c.agent(agent_id) for c in self.clients.values()]
@@ -188,10 +154,6 @@ class Net:
         assert not settled or all(r == records[0] for r in records), records
         return records[0]
 
-    async def submit_all(self, node: int, actions: list[SignedAction]) -> None:
-        results = await self.client(node).submit_batch(actions)
-        assert [r["status"] for r in results] == ["accepted"] * len(actions), results
-
     async def events(self, kind: str) -> list[dict]:
         """Every journal event of node0 whose kind starts with ``kind``."""
         out: list[dict] = []
@@ -207,9 +169,6 @@ class Net:
         """Header timestamp (proposer clock, ms) of heights ``lo..hi`` on node0."""
         return {h: (await self.first.block(h))["header"]["timestamp_ms"] for h in range(lo, hi + 1)}
 
-    async def aclose(self) -> None:
-        for c in self.clients.values():
-            await c.aclose()
 
 
 def intervals(times: dict[int, int], lo: int, hi: int) -> list[int]:

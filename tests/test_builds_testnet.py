@@ -39,7 +39,7 @@ import pytest
 import structlog
 import trio
 
-from agent_world_client.client import AgentKey, ClientError, NodeClient, NotFound
+from agent_world_client.client import AgentKey, NodeClient, NotFound
 from agent_world_node.builds import build_package
 from agent_world_runtime.actions import (
     CompileModuleArtifactFromSource,
@@ -63,6 +63,8 @@ from agent_world_tools.testnet import (
     stop_all,
     wait_until_ready,
 )
+
+from .testnet_clients import TestnetClients
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(360)]
 
@@ -209,50 +211,14 @@ def run(testnet: Testnet, scenario, *args) -> None:
     trio.run(main)
 
 
-class Net:
+class Net(TestnetClients):
     """Clients of the testnet's nodes and the waits the scenarios need."""
 
     def __init__(self, testnet: Testnet, nodes=None, procs=None):
+        super().__init__(nodes or testnet.nodes, procs or testnet.procs, STEP_S)
         self.testnet = testnet
-        self.nodes = list(nodes or testnet.nodes)
-        self.procs = list(procs or testnet.procs)
-        self.clients = {n.name: NodeClient(n.rpc_url, timeout_s=10.0) for n in self.nodes}
         self.http = {n.name: httpx.AsyncClient(base_url=n.rpc_url, timeout=10.0) for n in self.nodes}
-        self.first = self.clients[self.nodes[0].name]
         self.chain_id = self.nodes[0].chain_id
-
-    def client(self, i: int) -> NodeClient:
-        return self.clients[self.nodes[i % len(self.nodes)].name]
-
-    def check_alive(self) -> None:
-        for p in self.procs:
-            assert not p.failed(), f"{p.name} exited:\n{p.log_tail(40)}"
-
-    async def until(self, predicate, what: str, timeout_s: float = STEP_S):
-        """Await ``predicate()`` (async) every 0.25 s until it is truthy; return its value."""
-        with trio.move_on_after(timeout_s):
-            while True:
-                self.check_alive()
-                try:
-                    value = await predicate()
-                except ClientError:
-                    value = None
-                if value:
-                    return value
-                await trio.sleep(0.25)
-        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-    async def statuses(self) -> dict[str, dict]:
-        return {name: await c.status() for name, c in self.clients.items()}
-
-    async def exec_heights(self) -> dict[str, int]:
-        return {name: s["execution_height"] for name, s in (await self.statuses()).items()}
-
-    async def wait_exec_height(self, height: int) -> None:
-        async def reached():
-            return min((await self.exec_heights()).values()) >= height
-
-        await self.until(reached, f"every node to execute height {height}")
 
     async def events(self, kind: str | None = None, client: NodeClient | None = None) -> list[dict]:
         """Every journal event of node0 (or ``client``) whose kind starts with ``kind`` (all if None)."""
@@ -288,10 +254,6 @@ class Net:
     async def build_docs(self, build_id: str) -> dict[str, dict]:
         return {name: await self.build_doc(name, build_id) for name in self.clients}
 
-    async def submit_all(self, node: int, actions: list[SignedAction]) -> None:
-        results = await self.client(node).submit_batch(actions)
-        assert [r["status"] for r in results] == ["accepted"] * len(actions), results
-
     async def wait_nonce(self, agent_id: str, nonce: int) -> None:
         async def done():
             try:
@@ -320,8 +282,7 @@ class Net:
         return common
 
     async def aclose(self) -> None:
-        for c in self.clients.values():
-            await c.aclose()
+        await super().aclose()
         for h in self.http.values():
             await h.aclose()
 
