@@ -65,14 +65,9 @@ NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 STAGES = ("pre_action", "post_action", "post_event", "tick")
 
 
-def _cli() -> Any:
-    """The shared command helpers (``ui``: consoles, CliError, friendly_errors, make_client)."""
-    return ui
-
-
 def fail(message: str) -> NoReturn:
     """Raise the CLI's CliError (one red line, exit status 1)."""
-    raise _cli().CliError(message)
+    raise ui.CliError(message)
 
 
 # --- project files ------------------------------------------------------------------------------
@@ -239,7 +234,7 @@ def build_project(directory: Path, *, quiet: bool = False) -> tuple[Project, byt
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(wasm)
     if not quiet:
-        console = _cli().console
+        console = ui.console
         console.print(f"built {project.manifest.module_id} {project.manifest.version} ({project.lang})", highlight=False)
         console.print(f"  wasm_hash  {wasm_hash}", highlight=False)
         console.print(f"  size       {len(wasm)} bytes", highlight=False)
@@ -331,7 +326,7 @@ def new(
     parent: Path = typer.Option(Path("."), "--dir", help="Where to create the project directory NAME."),
 ) -> None:
     """Create a module project that builds as is: sources, manifest.json, README.md."""
-    cli = _cli()
+    cli = ui
     cli.quiet_logs()
     with cli.friendly_errors():
         if not NAME_RE.fullmatch(name):
@@ -371,7 +366,7 @@ def new(
 @module_app.command("build")
 def build(directory: Path = typer.Argument(Path("."), help="The project directory (with manifest.json).")) -> None:
     """Build the module and check it as the chain would; print its wasm_hash, size and path."""
-    cli = _cli()
+    cli = ui
     cli.quiet_logs()
     with cli.friendly_errors():
         build_project(directory)
@@ -483,7 +478,7 @@ def test(
     from agent_world_runtime.modules.lifecycle import entry_point
     from agent_world_runtime.params import WorldParams
 
-    cli = _cli()
+    cli = ui
     cli.quiet_logs()
     with cli.friendly_errors():
         obj = _read_input(input_)
@@ -560,7 +555,7 @@ def _print_test_report(console: Any, r: dict[str, Any], output: Any) -> None:
 
 
 def _signer(key_file: Path, agent_id: Optional[str]) -> tuple[Any, str]:
-    key, file_agent = _cli().read_agent_key(key_file)
+    key, file_agent = ui.read_agent_key(key_file)
     agent = agent_id or file_agent
     if not agent:
         fail(f"no agent id: pass --agent-id, or use a key file made with `awnode keygen --agent-id ID --out {key_file}`")
@@ -588,7 +583,7 @@ def _submit(client: Any, rpc: str, key: Any, agent: str, action: Any) -> str:
     if problem is not None:
         fail(problem)
     result = client.submit(signed)
-    _cli().console.print(f"submitted {action_kind(action)} agent={agent} nonce={last + 1} action_id={result.action_id}",
+    ui.console.print(f"submitted {action_kind(action)} agent={agent} nonce={last + 1} action_id={result.action_id}",
                          highlight=False)
     return result.action_id
 
@@ -630,7 +625,7 @@ def deploy(
     """Build the module and publish its bytes and manifest (deploy_module_artifact); wait for the result."""
     from agent_world_runtime.actions import DeployModuleArtifact
 
-    cli = _cli()
+    cli = ui
     cli.quiet_logs()
     with cli.friendly_errors():
         key, agent = _signer(key_file, agent_id)
@@ -674,7 +669,7 @@ def compile_in_world(
     from agent_world_client.client import NotFound
     from agent_world_runtime.actions import CompileModuleArtifactFromSource, ModuleSourcePackage
 
-    cli = _cli()
+    cli = ui
     cli.quiet_logs()
     with cli.friendly_errors():
         key, agent = _signer(key_file, agent_id)
@@ -737,7 +732,7 @@ def install(
     """Install a deployed artifact as a module instance owned by your agent (install_module_from_artifact)."""
     from agent_world_runtime.actions import InstallModuleFromArtifact
 
-    cli = _cli()
+    cli = ui
     cli.quiet_logs()
     with cli.friendly_errors():
         key, agent = _signer(key_file, agent_id)
@@ -773,7 +768,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
 ) -> None:
     """List a node's module artifacts and instances."""
-    cli = _cli()
+    cli = ui
     cli.quiet_logs()
     with cli.friendly_errors():
         mods = cli.make_client(rpc).modules()
