@@ -259,8 +259,27 @@ def test_no_workspace_is_left_behind(monkeypatch):
         assert build_package(c_package(), "c").code is BuildCode.OK
         assert build_package(c_package("int x = ;\n"), "c").code is BuildCode.COMPILE_ERROR
         assert list(parent.iterdir()) == []
-        if os.geteuid() == 0:  # a workspace nobody cannot reach is this machine's problem, not the package's
+        from agent_world_node.builds import installed_toolchain
+        from agent_world_node.builds.hermetic import _others_can_run
+
+        as_nobody = os.geteuid() == 0 and _others_can_run(installed_toolchain("c").executable)
+        if as_nobody:  # a workspace nobody cannot reach is this machine's problem, not the package's
             parent.chmod(0o700)
             assert_failed(build_package(c_package(), "c"), BuildCode.SANDBOX_ERROR)
     finally:
         shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_a_toolchain_nobody_cannot_run_is_run_as_the_node_user(monkeypatch):
+    """A toolchain installed under a private directory (a venv in a 0700 checkout) still builds: as
+    the node's own user, inside the sandbox and its limits, instead of failing as a local error."""
+    need("c")
+    import os
+
+    from agent_world_node.builds import hermetic
+
+    if os.geteuid() != 0:
+        pytest.skip("only a root node drops builds to nobody")
+    monkeypatch.setattr(hermetic, "_others_can_run", lambda path: False)
+    result = build_package(c_package(), "c")
+    assert result.code is BuildCode.OK, result.message

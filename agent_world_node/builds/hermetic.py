@@ -70,6 +70,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import structlog
+
 from agent_world_runtime.modules.source import (
     MAX_SOURCE_FILE_BYTES,
     MAX_SOURCE_FILES,
@@ -179,10 +181,11 @@ os.execv(a[7], a[7:])
 """
 
 
-def _python() -> str:
-    """The interpreter for the limits wrapper: as ``nobody``, Debian's /usr/bin/python3 when present
-    (the node's own interpreter may live under a private home directory)."""
-    if _drop_to_nobody() and os.path.exists("/usr/bin/python3"):
+def _python(nobody: bool | None = None) -> str:
+    """The interpreter for the limits wrapper: as ``nobody`` (default: whenever running as root),
+    Debian's /usr/bin/python3 when present (the node's own interpreter may live under a private
+    home directory)."""
+    if (_drop_to_nobody() if nobody is None else nobody) and os.path.exists("/usr/bin/python3"):
         return "/usr/bin/python3"
     return os.path.realpath(sys.executable)
 
@@ -198,6 +201,15 @@ def _others_can_run(path: Path) -> bool:
         return all(os.stat(parent).st_mode & stat.S_IXOTH for parent in path.parents)
     except OSError:
         return False
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        structlog.get_logger(__name__).warning("build_user_not_dropped", reason=message)
 
 
 def _drop_to_nobody() -> bool:
@@ -260,8 +272,8 @@ def _probe_bwrap() -> tuple[str, str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _user_kwargs() -> dict[str, Any]:
-    if _drop_to_nobody():
+def _user_kwargs(nobody: bool | None = None) -> dict[str, Any]:
+    if _drop_to_nobody() if nobody is None else nobody:
         return {"user": NOBODY, "group": NOBODY, "extra_groups": []}
     return {}
 
@@ -378,9 +390,13 @@ def _build(files: dict[str, str], toolchain_name: str, limits: BuildLimits, sand
                      limits)
     if sandbox not in ("auto", "bwrap", "none"):
         raise ValueError(f"sandbox must be 'auto', 'bwrap' or 'none', not {sandbox!r}")
-    if _drop_to_nobody() and not all(_others_can_run(Path(p)) for p in (installed.executable, _python())):
-        return _fail(BuildCode.SANDBOX_ERROR, f"builds run as uid {NOBODY}, which cannot execute {installed.executable} or "
-                     f"{_python()}: install the toolchain where every user can run it", limits)
+    # As root, the build drops to ``nobody`` when that user can run the toolchain; a toolchain
+    # installed under a private directory (a venv in a 0700 checkout) is run as the node's own user,
+    # still inside the sandbox and its limits, and the node says so once.
+    nobody = _drop_to_nobody() and all(_others_can_run(Path(p)) for p in (installed.executable, _python(True)))
+    if _drop_to_nobody() and not nobody:
+        _warn_once(f"{installed.executable} is not runnable by uid {NOBODY}; builds of {toolchain_name!r} run as "
+                   "the node's user inside the sandbox: install the toolchain where every user can run it")
     use_bwrap = sandbox != "none" and sandbox_mode() == "bwrap"
     if sandbox == "bwrap" and not use_bwrap:
         return _fail(BuildCode.SANDBOX_ERROR, f"the build sandbox is required but unavailable: {sandbox_problem()}", limits)
@@ -390,42 +406,43 @@ def _build(files: dict[str, str], toolchain_name: str, limits: BuildLimits, sand
         return _fail(BuildCode.SANDBOX_ERROR, f"cannot create a build workspace: {exc}", limits)
     try:
         try:
-            _write_workspace(ws, files)
+            _write_workspace(ws, files, nobody)
         except OSError as exc:
             return _fail(BuildCode.SANDBOX_ERROR, f"cannot write the build workspace: {exc}", limits)
-        if _drop_to_nobody() and not all(os.stat(parent).st_mode & 0o001 for parent in ws.parents):
+        if nobody and not all(os.stat(parent).st_mode & 0o001 for parent in ws.parents):
             return _fail(BuildCode.SANDBOX_ERROR, f"builds run as uid {NOBODY}, which cannot reach the workspace {ws}: "
                          "set TMPDIR to a directory every user can traverse (e.g. /tmp)", limits)
-        return _run_build(ws, installed, roots, limits, use_bwrap)
+        return _run_build(ws, installed, roots, limits, use_bwrap, nobody)
     finally:
         shutil.rmtree(ws, ignore_errors=True)
 
 
-def _write_workspace(ws: Path, files: dict[str, str]) -> None:
+def _write_workspace(ws: Path, files: dict[str, str], nobody: bool) -> None:
     for sub in ("src", "home", "cache", "out"):
         (ws / sub).mkdir()
     for rel, text in files.items():
         target = ws / "src" / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(text.encode("utf-8", "surrogatepass"))
-    if _drop_to_nobody():
+    if nobody:
         for dirpath, _dirnames, filenames in os.walk(ws):
             os.chown(dirpath, NOBODY, NOBODY)
             for name in filenames:
                 os.chown(os.path.join(dirpath, name), NOBODY, NOBODY)
 
 
-def _run_build(ws: Path, installed: InstalledToolchain, roots: list[str], limits: BuildLimits, use_bwrap: bool) -> BuildResult:
+def _run_build(ws: Path, installed: InstalledToolchain, roots: list[str], limits: BuildLimits, use_bwrap: bool,
+               nobody: bool) -> BuildResult:
     root = SANDBOX_ROOT if use_bwrap else str(ws)
     command = compiler_argv(installed, roots, root)
-    nproc = limits.processes if _drop_to_nobody() else -1
-    argv = [_python(), "-I", "-S", "-c", _WRAPPER, str(limits.cpu_seconds), str(limits.memory_bytes),
+    nproc = limits.processes if nobody else -1
+    argv = [_python(nobody), "-I", "-S", "-c", _WRAPPER, str(limits.cpu_seconds), str(limits.memory_bytes),
             str(limits.file_bytes), str(limits.open_files), str(nproc), "--"]
     argv += (_bwrap_argv(ws, installed.read_only_paths) if use_bwrap else []) + command
     try:
         proc = subprocess.Popen(
             argv, cwd=ws / "src", env=_environment(root), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, **_user_kwargs(),
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, **_user_kwargs(nobody),
         )
     except (OSError, subprocess.SubprocessError) as exc:
         return _fail(BuildCode.SANDBOX_ERROR, f"cannot start the build: {exc}", limits)
