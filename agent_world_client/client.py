@@ -14,7 +14,8 @@ Errors (all subclasses of ``ClientError``, each message saying what went wrong a
   node's machine-readable code, a value of ``agent_world_node.schema.AdmissionCode``
   (``malformed``, ``too_large``, ``wrong_chain``, ``bad_agent_id``, ``already_registered``,
   ``bad_signature``, ``negative_nonce``, ``unknown_agent``, ``nonce_replayed``).
-- ``NodeBusy``: the node kept answering 503 "mempool full" after the bounded number of retries.
+- ``NodeBusy``: the node kept answering 503 (busy: over capacity, mempool full, or not ready) after
+  the bounded number of retries.
 - ``NotFound``: 404 for a block, execution record or agent that the node does not have.
 - ``BadResponse``: any other status, or a body that is not the JSON the API promises.
 """
@@ -67,7 +68,8 @@ class ActionRejected(ClientError):
 
 
 class NodeBusy(ClientError):
-    """The node answered 503 (mempool full) ``retries + 1`` times in a row; try again later or slow down."""
+    """The node answered 503 (busy) ``retries + 1`` times in a row; try again later, slow down, or
+    submit to another node."""
 
     def __init__(self, message: str, *, retries: int) -> None:
         super().__init__(message)

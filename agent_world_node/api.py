@@ -4,8 +4,10 @@ Routes (hashes and bytes are lowercase hex in responses):
 
 - ``POST /v1/actions``: a JSON ``SignedAction`` (msgspec JSON form, bytes as base64), at most
   ``MAX_BODY_BYTES``. 202 accepted, 200 duplicate, 400 ``{"error", "code"}`` when malformed or
-  inadmissible, 413 too large, 415 when a ``Content-Type`` other than JSON is declared, 503 ``{"error", "code", "retry_after_ms"}`` with ``Retry-After`` when the
-  mempool is full.
+  inadmissible, 413 too large, 415 when a ``Content-Type`` other than JSON is declared, 503
+  ``{"error", "code", "retry_after_ms"}`` with ``Retry-After`` when the node is busy: ``code``
+  ``over_capacity`` (the backlog exceeds what the chain commits in ``mempool.target_queue_ms``),
+  ``mempool_full``, or ``not_ready`` (cut off from consensus, catching up, or diverged).
 - ``POST /v1/actions/batch``: ``{"actions": [SignedAction, ...]}`` (at most ``MAX_SUBMIT_BATCH``
   actions, ``MAX_BATCH_BODY_BYTES``): 200 ``{"results": [{"status", "action_id", "code"?,
   "error"?, "retry_after_ms"?}, ...], "counts": {status: n}}`` in request order (each admitted as
@@ -234,8 +236,8 @@ def create_app(node: NodeView) -> Starlette:
             return _json(_document(result), 200)
         if result.status == AdmissionStatus.BUSY:
             retry_ms = result.retry_after_ms
-            return _error(503, AdmissionCode.MEMPOOL_FULL, result.reason, headers=_retry_headers(retry_ms),
-                          retry_after_ms=retry_ms)
+            return _error(503, result.code or AdmissionCode.MEMPOOL_FULL, result.reason,
+                          headers=_retry_headers(retry_ms), retry_after_ms=retry_ms)
         return _error(400, result.code or AdmissionCode.MALFORMED, result.reason)
 
     async def submit_batch(request: Request) -> Response:
@@ -251,8 +253,8 @@ def create_app(node: NodeView) -> Starlette:
         busy = [r for r in results if r.status == AdmissionStatus.BUSY]
         if busy and len(busy) == len(results):
             retry_ms = max(r.retry_after_ms for r in busy)
-            return _error(503, AdmissionCode.MEMPOOL_FULL, busy[0].reason, headers=_retry_headers(retry_ms),
-                          retry_after_ms=retry_ms)
+            return _error(503, busy[0].code or AdmissionCode.MEMPOOL_FULL, busy[0].reason,
+                          headers=_retry_headers(retry_ms), retry_after_ms=retry_ms)
         counts: dict[str, int] = {}
         for r in results:
             counts[r.status] = counts.get(r.status, 0) + 1

@@ -106,13 +106,16 @@ class PolicyConfig(msgspec.Struct, forbid_unknown_fields=True):
     - ``regossip_after_ms``: a height without progress for this long re-gossips its message log
       (and the last commit), and again every such interval while it stays stuck.
     - ``sync_batch_heights``: most heights fetched from one peer in one sync request.
-    - ``sync_timeout_ms``: a sync request unanswered for this long has failed."""
+    - ``sync_timeout_ms``: a sync request unanswered for this long has failed.
+    - ``action_regossip_ms``: a client action accepted here and still pending this long after its
+      last gossip is gossiped again (one batch per tick at most)."""
 
     tick_interval_ms: int = 100
     status_interval_ms: int = 1000
     regossip_after_ms: int = 1500
     sync_batch_heights: int = 200
     sync_timeout_ms: int = 10_000
+    action_regossip_ms: int = 5000
 
     def __post_init__(self) -> None:
         for name in self.__struct_fields__:
@@ -127,9 +130,18 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class MempoolConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """Mempool bound (actions); when full, submissions get 503 with a retry hint."""
+    """``max_actions``: the mempool's hard bound (actions); when full, submissions get 503
+    ``mempool_full`` with a retry hint. ``target_queue_ms``: clients' actions are refused with 503
+    ``over_capacity`` while the pending actions exceed what the chain committed in this many ms at
+    its recent rate (at least one full block; ``replica.intake``)."""
 
     max_actions: int = 20_000
+    target_queue_ms: int = 1500
+
+    def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"mempool.{name} must be > 0")
 
 
 class NodeConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -20,6 +20,9 @@ class NodeMetrics:
         self.actions_committed = Counter("awnode_actions_committed", "Actions in committed blocks", registry=r)
         self.actions_admitted = Counter("awnode_actions_admitted", "Actions admitted to the mempool", ["source"], registry=r)
         self.actions_refused = Counter("awnode_actions_refused", "Actions refused at admission", ["code"], registry=r)
+        self.actions_regossiped = Counter(
+            "awnode_actions_regossiped", "Client actions gossiped again because they stayed pending", registry=r
+        )
         self.messages_dropped = Counter("awnode_consensus_messages_dropped", "Consensus messages dropped", ["reason"], registry=r)
         self.blocks_synced = Counter("awnode_blocks_synced", "Blocks fetched by height-keyed sync", registry=r)
         self.execution_mismatches = Counter(

@@ -45,6 +45,8 @@ from .replica import (
     StartTimer,
 )
 from .schema import (
+    AdmissionCode,
+    AdmissionStatus,
     BlockActionDocument,
     BlockDocument,
     DivergenceDocument,
@@ -59,6 +61,8 @@ log = structlog.get_logger(__name__)
 
 #: A node with peers but no consensus traffic from them for this long (ms) is not ready.
 SILENCE_MS = 10_000
+#: The retry hint (ms) given to clients while this node is not ready.
+NOT_READY_RETRY_MS = 2000
 
 __all__ = ["Node"]
 
@@ -110,6 +114,7 @@ class Node:
             node_id=self.peer_id,
             now_ms=lambda: int(time.time() * 1000),
             mempool_size=self.config.mempool.max_actions,
+            target_queue_ms=self.config.mempool.target_queue_ms,
             metrics=self.metrics,
             # compiled modules are cached on disk, keyed by (wasm_hash, wasmtime version, engine
             # configuration) and checked before loading
@@ -138,7 +143,16 @@ class Node:
         return self.replica.world
 
     def admit(self, signed: SignedAction) -> AdmissionResult:
-        """Admit an action a client submitted through the HTTP API (``Replica.admit``)."""
+        """Admit an action a client submitted through the HTTP API (``Replica.admit``), or refuse
+        it as busy (``not_ready``, retry in ``NOT_READY_RETRY_MS``) while this node is not ready
+        (``readiness``): cut off from its peers' consensus traffic, catching up, or diverged, it
+        could neither check the action against the chain's current state nor get it committed."""
+        ready, reason = self.readiness()
+        if not ready:
+            self.metrics.actions_refused.labels(AdmissionCode.NOT_READY.value).inc()
+            return AdmissionResult(AdmissionStatus.BUSY, code=AdmissionCode.NOT_READY,
+                                   reason=f"this node cannot take actions now ({reason}); retry later or "
+                                          "submit to another node", retry_after_ms=NOT_READY_RETRY_MS)
         return self.replica.admit(signed, ActionSource.API)
 
     # -- performing the replica's outputs -------------------------------------------------------

@@ -33,11 +33,14 @@ class AdmissionCode(enum.StrEnum):
 
     The world's admission rules give the codes of ``agent_world_runtime.admission.RefusalCode``
     (same values, converted by ``from_refusal``); the node adds the checks made before the world is
-    asked (``MALFORMED``, ``TOO_LARGE``) and ``MEMPOOL_FULL``."""
+    asked (``MALFORMED``, ``TOO_LARGE``) and the busy codes ``MEMPOOL_FULL``, ``OVER_CAPACITY``
+    and ``NOT_READY``."""
 
     MALFORMED = "malformed"  # not a well-formed SignedAction
     TOO_LARGE = "too_large"  # encoded action above the runtime's payload limit
     MEMPOOL_FULL = "mempool_full"  # status busy: retry later
+    OVER_CAPACITY = "over_capacity"  # status busy: the backlog exceeds what the chain commits soon
+    NOT_READY = "not_ready"  # status busy: the node is not connected to consensus or is catching up
     WRONG_CHAIN = "wrong_chain"
     BAD_SIGNATURE = "bad_signature"
     UNKNOWN_AGENT = "unknown_agent"

@@ -10,6 +10,7 @@ import pytest
 from agent_world_node.mempool import Mempool
 from agent_world_node.metrics import NodeMetrics
 from agent_world_node.replica import ActionDecoder, ActionSource, Admission
+from agent_world_node.replica.intake import IntakeControl
 from agent_world_node.schema import AdmissionCode, AdmissionStatus
 from agent_world_runtime.actions import MAX_ACTION_PAYLOAD_BYTES, HarvestRadiation, MoveAgent
 from agent_world_runtime.admission import RefusalCode
@@ -19,7 +20,9 @@ from .test_runtime_admission_codes import world as world  # noqa: F401  (the fix
 
 
 def _admission(world, size: int = 100) -> Admission:
-    return Admission(Mempool(size), lambda: world, ActionDecoder(), NodeMetrics(), retry_after_ms=250)
+    intake = IntakeControl(floor=10**6, target_queue_ms=1000)  # never the limit here
+    return Admission(Mempool(size), lambda: world, ActionDecoder(), NodeMetrics(), retry_after_ms=250,
+                     intake=intake, now_ms=lambda: 0)
 
 
 def test_every_world_refusal_has_an_api_code():

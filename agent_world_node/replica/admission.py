@@ -7,7 +7,12 @@ a fee the agent can pay on top of the fees of its actions already pending here;
 fails. Decoded actions are kept by the node's ``ActionDecoder``, so validity and execution do not
 decode them again; verified signatures are remembered, and so are recently committed actions,
 whose late gossip copies are dropped without a decode (``mempool.RecentIds``). Actions
-from clients are queued for gossip to peers in batches (``take_gossip_batches``).
+from clients are queued for gossip to peers in batches (``take_gossip_batches``), and gossiped
+again while they stay pending (``take_regossip_batches``): a peer that missed the first copy (it
+was restarting, partitioned, or dropped it under load) must not leave them out of every block.
+
+Clients are refused as busy when the backlog exceeds what the chain commits in a short time
+(``intake.IntakeControl``); actions from peers and the node's own (build attestations) are not.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from ..mempool import Mempool, MempoolFull, RecentIds
 from ..metrics import NodeMetrics
 from ..schema import AdmissionCode, AdmissionStatus
 from ..types import GossipActionBatch, Topic
+from .intake import IntakeControl
 from .outputs import Publish
 
 #: Most action payloads one gossiped batch may carry.
@@ -33,11 +39,14 @@ MAX_BATCH_ACTIONS = 10_000
 
 
 class ActionSource(enum.StrEnum):
-    """Where an action came from: a client of this node (gossiped on), a peer's gossip, or this
-    process itself (tools that build chains offline; not gossiped)."""
+    """Where an action came from: a client of this node (gossiped on; refused when the backlog is
+    over the intake budget), a peer's gossip, this node itself (a validator's build attestation:
+    gossiped on, never refused for the backlog), or this process (tools that build chains offline;
+    not gossiped)."""
 
     API = "api"
     GOSSIP = "gossip"
+    NODE = "node"
     LOCAL = "local"
 
 
@@ -90,7 +99,8 @@ class Admission:
     """The mempool's gatekeeper (see the module docstring).
 
     ``world()`` returns the executed world the rules read; ``retry_after_ms`` is the hint given with
-    a full mempool."""
+    a full mempool; ``intake`` bounds the backlog clients may add to, on the clock ``now_ms()``
+    (the driver's tick clock, ms)."""
 
     def __init__(
         self,
@@ -99,8 +109,15 @@ class Admission:
         decoder: ActionDecoder,
         metrics: NodeMetrics,
         retry_after_ms: int,
+        intake: IntakeControl,
+        now_ms: Callable[[], int],
     ) -> None:
         self.mempool = mempool
+        self.intake = intake
+        self._now_ms = now_ms
+        #: actions this node took from its clients (or signed itself) and still pending: action id
+        #: -> (payload, tick ms of its last gossip), oldest gossip first
+        self._own_pending: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()
         self.verified_signatures = RecentIds()
         self.recently_committed = RecentIds()
         self._world = world
@@ -116,9 +133,10 @@ class Admission:
         """Admit ``signed`` (whose canonical encoding is ``payload`` and sha256 ``action_id``, each
         computed when not given).
 
-        Returns accepted (in the mempool; queued for gossip when ``source`` is API), duplicate
-        (already pending), rejected (``code``: too_large or a world admission code) or busy
-        (mempool_full, with ``retry_after_ms``). Never raises for bad input."""
+        Returns accepted (in the mempool; queued for gossip when ``source`` is API or NODE),
+        duplicate (already pending), rejected (``code``: too_large or a world admission code) or
+        busy (``over_capacity`` for a client action above the intake budget, checked before the
+        signature; ``mempool_full``; both with ``retry_after_ms``). Never raises for bad input."""
         if payload is None:
             payload = encode(signed)
         if action_id is None:
@@ -131,6 +149,19 @@ class Admission:
             )
         if action_id in self.mempool:
             return AdmissionResult(AdmissionStatus.DUPLICATE, action_id)
+        if source is ActionSource.API:
+            now = self._now_ms()
+            retry_ms = self.intake.refusal(len(self.mempool), now)
+            if retry_ms is not None:
+                self._metrics.actions_refused.labels(AdmissionCode.OVER_CAPACITY.value).inc()
+                return AdmissionResult(
+                    AdmissionStatus.BUSY,
+                    action_id,
+                    code=AdmissionCode.OVER_CAPACITY,
+                    reason=(f"{len(self.mempool)} actions are pending and the chain commits about "
+                            f"{self.intake.rate(now):.0f} per second; retry after {retry_ms} ms"),
+                    retry_after_ms=retry_ms,
+                )
         self._decoder.remember(action_id, signed)
         world = self._world()
         agent_id = signed.body.agent_id
@@ -150,8 +181,9 @@ class Admission:
                 retry_after_ms=self._retry_after_ms,
             )
         self._admitted_counters[source].inc()
-        if source is ActionSource.API:
+        if source in (ActionSource.API, ActionSource.NODE):
             self._pending_gossip.append(payload)
+            self._own_pending[action_id] = (payload, self._now_ms())
         return AdmissionResult(AdmissionStatus.ACCEPTED, action_id)
 
     def admit_gossip(self, payloads: list[bytes]) -> int:
@@ -177,6 +209,7 @@ class Admission:
         self.mempool.remove(action_ids)
         for action_id in action_ids:
             self.recently_committed.add(action_id)
+            self._own_pending.pop(action_id, None)
 
     def refused(self, code: AdmissionCode) -> None:
         """Count a refusal decided outside ``admit`` (e.g. the API could not decode the body)."""
@@ -202,3 +235,28 @@ class Admission:
             out.append(Publish(Topic.ACTIONS, encode(GossipActionBatch(pending[:count]))))
             del pending[:count]
         return out
+
+    def take_regossip_batches(self, after_ms: int, max_bytes: int) -> list[Publish]:
+        """Gossip again, in one batch of at most ``max_bytes`` encoded, the oldest of this node's
+        own pending actions (see ``ActionSource``) last gossiped ``after_ms`` or more ago (tick
+        clock). Actions no longer in the mempool (committed, or dropped by recheck) are forgotten.
+        Peers that hold them already drop the copies after one hash."""
+        now = self._now_ms()
+        own = self._own_pending
+        chosen: list[bytes] = []
+        size = 0
+        while own:
+            action_id, (payload, at) = next(iter(own.items()))
+            if action_id not in self.mempool:
+                del own[action_id]
+                continue
+            if now - at < after_ms or size + len(payload) + 16 >= max_bytes:
+                break
+            size += len(payload) + 16
+            chosen.append(payload)
+            del own[action_id]
+            own[action_id] = (payload, now)  # to the end: gossiped now
+        if not chosen:
+            return []
+        self._metrics.actions_regossiped.inc(len(chosen))
+        return [Publish(Topic.ACTIONS, encode(GossipActionBatch(chosen)))]

@@ -91,6 +91,7 @@ from ..types import (
 from .admission import ActionDecoder, ActionSource, Admission, AdmissionResult
 from .builds import BuildDuty
 from .execution_check import Divergence, ExecutionCheck
+from .intake import IntakeControl
 from .outputs import FetchBlocks, Misbehaviour, Output, Publish, StartCommitWait, StartTimer
 from .policy import PolicyClock
 from .sync import SyncState
@@ -148,6 +149,7 @@ class Replica:
         now_ms: Callable[[], int],
         metrics: NodeMetrics | None = None,
         core_factory: Callable[..., ConsensusCore] = ConsensusCore,
+        target_queue_ms: int = cfg.MempoolConfig().target_queue_ms,
     ) -> None:
         self.genesis = genesis
         self.chain_id = genesis.chain_id
@@ -182,8 +184,10 @@ class Replica:
         self.divergence: Divergence | None = None
         self.decoder = ActionDecoder(capacity=mempool.max_actions + 4 * consensus.max_block_actions)
         driver.decode_action = lambda act: self.decoder.decode(act.action_id, act.payload)
+        self.intake = IntakeControl(floor=consensus.max_block_actions, target_queue_ms=target_queue_ms)
         self.admission = Admission(
-            mempool, lambda: self.driver.world, self.decoder, self.metrics, max(200, 2 * consensus.timeout_commit_ms)
+            mempool, lambda: self.driver.world, self.decoder, self.metrics, max(200, 2 * consensus.timeout_commit_ms),
+            self.intake, lambda: self._now_ms,
         )
         self.execution = ExecutionCheck(driver, store, self.metrics, self.log)
         self.validity = BlockValidity(
@@ -224,6 +228,7 @@ class Replica:
         now_ms: Callable[[], int],
         policy: cfg.PolicyConfig | None = None,
         mempool_size: int = 20_000,
+        target_queue_ms: int = cfg.MempoolConfig().target_queue_ms,
         metrics: NodeMetrics | None = None,
         core_factory: Callable[..., ConsensusCore] = ConsensusCore,
         sandbox: Sandbox | None = None,
@@ -251,6 +256,7 @@ class Replica:
             now_ms=now_ms,
             metrics=metrics,
             core_factory=core_factory,
+            target_queue_ms=target_queue_ms,
         )
 
     # -- views ----------------------------------------------------------------------------------
@@ -346,13 +352,15 @@ class Replica:
     def tick(self, now_ms: int, connected: Iterable[str]) -> list[Output]:
         """The periodic duties, called every ``policy.tick_interval_ms`` with the driver's clock
         (monotonic ms) and the peers connected now: gossip the client actions admitted since the
-        last tick, the status heartbeat when due, re-gossip of the height's messages when it has
+        last tick (and again those still pending ``policy.action_regossip_ms`` after their last
+        gossip), the status heartbeat when due, re-gossip of the height's messages when it has
         stalled for ``regossip_after_ms``, and a ``FetchBlocks`` when behind a connected peer."""
         self._now_ms = now_ms
         if self._first_tick_ms is None:
             self._first_tick_ms = now_ms
         self._connected = set(connected)
         outputs: list[Output] = list(self.admission.take_gossip_batches(MAX_GOSSIP_BYTES - 1024))
+        outputs.extend(self.admission.take_regossip_batches(self.policy.action_regossip_ms, MAX_GOSSIP_BYTES - 1024))
         if self._clock.status_due(now_ms):
             d = self.driver
             outputs.append(_publish(Topic.STATUS, GossipStatusMessage(self.height, d.last_height, d.last_state_root)))
@@ -389,7 +397,7 @@ class Replica:
         signed = self.builds.attestation(self.world, build_id, code, wasm)
         if signed is None:
             return None
-        result = self.admission.admit(signed, ActionSource.API)
+        result = self.admission.admit(signed, ActionSource.NODE)
         self.log.info("build_attested", build_id=build_id, code=code, status=result.status,
                       refusal=result.reason[:200] if result.reason else None)
         return result
@@ -438,14 +446,23 @@ class Replica:
 
         The commit of our last committed height comes first: a peer one height behind whose copy
         of that commit was lost cannot sync it (``SyncState.target`` waits for a gap of two) and
-        may be the stake the stalled height needs (a liveness bug the simulator found)."""
+        may be the stake the stalled height needs (a liveness bug the simulator found).
+
+        Proposals carry whole blocks (up to about a megabyte each), so only those a correct node can
+        still act on are re-sent: the current round's, and the locked and valid rounds' (the
+        paper's L28, L36 and L49 need them); votes, a few hundred bytes each, all. Re-sending every
+        round's proposal every interval made a stalled height's traffic grow with its rounds until
+        the links themselves stalled."""
         if self.core.height != self.height + 1:
             return []
         out: list[Output] = []
         last = self.store.get_block(self.height) if self.height > 0 else None
         if last is not None:
             out.append(_publish(Topic.COMMIT, GossipCommitMessage(last.block.header, last.certificate, last.execution)))
-        out.extend(_publish_signed(msg) for msg in self.core.height_messages())
+        core = self.core
+        wanted_rounds = {core.round, core.locked_round, core.valid_round}
+        out.extend(_publish_signed(msg) for msg in core.height_messages()
+                   if not isinstance(msg, Proposal) or msg.round in wanted_rounds)
         return out
 
     # -- the core's effects ---------------------------------------------------------------------
@@ -545,6 +562,7 @@ class Replica:
         self.last_block_hash = block.hash()
         self.last_block_time_ms = hdr.timestamp_ms
         self.admission.committed([a.action_id for a in block.actions])
+        self.intake.committed(len(block.actions), self._now_ms)
         self.mempool.recheck(self._account_of, self._still_admissible)
         if self._wal_written:  # a synced or observed height signed nothing: no write, no fsync
             self.store.wal_prune(hdr.height)
