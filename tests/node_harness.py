@@ -52,15 +52,20 @@ def bank_genesis_agent() -> GenesisAgent:
 
 def single_validator_home(root: Path, *, chain_id: str = "api-test", max_mempool: int = 20_000,
                           agents: Sequence[GenesisAgent] = (), bank: bool = True,
-                          world: WorldParams | None = None) -> cfg.Home:
+                          world: WorldParams | None = None, absent_validators: int = 0) -> cfg.Home:
     """Create a home whose node is the only validator of its chain, on free loopback ports.
 
     The genesis holds ``agents`` and, unless ``bank`` is False, the bank (``bank_genesis_agent``,
-    listed first). ``world``: the genesis world parameters (default ``WorldParams()``)."""
+    listed first). ``world``: the genesis world parameters (default ``WorldParams()``).
+    ``absent_validators``: more validators of the same stake whose nodes never run (the home's
+    node then has no peer and cannot commit)."""
     vk = SigningKey.generate()
     genesis_agents = ([bank_genesis_agent()] if bank else []) + list(agents)
+    validators = [cfg.GenesisValidator("solo", vk.public_key.hex(), 100)] + [
+        cfg.GenesisValidator(f"absent{i}", SigningKey.generate().public_key.hex(), 100) for i in range(absent_validators)
+    ]
     genesis = cfg.Genesis(
-        chain_id=chain_id, genesis_time_ms=0, validators=[cfg.GenesisValidator("solo", vk.public_key.hex(), 100)],
+        chain_id=chain_id, genesis_time_ms=0, validators=validators,
         world=world or WorldParams(), agents=genesis_agents,
     )
     c = cfg.NodeConfig()

@@ -142,6 +142,29 @@ def test_full_mempool_answers_503_with_a_retry_hint(tmp_path):
     trio.run(main)
 
 
+def test_a_node_without_its_peers_refuses_actions_as_not_ready(tmp_path):
+    """One of two validators, alone: it cannot get anything committed, so it takes no action
+    (503 ``not_ready`` with a retry hint, single and batch), and ``/ready`` says why."""
+    home = single_validator_home(tmp_path / "alone", chain_id=CHAIN, absent_validators=1)
+
+    async def main():
+        async with running_node(home) as node:
+            bank = bank_signer(CHAIN)
+            async with httpx.AsyncClient(base_url=f"http://{node.config.rpc.listen}", timeout=10) as client:
+                ready = await client.get("/ready")
+                assert ready.status_code == 503 and "no peers" in ready.json()["reason"]
+                r = await _post(client, bank.sign(MoveAgent(to=(1, 0, 0))))
+                assert r.status_code == 503, r.text
+                assert r.json()["code"] == "not_ready" and "no peers connected" in r.json()["error"]
+                assert int(r.headers["retry-after"]) >= 1
+                batch = b'{"actions":[' + encode_json(bank.sign(MoveAgent(to=(2, 0, 0)))) + b"]}"
+                rb = await client.post("/v1/actions/batch", content=batch, headers={"content-type": "application/json"})
+                assert rb.status_code == 503 and rb.json()["code"] == "not_ready"
+            assert len(node.replica.mempool) == 0
+
+    trio.run(main)
+
+
 def test_batch_submission_gives_a_result_per_action_and_commits_them(tmp_path):
     from agent_world_client.client import ActionRejected, NodeClient
     from agent_world_node.schema import MAX_SUBMIT_BATCH
