@@ -57,19 +57,68 @@ class Genesis(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
                                   validators={v.public_key: v.stake for v in self.validators}, sandbox=sandbox)
 
 
+#: Default per-origin limits by logical topic: ``(messages per second, burst)``. Set from what an
+#: honest node sends, with room to spare (a message above the limit costs its origin 1 point of
+#: the 100 that ban it, so an honest node must never reach it):
+#:
+#: - ``proposal``: one per height from its proposer. A single validator commits empty blocks at
+#:   ~14 heights/s (measured in-process; ``timeout_commit_ms`` of 50 ms caps it near 20/s), and a
+#:   stalled height re-gossips the proposal of each of its rounds every ``regossip_after_ms``
+#:   (1.5 s): 50/s, bursts of 100.
+#: - ``vote``: two per round from each validator's own node; re-gossip republishes every vote of
+#:   the height that node holds under its own origin (2 x validators x rounds at once: 160 for 4
+#:   validators after 20 rounds), every 1.5 s while stalled: 200/s, bursts of 400.
+#: - ``commit``: one per committed height from each node (at most ~20/s, see ``proposal``) plus the
+#:   last one in each re-gossip: 50/s, bursts of 100.
+#: - ``actions``: the batches of client actions admitted at each 100 ms tick (``tick_interval_ms``),
+#:   each up to ~1 MB, a few per tick under heavy load: 50/s, bursts of 100.
+#: - ``status``: one heartbeat per ``status_interval_ms`` (1 s): 5/s, bursts of 20. Status is cheap
+#:   to queue (one per peer is kept) but a flood of it is pure waste; it is the topic a flooder
+#:   picks, and at 500 msg/s it is banned within about a quarter of a second.
+DEFAULT_TOPIC_RATE_LIMITS: dict[str, tuple[float, float]] = {
+    "proposal": (50.0, 100.0),
+    "vote": (200.0, 400.0),
+    "commit": (50.0, 100.0),
+    "actions": (50.0, 100.0),
+    "status": (5.0, 20.0),
+}
+
+
 class P2PConfig(msgspec.Struct, forbid_unknown_fields=True):
     """libp2p listen address and the peers to keep connected to (full /p2p/ multiaddrs).
 
-    Misbehaviour policy (``network/peer_filter.py``): gossip above ``peer_rate_limit`` messages per
-    second (bursts of ``peer_rate_burst``) from one origin is dropped and scored; a peer reaching
-    ``ban_threshold`` points is banned for ``ban_seconds``."""
+    Misbehaviour policy (``network/peer_filter.py``): gossip above ``<topic>_rate_limit`` messages
+    per second (bursts of ``<topic>_rate_burst``) from one origin on that topic is dropped before
+    decoding and scored (1 point a message); a peer reaching ``ban_threshold`` points is banned
+    for ``ban_seconds``. The defaults, and why, are in ``DEFAULT_TOPIC_RATE_LIMITS`` above: each
+    is well above what an honest node sends with the default ``[policy]`` and ``[consensus]``
+    (a chain that sends status more often than every 200 ms must raise ``status_rate_limit``).
+
+    ``peer_rate_limit`` / ``peer_rate_burst``: the single per-origin limit of earlier versions,
+    replaced by the per-topic limits; still accepted so that existing ``config.toml`` files load,
+    and ignored (the node logs ``config_setting_ignored``)."""
 
     listen: str = "/ip4/127.0.0.1/tcp/26656"
     peers: list[str] = []
-    peer_rate_limit: float = 150.0
-    peer_rate_burst: float = 300.0
+    proposal_rate_limit: float = DEFAULT_TOPIC_RATE_LIMITS["proposal"][0]
+    proposal_rate_burst: float = DEFAULT_TOPIC_RATE_LIMITS["proposal"][1]
+    vote_rate_limit: float = DEFAULT_TOPIC_RATE_LIMITS["vote"][0]
+    vote_rate_burst: float = DEFAULT_TOPIC_RATE_LIMITS["vote"][1]
+    commit_rate_limit: float = DEFAULT_TOPIC_RATE_LIMITS["commit"][0]
+    commit_rate_burst: float = DEFAULT_TOPIC_RATE_LIMITS["commit"][1]
+    actions_rate_limit: float = DEFAULT_TOPIC_RATE_LIMITS["actions"][0]
+    actions_rate_burst: float = DEFAULT_TOPIC_RATE_LIMITS["actions"][1]
+    status_rate_limit: float = DEFAULT_TOPIC_RATE_LIMITS["status"][0]
+    status_rate_burst: float = DEFAULT_TOPIC_RATE_LIMITS["status"][1]
     ban_threshold: float = 100.0
     ban_seconds: float = 60.0
+    peer_rate_limit: float | None = None
+    peer_rate_burst: float | None = None
+
+    def topic_rate_limits(self) -> dict[str, tuple[float, float]]:
+        """``{topic: (messages per second, burst)}`` for ``NetworkConfig.topic_rate_limits``."""
+        return {topic: (getattr(self, f"{topic}_rate_limit"), getattr(self, f"{topic}_rate_burst"))
+                for topic in DEFAULT_TOPIC_RATE_LIMITS}
 
 
 class RPCConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -252,6 +301,8 @@ def write_config(path: Path, config: NodeConfig) -> None:
     lines = []
     tables = []
     for key, value in data.items():
+        if value is None:
+            continue
         if isinstance(value, dict):
             tables.append((key, value))
         else:
@@ -259,7 +310,7 @@ def write_config(path: Path, config: NodeConfig) -> None:
     for name, table in tables:
         lines.append("")
         lines.append(f"[{name}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 

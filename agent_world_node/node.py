@@ -95,8 +95,7 @@ class Node:
                 peers=list(self.config.p2p.peers),
                 key_seed=node_key.seed,
                 max_gossip_bytes=MAX_GOSSIP_BYTES,
-                peer_rate_limit=self.config.p2p.peer_rate_limit,
-                peer_rate_burst=self.config.p2p.peer_rate_burst,
+                topic_rate_limits=self.config.p2p.topic_rate_limits(),
                 ban_threshold=self.config.p2p.ban_threshold,
                 ban_seconds=self.config.p2p.ban_seconds,
             ),
@@ -125,6 +124,10 @@ class Node:
         self.log = log.bind(node=self.config.moniker)
         self._builds = BuildRunner(self.replica, self.log)
         self._topics = {tid: Topic(name) for name, tid in topic_ids(self.replica.chain_id).items()}
+        for name in ("peer_rate_limit", "peer_rate_burst"):
+            if getattr(self.config.p2p, name) is not None:
+                self.log.warning("config_setting_ignored", setting=f"p2p.{name}",
+                                 reason="replaced by the per-topic limits p2p.<topic>_rate_limit / _rate_burst")
 
     # -- views used by the API ------------------------------------------------------------------
     @property
@@ -191,6 +194,8 @@ class Node:
 
     # -- tasks ----------------------------------------------------------------------------------
     async def _inbound_loop(self) -> None:
+        """Hand each received gossip message to the replica, consensus messages first (the
+        network's per-class queues: ``network/inbound.py``)."""
         async for msg in self.net.incoming:
             await self._perform(self.replica.handle_gossip(msg.data, msg.peer_id, self._topics.get(msg.topic)))
 

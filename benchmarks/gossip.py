@@ -4,10 +4,10 @@ figures of the libp2p layer alone, without consensus.
 Each process (``python -m benchmarks.gossip --worker ...``) is one ``P2PNetwork`` with the node's
 libp2p configuration (Noise, yamux, GossipSub 1.1 with the node's degrees and heartbeat; see
 ``agent_world_node/network/host.py``), its own key and port on 127.0.0.1, and every other process
-as a configured peer. One difference from a node: the per-origin gossip rate limit
-(``peer_rate_limit``, 150 msg/s in ``config.toml``) is raised to ``UNLIMITED_RATE`` so that what is
-measured is gossipsub itself, not the node's misbehaviour policy (which would also ban a publisher
-above it).
+as a configured peer. One difference from a node: the per-origin, per-topic gossip rate limits
+(``p2p.<topic>_rate_limit`` in ``config.toml``, e.g. 200 votes/s) are raised to ``UNLIMITED_RATE``
+so that what is measured is gossipsub itself, not the node's misbehaviour policy (which would also
+ban a publisher above them).
 
 Method: the parent starts the workers, waits until every one is connected to all others and has
 them in its mesh, then runs phases. In a phase every worker publishes ``offered / N`` messages per
@@ -103,7 +103,7 @@ async def _worker_main(index: int, seed: bytes, port: int, peers: list[str]) -> 
     from stdout before stdout was pointed at stderr, so library prints cannot corrupt it)."""
     import trio
 
-    from agent_world_node.network import NetworkConfig, P2PNetwork
+    from agent_world_node.network import TOPIC_NAMES, NetworkConfig, P2PNetwork
 
     control = os.fdopen(_CONTROL_FD, "w", buffering=1)
 
@@ -119,8 +119,8 @@ async def _worker_main(index: int, seed: bytes, port: int, peers: list[str]) -> 
         listen_addr=f"/ip4/127.0.0.1/tcp/{port}",
         peers=peers,
         key_seed=seed,
-        peer_rate_limit=UNLIMITED_RATE,
-        peer_rate_burst=UNLIMITED_RATE,
+        topic_rate_limits={topic: (UNLIMITED_RATE, UNLIMITED_RATE) for topic in TOPIC_NAMES},
+        actions_queue_size=10_000,  # as deep as the single queue of earlier versions: measure gossip, not the daemon
     )
     net = P2PNetwork(config, no_blocks)
     phases: dict[int, _PhaseCounts] = {}

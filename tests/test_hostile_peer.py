@@ -10,8 +10,9 @@ threshold, cut its connection, and drop whatever it sends afterwards as ``refuse
 
 Point budget (``peer_filter.PENALTY_POINTS``, ban at 100, decay 2 points/s): malformed 2 x 10,
 oversize 20, unknown validator 10, bad signature 20 = 70 before the flood, so it is the flood
-(1 point per message above the per-origin rate limit) that bans the peer. The node runs with a
-lowered rate limit (``FLOOD_RATE_LIMIT``): one py-libp2p sender cannot exceed the default.
+(1 point per message above the per-origin rate limit of its topic) that bans the peer. The flood
+is of status messages, whose default limit (5/s, bursts of 20: ``p2p.status_rate_limit``) one
+py-libp2p sender exceeds by far.
 """
 
 from __future__ import annotations
@@ -59,11 +60,6 @@ FLOOD = 2000
 #: silently, and the loop starves every other task of the process); with a 2 ms pause all 1000 of
 #: 1000 arrived, at ~200 msg/s.
 FLOOD_PACE_S = 0.002
-#: The node's per-origin gossip limit in this test (config.toml ``p2p.peer_rate_limit``). The default
-#: (150 msg/s, bursts of 300) is close to the ~200 msg/s one py-libp2p 0.8.1 sender delivers; a
-#: lower limit makes the flood exceed it by far in a short test.
-FLOOD_RATE_LIMIT = 50.0
-FLOOD_RATE_BURST = 100.0
 
 
 async def no_blocks(from_height: int, to_height: int) -> list[bytes]:
@@ -111,10 +107,9 @@ class Observed:
                 self.commit = (decoded.header.height, msg.data)
 
 
-def _home_with_rate_limit(tmp_path):
+def _home_with_high_ban_threshold(tmp_path):
     home = single_validator_home(tmp_path / "solo", chain_id=CHAIN)
     config = read_config(home.config_file)
-    config.p2p.peer_rate_limit, config.p2p.peer_rate_burst = FLOOD_RATE_LIMIT, FLOOD_RATE_BURST
     # The scripted offences of steps 2-5 score 2x10 + 20 + 34 + 50 = 124 points, enough for a ban at
     # the default threshold (forgeries ban quickly); this node's higher threshold keeps the peer
     # connected through step 5, so that step 6 shows the ban that a flood alone earns.
@@ -124,13 +119,12 @@ def _home_with_rate_limit(tmp_path):
 
 
 def test_hostile_peer_is_scored_banned_and_cut_while_the_node_keeps_committing(tmp_path):
-    home = _home_with_rate_limit(tmp_path)
+    home = _home_with_high_ban_threshold(tmp_path)
 
     async def main() -> None:
         with trio.fail_after(RUN_LIMIT_S):
             async with running_node(home) as node:
-                assert (node.net.config.peer_rate_limit, node.net.config.peer_rate_burst) == (
-                    FLOOD_RATE_LIMIT, FLOOD_RATE_BURST)
+                assert node.net.config.topic_rate_limits["status"] == (5.0, 20.0)
                 hostile = P2PNetwork(
                     NetworkConfig(
                         chain_id=CHAIN,
@@ -232,6 +226,7 @@ async def _scenario(node, hostile: P2PNetwork, observed: Observed) -> None:
           f"penalties={net.stats()['penalties']}")
     stats = net.stats()
     assert stats["dropped"]["rate_limited"] >= 1 and stats["penalties"]["rate_limited"] >= 1
+    assert stats["rate_limited_by_topic"] == {"status": stats["dropped"]["rate_limited"]}
     assert stats["bans"] == 1 and me in stats["banned_peers"]
     status = msgspec.to_builtins(node.status())
     assert me in status["peer_filter"]["banned"] and status["peer_filter"]["bans_total"] == 1

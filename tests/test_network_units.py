@@ -133,7 +133,12 @@ def test_config_validation_names_the_bad_setting() -> None:
         ({"max_gossip_bytes": 1_048_576}, "max_gossip_bytes"),
         ({"max_stream_message_bytes": 8 * 1024 * 1024}, "max_stream_message_bytes"),
         ({"dead_peer_timeout_s": 0}, "dead_peer_timeout_s"),
-        ({"incoming_queue_size": 0}, "incoming_queue_size"),
+        ({"consensus_queue_size": 0}, "consensus_queue_size"),
+        ({"actions_queue_size": 0}, "actions_queue_size"),
+        ({"status_queue_peers": 0}, "status_queue_peers"),
+        ({"topic_rate_limits": {"vote": (1.0, 1.0)}}, "topic_rate_limits"),
+        ({"topic_rate_limits": {t: (1.0, 0.5) for t in TOPIC_NAMES}}, "topic_rate_limits"),
+        ({"max_inbound_rpc_bytes": 1000}, "max_inbound_rpc_bytes"),
         ({"gossip_degree": 1}, "gossip_degree"),
     ]
     for overrides, word in bad:
@@ -182,14 +187,14 @@ def test_publish_and_fetch_need_a_running_network() -> None:
 # ---------------------------------------------------------------- incoming queue policy
 
 
-def test_full_incoming_queue_drops_the_oldest_message() -> None:
-    net = P2PNetwork(config(incoming_queue_size=3), no_blocks)
+def test_full_consensus_queue_drops_the_oldest_message() -> None:
+    net = P2PNetwork(config(consensus_queue_size=3), no_blocks)
     for k in range(5):
         net._deliver(InboundMessage(topic="vote", data=bytes([k]), peer_id="p"))
     kept = [net.incoming.receive_nowait().data for _ in range(3)]
     assert kept == [b"\x02", b"\x03", b"\x04"]
     stats = net.stats()
-    assert stats["dropped"] == {"queue_full": 2}
+    assert stats["dropped"] == {"queue_full_consensus": 2}
     assert stats["received"] == 5 and stats["received_by_topic"] == {"vote": 5}
 
 
@@ -222,15 +227,24 @@ def test_libp2p_warnings_reach_structlog_and_routine_errors_are_demoted() -> Non
     assert captured[0]["text"] == "fail to deliver message to subscription for topic t"
 
 
-def test_a_flood_of_one_libp2p_warning_is_rate_limited_and_counted() -> None:
-    """Thousands of the same warning (a peer subscribed to some topics only) make BURST lines per
-    window and one summary, not one line each."""
+@pytest.mark.parametrize("logger, level, template", [
+    # a peer subscribed to some topics only (libp2p/pubsub/gossipsub.py _prune_pending_messages)
+    ("libp2p.pubsub.gossipsub", logging.WARNING,
+     "pending message queue for peer %s exceeded limit (%d > %d), dropping oldest messages"),
+    # the library's peer-record check (replaced by pubsub_patches, but other callers may log it)
+    ("libp2p.pubsub.pubsub", logging.ERROR, "Received an invalid-signed-record, ignoring the incoming msg"),
+    ("libp2p.pubsub.gossipsub", logging.ERROR, "Received an invalid-signed-record, ignoring the message"),
+    ("libp2p.pubsub.pubsub", logging.WARNING, "Inbound pubsub RPC from peer %s exceeded size limit: %s"),
+])
+def test_a_flood_of_one_libp2p_warning_is_rate_limited_and_counted(logger: str, level: int, template: str) -> None:
+    """Thousands of the same warning (or error) make BURST lines per window and one summary, not
+    one line each."""
     from agent_world_node.network import log_bridge
 
     now = [0.0]
     handler = log_bridge.StructlogForwardingHandler(clock=lambda: now[0])
-    record = logging.LogRecord("libp2p.pubsub.pubsub", logging.WARNING, __file__, 1,
-                               "pending message queue for peer %s exceeded limit", ("p",), None)
+    args = tuple(["p", 1, 2][: template.count("%")])
+    record = logging.LogRecord(logger, level, __file__, 1, template, args, None)
     saved = structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
     try:
@@ -244,4 +258,4 @@ def test_a_flood_of_one_libp2p_warning_is_rate_limited_and_counted() -> None:
     events = [e["event"] for e in captured]
     assert events.count("libp2p_log") == log_bridge.BURST + 1
     [summary] = [e for e in captured if e["event"] == "libp2p_log_suppressed"]
-    assert summary["count"] == 1000 - log_bridge.BURST and summary["logger"] == "libp2p.pubsub.pubsub"
+    assert summary["count"] == 1000 - log_bridge.BURST and summary["logger"] == logger

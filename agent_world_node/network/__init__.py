@@ -4,8 +4,9 @@ Public API (used by the daemon)::
 
     from agent_world_node.network import P2PNetwork, NetworkConfig, InboundMessage, SyncServer, SyncError
 
-See ``p2p.py`` for what runs and why, ``host.py`` for the libp2p settings, ``sync.py`` for the
-sync wire protocol and ``liveness.py`` for dead-peer detection.
+See ``p2p.py`` for what runs and why, ``host.py`` for the libp2p settings, ``pubsub_patches.py``
+for the py-libp2p functions replaced, ``inbound.py`` for the queues of received gossip,
+``sync.py`` for the sync wire protocol and ``liveness.py`` for dead-peer detection.
 """
 
 from .config import InboundMessage, NetworkConfig, NetworkConfigError

@@ -10,9 +10,12 @@ Errors: ``NetworkConfigError`` (a ``ValueError``) naming the setting that is wro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from multiaddr import Multiaddr
+
+from ..config import DEFAULT_TOPIC_RATE_LIMITS
+from .topics import TOPIC_NAMES
 
 #: Largest gossip payload a config may allow. The library drops RPC frames >= 1 MiB; the signed
 #: envelope (key, signature, topic, seqno, from) adds a few hundred bytes around the payload.
@@ -21,6 +24,13 @@ GOSSIP_PAYLOAD_HARD_LIMIT = 1_040_000
 STREAM_MESSAGE_HARD_LIMIT = 4 * 1024 * 1024
 #: Smallest stream message limit that still leaves room for frame overhead plus useful data.
 STREAM_MESSAGE_MIN = 4096
+#: Largest pubsub RPC frame this node SENDS: py-libp2p 0.8.1 (and go-libp2p-pubsub) read at most
+#: 1 MiB per frame by default and drop the sender's stream when a frame is larger, so every RPC
+#: this node writes is split to stay within it (``host.py``, ``_split_oversize_rpcs``).
+OUTBOUND_RPC_LIMIT = 1024 * 1024
+#: Largest inbound RPC frame a config may allow (``max_inbound_rpc_bytes``).
+INBOUND_RPC_HARD_LIMIT = 16 * 1024 * 1024
+
 
 
 class NetworkConfigError(ValueError):
@@ -46,8 +56,10 @@ class NetworkConfig:
     - ``reconnect_interval_s``: how often disconnected configured peers are redialled.
     - ``dead_peer_timeout_s``: a connected peer that answers no ping for this long is disconnected
       (and redialled if configured).
-    - ``incoming_queue_size``: capacity of ``P2PNetwork.incoming``; when full the oldest message is
-      dropped (counted as ``dropped["queue_full"]``).
+    - ``consensus_queue_size`` / ``actions_queue_size``: capacity (messages) of the inbound queue of
+      proposals, votes and commits / of action batches; when full the oldest is dropped (counted as
+      ``dropped["queue_full_consensus"]`` / ``["queue_full_actions"]``); ``status_queue_peers``: most
+      origins with a queued status (one each; see ``inbound.py``).
     - ``max_sync_heights``: most heights one sync request may ask for (both as client and server).
     - ``max_sync_response_bytes``: most payload bytes a client accepts in one sync response.
     - ``max_concurrent_sync_serves``: sync requests served at once; more are refused as busy.
@@ -57,8 +69,13 @@ class NetworkConfig:
     - ``dial_timeout_s``: how long one dial of a peer may take.
     - ``sync_serve_timeout_s``: how long serving one sync request may take (slow readers are cut off).
     - ``publish_timeout_s``: how long one publish may take before it is abandoned (counted).
-    - ``peer_rate_limit`` / ``peer_rate_burst``: gossip messages per second (and burst) accepted
-      from one origin; more are dropped and scored as misbehaviour (``peer_filter``).
+    - ``topic_rate_limits``: ``{topic: (messages per second, burst)}`` accepted from one origin on
+      each topic (every topic must be present; defaults ``agent_world_node.config.DEFAULT_TOPIC_RATE_LIMITS``,
+      which gives the reasons); more are
+      dropped before any decoding and scored ``rate_limited`` (``peer_filter``).
+    - ``max_inbound_rpc_bytes``: largest pubsub RPC frame accepted from a peer (the library's
+      default is 1 MiB; another implementation may pack two ~1 MB messages in one RPC). A larger
+      frame resets the peer's pubsub stream and is scored ``oversize``.
     - ``ban_threshold`` / ``ban_seconds``: misbehaviour points that ban a peer, and for how long.
 
     Raises ``NetworkConfigError`` from ``validate()`` (called by ``P2PNetwork``).
@@ -72,7 +89,9 @@ class NetworkConfig:
     max_stream_message_bytes: int = 4 * 1024 * 1024
     reconnect_interval_s: float = 1.0
     dead_peer_timeout_s: float = 3.0
-    incoming_queue_size: int = 10_000
+    consensus_queue_size: int = 4096
+    actions_queue_size: int = 256
+    status_queue_peers: int = 1024
     max_sync_heights: int = 500
     max_sync_response_bytes: int = 256 * 1024 * 1024
     max_concurrent_sync_serves: int = 4
@@ -81,8 +100,8 @@ class NetworkConfig:
     dial_timeout_s: float = 5.0
     sync_serve_timeout_s: float = 60.0
     publish_timeout_s: float = 5.0
-    peer_rate_limit: float = 150.0
-    peer_rate_burst: float = 300.0
+    topic_rate_limits: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_TOPIC_RATE_LIMITS))
+    max_inbound_rpc_bytes: int = 4 * 1024 * 1024
     ban_threshold: float = 100.0
     ban_seconds: float = 60.0
 
@@ -112,16 +131,31 @@ class NetworkConfig:
                 f"{STREAM_MESSAGE_MIN}..{STREAM_MESSAGE_HARD_LIMIT} (py-libp2p fails above ~6.5 MiB)"
             )
         for name in ("reconnect_interval_s", "dead_peer_timeout_s", "heartbeat_interval_s",
-                     "dial_timeout_s", "sync_serve_timeout_s", "publish_timeout_s", "peer_rate_limit",
-                     "peer_rate_burst", "ban_threshold", "ban_seconds"):
+                     "dial_timeout_s", "sync_serve_timeout_s", "publish_timeout_s", "ban_threshold",
+                     "ban_seconds"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise NetworkConfigError(f"{name}={value!r} must be a positive number")
-        for name in ("incoming_queue_size", "max_sync_heights", "max_sync_response_bytes",
+        for name in ("consensus_queue_size", "actions_queue_size", "status_queue_peers", "max_sync_heights", "max_sync_response_bytes",
                      "max_concurrent_sync_serves"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise NetworkConfigError(f"{name}={value!r} must be a positive integer")
+        if not isinstance(self.topic_rate_limits, dict) or set(self.topic_rate_limits) != set(TOPIC_NAMES):
+            raise NetworkConfigError(
+                f"topic_rate_limits must give (per second, burst) for exactly the topics {', '.join(TOPIC_NAMES)}"
+            )
+        for topic, limit in self.topic_rate_limits.items():
+            rate, burst = limit
+            if not (isinstance(rate, (int, float)) and rate > 0 and isinstance(burst, (int, float)) and burst >= 1):
+                raise NetworkConfigError(
+                    f"topic_rate_limits[{topic!r}]={limit!r}: the rate must be positive and the burst at least 1"
+                )
+        if not (OUTBOUND_RPC_LIMIT <= self.max_inbound_rpc_bytes <= INBOUND_RPC_HARD_LIMIT):
+            raise NetworkConfigError(
+                f"max_inbound_rpc_bytes={self.max_inbound_rpc_bytes} must be in {OUTBOUND_RPC_LIMIT}.."
+                f"{INBOUND_RPC_HARD_LIMIT}: peers send RPCs of up to 1 MiB"
+            )
         if self.gossip_degree is not None and not (2 <= self.gossip_degree <= 12):
             raise NetworkConfigError(
                 f"gossip_degree={self.gossip_degree} must be in 2..12, or None to pick it from the cluster size"

@@ -12,7 +12,12 @@ Every setting below departs from a py-libp2p 0.8.1 default for a measured reason
 - ``Pubsub.counter`` seeded with ``time.time_ns()`` (the default, seconds, makes a node restarted
   within seconds reuse message ids still in its peers' 120 s seen-cache, and all its messages are
   dropped silently);
-- ``allowed_topics``: remote subscriptions to topics outside this chain are ignored.
+- ``allowed_topics``: remote subscriptions to topics outside this chain are ignored;
+- inbound RPC frames up to ``max_inbound_rpc_bytes`` (4 MiB; the library's default is 1 MiB, and
+  another implementation may pack two ~1 MB messages in one RPC); an RPC above it is scored and
+  the peer reconnected instead of silently losing its pubsub stream;
+- outbound RPCs split to at most 1 MiB on every write path (``_split_oversize_rpcs``);
+- signed peer records never cause an RPC to be ignored (``pubsub_patches.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from multiaddr import Multiaddr
+
+from .config import OUTBOUND_RPC_LIMIT
+from .pubsub_patches import install_pubsub_patches, oversize_frame_error, split_rpc
 
 log = structlog.get_logger(__name__)
 
@@ -154,7 +162,7 @@ def _raise_outbound_queue_bound() -> None:
         def bounded_rpc_queue() -> RpcQueue:
             return RpcQueue(max_size=OUTBOUND_RPC_QUEUE)
 
-        pubsub_module.RpcQueue = bounded_rpc_queue  # type: ignore[attr-defined,assignment]
+        pubsub_module.RpcQueue = bounded_rpc_queue  # type: ignore[misc,assignment]
 
 
 def _serialize_rpc_writes(pubsub: Pubsub) -> None:
@@ -180,24 +188,63 @@ def _serialize_rpc_writes(pubsub: Pubsub) -> None:
     pubsub.write_msg = write_msg_in_turn  # type: ignore[method-assign]
 
 
+def _split_oversize_rpcs(pubsub: Pubsub, limit: int = OUTBOUND_RPC_LIMIT) -> None:
+    """Make every RPC this node writes on a pubsub stream at most ``limit`` bytes.
+
+    Replaces (per instance) py-libp2p 0.8.1's ``Pubsub.write_msg``, which writes whatever RPC it
+    is given as one frame. Receivers (py-libp2p, go-libp2p-pubsub) refuse frames above 1 MiB and
+    drop the sender's stream: its gossip then silently stops. The library splits RPCs in
+    ``GossipSub.send_rpc`` and ``Pubsub.message_all_peers`` (publish, forwarding, IWANT answers)
+    but ``GossipSub.flush_pending_messages`` and ``send_recent_messages`` write directly; this
+    wrapper, at the one place every RPC passes, splits any RPC above ``limit`` with
+    ``pubsub_patches.split_rpc`` and writes the parts in order. A part that still exceeds
+    ``limit`` (one message larger than it, which ``publish`` never lets out) is dropped and logged
+    as ``pubsub_rpc_part_dropped``. Returns False as soon as one write does (stream closed)."""
+    write_msg = pubsub.write_msg
+
+    async def write_msg_split(stream: INetStream, rpc_msg: Any) -> bool:
+        if rpc_msg.ByteSize() <= limit:
+            return await write_msg(stream, rpc_msg)
+        for part in split_rpc(rpc_msg, limit):
+            size = part.ByteSize()
+            if size > limit:
+                log.warning("pubsub_rpc_part_dropped", peer=stream.muxed_conn.peer_id.to_base58(),
+                            size=size, limit=limit)
+                continue
+            if not await write_msg(stream, part):
+                return False
+        return True
+
+    pubsub.write_msg = write_msg_split  # type: ignore[method-assign]
+
+
 def build_pubsub(
     host: IHost,
     router: GossipSub,
     allowed_topics: set[str],
     on_bad_stream: Callable[[ID, Exception], Awaitable[None]] | None = None,
+    *,
+    max_inbound_rpc_bytes: int = 4 * 1024 * 1024,
 ) -> Pubsub:
     """Return a signing Pubsub service on ``host`` with its message counter seeded from
-    ``time.time_ns()`` (see module docstring) and remote subscriptions limited to ``allowed_topics``.
+    ``time.time_ns()`` (see module docstring), remote subscriptions limited to ``allowed_topics``,
+    inbound RPC frames limited to ``max_inbound_rpc_bytes`` and outbound ones split to 1 MiB.
 
     Each pubsub stream is read inside a guard: py-libp2p 0.8.1's ``Pubsub.stream_handler`` catches
     stream and varint errors but not ``google.protobuf.message.DecodeError``, so one frame that is
     not a protobuf RPC ends the whole host (a hostile peer could stop any node with it). The guard
     resets that stream, drops the peer from pubsub and awaits ``on_bad_stream(peer_id, error)``
-    (the network scores and disconnects the peer; it is redialled if configured)."""
+    (the network scores and disconnects the peer; it is redialled if configured). A frame above
+    ``max_inbound_rpc_bytes`` ends the stream inside the library (which then forgets the peer for
+    pubsub while keeping the connection); the guard reports it the same way, with the library's
+    ``MessageTooLarge`` as the error."""
     _raise_outbound_queue_bound()
-    pubsub = Pubsub(host, router, strict_signing=True, allowed_topics=allowed_topics)
+    install_pubsub_patches()
+    pubsub = Pubsub(host, router, strict_signing=True, allowed_topics=allowed_topics,
+                    max_inbound_rpc_size=max_inbound_rpc_bytes)
     pubsub.counter = time.time_ns()
     _serialize_rpc_writes(pubsub)
+    _split_oversize_rpcs(pubsub)
 
     async def guarded_stream_handler(stream: INetStream) -> None:
         try:
@@ -213,6 +260,14 @@ def build_pubsub(
             pubsub._handle_dead_peer(peer_id)
             if on_bad_stream is not None:
                 await on_bad_stream(peer_id, exc)
+        else:
+            oversize = oversize_frame_error(stream)
+            if oversize is not None:
+                peer_id = stream.muxed_conn.peer_id
+                log.warning("pubsub_rpc_oversize", peer=peer_id.to_base58(), limit=max_inbound_rpc_bytes,
+                            error=str(oversize)[:200])
+                if on_bad_stream is not None:
+                    await on_bad_stream(peer_id, oversize)
 
     for protocol in router.get_protocols():
         host.set_stream_handler(protocol, guarded_stream_handler)

@@ -111,7 +111,7 @@ class PeerLiveness:
             if ok:
                 self.alive_at[peer_id] = time.monotonic()
                 self.rtt_ms[peer_id] = rtt
-                self._streams[peer_id] = stream  # type: ignore[assignment]
+                self._streams[peer_id] = stream
                 if self.on_alive is not None:
                     self.on_alive(peer_id)
         except Exception as exc:

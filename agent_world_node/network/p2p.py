@@ -2,8 +2,8 @@
 
 One libp2p host (Noise + yamux), gossipsub topics for proposals,
 votes, commits and batched actions (plus status), and a stream protocol for height-keyed sync of
-committed blocks. This class owns all of it; the daemon sees bytes in (``incoming``) and bytes out
-(``publish``, ``fetch_blocks``), and never touches libp2p objects.
+committed blocks. This class owns all of it; the daemon sees bytes in (``incoming`` /
+``next_message()``) and bytes out (``publish``, ``fetch_blocks``), and never touches libp2p objects.
 
 What runs inside ``run()`` (all stopped on exit or cancellation):
 
@@ -20,12 +20,14 @@ What runs inside ``run()`` (all stopped on exit or cancellation):
 - the peer filter (``peer_filter.py``): peers on the operator's block list or banned for
   misbehaviour are disconnected, not dialled, their gossip is dropped (even when relayed: pubsub's
   strict signing authenticates the origin) and their sync streams are refused. Gossip above a
-  per-origin rate limit is dropped and scored; the daemon scores what it finds invalid with
-  ``penalize``.
+  per-origin, per-topic rate limit (``topic_rate_limits``) is dropped before any decoding and
+  scored; the daemon scores what it finds invalid with ``penalize``.
 
-Back-pressure: ``incoming`` is bounded (``incoming_queue_size``); when the daemon falls behind, the
-OLDEST queued message is dropped (newer consensus messages matter more; anything lost is recovered
-by sync) and counted in ``stats()["dropped"]["queue_full"]``. The pubsub readers never block.
+Back-pressure: ``incoming`` is an ``InboundQueues`` (``inbound.py``): bounded queues per class, so
+consensus messages never wait behind action batches or status heartbeats, status keeps only the
+latest message of each peer, and when the daemon falls behind the OLDEST message of the full class
+is dropped (anything lost is recovered by re-gossip or sync) and counted in
+``stats()["dropped"]["queue_full_<class>"]``. The pubsub readers never block.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from contextlib import asynccontextmanager
 import structlog
 import trio
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee, ISubscriptionAPI
+from libp2p.io.exceptions import MessageTooLarge
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import GossipSub
@@ -46,9 +49,10 @@ from libp2p.tools.anyio_service import background_trio_service
 from ..types import Offence
 from .config import InboundMessage, NetworkConfig, parse_listen_addr, parse_peer_addr
 from .host import build_gossipsub, build_host, build_pubsub, check_listen_address_free, key_pair_from_seed
+from .inbound import InboundQueues
 from .liveness import PeerLiveness
 from .log_bridge import install_libp2p_log_bridge
-from .peer_filter import PeerFilter, RateLimiter
+from .peer_filter import PeerFilter, TopicRateLimiter
 from .stats import NetworkStats
 from .sync import SYNC_PROTOCOL_ID, SyncError, SyncHandler, SyncServer, request_blocks
 from .topics import topic_ids
@@ -59,8 +63,6 @@ log = structlog.get_logger(__name__)
 HOST_CLOSE_TIMEOUT_S = 5.0
 #: How long disconnecting a dead peer may take.
 DISCONNECT_TIMEOUT_S = 2.0
-#: Minimum seconds between two "incoming queue full" warnings (each drop is still counted).
-QUEUE_FULL_LOG_INTERVAL_S = 1.0
 
 
 #: Attributes leading from a swarm connection down to its TCP stream in py-libp2p 0.8.1:
@@ -121,8 +123,9 @@ class P2PNetwork:
     ``config``: a ``NetworkConfig`` (validated here; ``NetworkConfigError`` if invalid).
     ``sync_handler(from_height, to_height)``: returns the encoded ``ReplicatedCommitPayload`` bytes
     this node has for those heights (inclusive, height order, possibly fewer); it serves other
-    nodes' ``fetch_blocks``. Attributes: ``peer_id`` (base58 of this node), ``incoming`` (a bounded
-    ``trio.MemoryReceiveChannel[InboundMessage]``, closed when ``run()`` exits).
+    nodes' ``fetch_blocks``. Attributes: ``peer_id`` (base58 of this node), ``incoming`` (the
+    ``InboundQueues`` of received gossip: ``await incoming.receive()``, ``receive_nowait()`` or
+    ``async for``, by priority; closed when ``run()`` exits).
     """
 
     def __init__(self, config: NetworkConfig, sync_handler: SyncHandler) -> None:
@@ -141,9 +144,9 @@ class P2PNetwork:
             seen.add(info.peer_id)
             self._peer_infos.append(info)
         self._topics = topic_ids(config.chain_id)
-        send, receive = trio.open_memory_channel[InboundMessage](config.incoming_queue_size)
-        self._incoming_send = send
-        self.incoming: trio.MemoryReceiveChannel[InboundMessage] = receive
+        self._stats = NetworkStats()
+        self.incoming = InboundQueues(config.consensus_queue_size, config.actions_queue_size,
+                                      config.status_queue_peers, dropped=self._stats.dropped)
         self._sync_server = SyncServer(
             config.chain_id,
             sync_handler,
@@ -154,16 +157,14 @@ class P2PNetwork:
         )
         self._liveness = PeerLiveness(config.dead_peer_timeout_s, self._on_dead_peer, self._on_ping_answer)
         self.peer_filter = PeerFilter(ban_threshold=config.ban_threshold, ban_seconds=config.ban_seconds)
-        self._rate = RateLimiter(config.peer_rate_limit, config.peer_rate_burst)
+        self._rate = TopicRateLimiter(config.topic_rate_limits)
         self._tasks: trio.Nursery | None = None
-        self._stats = NetworkStats()
         self._last_seen: dict[str, float] = {}
         self._ever_connected: set[ID] = set()
         self._lost: set[ID] = set()  # configured peers seen connected, then not
         self._dialing: set[ID] = set()
         self._disconnecting: set[ID] = set()  # being disconnected by us; not "reconnected"
         self._dial_failures_in_row: dict[ID, int] = {}
-        self._last_queue_full_log = 0.0
         self._host: IHost | None = None
         self._pubsub: Pubsub | None = None
         self._router: GossipSub | None = None
@@ -193,7 +194,8 @@ class P2PNetwork:
             degree=self.config.gossip_degree,
             heartbeat_interval_s=self.config.heartbeat_interval_s,
         )
-        pubsub = build_pubsub(host, router, set(self._topics.values()), on_bad_stream=self._on_bad_pubsub_stream)
+        pubsub = build_pubsub(host, router, set(self._topics.values()), on_bad_stream=self._on_bad_pubsub_stream,
+                              max_inbound_rpc_bytes=self.config.max_inbound_rpc_bytes)
         host.set_stream_handler(SYNC_PROTOCOL_ID, self._handle_sync_stream)
         host.get_network().register_notifee(_ConnectionGate(self))
         try:
@@ -230,7 +232,7 @@ class P2PNetwork:
                     await self._close_host(host)  # idempotent; covers a failed start
         finally:
             self._running = False
-            self._incoming_send.close()
+            self.incoming.close()
             log.info("network_stopped", peer=self.peer_id)
 
     async def _close_host(self, host: IHost) -> None:
@@ -293,8 +295,16 @@ class P2PNetwork:
             return
         NetworkStats.bump(self._stats.published, topic)
 
+    async def next_message(self) -> InboundMessage:
+        """The next received gossip message, consensus first (see ``inbound.py``); waits for one.
+        Raises ``trio.EndOfChannel`` once the network has stopped and everything was taken."""
+        return await self.incoming.receive()
+
     async def _drain(self, topic: str, subscription: ISubscriptionAPI) -> None:
-        """Move every message of one subscription into ``incoming`` without ever blocking."""
+        """Move every message of one subscription into ``incoming`` without ever blocking: drop
+        (and count) our own echoes, unreadable senders, refused origins, messages above the
+        origin's rate limit on ``topic`` (scored ``RATE_LIMITED``) and oversized payloads (scored
+        ``OVERSIZE``), in that order, before anything decodes the payload."""
         own = self._id.to_bytes()
         limit = self.config.max_gossip_bytes
         async for msg in subscription:
@@ -309,8 +319,9 @@ class P2PNetwork:
             if self.peer_filter.refuses(sender):
                 NetworkStats.bump(self._stats.dropped, "refused_peer")
                 continue
-            if not self._rate.allow(sender):
+            if not self._rate.allow(sender, topic):
                 NetworkStats.bump(self._stats.dropped, "rate_limited")
+                NetworkStats.bump(self._stats.rate_limited, topic)
                 self.penalize(sender, Offence.RATE_LIMITED)
                 continue
             data = bytes(msg.data)
@@ -324,32 +335,10 @@ class P2PNetwork:
             self._deliver(InboundMessage(topic=topic, data=data, peer_id=sender))
 
     def _deliver(self, message: InboundMessage) -> None:
+        """Queue ``message`` for the daemon (never blocks; drops are counted by the queues)."""
         try:
-            self._incoming_send.send_nowait(message)
-        except trio.WouldBlock:
-            try:
-                self.incoming.receive_nowait()  # drop the oldest queued message
-            except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
-                pass
-            NetworkStats.bump(self._stats.dropped, "queue_full")
-            now = time.monotonic()
-            if now - self._last_queue_full_log >= QUEUE_FULL_LOG_INTERVAL_S:
-                self._last_queue_full_log = now
-                log.warning(
-                    "incoming_queue_full",
-                    topic=message.topic,
-                    capacity=self.config.incoming_queue_size,
-                    dropped_total=self._stats.dropped["queue_full"],
-                )
-            try:
-                self._incoming_send.send_nowait(message)
-            except trio.WouldBlock:
-                NetworkStats.bump(self._stats.dropped, "queue_full")
-                return
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                NetworkStats.bump(self._stats.dropped, "consumer_closed")
-                return
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.incoming.put(message)
+        except trio.ClosedResourceError:
             NetworkStats.bump(self._stats.dropped, "consumer_closed")
             return
         NetworkStats.bump(self._stats.received, message.topic)
@@ -367,10 +356,16 @@ class P2PNetwork:
             self._disconnect_soon(peer_id)
 
     async def _on_bad_pubsub_stream(self, peer_id: ID, error: Exception) -> None:
-        """A pubsub stream from ``peer_id`` sent a frame the library cannot parse: score it, and
-        drop the connection so the pubsub handshake starts afresh when it is redialled."""
-        NetworkStats.bump(self._stats.dropped, "bad_pubsub_frame")
-        self.penalize(peer_id.to_base58(), Offence.BAD_PUBSUB_FRAME)
+        """A pubsub stream from ``peer_id`` sent a frame the library cannot parse, or one above
+        ``max_inbound_rpc_bytes`` (``MessageTooLarge``): score it (``BAD_PUBSUB_FRAME`` /
+        ``OVERSIZE``), and drop the connection so the pubsub handshake starts afresh when it is
+        redialled (the library has already forgotten the peer for pubsub)."""
+        if isinstance(error, MessageTooLarge):
+            NetworkStats.bump(self._stats.dropped, "oversize_rpc")
+            self.penalize(peer_id.to_base58(), Offence.OVERSIZE)
+        else:
+            NetworkStats.bump(self._stats.dropped, "bad_pubsub_frame")
+            self.penalize(peer_id.to_base58(), Offence.BAD_PUBSUB_FRAME)
         await self._disconnect(peer_id)
 
     def set_blocked_peers(self, peer_ids: list[str]) -> None:
@@ -419,7 +414,7 @@ class P2PNetwork:
             log.warning("peer_disconnect_forced", peer=peer_id.to_base58(), sockets_closed=closed,
                         graceful_timeout_s=DISCONNECT_TIMEOUT_S)
 
-    async def _handle_sync_stream(self, stream) -> None:
+    async def _handle_sync_stream(self, stream: INetStream) -> None:
         try:
             peer = stream.muxed_conn.peer_id.to_base58()
         except Exception:
@@ -582,8 +577,9 @@ class P2PNetwork:
         ``own_filtered``, ``connects``, ``reconnects``, ``dial_failures``, ``dead_peers``,
         ``sync_requests_served``, ``sync_requests_refused`` by reason, ``sync_payloads_sent``,
         ``sync_bytes_sent``, ``sync_fetches``, ``sync_fetch_failures``, ``connected_peers``,
-        ``peer_rtt_ms`` (last ping round trip per connected peer), ``incoming_queued``,
-        ``penalties`` by reason, ``bans`` (total), ``banned_peers`` (seconds left), ``blocked_peers``."""
+        ``peer_rtt_ms`` (last ping round trip per connected peer), ``incoming_queued`` (total) and
+        ``incoming_queued_by_class`` (consensus, actions, status),
+        ``rate_limited_by_topic``, ``penalties`` by reason, ``bans`` (total), ``banned_peers`` (seconds left), ``blocked_peers``."""
         s = self._stats
         served = self._sync_server.stats
         return {
@@ -605,7 +601,9 @@ class P2PNetwork:
             "sync_fetch_failures": s.sync_fetch_failures,
             "connected_peers": len(self.connected_peers()),
             "peer_rtt_ms": {p.to_base58(): rtt for p, rtt in self._liveness.rtt_ms.items()},
-            "incoming_queued": self.incoming.statistics().current_buffer_used,
+            "incoming_queued": len(self.incoming),
+            "incoming_queued_by_class": self.incoming.queued(),
+            "rate_limited_by_topic": dict(s.rate_limited),
             "penalties": dict(s.penalties),
             "bans": self.peer_filter.bans_total,
             "banned_peers": self.peer_filter.banned(),

@@ -10,7 +10,9 @@ for ``ban_seconds``: disconnected, its gossip dropped even when relayed by other
 signing authenticates the origin), its sync streams refused, and it is not redialled. Its score
 restarts at zero when the ban ends. Honest peers do not send undecodable messages, forged
 signatures or invalid certificates, so the threshold only has to tolerate a few accidents (e.g. a
-peer running another version); a flood is scored per message above the rate limit.
+peer running another version); a flood is scored per message above the per-topic rate limit
+(``TopicRateLimiter``; ``Offence.RATE_LIMITED``, 1 point each, so an origin sending ~100 messages
+above its limit is banned: a 500 msg/s status flood within about a quarter of a second).
 
 The operator's block list (``set_blocked``) is separate and has no expiry: the unsafe RPC route
 sets it, e.g. to cut a testnet in two partitions.
@@ -19,7 +21,7 @@ sets it, e.g. to cut a testnet in two partitions.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ..types import Offence
@@ -137,22 +139,29 @@ class PeerFilter:
 
 
 class RateLimiter:
-    """Per-peer token bucket for inbound gossip: ``rate`` messages per second, bursts of ``burst``.
+    """Per-peer token bucket: ``rate`` messages per second, bursts of ``burst``.
 
     ``allow(peer)`` returns False for a message above the limit (the caller drops and scores it).
+    At most ``max_peers`` buckets are kept: beyond that, buckets that have refilled completely
+    (indistinguishable from a fresh one) are forgotten, so peers that come and go cost no memory.
+    Raises ValueError for a non-positive rate or a burst below 1.
     """
 
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic,
+                 max_peers: int = 10_000) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be positive and burst at least 1")
         self.rate = rate
         self.burst = burst
         self.clock = clock
+        self.max_peers = max_peers
         self._buckets: dict[str, tuple[float, float]] = {}
 
     def allow(self, peer: str) -> bool:
         """Take one token from ``peer``'s bucket; False when it is empty."""
         now = self.clock()
+        if peer not in self._buckets and len(self._buckets) >= self.max_peers:
+            self._forget_full(now)
         tokens, at = self._buckets.get(peer, (self.burst, now))
         tokens = min(self.burst, tokens + (now - at) * self.rate)
         if tokens < 1:
@@ -160,3 +169,25 @@ class RateLimiter:
             return False
         self._buckets[peer] = (tokens - 1, now)
         return True
+
+    def _forget_full(self, now: float) -> None:
+        self._buckets = {p: (t, at) for p, (t, at) in self._buckets.items()
+                         if t + (now - at) * self.rate < self.burst}
+
+
+class TopicRateLimiter:
+    """Token buckets per (origin peer, logical topic): what a node accepts from one origin on each
+    topic. ``limits``: ``{topic: (messages per second, burst)}``; ``allow(peer, topic)`` is False
+    for a message above that topic's limit. A topic without a limit is not limited.
+    Raises ValueError for a non-positive rate or a burst below 1.
+    """
+
+    def __init__(self, limits: Mapping[str, tuple[float, float]],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = dict(limits)
+        self._by_topic = {topic: RateLimiter(rate, burst, clock) for topic, (rate, burst) in limits.items()}
+
+    def allow(self, peer: str, topic: str) -> bool:
+        """Take one token from ``peer``'s bucket of ``topic``; False when it is empty."""
+        limiter = self._by_topic.get(topic)
+        return True if limiter is None else limiter.allow(peer)

@@ -9,12 +9,16 @@ from dataclasses import dataclass, field
 class NetworkStats:
     """Counters since the network started (all plain integers, by logical topic or reason key).
 
-    - ``published`` / ``received``: gossip messages published by this node / delivered to
+    - ``published`` / ``received``: gossip messages published by this node / queued in
       ``P2PNetwork.incoming``, by topic;
-    - ``dropped``: received messages not delivered, by reason (``queue_full``: the incoming queue
-      was full and its oldest message was dropped; ``oversize``: above ``max_gossip_bytes``;
-      ``bad_sender``: unreadable ``from`` field; ``consumer_closed``: the daemon closed ``incoming``)
-      plus ``publish_error`` for publishes the library failed;
+    - ``dropped``: received messages not delivered, by reason (``queue_full_consensus`` /
+      ``queue_full_actions`` / ``queue_full_status``: that inbound queue was full and its oldest
+      message was dropped; ``status_coalesced``: a queued status replaced by a newer one of the same
+      peer; ``oversize``: above ``max_gossip_bytes``; ``oversize_rpc``: a pubsub frame above
+      ``max_inbound_rpc_bytes``; ``bad_sender``: unreadable ``from`` field; ``consumer_closed``:
+      the network stopped) plus ``publish_error`` for publishes the library failed;
+    - ``rate_limited``: messages dropped above an origin's rate limit, by topic (their total is
+      ``dropped["rate_limited"]``);
     - ``own_filtered``: our own publishes echoed back by pubsub and discarded;
     - ``connects`` / ``reconnects``: successful dials of configured peers, first time / after a loss;
     - ``dial_failures``: failed dials; ``dead_peers``: peers disconnected for missing pings;
@@ -35,6 +39,7 @@ class NetworkStats:
     sync_fetches: int = 0
     sync_fetch_failures: int = 0
     penalties: dict[str, int] = field(default_factory=dict)
+    rate_limited: dict[str, int] = field(default_factory=dict)
 
     @staticmethod
     def bump(counter: dict[str, int], key: str, n: int = 1) -> None:

@@ -177,7 +177,7 @@ class SyncResponseReader:
         if self.done:
             raise SyncError(self.peer_id, "malformed response: data after the end marker")
         try:
-            frame = decode(raw, SyncFrame)
+            frame: SyncPayloads | SyncPayloadPart | SyncEnd | SyncRefused = decode(raw, SyncFrame)  # type: ignore[arg-type]
         except DecodeError as exc:
             raise SyncError(self.peer_id, f"malformed response frame ({exc})") from None
         if isinstance(frame, SyncRefused):

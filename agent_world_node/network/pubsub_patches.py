@@ -1,0 +1,131 @@
+"""Process-wide replacements of two py-libp2p 0.8.1 pubsub functions, and the RPC splitter.
+
+Installed once (idempotent) by ``install_pubsub_patches``, which ``host.build_pubsub`` calls:
+
+1. **Signed peer records never drop an RPC.** py-libp2p 0.8.1's
+   ``libp2p.pubsub.utils.maybe_consume_signed_record`` (imported by name into
+   ``libp2p.pubsub.pubsub``, ``libp2p.pubsub.gossipsub`` and ``libp2p.pubsub.floodsub``) returns
+   False when the peer record carried in an RPC (``senderRecord``) is not newer than the one in the
+   peerstore, and ``Pubsub.continuously_read_stream`` / ``GossipSub.handle_rpc`` then ignore the
+   WHOLE RPC. A record's ``seq`` is the sender's ``time.time_ns()``, so a node that once ran with
+   its clock ahead and restarted with the right clock is ignored by every peer that saw it before,
+   for as long as the old record is kept (measured by a tester: it never received gossip again).
+   Our replacement, ``consume_signed_record_leniently``, stores the record best-effort and
+   always returns True: message authenticity comes from pubsub's strict signing, and this node
+   dials configured addresses, not certified ones. A record whose ``seq`` went backwards is
+   accepted as the newest when it is signed by, and arrives over the authenticated connection of,
+   the peer it describes (a restart is exactly that); any other bad record is ignored.
+2. **An oversized inbound RPC is reported.** ``Pubsub.continuously_read_stream`` catches
+   ``MessageTooLarge`` itself (it resets the stream and forgets the peer for pubsub while the
+   connection stays up, so that peer's gossip silently stops). ``read_varint_prefixed_bytes_limited``
+   in ``libp2p.pubsub.pubsub``'s namespace is wrapped to note the error per stream;
+   ``oversize_frame_error(stream)`` returns it afterwards so the caller can score the peer and
+   reconnect it (``host.build_pubsub``).
+
+``split_rpc(rpc, limit)`` splits an RPC into RPCs of at most ``limit`` serialized bytes each (the
+library's own ``RpcQueue.split_rpc``, a port of go-libp2p-pubsub's ``RPC.split``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import structlog
+from libp2p.io.exceptions import MessageTooLarge
+from libp2p.peer.envelope import consume_envelope
+from libp2p.peer.id import ID
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.rpc_queue import RpcQueue
+
+log = structlog.get_logger(__name__)
+
+#: How long the addresses of a consumed peer record are kept, in seconds (the library's value).
+PEER_RECORD_TTL_S = 7200
+#: The modules of py-libp2p 0.8.1 that call ``maybe_consume_signed_record`` by their own name.
+_RECORD_CHECK_MODULES = ("libp2p.pubsub.pubsub", "libp2p.pubsub.gossipsub", "libp2p.pubsub.floodsub")
+_MARK = "_agent_world_patch"
+
+_oversize_frames: "weakref.WeakKeyDictionary[Any, MessageTooLarge]" = weakref.WeakKeyDictionary()
+
+
+def consume_signed_record_leniently(msg: rpc_pb2.RPC, host: Any, peer_id: ID) -> bool:
+    """Store the signed peer record ``msg.senderRecord`` sent by ``peer_id`` (if any) in
+    ``host``'s peerstore, best-effort; always True (never a reason to drop the RPC).
+
+    A record for another peer, or one that does not verify, is ignored (logged at debug). A valid
+    record of ``peer_id`` whose ``seq`` is lower than the stored one replaces it (logged once as
+    ``peer_record_seq_went_back`` with ``peer``, ``stored_seq``, ``new_seq``)."""
+    if not msg.HasField("senderRecord"):
+        return True
+    peer = peer_id.to_base58()
+    try:
+        envelope, record = consume_envelope(msg.senderRecord, "libp2p-peer-record")
+    except Exception as exc:
+        log.debug("peer_record_ignored", peer=peer, reason="does not verify", error=repr(exc)[:200])
+        return True
+    if record.peer_id != peer_id:
+        log.debug("peer_record_ignored", peer=peer, reason="describes another peer")
+        return True
+    peerstore = host.get_peerstore()
+    try:
+        if peerstore.consume_peer_record(envelope, PEER_RECORD_TTL_S):
+            return True
+        records: dict[ID, Any] | None = getattr(peerstore, "peer_record_map", None)
+        if records is None or peer_id not in records:
+            log.debug("peer_record_ignored", peer=peer, reason="refused by the peerstore")
+            return True
+        stored = records.pop(peer_id)  # the peer's own, authenticated word replaces its older one
+        if peerstore.consume_peer_record(envelope, PEER_RECORD_TTL_S):
+            log.info("peer_record_seq_went_back", peer=peer, stored_seq=getattr(stored, "seq", None),
+                     new_seq=record.seq)
+        else:
+            records[peer_id] = stored
+            log.debug("peer_record_ignored", peer=peer, reason="refused by the peerstore")
+    except Exception as exc:
+        log.debug("peer_record_ignored", peer=peer, reason="peerstore error", error=repr(exc)[:200])
+    return True
+
+
+def oversize_frame_error(stream: Any) -> MessageTooLarge | None:
+    """The ``MessageTooLarge`` that ended reading pubsub ``stream`` (and forget it), or None."""
+    return _oversize_frames.pop(stream, None)
+
+
+def _install_oversize_frame_notes() -> None:
+    import libp2p.pubsub.pubsub as pubsub_module
+
+    original = pubsub_module.read_varint_prefixed_bytes_limited
+    if getattr(original, _MARK, False):
+        return
+
+    async def read_limited_noting_oversize(reader: Any, max_length: int) -> bytes:
+        try:
+            return await original(reader, max_length)
+        except MessageTooLarge as exc:
+            try:
+                _oversize_frames[reader] = exc
+            except TypeError:
+                pass  # not weak-referenceable: the peer is still cut off by the library, not scored
+            raise
+
+    setattr(read_limited_noting_oversize, _MARK, True)
+    pubsub_module.read_varint_prefixed_bytes_limited = read_limited_noting_oversize
+
+
+def install_pubsub_patches() -> None:
+    """Install both replacements described in the module docstring; idempotent."""
+    import importlib
+
+    for name in _RECORD_CHECK_MODULES:
+        module = importlib.import_module(name)
+        if getattr(module, "maybe_consume_signed_record", None) is not consume_signed_record_leniently:
+            module.maybe_consume_signed_record = consume_signed_record_leniently  # type: ignore[attr-defined]
+    _install_oversize_frame_notes()
+
+
+def split_rpc(rpc: rpc_pb2.RPC, limit: int) -> list[rpc_pb2.RPC]:
+    """Split ``rpc`` into RPCs of at most ``limit`` serialized bytes each, in order (messages,
+    then subscriptions, then control; the sender record on the first). A single message larger
+    than ``limit`` stays alone in an oversized part: the caller must drop it."""
+    return RpcQueue(max_size=1, max_message_size=limit).split_rpc(rpc)
