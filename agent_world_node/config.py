@@ -38,10 +38,40 @@ class GenesisValidator(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     stake: int
 
 
+#: Upper bound of either synchrony parameter (one day): a larger bound accepts any clock at all.
+MAX_SYNCHRONY_MS = 86_400_000
+
+
+class SynchronyParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The synchrony parameters of proposer-based timestamps (CometBFT PBTS,
+    spec/consensus/proposer-based-timestamp/pbts-sysmodel.md, [PBTS-CLOCK-PRECISION.0] and
+    [PBTS-MSG-DELAY.0]); consensus parameters, so part of genesis and the same on every node.
+
+    - ``precision_ms``: how far apart the clocks of two correct validators may read at one instant;
+    - ``message_delay_ms``: the longest time a proposal takes to reach every correct validator.
+
+    A proposal for a new block is prevoted only if it is *timely*
+    (``consensus.synchrony.timely``). Both are integers in 1..``MAX_SYNCHRONY_MS``; decoding a
+    genesis with another value fails with a ``msgspec.ValidationError`` naming the field."""
+
+    precision_ms: int = 500
+    message_delay_ms: int = 15_000
+
+    def __post_init__(self) -> None:
+        for name in ("precision_ms", "message_delay_ms"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SYNCHRONY_MS:
+                raise ValueError(
+                    f"synchrony.{name} must be an integer number of milliseconds in 1..{MAX_SYNCHRONY_MS}, "
+                    f"got {value!r}; the defaults are precision_ms=500, message_delay_ms=15000"
+                )
+
+
 class Genesis(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The shared starting point of a chain: every node of a chain has the identical file.
     ``agents`` are the agents that exist from genesis (every other agent is created, and paid
-    for, by an existing one)."""
+    for, by an existing one). ``synchrony`` holds the consensus parameters of block time
+    (``SynchronyParams``); a genesis written before they existed gets the defaults."""
 
     chain_id: str
     genesis_time_ms: int
@@ -49,6 +79,7 @@ class Genesis(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     epoch_length: int = 1000
     world: WorldParams = msgspec.field(default_factory=WorldParams)
     agents: list[GenesisAgent] = []
+    synchrony: SynchronyParams = msgspec.field(default_factory=SynchronyParams)
 
     def new_world(self, sandbox: Sandbox | None = None) -> World:
         """Return the world at height 0 of this genesis (``World.from_genesis``); raises

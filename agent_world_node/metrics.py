@@ -25,6 +25,11 @@ class NodeMetrics:
         )
         self.messages_dropped = Counter("awnode_consensus_messages_dropped", "Consensus messages dropped", ["reason"], registry=r)
         self.blocks_synced = Counter("awnode_blocks_synced", "Blocks fetched by height-keyed sync", registry=r)
+        self.proposals_untimely = Counter(
+            "awnode_proposals_untimely",
+            "Proposals of a new block whose time was not timely on arrival (PBTS), prevoted nil; by why",
+            ["reason"], registry=r,
+        )
         self.execution_mismatches = Counter(
             "awnode_execution_mismatches", "Peer execution hashes that differ from ours", registry=r
         )

@@ -79,6 +79,20 @@ class AcceptsUnsignedVotesCore(ConsensusCore):
         return True
 
 
+class IgnoresTimelinessCore(ConsensusCore):
+    """Treats every proposal as timely (PBTS's L22 without ``timely(v.time)``,
+    [PBTS-ALG-UPON-PROP.1]), so it prevotes any valid new block whatever its time.
+
+    Breaks block time, not agreement: one proposer with a clock an hour ahead gets blocks stamped an
+    hour ahead committed, and since block time never decreases the chain's time stays there. Caught
+    by the simulator's ``block_time`` property (tests/test_sim_block_time.py); not in
+    ``BROKEN_CORES``, whose variants must break agreement under an attack schedule.
+    """
+
+    def _proposal_timely(self, round: int) -> bool:
+        return True
+
+
 BROKEN_CORES: dict[str, Callable[..., ConsensusCore]] = {
     "no_locking": NoLockingCore,
     "half_threshold": HalfThresholdCore,

@@ -10,7 +10,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from agent_world_client.client import AgentKey
-from agent_world_node.config import ConfigError, Home, read_config, read_genesis, read_key
+from agent_world_node.config import ConfigError, Home, SynchronyParams, read_config, read_genesis, read_key
 from agent_world_node.network import peer_id_for_seed
 from agent_world_runtime.params import GenesisAgent
 from agent_world_tools import cli
@@ -67,6 +67,10 @@ def test_init_creates_a_single_validator_home(tmp_path):
     faucet = assert_faucet(home.config_dir / "faucet.json", genesis)
     assert faucet.key.seed not in (validator.seed, node_key.seed)
     assert "faucet.json" in result.output
+    # the synchrony parameters of block time (PBTS) are written out, with their defaults
+    written = json.loads(home.genesis_file.read_text())
+    assert written["synchrony"] == {"precision_ms": 500, "message_delay_ms": 15_000}
+    assert genesis.synchrony == SynchronyParams(precision_ms=500, message_delay_ms=15_000)
 
 
 def test_init_refuses_an_existing_home_without_traceback(tmp_path):
@@ -108,6 +112,7 @@ def test_testnet_init_shares_one_genesis_and_full_mesh_peers(tmp_path):
     validator_keys = [read_key(h.validator_key_file) for h in homes]
     assert [v.public_key for v in genesis.validators] == [k.public_key.hex() for k in validator_keys]
     assert [v.stake for v in genesis.validators] == [100] * 4
+    assert genesis.synchrony == SynchronyParams()  # in the shared genesis, so every node agrees
     assert len({k.seed for k in validator_keys}) == 4
     # one faucet for the whole testnet, next to the node homes, in the shared genesis
     assert faucet_key_file(tmp_path) == tmp_path / "faucet.json"
@@ -256,3 +261,35 @@ def test_init_with_genesis_needs_peers_and_a_readable_file(tmp_path):
                     "--peers", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWAbc")
     assert result.exit_code != 0 and "missing.json" in result.output
     assert not Home(tmp_path / "j2").config_file.exists()
+
+
+def _genesis_file(tmp_path, **extra):
+    """A minimal genesis.json (one validator) plus ``extra`` top-level fields."""
+    path = tmp_path / "genesis.json"
+    data = {"chain_id": "c", "genesis_time_ms": 0,
+            "validators": [{"name": "v", "public_key": "11" * 32, "stake": 1}], **extra}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_genesis_without_synchrony_parameters_gets_the_defaults(tmp_path):
+    genesis = read_genesis(_genesis_file(tmp_path))
+    assert (genesis.synchrony.precision_ms, genesis.synchrony.message_delay_ms) == (500, 15_000)
+    genesis = read_genesis(_genesis_file(tmp_path, synchrony={"precision_ms": 50}))
+    assert (genesis.synchrony.precision_ms, genesis.synchrony.message_delay_ms) == (50, 15_000)
+
+
+@pytest.mark.parametrize(("synchrony", "error"), [
+    ({"precision_ms": 0}, "synchrony.precision_ms must be an integer number of milliseconds in 1..86400000, got 0"),
+    ({"message_delay_ms": -5}, "synchrony.message_delay_ms must be .* got -5"),
+    ({"message_delay_ms": 86_400_001}, "synchrony.message_delay_ms must be .* got 86400001"),
+    ({"precision_ms": "500"}, r"Expected `int`, got `str` - at `\$.synchrony.precision_ms`"),
+    ({"precision_ms": True}, r"Expected `int`, got `bool`"),
+    ({"precision": 500}, "unknown field `precision`"),
+])
+def test_genesis_with_bad_synchrony_parameters_is_refused_naming_the_field(tmp_path, synchrony, error):
+    path = _genesis_file(tmp_path, synchrony=synchrony)
+    with pytest.raises(ConfigError, match=f"{path}: invalid genesis .*{error}"):
+        read_genesis(path)
+    with pytest.raises(ValueError, match="precision_ms=500, message_delay_ms=15000"):
+        SynchronyParams(precision_ms=0)

@@ -25,6 +25,7 @@ from .messages import (
     VoteReceived,
 )
 from .proposer import proposer_for, proposer_order
+from .synchrony import timely, untimely_reason
 from .timeouts import TimeoutConfig, TimeoutKind
 from .validators import Validator, ValidatorSchedule, ValidatorSet, ValidatorSetError, epoch_of
 from .votekeeper import AddVoteResult, AddVoteStatus, ThresholdEvent, ThresholdKind, VoteKeeper
@@ -67,6 +68,8 @@ __all__ = [
     "epoch_of",
     "proposer_for",
     "proposer_order",
+    "timely",
+    "untimely_reason",
     "verify_commit_certificate",
     "verify_evidence",
 ]

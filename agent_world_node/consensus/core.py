@@ -17,6 +17,13 @@ How the paper maps onto the code:
 - ``_transition`` is the paper's set of ``upon`` rules: each branch names its lines. The core
   evaluates them after every input until none fires, so the order in which messages arrived does
   not matter, only the set of messages (as in the paper, where rules are conditions on the log).
+- Proposer-based timestamps (CometBFT PBTS, spec/consensus/proposer-based-timestamp/): L22 also
+  needs the proposal to have been ``timely`` when it arrived ([PBTS-ALG-UPON-PROP.1]); the driver
+  reads its clock and passes the answer in ``ProposalReceived.timely`` (``synchrony.timely``), so
+  the core stays clock-free. Timeliness belongs to the proposal of a round, not to the block: valid(v)
+  stays cached per block hash, and a block that was untimely in round r can still be prevoted by
+  L28 in a later round on a proof-of-lock (PBTS's "Unchanged upon clause of line 28"). Our own
+  proposals, also those replayed from the WAL by ``resume``, count as timely.
 - valid(v) is an input, as in malachite's driver: the first time a block is seen at a height the
   core emits ``ValidateBlock(block)`` and the driver answers ``BlockValidity(hash, valid)``. Until
   the answer arrives the rules that need valid(v) (L22, L28, L36, L49) do not fire; the core itself
@@ -52,7 +59,7 @@ Deviations from the paper, each safe:
 
 Overridable checks (used only by the test-only broken variants in tests/broken_cores.py, which show
 that the simulator's property tests catch a core without each of them): ``_lock_allows_prevote``
-(L23/L29), ``_vote_signature_ok`` and ``_new_vote_keeper`` (the 2f+1 threshold).
+(L23/L29), ``_proposal_timely`` (PBTS, L22), ``_vote_signature_ok`` and ``_new_vote_keeper`` (the 2f+1 threshold).
 """
 
 from __future__ import annotations
@@ -183,13 +190,14 @@ class ConsensusCore:
 
         self._keeper = self._new_vote_keeper(0)
         self._proposals: dict[int, Proposal] = {}
+        self._timely: dict[int, bool] = {}  # PBTS: was the stored proposal of a round timely on arrival
         self._blocks: dict[bytes, Block] = {}
         self._validity: dict[bytes, bool] = {}
         self._prevote_timeout_rounds: set[int] = set()  # L34 "for the first time"
         self._polka_value_rounds: set[int] = set()  # L36 "for the first time"
         self._precommit_timeout_rounds: set[int] = set()  # L47 "for the first time"
         self._conflicting_proposals: dict[int, Proposal] = {}
-        self._future: dict[str, list[Proposal | Vote]] = {}
+        self._future: dict[str, list[tuple[Proposal | Vote, bool]]] = {}  # (message, timely)
         self._evidence: deque[Evidence] = deque(maxlen=max_evidence)
         self.rejected: Counter[str] = Counter()
         #: (reason, message) of every rejection during the last ``handle`` call, so the driver can
@@ -312,6 +320,7 @@ class ConsensusCore:
         for message in signed:
             if isinstance(message, Proposal):
                 self._proposals[message.round] = message
+                self._timely[message.round] = True  # our own proposal (PBTS: the proposer's clock is v.time)
                 self._note_block(message.block, effects)
             else:
                 self._keeper.add_vote(message)
@@ -348,7 +357,9 @@ class ConsensusCore:
         self._run_rules(effects)
         return effects
 
-    def _reset_height(self, height: int, validator_set: ValidatorSet | None) -> dict[str, list[Proposal | Vote]]:
+    def _reset_height(
+        self, height: int, validator_set: ValidatorSet | None
+    ) -> dict[str, list[tuple[Proposal | Vote, bool]]]:
         """Set up the empty state of ``height`` (L53: reset lockedRound, lockedValue, validRound,
         validValue and the message log); return the messages buffered for it, by sender."""
         if validator_set is not None:
@@ -365,6 +376,7 @@ class ConsensusCore:
         self.decision = None
         self._keeper = self._new_vote_keeper(height)
         self._proposals = {}
+        self._timely = {}
         self._blocks = {}
         self._validity = {}
         self._prevote_timeout_rounds = set()
@@ -374,11 +386,11 @@ class ConsensusCore:
         self._log.info("height_started", height=height, validators=len(self.validator_set))
         return buffered
 
-    def _replay_buffered(self, buffered: dict[str, list[Proposal | Vote]], effects: list[Effect]) -> None:
+    def _replay_buffered(self, buffered: dict[str, list[tuple[Proposal | Vote, bool]]], effects: list[Effect]) -> None:
         for messages in buffered.values():
-            for message in messages:
+            for message, timely in messages:
                 if isinstance(message, Proposal):
-                    self._on_proposal(message, effects)
+                    self._on_proposal(message, effects, timely)  # timeliness as judged on arrival
                 else:
                     self._on_vote(message, effects)
 
@@ -433,7 +445,7 @@ class ConsensusCore:
         if isinstance(inp, VoteReceived):
             self._on_vote(inp.vote, effects)
         elif isinstance(inp, ProposalReceived):
-            self._on_proposal(inp.proposal, effects)
+            self._on_proposal(inp.proposal, effects, inp.timely)
         elif isinstance(inp, TimeoutFired):
             self._on_timeout(inp, effects)
         elif isinstance(inp, ValueToPropose):
@@ -459,8 +471,9 @@ class ConsensusCore:
             sender=message.validator[:12],
         )
 
-    def _check_height(self, message: Proposal | Vote) -> bool:
-        """True iff ``message`` is for the current, undecided height; buffers height + 1."""
+    def _check_height(self, message: Proposal | Vote, timely: bool = True) -> bool:
+        """True iff ``message`` is for the current, undecided height; buffers height + 1 (with the
+        ``timely`` of a proposal, judged on its arrival)."""
         if message.height == self.height and self.step != Step.NEW_HEIGHT:
             if self.step == Step.COMMIT:
                 self._reject(RejectReason.HEIGHT_DECIDED, message)
@@ -469,7 +482,7 @@ class ConsensusCore:
         if message.height <= self.height:
             self._reject(RejectReason.STALE_HEIGHT, message)
         elif message.height == self.height + 1:
-            self._buffer_future(message)
+            self._buffer_future(message, timely)
         else:
             # Not kept, but still judged: a forged or unknown-key message far ahead is the sender's
             # fault as much as one for this height, while an honest leading peer's is not.
@@ -488,7 +501,7 @@ class ConsensusCore:
             ok = self._vote_signature_ok(validator, message)
         return None if ok else RejectReason.BAD_SIGNATURE
 
-    def _buffer_future(self, message: Proposal | Vote) -> None:
+    def _buffer_future(self, message: Proposal | Vote, timely: bool) -> None:
         if message.round < 0 or message.round > self._max_round_lookahead:
             self._reject(RejectReason.ROUND_TOO_FAR if message.round >= 0 else RejectReason.BAD_ROUND, message)
             return
@@ -497,7 +510,7 @@ class ConsensusCore:
             self._reject(RejectReason.UNKNOWN_VALIDATOR, message)
             return
         queue = self._future.setdefault(message.validator, [])
-        if message in queue:
+        if any(queued == message for queued, _ in queue):
             self.rejected[RejectReason.DUPLICATE] += 1
             return
         if len(queue) >= self._future_cap:
@@ -511,7 +524,7 @@ class ConsensusCore:
         if not signed_ok:
             self._reject(RejectReason.BAD_SIGNATURE, message)
             return
-        queue.append(message)
+        queue.append((message, timely))
 
     def _check_round(self, message: Proposal | Vote) -> bool:
         if message.round < 0:
@@ -551,8 +564,8 @@ class ConsensusCore:
             return
         self._restore_lock(vote)
 
-    def _on_proposal(self, proposal: Proposal, effects: list[Effect]) -> None:
-        if not self._check_height(proposal) or not self._check_round(proposal):
+    def _on_proposal(self, proposal: Proposal, effects: list[Effect], timely: bool) -> None:
+        if not self._check_height(proposal, timely) or not self._check_round(proposal):
             return
         if not -1 <= proposal.pol_round < proposal.round:
             self._reject(RejectReason.BAD_POL_ROUND, proposal)
@@ -595,6 +608,7 @@ class ConsensusCore:
             self._record_evidence(DuplicateProposalEvidence(first=existing, second=proposal), effects)
             return
         self._proposals[proposal.round] = proposal
+        self._timely[proposal.round] = timely or proposal.validator == self.id  # our own: timely
         self._note_block(proposal.block, effects)
 
     def _on_timeout(self, timeout: TimeoutFired, effects: list[Effect]) -> None:
@@ -680,14 +694,23 @@ class ConsensusCore:
             # L22-L27: upon <PROPOSAL, h_p, round_p, v, -1> from proposer(h_p, round_p) while step_p = propose:
             #          prevote id(v) if valid(v) ∧ (lockedRound_p = -1 ∨ lockedValue_p = v), else nil.
             #          (Both L22 and L28 wait, above, until the driver has answered valid(v).)
+            #          PBTS [PBTS-ALG-UPON-PROP.1] (CometBFT pbts-algorithm.md, "Updated upon clause of
+            #          line 22"): prevote id(v) only if also timely(v.time), judged on reception.
             if vr == -1:
-                ok = self._valid(v) is True and self._lock_allows_prevote(vid, vr)
+                timely = self._proposal_timely(r)
+                ok = self._valid(v) is True and timely and self._lock_allows_prevote(vid, vr)
+                if not timely:
+                    self._log.info("prevote_nil_untimely", height=self.height, round=r, block=vid.hex()[:16],
+                                   block_time_ms=v.header.timestamp_ms)
                 self._vote(VoteType.PREVOTE, vid if ok else None, effects)
                 self.step = Step.PREVOTE
                 return True
             # L28-L33: upon <PROPOSAL, h_p, round_p, v, vr> from proposer(h_p, round_p)
             #          AND 2f+1 <PREVOTE, h_p, vr, id(v)> while step_p = propose ∧ (vr >= 0 ∧ vr < round_p):
             #          prevote id(v) if valid(v) ∧ (lockedRound_p <= vr ∨ lockedValue_p = v), else nil.
+            #          PBTS leaves this rule unchanged ("Unchanged upon clause of line 28"): v.time was
+            #          found timely by the correct validators of the polka of round vr, so a re-proposal
+            #          is not checked for timeliness again.
             if 0 <= vr < r and keeper.polka_value(vr) == vid:
                 ok = self._valid(v) is True and self._lock_allows_prevote(vid, vr)
                 self._vote(VoteType.PREVOTE, vid if ok else None, effects)
@@ -761,6 +784,7 @@ class ConsensusCore:
         effects.append(PersistWAL(proposal))
         effects.append(Broadcast(proposal))
         self._proposals[self.round] = proposal
+        self._timely[self.round] = True  # PBTS: our own proposal
         self._note_block(block, effects)
         self._log.info("proposed", height=self.height, round=self.round, pol_round=pol_round,
                        block=block.hash().hex()[:16], actions=len(block.actions))
@@ -859,6 +883,11 @@ class ConsensusCore:
         (pol_round = vr >= 0: lockedRound <= vr ∨ lockedValue = v); with lockedRound = -1 when not
         locked, both read ``locked_round <= pol_round or locked value = v``."""
         return self.locked_round <= pol_round or self._locked_hash == value_hash
+
+    def _proposal_timely(self, round: int) -> bool:
+        """PBTS timely(v.time) of the stored proposal of ``round``, as the driver judged it when the
+        proposal arrived (``ProposalReceived.timely``; True for our own)."""
+        return self._timely.get(round, False)
 
     def _vote_signature_ok(self, validator: Validator, vote: Vote) -> bool:
         """True iff ``vote`` carries ``validator``'s Ed25519 signature over its sign bytes on this

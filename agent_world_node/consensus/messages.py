@@ -24,9 +24,17 @@ from .timeouts import TimeoutKind
 
 @dataclass(frozen=True, slots=True)
 class ProposalReceived:
-    """A proposal from the network (or replayed from the WAL); checked by the core before it counts."""
+    """A proposal from the network; checked by the core before it counts.
+
+    ``timely`` is PBTS's ``timely`` predicate (``synchrony.timely``, [PBTS-RECEPTION-STEP.1]) as
+    the driver evaluated it with its local clock when the proposal arrived: a proposal of a new
+    value (``pol_round = -1``) that was not timely is prevoted nil (L22, [PBTS-ALG-UPON-PROP.1]); a
+    re-proposal with a proof-of-lock round needs no timeliness (L28). The replica always passes
+    it; the default (True) serves tests and drivers that model no clock. A copy of a proposal the
+    core already holds does not change the timeliness recorded for the first one."""
 
     proposal: Proposal
+    timely: bool = True
 
 
 @dataclass(frozen=True, slots=True)

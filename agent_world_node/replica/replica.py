@@ -5,7 +5,10 @@ periodic ``tick``) and returns outputs (``replica.outputs``). The same object ru
 daemon and under the deterministic simulator, with the same policy (``config.PolicyConfig``), so
 the simulator tests what production runs. It has no network, no timers and no clock of its own: the
 ``now_ms`` given to ``tick`` paces periodic duties, and ``now_ms()`` stamps the blocks this node
-proposes (never deciding validity beyond "not earlier than the previous block").
+proposes and judges whether a proposal that arrives is *timely* (proposer-based timestamps, CometBFT
+PBTS: ``consensus.synchrony.timely`` with the genesis ``SynchronyParams``, handed to the core as
+``ProposalReceived.timely``; docs/design-choices.md, "Block time"). valid(v) itself never reads
+the clock.
 
 What each part handles (docs/architecture.md, "The path of one action"):
 
@@ -60,6 +63,7 @@ from ..consensus import (
     ValidatorSet,
     ValueToPropose,
     VoteReceived,
+    untimely_reason,
     verify_commit_certificate,
 )
 from ..execution import NodeRuntimeExecutionDriver
@@ -206,6 +210,7 @@ class Replica:
         self.last_consensus_traffic_ms: int | None = None  # the tick time of the last peer vote, proposal or commit
         self._first_tick_ms: int | None = None
         self._connected: set[str] = set()  # the last tick's connected peers
+        self._untimely_reported: set[tuple[int, int]] = set()  # (height, round) of logged untimely proposals
         self._wal_written = True  # prune whatever a previous run left at the first commit
         stored = store.get_meta(DIVERGED_META_KEY)
         if stored is not None:
@@ -330,7 +335,7 @@ class Replica:
             return self._consensus_traffic(self._judged(peer, VoteReceived(msg.vote)))
         if isinstance(msg, GossipProposalMessage):
             self.sync.note_peer_height(peer, msg.proposal.height - 1)
-            return self._consensus_traffic(self._judged(peer, ProposalReceived(msg.proposal)))
+            return self._consensus_traffic(self._judged(peer, self._proposal_received(msg.proposal)))
         if isinstance(msg, GossipCommitMessage):
             return self._consensus_traffic(self._on_commit_announcement(msg, peer))
         if isinstance(msg, GossipActionBatch):
@@ -338,6 +343,39 @@ class Replica:
             return [Misbehaviour(peer, Offence.MALFORMED)] if malformed else []
         self.sync.note_peer_height(peer, msg.height)  # GossipStatusMessage
         return []
+
+    def _proposal_received(self, proposal: Proposal) -> ProposalReceived:
+        """The core's input for a proposal arriving now: PBTS's timely predicate
+        ([PBTS-RECEPTION-STEP.1], ``synchrony.timely``) on its block time and this node's clock at
+        reception. An untimely proposal of a new block (``pol_round = -1``: the core prevotes nil on
+        it, L22) is logged once per (height, round) as ``proposal_untimely`` and counted in
+        ``awnode_proposals_untimely``; a re-proposal with a proof-of-lock round needs no timeliness."""
+        received_ms = self.now_ms()
+        block_time_ms = proposal.block.header.timestamp_ms
+        params = self.genesis.synchrony
+        reason = untimely_reason(block_time_ms, received_ms, params)
+        if reason is not None and proposal.pol_round == -1 and proposal.height == self.height + 1:
+            key = (proposal.height, proposal.round)
+            if key not in self._untimely_reported and proposal.validator in self.validator_set:
+                if len(self._untimely_reported) > 4096:  # bounded: old heights' entries are useless
+                    self._untimely_reported = {k for k in self._untimely_reported if k[0] >= self.height}
+                self._untimely_reported.add(key)
+                self.metrics.proposals_untimely.labels(reason).inc()
+                self.log.warning(
+                    "proposal_untimely",
+                    height=proposal.height,
+                    round=proposal.round,
+                    proposer=proposal.validator[:16],
+                    block_time_ms=block_time_ms,
+                    local_time_ms=received_ms,
+                    offset_ms=block_time_ms - received_ms,
+                    reason=reason,
+                    precision_ms=params.precision_ms,
+                    message_delay_ms=params.message_delay_ms,
+                    hint="the proposer's clock or ours is off (check NTP on both), or the proposal was delayed "
+                    "beyond message_delay_ms; this node prevotes nil on it",
+                )
+        return ProposalReceived(proposal, timely=reason is None)
 
     def handle_timeout(self, timeout: TimeoutFired) -> list[Output]:
         """A consensus timer (``StartTimer``) fired."""
@@ -540,9 +578,20 @@ class Replica:
             last_execution_height=d.last_height,
             last_execution_block_hash=d.last_block_hash,
             last_execution_state_root=d.last_state_root,
-            timestamp_ms=max(self.now_ms(), self.last_block_time_ms),
+            timestamp_ms=self._block_time(),
         )
         return Block(header=header, actions=actions)
+
+    def _block_time(self) -> int:
+        """The time of a block this node proposes (PBTS, [PBTS-ALG-STARTROUND.1]): its clock, but
+        strictly after the previous block's time (monotonicity, checked by valid(v)). CometBFT
+        waits until its clock passes the previous block time; here the proposer takes
+        ``previous + 1`` instead. A proposer whose clock is far behind the chain's time thus
+        proposes ``previous + 1``, which correct validators find timely only while it is within
+        ``message_delay + precision`` of their clocks; far enough behind, its proposals are
+        untimely, prevoted nil, and the round moves on to the next proposer. Either way the chain's
+        time never leaves the window the correct validators' clocks allow."""
+        return max(self.now_ms(), self.last_block_time_ms + 1)
 
     # -- commit and execution -------------------------------------------------------------------
     def _commit(self, block: Block, certificate: CommitCertificate, source: str) -> list[Output]:

@@ -5,7 +5,9 @@ predicate of L22, L28, L36 and L49).
 
 1. the block's shape (``types.block_shape_problem``: chain id, height, action count and root,
    payload hashes and action ids, no action twice);
-2. it extends our chain: parent hash is our last committed block, timestamp not earlier than it,
+2. it extends our chain: parent hash is our last committed block, timestamp later than its (PBTS
+   time monotonicity; whether the time is *timely* is not valid(v) but judged by the replica on
+   reception, ``consensus.synchrony``),
    epoch = height // epoch_length, at most ``max_block_actions`` actions;
 3. every action decodes, its submitter is the signing agent and the block rules of the executed
    world accept it in block order (``agent_world_runtime.admission.BlockPlan``: the agent exists,
@@ -67,8 +69,11 @@ class BlockValidity:
             return problem
         if h.prev_block_hash != last_hash:
             return "previous block hash does not match our last committed block"
-        if h.timestamp_ms < last_time_ms:
-            return "timestamp earlier than the previous block"
+        if h.timestamp_ms <= last_time_ms:
+            # PBTS "Time Monotonicity": decided block times strictly increase (the proposer
+            # stamps at least previous + 1, Replica._block_time); timeliness is not part of
+            # valid(v), it is judged on reception (consensus.synchrony).
+            return "timestamp not after the previous block's"
         if h.epoch != h.height // self._epoch_length:
             return f"epoch {h.epoch} is not height // epoch_length"
         if len(block.actions) > self._max_block_actions:

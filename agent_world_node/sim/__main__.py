@@ -5,6 +5,7 @@ Replay one scenario (per-height trace, then the verdict; exit status 1 on a viol
     python -m agent_world_node.sim --seed 42
     python -m agent_world_node.sim --seed 42 --stakes 3,1,4,1,5 --byzantine 1:twins --faults crash,drop
     python -m agent_world_node.sim --seed 1 --attack no_locking --core no_locking
+    python -m agent_world_node.sim --seed 3 --stakes 1,1,1,1 --byzantine none --skew 0:3600000
 
 Run random scenarios for a while (``make sim-long MINUTES=30``)::
 
@@ -54,6 +55,19 @@ def _parse_faults(text: str | None) -> frozenset[str] | None:
     return frozenset(t.strip() for t in text.split(",") if t.strip())
 
 
+def _parse_skews(text: str | None) -> tuple[tuple[int, int], ...]:
+    if not text or text == "none":
+        return ()
+    pairs = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        index, _, skew = item.partition(":")
+        try:
+            pairs.append((int(index), int(skew)))
+        except ValueError:
+            raise ScenarioError(f"--skew {item!r}: expected INDEX:MILLISECONDS such as 0:3600000 or 1:-3600000") from None
+    return tuple(pairs)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m agent_world_node.sim", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--byzantine", default=None,
                    help=f"'none', behaviours ({', '.join(BEHAVIOURS)}) or INDEX:BEHAVIOUR pairs, comma-separated")
     p.add_argument("--faults", default=None, help=f"'none' or comma-separated: {', '.join(FAULTS)}")
+    p.add_argument("--skew", default=None,
+                   help="INDEX:MILLISECONDS pairs, comma-separated: offset those validators' clocks (e.g. 0:3600000)")
     p.add_argument("--heights", type=int, default=20, help="heights every honest node must reach (default 20)")
     p.add_argument("--attack", default="", help=f"an adversarial schedule: {', '.join(ATTACKS)}")
     p.add_argument("--core", default="correct", help="consensus core: correct, or a broken one from tests/broken_cores.py")
@@ -86,6 +102,7 @@ def options_from(args: argparse.Namespace) -> Options:
         heights=args.heights,
         attack=args.attack,
         core=args.core,
+        skews=_parse_skews(args.skew),
     )
 
 

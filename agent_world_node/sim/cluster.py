@@ -22,8 +22,13 @@ with the same node-run policy (``config.PolicyConfig()``, performed by ``Replica
   crash interrupts the node's next step that writes (within ``LOSSY_CRASH_WAIT_MS``): the step's
   outputs are never performed and a random suffix of its writes is lost (``SimStore``).
 
+Every node's clock (the replica's ``now_ms``, which stamps its proposals and judges whether a proposal
+is timely) reads ``GENESIS_TIME_MS`` + virtual time + the node's skew: 0..50 ms drawn per node, plus
+the scenario's ``clock_skews``.
+
 Clients submit actions to random up honest nodes every ``client_interval_ms``. The
-``PropertyChecker`` watches every commit and every message honest validators publish.
+``PropertyChecker`` watches every commit, every message honest validators publish and when honest
+nodes first see each proposed block (for ``block_time``).
 """
 
 from __future__ import annotations
@@ -180,6 +185,7 @@ class SimCluster:
         self.checker = PropertyChecker(
             self.genesis, self.validator_set, set(scenario.honest_nodes()), honest_validators, self.clients.submitted
         )
+        self.checker.synchronized_clocks = self._synchronized_clocks
 
     # -- set-up ---------------------------------------------------------------------------------------
     def _build_nodes(self, root: Path) -> None:
@@ -194,7 +200,7 @@ class SimCluster:
                 honest=behaviour_name is None,
                 store=SimStore(),
                 snapshot_dir=root / name,
-                skew_ms=self.rng.randint(0, 50),
+                skew_ms=self.rng.randint(0, 50) + self.scenario.skew_of(i),
             )
             if behaviour_name is not None:
                 ctx = ByzContext(
@@ -220,7 +226,7 @@ class SimCluster:
             snapshot_dir=node.snapshot_dir,
             snapshot_interval=STORAGE.snapshot_interval,
             node_id=node.name,
-            now_ms=lambda: GENESIS_TIME_MS + self.queue.now + node.skew_ms,
+            now_ms=lambda: self._clock(node),
             core_factory=self.core_factory,
         )
         write_snapshot = replica.driver.write_snapshot
@@ -245,6 +251,23 @@ class SimCluster:
         node.sync_request = 0
         self._step(node, "start", node.replica.start)
         self.queue.after(self.rng.randint(1, POLICY.tick_interval_ms), Tick(node.name, node.incarnation))
+
+    def _clock(self, node: SimNode) -> int:
+        """Node ``node``'s clock now (Unix ms): what its replica's ``now_ms()`` reads."""
+        return GENESIS_TIME_MS + self.queue.now + node.skew_ms
+
+    def _synchronized_clocks(self) -> list[int]:
+        """The clocks, now, of the honest nodes without a scenario clock skew (up or not)."""
+        return [self._clock(self.nodes[name]) for name in self.scenario.synchronized_nodes()]
+
+    def _note_proposal(self, data: bytes) -> None:
+        """An honest node publishes or receives proposal gossip ``data``: note when its block was
+        first seen (the ``block_time`` property's lower bound)."""
+        try:
+            msg = decode(data, GossipProposalMessage)
+        except (DecodeError, UnicodeDecodeError):
+            return
+        self.checker.on_proposal_seen(msg.proposal.block.hash(), self.queue.now)
 
     # -- stepping a node ----------------------------------------------------------------------------
     def _step(self, node: SimNode, what: str, fn: Callable[[], list[Any]]) -> None:
@@ -310,6 +333,8 @@ class SimCluster:
                               now=self.queue.now)
             return
         message = msg.proposal if isinstance(msg, GossipProposalMessage) else msg.vote
+        if isinstance(message, Proposal):
+            self.checker.on_proposal_seen(message.block.hash(), self.queue.now)
         if message.validator != node.key.public_key.hex():
             return  # re-gossip of another validator's message
         if isinstance(message, Proposal):
@@ -386,6 +411,8 @@ class SimCluster:
         if node.behaviour is not None:
             self._send(node, node.behaviour.on_receive(ev.topic, ev.data))
         origin = ev.origin or ev.src
+        if node.honest and ev.topic == "proposal":
+            self._note_proposal(ev.data)
         self._step(node, f"gossip {ev.topic} from {ev.src}", lambda: replica.handle_gossip(ev.data, origin, Topic(ev.topic)))
         if node.up and node.relays and ev.topic in ("proposal", "vote") and self.rng.random() < RELAY_PROB:
             peer = self.rng.choice([p for p in self.nodes if p != node.name])

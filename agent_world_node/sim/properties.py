@@ -19,12 +19,24 @@ robustness guarantees of docs/architecture.md, "Invariants"):
   accuses an honest validator.
 - ``liveness``: after ``heal_at`` every honest node commits a new height within
   ``PROGRESS_BOUND_MS`` and reaches the target height within the scenario's liveness bound.
-- ``robustness``: no input makes a replica raise (nothing hostile crashes a node).
+- ``robustness``: no input makes a replica raise (nothing hostile crashes a node), and no honest
+  node reports another honest node as misbehaving (checked by the cluster), also when the other
+  node's clock is skewed and its proposals are untimely.
+- ``block_time`` (proposer-based timestamps, docs/design-choices.md, "Block time"): when a height is
+  first committed at virtual time T, its block time t satisfies
+  ``t <= max(synchronized clocks at T) + precision`` and
+  ``t >= min(synchronized clocks at S) - precision - message_delay``, where the synchronized clocks
+  are those of the honest nodes without a scenario clock skew and S is when an honest node first saw
+  a proposal of the block. Both follow from PBTS: a committed block had a first polka, in which
+  correct validators with synchronized clocks found it timely on reception (at some time >= S and
+  <= T). The lower bound is the timely predicate's own (a value locked early may be decided many
+  rounds later with its original time, so ``min clock at T - precision`` is no guarantee).
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +50,7 @@ from ..execution import NodeRuntimeExecutionDriver
 from ..store import ExecutionRecord, NodeStore
 from ..types import Block, CommitCertificate, Proposal, Vote, VoteType, compute_consensus_action_root
 
-PROPERTIES = ("agreement", "validity", "execution_agreement", "double_sign", "liveness", "robustness")
+PROPERTIES = ("agreement", "validity", "execution_agreement", "double_sign", "liveness", "robustness", "block_time")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +116,24 @@ class PropertyChecker:
         self.signed: dict[tuple[str, int, int, str], tuple[bytes, str, str]] = {}
         self.violations: list[Violation] = []
         self._validated: set[bytes] = set()
+        #: The clocks (Unix ms) of the honest nodes without a scenario skew, read now; set by the
+        #: cluster. None: no clocks are modelled and ``block_time`` is not checked.
+        self.synchronized_clocks: Callable[[], list[int]] | None = None
+        self.first_seen: dict[bytes, tuple[int, int]] = {}  # block hash -> (virtual ms, min synchronized clock)
 
     def fail(self, prop: str, detail: str, *, height: int | None = None, nodes: tuple[str, ...] = (), now: int = 0) -> None:
         """Record a violation of ``prop``."""
         self.violations.append(Violation(prop, detail, height, nodes, now))
 
     # -- observations during the run --------------------------------------------------------------
+    def on_proposal_seen(self, block_hash: bytes, now: int) -> None:
+        """An honest node published or received a proposal of block ``block_hash`` at ``now``."""
+        if block_hash in self.first_seen or self.synchronized_clocks is None:
+            return
+        clocks = self.synchronized_clocks()
+        if clocks:
+            self.first_seen[block_hash] = (now, min(clocks))
+
     def on_commit(
         self, node: str, height: int, block: Block, certificate: CommitCertificate,
         record: ExecutionRecord | None, now: int,
@@ -128,6 +152,7 @@ class PropertyChecker:
         if agreed is None:
             self.chain[height] = bh
             self.first_commit[height] = CommitInfo(node, now, block, certificate)
+            self._check_block_time(node, height, block, now)
         elif agreed != bh:
             first = self.first_commit[height].node
             self.fail("agreement", f"{first} committed {agreed.hex()[:16]}, {node} committed {bh.hex()[:16]}",
@@ -139,6 +164,29 @@ class PropertyChecker:
             self.fail("execution_agreement", "committed block has no execution record", height=height, nodes=(node,), now=now)
         else:
             self._check_execution(node, record, now)
+
+    def _check_block_time(self, node: str, height: int, block: Block, now: int) -> None:
+        """The ``block_time`` property (module docstring) for the first commit of ``height``."""
+        if self.synchronized_clocks is None:
+            return
+        clocks = self.synchronized_clocks()
+        if not clocks:
+            return
+        sync = self.genesis.synchrony
+        t = block.header.timestamp_ms
+        where = dict(height=height, nodes=(node,), now=now)
+        latest = max(clocks) + sync.precision_ms
+        if t > latest:
+            self.fail("block_time", f"block time {t} is {t - max(clocks)} ms ahead of every synchronized honest "
+                      f"clock (at most precision {sync.precision_ms} ms allowed)", **where)
+        # Not seen before: decided in the very step that proposed it (a proposer holding more
+        # than 2/3 of the stake, its gossip lost in a crash), so the commit is the first sight.
+        seen = self.first_seen.setdefault(block.hash(), (now, min(clocks)))
+        earliest = seen[1] - sync.precision_ms - sync.message_delay_ms
+        if t < earliest:
+            self.fail("block_time", f"block time {t} is {seen[1] - t} ms behind every synchronized honest clock "
+                      f"when the block was first seen at {seen[0]} ms (at most precision + message delay "
+                      f"{sync.precision_ms + sync.message_delay_ms} ms allowed)", **where)
 
     def _check_execution(self, node: str, record: ExecutionRecord, now: int) -> None:
         seen = self.executions.get(record.height)

@@ -25,12 +25,14 @@ class Options:
     heights: int = 20
     attack: str = ""
     core: str = "correct"
+    skews: tuple[tuple[int, int], ...] = ()
 
 
 def scenario_for(seed: int, options: Options) -> Scenario:
     """The scenario of ``seed`` under ``options``; raises ScenarioError for contradictory options."""
     if options.attack:
-        if options.nodes is not None or options.stakes or options.byzantine is not None or options.faults is not None:
+        if (options.nodes is not None or options.stakes or options.byzantine is not None or options.faults is not None
+                or options.skews):
             raise ScenarioError("--attack fixes the validators and faults; give only --seed and --heights with it")
         from .attacks import attack_scenario
 
@@ -42,6 +44,7 @@ def scenario_for(seed: int, options: Options) -> Scenario:
         byzantine=list(options.byzantine) if options.byzantine is not None else None,  # type: ignore[arg-type]
         faults=options.faults,
         heights=options.heights,
+        clock_skews=options.skews,
     )
 
 

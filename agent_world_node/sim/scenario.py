@@ -19,6 +19,13 @@ Byzantine stake below 1/3; liveness once the network is stable again):
 - during the whole run: delay jitter (reordering) and duplication (``dup``);
 - from ``heal_at_ms`` on: no partition, no loss, every crashed node restarted; every honest node
   must then reach ``heights`` within the liveness bound.
+
+Clocks: every node's clock reads the virtual time plus a small drawn skew (0..50 ms, well inside
+the genesis ``precision_ms``); ``clock_skews`` adds a large skew (e.g. +-1 h) to chosen validators,
+honest or Byzantine. Proposer-based timestamps (docs/design-choices.md, "Block time") count a
+validator whose clock is out of sync as faulty for block time, so the stake of Byzantine and
+skewed validators together must stay below 1/3; the ``block_time`` property is checked against the
+clocks of the other (synchronized) honest nodes.
 """
 
 from __future__ import annotations
@@ -74,7 +81,8 @@ class Scenario:
     """One simulated run (see the module docstring). Times are virtual milliseconds.
 
     ``byzantine`` pairs a validator index with a behaviour name; ``attack`` names an adversarial
-    drop-rule set from ``attacks.py`` ("" for none).
+    drop-rule set from ``attacks.py`` ("" for none); ``clock_skews`` pairs a validator index with
+    the offset (ms, either sign) of its nodes' clocks (see the module docstring).
     """
 
     seed: int
@@ -92,6 +100,7 @@ class Scenario:
     clients: int = 5
     client_interval_ms: int = 150
     liveness_bound_ms: int = field(default=0)
+    clock_skews: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.stakes) <= 64:
@@ -107,6 +116,13 @@ class Scenario:
             if index in seen:
                 raise ScenarioError(f"validator {index} is given two Byzantine behaviours")
             seen.add(index)
+        skewed = set()
+        for index, _skew in self.clock_skews:
+            if not 0 <= index < len(self.stakes):
+                raise ScenarioError(f"clock skew for validator index {index}, which is not in 0..{len(self.stakes) - 1}")
+            if index in skewed:
+                raise ScenarioError(f"validator {index} is given two clock skews")
+            skewed.add(index)
         unknown = set(self.faults) - set(FAULTS)
         if unknown:
             raise ScenarioError(f"unknown faults {sorted(unknown)}; choose from {', '.join(FAULTS)}")
@@ -114,6 +130,11 @@ class Scenario:
             raise ScenarioError(
                 f"Byzantine stake {self.byzantine_stake} of {sum(self.stakes)} is not below 1/3; "
                 "lower the Byzantine validators' stakes or raise the others'"
+            )
+        if 3 * self.faulty_stake >= sum(self.stakes):
+            raise ScenarioError(
+                f"Byzantine and clock-skewed stake {self.faulty_stake} of {sum(self.stakes)} is not below 1/3 "
+                "(a validator whose clock is out of sync is faulty for block time); skew fewer validators"
             )
         if self.heights < 1:
             raise ScenarioError("heights must be at least 1")
@@ -125,6 +146,16 @@ class Scenario:
     def byzantine_stake(self) -> int:
         """Total stake of the Byzantine validators."""
         return sum(self.stakes[i] for i, _ in self.byzantine)
+
+    @property
+    def faulty_stake(self) -> int:
+        """Total stake of the validators that are Byzantine or have a skewed clock (or both)."""
+        faulty = {i for i, _ in self.byzantine} | {i for i, _ in self.clock_skews}
+        return sum(self.stakes[i] for i in faulty)
+
+    def skew_of(self, index: int) -> int:
+        """The scenario's clock skew of validator ``index`` in ms (0 when none)."""
+        return dict(self.clock_skews).get(index, 0)
 
     def behaviour_of(self, index: int) -> str | None:
         """The behaviour of validator ``index`` or None when it is honest."""
@@ -150,6 +181,10 @@ class Scenario:
         """Names of the nodes of honest validators."""
         return [name for name, i in self.node_names() if self.behaviour_of(i) is None]
 
+    def synchronized_nodes(self) -> list[str]:
+        """Names of the nodes of honest validators without a scenario clock skew."""
+        return [name for name, i in self.node_names() if self.behaviour_of(i) is None and self.skew_of(i) == 0]
+
     def summary(self) -> str:
         """A short human-readable description."""
         byz = ",".join(f"v{i}:{b}" for i, b in self.byzantine) or "none"
@@ -167,6 +202,8 @@ class Scenario:
         ]
         if self.attack:
             parts.append(f"attack={self.attack}")
+        if self.clock_skews:
+            parts.append("skew=" + ",".join(f"v{i}:{d:+d}ms" for i, d in self.clock_skews))
         return " ".join(parts)
 
     def replay_args(self) -> list[str]:
@@ -176,6 +213,8 @@ class Scenario:
         args = ["--seed", str(self.seed), "--stakes", ",".join(map(str, self.stakes)), "--heights", str(self.heights)]
         args += ["--byzantine", ",".join(f"{i}:{b}" for i, b in self.byzantine) or "none"]
         args += ["--faults", ",".join(sorted(self.faults)) or "none"]
+        if self.clock_skews:
+            args += ["--skew", ",".join(f"{i}:{d}" for i, d in self.clock_skews)]
         return args
 
     def replay_command(self, core: str = "") -> str:
@@ -194,6 +233,7 @@ class Scenario:
         byzantine: list[str] | list[tuple[int, str]] | None = None,
         faults: frozenset[str] | set[str] | list[str] | None = None,
         heights: int = DEFAULT_HEIGHTS,
+        clock_skews: tuple[tuple[int, int], ...] | list[tuple[int, int]] = (),
     ) -> "Scenario":
         """Return the scenario of ``seed`` with the given overrides (see the module docstring).
 
@@ -201,6 +241,8 @@ class Scenario:
         adjusted so that Byzantine stake stays below 1/3) or of ``(index, behaviour)`` pairs (used
         as given, with the stakes as given). Raises ScenarioError when the overrides
         contradict each other or put a third or more of the stake in Byzantine hands.
+        ``clock_skews`` (validator index, skew ms) are never drawn; when the Byzantine validators are
+        chosen here, the stakes are fitted so that Byzantine and skewed stake stay below 1/3.
         """
         r_stakes = random.Random(f"{seed}/stakes")
         drawn_n = r_stakes.randint(MIN_NODES, MAX_NODES)
@@ -233,8 +275,10 @@ class Scenario:
         else:
             pairs = [(int(i), str(b)) for i, b in byzantine]  # type: ignore[misc]
             chosen_here = False
-        if chosen_here and pairs:  # validators picked here: fit their stake below 1/3
-            final_stakes = _fit_byzantine_stake(final_stakes, [i for i, _ in pairs])
+        skews = tuple(sorted((int(i), int(d)) for i, d in clock_skews))
+        faulty = sorted({i for i, _ in pairs} | {i for i, _ in skews if 0 <= i < n})
+        if chosen_here and faulty:  # validators picked here: fit their stake below 1/3
+            final_stakes = _fit_byzantine_stake(final_stakes, faulty)
 
         fault_set = frozenset(faults) if faults is not None else _draw_faults(random.Random(f"{seed}/faults"))
         r_links = random.Random(f"{seed}/links")
@@ -256,6 +300,7 @@ class Scenario:
             drop_prob=drop_prob if "drop" in fault_set else 0.0,
             dup_prob=dup_prob if "dup" in fault_set else 0.0,
             heal_at_ms=heal_at,
+            clock_skews=skews,
         )
         schedule = _draw_schedule(random.Random(f"{seed}/schedule"), draft)
         return cls(**{**draft.__dict__, "schedule": schedule})
