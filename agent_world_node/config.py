@@ -213,10 +213,10 @@ class MempoolConfig(msgspec.Struct, forbid_unknown_fields=True):
     """``max_actions``: the mempool's hard bound (actions); when full, submissions get 503
     ``mempool_full`` with a retry hint. ``target_queue_ms``: clients' actions are refused with 503
     ``over_capacity`` while the pending actions exceed what the chain committed in this many ms at
-    its recent rate (at least one full block; ``replica.intake``)."""
+    its recent rate (at least a tenth of a full block; ``replica.intake``)."""
 
     max_actions: int = 20_000
-    target_queue_ms: int = 1500
+    target_queue_ms: int = 1000
 
     def __post_init__(self) -> None:
         for name in self.__struct_fields__:

@@ -12,8 +12,11 @@ A client action arriving when the mempool holds ``budget`` actions or more is re
 measured rate), before its signature is checked. By Little's law the wait of an accepted action
 in the queue stays near ``target_queue_ms``.
 
-``floor`` (one full block, ``max_block_actions``) lets a chain that commits little because little
-is offered take a block's worth at any time, so the measured rate can grow with the demand.
+``floor`` (a tenth of a full block) lets a chain that commits little because little is offered
+take that much at any time, so the measured rate can grow with the demand: each block then holds
+up to the budget, so the budget grows while blocks commit faster than ``target_queue_ms``, and
+stops growing where they take that long. Blocks therefore stay small enough to commit in about
+``target_queue_ms`` however much is offered, and an accepted action waits about two of them.
 
 Only this node's own clients are refused this way; actions gossiped by peers were accepted by
 the cluster and meet only the mempool's hard bound. Local policy, never consensus: nothing here

@@ -104,6 +104,10 @@ from .wal import WALError, decode_wal_entries, wal_entry
 
 log = structlog.get_logger(__name__)
 
+#: The smallest backlog clients may always fill (actions); the intake floor is a tenth of a full
+#: block, at least this.
+MIN_INTAKE_FLOOR = 100
+
 #: Largest gossip message a node accepts or sends (bytes).
 MAX_GOSSIP_BYTES = 1_000_000
 #: Largest encoded ``ReplicatedCommitPayload`` accepted from sync (bytes).
@@ -188,7 +192,8 @@ class Replica:
         self.divergence: Divergence | None = None
         self.decoder = ActionDecoder(capacity=mempool.max_actions + 4 * consensus.max_block_actions)
         driver.decode_action = lambda act: self.decoder.decode(act.action_id, act.payload)
-        self.intake = IntakeControl(floor=consensus.max_block_actions, target_queue_ms=target_queue_ms)
+        self.intake = IntakeControl(floor=max(MIN_INTAKE_FLOOR, consensus.max_block_actions // 10),
+                                    target_queue_ms=target_queue_ms)
         self.admission = Admission(
             mempool, lambda: self.driver.world, self.decoder, self.metrics, max(200, 2 * consensus.timeout_commit_ms),
             self.intake, lambda: self._now_ms,
