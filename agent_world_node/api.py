@@ -11,8 +11,8 @@ Routes (hashes and bytes are lowercase hex in responses):
 - ``POST /v1/actions/batch``: ``{"actions": [SignedAction, ...]}`` (at most ``MAX_SUBMIT_BATCH``
   actions, ``MAX_BATCH_BODY_BYTES``): 200 ``{"results": [{"status", "action_id", "code"?,
   "error"?, "retry_after_ms"?}, ...], "counts": {status: n}}`` in request order (each admitted as
-  by ``POST /v1/actions``); 503 with ``Retry-After`` when every action met a full mempool; 400
-  when the body is not such a document.
+  by ``POST /v1/actions``); 503 with ``Retry-After`` when the node is busy before the body is
+  decoded, or every action met a busy answer; 400 when the body is not such a document.
 - ``GET /v1/status``, ``GET /v1/blocks/{height}``, ``GET /v1/execution/{height}``,
   ``GET /v1/agents/{agent_id}``, ``GET /v1/events?from_seq=&limit=&kind=``, ``GET /v1/modules``,
   ``GET /v1/evidence``, ``GET /v1/builds/{build_id}`` (a build from source: the world's record and
@@ -90,6 +90,7 @@ class NodeView(Protocol):
     def height(self) -> int: ...
     @property
     def execution_height(self) -> int: ...
+    def busy(self) -> AdmissionResult | None: ...
     def admit(self, signed: SignedAction) -> AdmissionResult: ...
     def status(self) -> StatusDocument: ...
     def block_json(self, height: int) -> BlockDocument | None: ...
@@ -225,25 +226,34 @@ def create_app(node: NodeView) -> Starlette:
             return item
         return node.admit(item)
 
+    def busy_response(result: AdmissionResult) -> Response:
+        retry_ms = result.retry_after_ms
+        return _error(503, result.code or AdmissionCode.MEMPOOL_FULL, result.reason,
+                      headers=_retry_headers(retry_ms), retry_after_ms=retry_ms)
+
     async def submit_action(request: Request) -> Response:
         body = await _json_body(request)
         if isinstance(body, Response):
             return body
+        busy = node.busy()  # before decoding: refusing must cost next to nothing
+        if busy is not None:
+            return busy_response(busy)
         result = admit(decode_submission(body))
         if result.status == AdmissionStatus.ACCEPTED:
             return _json(_document(result), 202)
         if result.status == AdmissionStatus.DUPLICATE:
             return _json(_document(result), 200)
         if result.status == AdmissionStatus.BUSY:
-            retry_ms = result.retry_after_ms
-            return _error(503, result.code or AdmissionCode.MEMPOOL_FULL, result.reason,
-                          headers=_retry_headers(retry_ms), retry_after_ms=retry_ms)
+            return busy_response(result)
         return _error(400, result.code or AdmissionCode.MALFORMED, result.reason)
 
     async def submit_batch(request: Request) -> Response:
         body = await _json_body(request, MAX_BATCH_BODY_BYTES)
         if isinstance(body, Response):
             return body
+        refusal = node.busy()
+        if refusal is not None:
+            return busy_response(refusal)
         try:
             items = decode_batch(body)
         except ValueError as exc:
@@ -252,9 +262,7 @@ def create_app(node: NodeView) -> Starlette:
         results = [admit(item) for item in items]
         busy = [r for r in results if r.status == AdmissionStatus.BUSY]
         if busy and len(busy) == len(results):
-            retry_ms = max(r.retry_after_ms for r in busy)
-            return _error(503, busy[0].code or AdmissionCode.MEMPOOL_FULL, busy[0].reason,
-                          headers=_retry_headers(retry_ms), retry_after_ms=retry_ms)
+            return busy_response(max(busy, key=lambda r: r.retry_after_ms))
         counts: dict[str, int] = {}
         for r in results:
             counts[r.status] = counts.get(r.status, 0) + 1

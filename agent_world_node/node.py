@@ -145,18 +145,25 @@ class Node:
         """The executed world state."""
         return self.replica.world
 
-    def admit(self, signed: SignedAction) -> AdmissionResult:
-        """Admit an action a client submitted through the HTTP API (``Replica.admit``), or refuse
-        it as busy (``not_ready``, retry in ``NOT_READY_RETRY_MS``) while this node is not ready
-        (``readiness``): cut off from its peers' consensus traffic, catching up, or diverged, it
-        could neither check the action against the chain's current state nor get it committed."""
+    def busy(self) -> AdmissionResult | None:
+        """The busy answer every client action gets now, or None. ``not_ready`` (retry in
+        ``NOT_READY_RETRY_MS``) while this node is not ready (``readiness``): cut off from its
+        peers' consensus traffic, catching up, or diverged, it could neither check an action
+        against the chain's current state nor get it committed; ``over_capacity`` while the
+        backlog is at the intake budget. The API asks before it decodes a body, so refusing
+        costs next to nothing."""
         ready, reason = self.readiness()
         if not ready:
             self.metrics.actions_refused.labels(AdmissionCode.NOT_READY.value).inc()
             return AdmissionResult(AdmissionStatus.BUSY, code=AdmissionCode.NOT_READY,
                                    reason=f"this node cannot take actions now ({reason}); retry later or "
                                           "submit to another node", retry_after_ms=NOT_READY_RETRY_MS)
-        return self.replica.admit(signed, ActionSource.API)
+        return self.replica.admission.client_refusal()
+
+    def admit(self, signed: SignedAction) -> AdmissionResult:
+        """Admit an action a client submitted through the HTTP API (``Replica.admit``), unless
+        this node is ``busy``."""
+        return self.busy() or self.replica.admit(signed, ActionSource.API)
 
     # -- performing the replica's outputs -------------------------------------------------------
     async def _perform(self, outputs: list[Output]) -> None:

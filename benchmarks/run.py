@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="Agent World benchmarks")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
-    parser.add_argument("--rates", default="2000,2500,3000,3500,4000,5000",
+    from benchmarks.throughput import DEFAULT_RATES
+
+    parser.add_argument("--rates", default=",".join(str(int(r)) for r in DEFAULT_RATES),
                         help="offered actions/s tried in turn in the throughput run (until one is not sustained)")
     args = parser.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]

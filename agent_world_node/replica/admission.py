@@ -150,18 +150,9 @@ class Admission:
         if action_id in self.mempool:
             return AdmissionResult(AdmissionStatus.DUPLICATE, action_id)
         if source is ActionSource.API:
-            now = self._now_ms()
-            retry_ms = self.intake.refusal(len(self.mempool), now)
-            if retry_ms is not None:
-                self._metrics.actions_refused.labels(AdmissionCode.OVER_CAPACITY.value).inc()
-                return AdmissionResult(
-                    AdmissionStatus.BUSY,
-                    action_id,
-                    code=AdmissionCode.OVER_CAPACITY,
-                    reason=(f"{len(self.mempool)} actions are pending and the chain commits about "
-                            f"{self.intake.rate(now):.0f} per second; retry after {retry_ms} ms"),
-                    retry_after_ms=retry_ms,
-                )
+            busy = self.client_refusal(action_id)
+            if busy is not None:
+                return busy
         self._decoder.remember(action_id, signed)
         world = self._world()
         agent_id = signed.body.agent_id
@@ -185,6 +176,23 @@ class Admission:
             self._pending_gossip.append(payload)
             self._own_pending[action_id] = (payload, self._now_ms())
         return AdmissionResult(AdmissionStatus.ACCEPTED, action_id)
+
+    def client_refusal(self, action_id: bytes = b"") -> AdmissionResult | None:
+        """The busy answer (``over_capacity``, counted) for a client action when the backlog is at
+        the intake budget, or None when clients may add to it (``intake.IntakeControl``)."""
+        now = self._now_ms()
+        retry_ms = self.intake.refusal(len(self.mempool), now)
+        if retry_ms is None:
+            return None
+        self._metrics.actions_refused.labels(AdmissionCode.OVER_CAPACITY.value).inc()
+        return AdmissionResult(
+            AdmissionStatus.BUSY,
+            action_id,
+            code=AdmissionCode.OVER_CAPACITY,
+            reason=(f"{len(self.mempool)} actions are pending and the chain commits about "
+                    f"{self.intake.rate(now):.0f} per second; retry after {retry_ms} ms"),
+            retry_after_ms=retry_ms,
+        )
 
     def admit_gossip(self, payloads: list[bytes]) -> int:
         """Admit the actions of a peer's ``GossipActionBatch`` (at most ``MAX_BATCH_ACTIONS``);
