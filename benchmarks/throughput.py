@@ -15,7 +15,7 @@ Method:
    divided by its length.
 
 Capacity first: offered rates are tried in turn on the same cluster until one is not sustained
-(executed < 95% of offered, or p50 > 1 s, or p99 > 3 s). The capacity is the highest executed
+(executed < 95% of offered, or p99 > 3 s). The capacity is the highest executed
 throughput of any rate whose accepted actions kept p99 <= 3 s. Then the plateau: the cluster is
 offered 1.5x and 2x the capacity; nodes refuse what they cannot commit soon (503 ``over_capacity``,
 ``agent_world_node/replica/intake.py``), the load generator drops refused actions (it does not
@@ -301,9 +301,9 @@ async def _diagnostics(clients: list[NodeClient]) -> None:
 
 
 def _meets_targets(fig: dict[str, float], rate: float) -> bool:
-    """The throughput targets: latency p50 <= 1 s and p99 <= 3 s, with at least 95% of the offered rate
-    committed."""
-    return fig["actions_per_s"] >= 0.95 * rate and fig["latency_p50_ms"] <= 1000 and fig["latency_p99_ms"] <= 3000
+    """Sustained: at least 95% of the offered rate executed, with p99 submit-to-executed latency
+    of the accepted actions at or below 3 s."""
+    return fig["actions_per_s"] >= 0.95 * rate and fig["latency_p99_ms"] <= 3000
 
 
 async def _scenario(urls: list[str], chain_id: str, *, faucet: AgentSigner, agents: int, rates: tuple[float, ...],
