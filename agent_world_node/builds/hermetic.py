@@ -15,7 +15,7 @@ Steps:
    and TMPDIR, ``W/cache`` zig's caches, ``W/out`` the output); nothing else is in it and it is
    deleted afterwards, so builds never share state.
 3. Run the compiler in its own process group: stdin closed, stdout+stderr captured up to
-   ``capture_bytes``, a fixed environment (PATH=/usr/bin:/bin, HOME and TMPDIR inside W,
+   ``capture_bytes`` (and the last ``TAIL_BYTES`` beyond), a fixed environment (PATH=/usr/bin:/bin, HOME and TMPDIR inside W,
    TZ=UTC, LC_ALL=C, SOURCE_DATE_EPOCH=0, ZIG_GLOBAL_CACHE_DIR / ZIG_LOCAL_CACHE_DIR inside W;
    nothing inherited), resource limits set by a tiny Python wrapper that then execs the compiler
    (RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0, and RLIMIT_NPROC when the
@@ -447,7 +447,8 @@ def _run_build(ws: Path, installed: InstalledToolchain, roots: list[str], limits
     except (OSError, subprocess.SubprocessError) as exc:
         return _fail(BuildCode.SANDBOX_ERROR, f"cannot start the build: {exc}", limits)
     captured = bytearray()
-    reader = threading.Thread(target=_drain, args=(proc.stdout, captured, limits.capture_bytes), daemon=True)
+    tail = bytearray()
+    reader = threading.Thread(target=_drain, args=(proc.stdout, captured, limits.capture_bytes, tail), daemon=True)
     reader.start()
     timed_out = False
     try:
@@ -458,6 +459,8 @@ def _run_build(ws: Path, installed: InstalledToolchain, roots: list[str], limits
         returncode = proc.wait()
     _kill_group(proc.pid)  # stragglers that outlived the compiler
     reader.join(timeout=10)
+    if tail:  # the compiler's last words (e.g. "LLVM ERROR: out of memory") after a flood of errors
+        captured += b"\n... (output cut) ...\n" + tail
     output = bytes(captured).decode("utf-8", "replace")
     if use_bwrap and returncode > 128:  # bwrap reports a child's death by signal N as exit 128 + N
         sig: int | None = returncode - 128
@@ -497,13 +500,19 @@ def _is_regular(mode: int) -> bool:
     return stat.S_ISREG(mode)
 
 
-def _drain(stream: IO[bytes], captured: bytearray, cap: int) -> None:
+def _drain(stream: IO[bytes], captured: bytearray, cap: int, tail: bytearray) -> None:
+    """Read ``stream`` to its end: keep its first ``cap`` bytes in ``captured`` and, of the rest,
+    the last ``TAIL_BYTES`` in ``tail`` (a compiler that runs out of memory says so last)."""
     read = getattr(stream, "read1", stream.read)
     try:
         while chunk := read(65536):
             room = cap - len(captured)
             if room > 0:
                 captured += chunk[:room]
+                chunk = chunk[room:]
+            if chunk:
+                tail += chunk
+                del tail[:-TAIL_BYTES]
     except (OSError, ValueError):
         pass
     finally:
@@ -520,6 +529,8 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
+#: Bytes kept of the end of a compiler's output beyond ``capture_bytes``.
+TAIL_BYTES = 4096
 _FILE_TOO_LARGE = re.compile(r"file too large|filetoobig|efbig|SIGXFSZ", re.IGNORECASE)
 _OUT_OF_MEMORY = re.compile(
     r"out of memory|outofmemory|memory allocation of|bad_alloc|cannot allocate memory|failed to allocate|"
