@@ -161,6 +161,12 @@ class RPCConfig(msgspec.Struct, forbid_unknown_fields=True):
     unsafe: bool = False
 
 
+#: Largest ``consensus.max_block_bytes``: a proposal (the block's actions, its header, the
+#: proposal's round, POL round and signature, some 1 KB with the message envelope) must fit in
+#: one gossip message (``replica.MAX_GOSSIP_BYTES``, 1,000,000 bytes).
+MAX_BLOCK_BYTES_LIMIT = 960_000
+
+
 class ConsensusConfig(msgspec.Struct, forbid_unknown_fields=True):
     """Timeouts in milliseconds; each grows by its ``*_delta_ms`` per round (Tendermint paper, timeouts).
 
@@ -168,7 +174,9 @@ class ConsensusConfig(msgspec.Struct, forbid_unknown_fields=True):
     ``timeout_commit``, 1 s there): every height costs each node about 100 ms of CPU in messages
     whatever it holds, so it bounds what an idle chain burns. Measured on 4 local processes on 2
     cores: 50 ms gave 5.5 empty blocks/s using 1.9 cores; 500 ms gives 1.45 blocks/s using 0.7.
-    ``max_block_actions`` / ``max_block_bytes`` bound one block."""
+    ``max_block_actions`` / ``max_block_bytes`` bound one block: its actions' encodings total at
+    most ``max_block_bytes`` (at most ``MAX_BLOCK_BYTES_LIMIT``, so that a proposal fits in one
+    gossip message). Raises ValueError (naming the field) for a value out of range."""
 
     timeout_propose_ms: int = 1500
     timeout_propose_delta_ms: int = 500
@@ -179,6 +187,16 @@ class ConsensusConfig(msgspec.Struct, forbid_unknown_fields=True):
     timeout_commit_ms: int = 500
     max_block_actions: int = 2000
     max_block_bytes: int = 900_000
+
+    def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            if name.startswith("timeout_") and getattr(self, name) < 0:
+                raise ValueError(f"consensus.{name} must be >= 0")
+        if self.max_block_actions < 1:
+            raise ValueError("consensus.max_block_actions must be >= 1")
+        if not 1 <= self.max_block_bytes <= MAX_BLOCK_BYTES_LIMIT:
+            raise ValueError(f"consensus.max_block_bytes={self.max_block_bytes} must be in 1..{MAX_BLOCK_BYTES_LIMIT}: "
+                             "a proposal carries the whole block in one gossip message of at most 1,000,000 bytes")
 
 
 class PolicyConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from agent_world_runtime.actions import SignedAction
+from agent_world_runtime.codec import encode
 
 from .types import NodeConsensusAction
 
@@ -25,12 +26,14 @@ class MempoolFull(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class MempoolEntry:
-    """One admitted action: its consensus form, the (submitter, nonce) ordering key and its fee
-    (electricity)."""
+    """One admitted action: its consensus form, the (submitter, nonce) ordering key, its fee
+    (electricity) and ``size``, the bytes it adds to an encoded block (its encoding plus the at
+    most 5 bytes of its array slot)."""
 
     action: NodeConsensusAction
     nonce: int
     fee: int
+    size: int
 
     @property
     def sort_key(self) -> tuple[str, int, bytes]:
@@ -65,13 +68,13 @@ class Mempool:
             raise MempoolFull(f"mempool holds {len(self._entries)} actions (limit {self.max_actions})")
         submitter = signed.body.agent_id
         action = NodeConsensusAction(action_id=payload_hash, submitter=submitter, payload=payload, payload_hash=payload_hash)
-        self._entries[payload_hash] = MempoolEntry(action, signed.body.nonce, fee)
+        self._entries[payload_hash] = MempoolEntry(action, signed.body.nonce, fee, len(encode(action)) + 5)
         self._owed[submitter] = self._owed.get(submitter, 0) + fee
         return True
 
     def reap(self, max_actions: int, max_bytes: int,
              fits: Callable[[NodeConsensusAction], bool]) -> list[NodeConsensusAction]:
-        """Return up to ``max_actions`` pending actions whose payloads total at most ``max_bytes``:
+        """Return up to ``max_actions`` pending actions whose encodings total at most ``max_bytes``:
         the oldest first (admission order, so a backlog drains fairly and no agent waits behind
         others), then put in (submitter, nonce, action id) order so each agent's actions execute
         in nonce order, keeping those ``fits`` accepts in that order (the block rules: the caller
@@ -79,11 +82,10 @@ class Mempool:
         picked: list[MempoolEntry] = []
         size = 0
         for entry in self._entries.values():  # dicts keep insertion (admission) order
-            n = len(entry.action.payload) + 100  # per-action framing overhead, generous
-            if len(picked) >= max_actions or size + n > max_bytes:
+            if len(picked) >= max_actions or size + entry.size > max_bytes:
                 break
             picked.append(entry)
-            size += n
+            size += entry.size
         picked.sort(key=lambda e: e.sort_key)
         return [e.action for e in picked if fits(e.action)]
 

@@ -141,3 +141,23 @@ def test_fee_free_actions_of_one_submitter_can_be_removed_one_by_one():
     pool.remove([first[1]])
     pool.remove([second[1]])
     assert len(pool) == 0 and pool.owed("validator") == 0
+
+
+def test_mempool_byte_budget_counts_whole_encodings_so_a_full_block_fits_one_gossip_message():
+    """Long agent ids make the per-action framing (ids, hashes, field names) far more than a
+    guess of 100 bytes; the reaped actions' encoding must still stay within the budget, and the
+    configured budget within one gossip message."""
+    from agent_world_node.config import MAX_BLOCK_BYTES_LIMIT, ConsensusConfig
+    from agent_world_node.replica import MAX_GOSSIP_BYTES
+    from agent_world_runtime.codec import encode
+
+    pool = Mempool(max_actions=10_000)
+    for n in range(1, 3000):
+        pool.add(*_signed("a" * 60 + f"{n:04d}", 1))
+    budget = 200_000
+    reaped = pool.reap(10_000, budget, lambda a: True)
+    assert len(reaped) < 2999  # the byte budget, not the count, ended the block
+    assert 0.95 * budget <= len(encode(reaped)) <= budget
+    assert MAX_BLOCK_BYTES_LIMIT + 40_000 <= MAX_GOSSIP_BYTES
+    with pytest.raises(ValueError, match="max_block_bytes"):
+        ConsensusConfig(max_block_bytes=MAX_BLOCK_BYTES_LIMIT + 1)
