@@ -12,25 +12,34 @@ def test_a_useless_answer_distrusts_the_peer_until_a_verified_claim():
     sync.note_peer_height("honest", 5)
     fetch = sync.next_fetch(height=1, connected={"liar", "honest"}, now_ms=0)
     assert fetch is not None and fetch.peer == "liar"
-    sync.fetch_ended("liar", useful=False, answered=True)
+    sync.fetch_ended("liar", useful=False)
     assert "liar" in sync.distrusted
     for _ in range(5):  # its status heartbeats keep claiming: ignored
         sync.note_peer_height("liar", 10**9)
     fetch = sync.next_fetch(height=1, connected={"liar", "honest"}, now_ms=1)
     assert fetch is not None and fetch.peer == "honest"
-    sync.fetch_ended("honest", useful=True, answered=True)
+    sync.fetch_ended("honest", useful=True)
     sync.note_peer_height("liar", 7, verified=True)  # a certificate of it we verified
     assert "liar" not in sync.distrusted and sync.peer_heights["liar"] == 7
 
 
-def test_a_failed_fetch_forgets_the_claim_without_distrust():
+def test_a_failed_fetch_distrusts_the_peer_until_a_verified_claim():
+    """A liar that never answers (refuses, stalls, fails) costs one futile fetch, not one per
+    status heartbeat; an honest peer whose answer was lost is believed again at its next verified
+    claim."""
     sync = SyncState(batch_heights=100, timeout_ms=1000)
     sync.note_peer_height("flaky", 9)
     assert sync.next_fetch(height=1, connected={"flaky"}, now_ms=0) is not None
-    sync.fetch_ended("flaky", useful=False)  # unreachable or timed out: not its fault
-    assert "flaky" not in sync.distrusted and "flaky" not in sync.peer_heights
+    sync.fetch_ended("flaky", useful=False)  # unreachable, refused or timed out
+    assert "flaky" in sync.distrusted and "flaky" not in sync.peer_heights
     sync.note_peer_height("flaky", 9)
+    assert sync.target(1, {"flaky"}) is None
+    assert sync.next_fetch(height=1, connected={"flaky"}, now_ms=5000) is None  # a fetch that timed out
+    sync.note_peer_height("flaky", 9, verified=True)
     assert sync.target(1, {"flaky"}) == ("flaky", 9)
+    assert sync.next_fetch(height=1, connected={"flaky"}, now_ms=6000) is not None
+    assert sync.next_fetch(height=1, connected={"flaky"}, now_ms=7001) is None  # deadline passed: failed
+    assert "flaky" in sync.distrusted
 
 
 def test_a_node_at_the_tip_stops_looking_behind_after_one_useless_answer():
@@ -39,6 +48,6 @@ def test_a_node_at_the_tip_stops_looking_behind_after_one_useless_answer():
     sync = SyncState(batch_heights=100, timeout_ms=1000)
     sync.note_peer_height("liar", 10**9)
     assert sync.next_fetch(height=50, connected={"liar"}, now_ms=0) is not None and sync.syncing
-    sync.fetch_ended("liar", useful=False, answered=True)
+    sync.fetch_ended("liar", useful=False)
     sync.note_peer_height("liar", 10**9)
     assert sync.next_fetch(height=50, connected={"liar"}, now_ms=10) is None and not sync.syncing

@@ -453,7 +453,7 @@ class Replica:
         with self.store.relaxed_durability(), self.driver.batch():
             outputs = self._commit_synced(payloads, peer)
         useful = self.height > before
-        self.sync.fetch_ended(peer, useful=useful, answered=True)
+        self.sync.fetch_ended(peer, useful=useful)
         if useful:
             self.log.info("synced", peer=peer, from_height=before + 1, to_height=self.height)
         else:
@@ -467,7 +467,8 @@ class Replica:
 
     def handle_fetch_failed(self, peer: str, reason: str) -> list[Output]:
         """A ``FetchBlocks`` failed (timeout, refused, unreachable peer; ``reason`` says which):
-        ``peer`` is no longer believed ahead until it tells us again."""
+        ``peer`` is no longer believed ahead, and is distrusted until a claim of it verifies
+        (``SyncState``)."""
         self.log.warning("sync_failed", peer=peer, height=self.height, reason=reason)
         self.sync.fetch_ended(peer, useful=False)
         return []
@@ -686,6 +687,15 @@ class Replica:
             self.metrics.messages_dropped.labels("invalid_commit").inc()
             return [Misbehaviour(peer, Offence.INVALID_COMMIT)]
         if h != self.height + 1:
+            if h > self.height + 1 and peer in self.sync.distrusted:
+                # a distrusted peer is believed again on a certificate we verified (no penalty if
+                # it does not verify: a far height may be signed by a later validator set)
+                try:
+                    verify_commit_certificate(cert, cert.block_hash, self.chain_id, self.validator_set)
+                except InvalidCertificate:
+                    return []
+                self.sync.note_peer_height(peer, h, verified=True)
+                return []
             self.sync.note_peer_height(peer, h)
             if h <= self.height:
                 self.metrics.messages_dropped.labels("stale_commit").inc()

@@ -3,16 +3,18 @@
 Peers' heights are learnt from what they send (status heartbeats, commits, proposals and votes
 imply a height). A node more than one height behind a connected peer, or one height behind with a
 verified commit certificate of a block it never received, fetches the missing heights from the
-most advanced connected peer, ``sync_batch_heights`` at a time, one request at a time. A failed
-fetch, or one unanswered for ``sync_timeout_ms``, makes the node forget what it believed of that
-peer's height until the peer tells it again.
+most advanced connected peer, ``sync_batch_heights`` at a time, one request at a time. A fetch
+that fails, or stays unanswered for ``sync_timeout_ms``, makes the node forget what it believed of
+that peer's height.
 
-A claim is not proof. A peer whose fetch answered nothing that advanced us, although it claimed to
-be ahead, is **distrusted**: its unverified claims (status, votes, proposals, commit announcements
+A claim is not proof. A peer whose fetch did not advance us (it answered nothing useful, or the
+fetch failed or timed out), although it claimed to be ahead, is **distrusted**: its unverified claims (status, votes, proposals, commit announcements
 we did not verify) are ignored, so it is not chosen again and cannot keep a node at the tip
 believing it is behind. Only a verified claim clears that: a commit certificate of it that we
 verified, or a block of it that we committed. No penalty is given: an honest peer that lost blocks
-in a crash answers the same way until it catches up.
+in a crash answers the same way until it catches up, and one whose answer was lost is trusted
+again at its next verified commit announcement. A liar that claims a far-future height thus costs
+one futile fetch, whatever it does with the request.
 """
 
 from __future__ import annotations
@@ -89,11 +91,11 @@ class SyncState:
         end = min(peer_height, height + self.batch_heights)
         return FetchBlocks(peer, height + 1, end, self.timeout_ms)
 
-    def fetch_ended(self, peer: str, *, useful: bool, answered: bool = False) -> None:
-        """The fetch from ``peer`` failed, or ``answered`` (``useful``: it advanced our height). An
-        answer that did not advance us makes ``peer`` distrusted (see the module docstring)."""
+    def fetch_ended(self, peer: str, *, useful: bool) -> None:
+        """The fetch from ``peer`` ended: ``useful`` when its answer advanced our height. Any other
+        end (an answer that did not advance us, a failure, a timeout) makes ``peer`` distrusted
+        (see the module docstring)."""
         self._in_flight = None
         if not useful:
             self.forget_peer(peer)
-            if answered:
-                self.distrusted.add(peer)
+            self.distrusted.add(peer)
