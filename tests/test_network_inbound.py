@@ -103,6 +103,21 @@ def test_full_fifo_drops_its_oldest_and_counts_by_class(topic: str, kind: str) -
     assert dropped == {f"queue_full_{kind}": 4}
 
 
+def test_a_consensus_flood_from_one_origin_delays_only_that_origin() -> None:
+    """Origins are served round-robin: an honest validator's vote queued behind a flooder's 100
+    stale votes comes second, and when the queue is full the flooder's oldest is dropped."""
+    dropped: dict[str, int] = {}
+    q = InboundQueues(50, 5, 5, dropped=dropped)
+    for k in range(100):
+        q.put(msg("vote", bytes([k]), peer="flooder"))
+    q.put(msg("vote", b"honest", peer="validator"))
+    q.put(msg("proposal", b"proposal", peer="validator"))
+    taken = drain(q)
+    assert [m.data for m in taken[:4]] == [bytes([52]), b"honest", bytes([53]), b"proposal"]
+    assert len(taken) == 50 and dropped == {"queue_full_consensus": 52}
+    assert [m.data for m in taken if m.peer_id == "flooder"] == [bytes([k]) for k in range(52, 100)]
+
+
 def test_a_full_actions_queue_never_costs_a_consensus_message() -> None:
     dropped: dict[str, int] = {}
     q = InboundQueues(5, 2, 2, dropped=dropped)

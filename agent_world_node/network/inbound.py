@@ -4,9 +4,12 @@ Shape: ``put(InboundMessage)`` never blocks (the pubsub readers call it); the da
 with ``await receive()``, ``receive_nowait()`` or ``async for msg in queues`` (the same calls as a
 ``trio.MemoryReceiveChannel``, which this replaces). Three classes, by logical topic:
 
-- **consensus** (``proposal``, ``vote``, ``commit``): a FIFO of at most ``consensus_size``
-  messages; when full the OLDEST is dropped (``queue_full_consensus``): a newer consensus message
-  matters more, and anything lost is recovered by re-gossip or sync.
+- **consensus** (``proposal``, ``vote``, ``commit``): at most ``consensus_size`` messages, in
+  one FIFO per origin peer served round-robin, so a peer that floods valid-looking consensus
+  messages (stale votes, say) delays only its own: the other origins' messages are taken in turn
+  with its. When full, the OLDEST message of the origin with the most queued is dropped
+  (``queue_full_consensus``): a newer consensus message matters more, the flooder pays, and
+  anything lost is recovered by re-gossip or sync.
 - **actions** (batches of client actions): a FIFO of at most ``actions_size`` messages, dropping
   the oldest when full (``queue_full_actions``).
 - **status** (height heartbeats): at most ONE queued message per origin peer. A new status from
@@ -78,7 +81,8 @@ class InboundQueues:
         self.actions_size = actions_size
         self.status_peers = status_peers
         self.dropped: dict[str, int] = {} if dropped is None else dropped
-        self._consensus: deque[InboundMessage] = deque()
+        self._consensus: OrderedDict[str, deque[InboundMessage]] = OrderedDict()  # by origin, next first
+        self._consensus_len = 0
         self._actions: deque[InboundMessage] = deque()
         self._status: OrderedDict[str, InboundMessage] = OrderedDict()
         self._status_next = False  # which low-priority class goes next: status (True) or actions
@@ -96,7 +100,7 @@ class InboundQueues:
             raise trio.ClosedResourceError("the inbound queues are closed")
         kind = message_class(message.topic)
         if kind == "consensus":
-            self._push_fifo(self._consensus, self.consensus_size, message, kind)
+            self._push_consensus(message)
         elif kind == "actions":
             self._push_fifo(self._actions, self.actions_size, message, kind)
         else:
@@ -108,6 +112,27 @@ class InboundQueues:
             queue.popleft()
             self._note_full(kind, message)
         queue.append(message)
+
+    def _push_consensus(self, message: InboundMessage) -> None:
+        if self._consensus_len >= self.consensus_size:
+            fullest = max(self._consensus, key=lambda origin: len(self._consensus[origin]))
+            queue = self._consensus[fullest]
+            queue.popleft()
+            self._consensus_len -= 1
+            if not queue:
+                del self._consensus[fullest]
+            self._note_full("consensus", message)
+        self._consensus.setdefault(message.peer_id, deque()).append(message)
+        self._consensus_len += 1
+
+    def _pop_consensus(self) -> InboundMessage:
+        origin, queue = next(iter(self._consensus.items()))
+        message = queue.popleft()
+        self._consensus_len -= 1
+        del self._consensus[origin]
+        if queue:
+            self._consensus[origin] = queue  # to the back: the other origins go first
+        return message
 
     def _push_status(self, message: InboundMessage) -> None:
         peer = message.peer_id
@@ -139,7 +164,7 @@ class InboundQueues:
         """The next message by priority (see the module docstring). Raises ``trio.WouldBlock``
         when nothing is queued, ``trio.EndOfChannel`` when nothing is queued and closed."""
         if self._consensus:
-            return self._consensus.popleft()
+            return self._pop_consensus()
         if self._actions and (not self._status or not self._status_next):
             self._status_next = True
             return self._actions.popleft()
@@ -178,7 +203,7 @@ class InboundQueues:
 
     def queued(self) -> dict[str, int]:
         """Messages queued now, by class: ``{"consensus": n, "actions": n, "status": n}``."""
-        return {"consensus": len(self._consensus), "actions": len(self._actions), "status": len(self._status)}
+        return {"consensus": self._consensus_len, "actions": len(self._actions), "status": len(self._status)}
 
     def __len__(self) -> int:
-        return len(self._consensus) + len(self._actions) + len(self._status)
+        return self._consensus_len + len(self._actions) + len(self._status)

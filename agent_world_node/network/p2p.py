@@ -11,17 +11,19 @@ What runs inside ``run()`` (all stopped on exit or cancellation):
   library defaults and why);
 - Pubsub + GossipSub, subscribed to every topic of the chain; one task per topic drains its
   subscription at once into ``incoming`` (the library's own 32-message channel must never fill),
-  dropping our own echoed publishes and payloads above ``max_gossip_bytes``;
+  dropping our own echoed publishes;
 - the reconnect loop: every ``reconnect_interval_s`` each configured peer that is not connected is
   dialled with its full ``PeerInfo`` (the library forgets addresses after 120 s) after
   ``unblock_peer`` (the library refuses to redial for 60 s after a failure);
 - dead-peer detection by pings (``liveness.py``);
 - the sync server (``sync.py``);
 - the peer filter (``peer_filter.py``): peers on the operator's block list or banned for
-  misbehaviour are disconnected, not dialled, their gossip is dropped (even when relayed: pubsub's
-  strict signing authenticates the origin) and their sync streams are refused. Gossip above a
-  per-origin, per-topic rate limit (``topic_rate_limits``) is dropped before any decoding and
-  scored; the daemon scores what it finds invalid with ``penalize``.
+  misbehaviour are disconnected, not dialled, put on pubsub's blacklist (their messages are dropped
+  even when relayed, before any signature check: pubsub's strict signing authenticates the origin)
+  and their sync streams are refused. Each topic has a pubsub validator (``_gate``) that refuses,
+  before the library forwards or delivers it, gossip from a refused origin, above the origin's
+  per-topic rate limit (``topic_rate_limits``; scored) or above ``max_gossip_bytes`` (scored); the
+  daemon scores what it finds invalid with ``penalize``.
 
 Back-pressure: ``incoming`` is an ``InboundQueues`` (``inbound.py``): bounded queues per class, so
 consensus messages never wait behind action batches or status heartbeats, status keeps only the
@@ -33,8 +35,9 @@ is dropped (anything lost is recovered by re-gossip or sync) and counted in
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 import trio
@@ -204,6 +207,8 @@ class P2PNetwork:
                     async with background_trio_service(pubsub), background_trio_service(router):
                         await pubsub.wait_until_ready()
                         self._host, self._pubsub, self._router = host, pubsub, router
+                        for name, tid in self._topics.items():
+                            pubsub.set_topic_validator(tid, self._gate(name), False)
                         subscriptions = {name: await pubsub.subscribe(tid) for name, tid in self._topics.items()}
                         async with trio.open_nursery() as nursery:
                             self._tasks = nursery
@@ -300,39 +305,54 @@ class P2PNetwork:
         Raises ``trio.EndOfChannel`` once the network has stopped and everything was taken."""
         return await self.incoming.receive()
 
-    async def _drain(self, topic: str, subscription: ISubscriptionAPI) -> None:
-        """Move every message of one subscription into ``incoming`` without ever blocking: drop
-        (and count) our own echoes, unreadable senders, refused origins, messages above the
-        origin's rate limit on ``topic`` (scored ``RATE_LIMITED``) and oversized payloads (scored
-        ``OVERSIZE``), in that order, before anything decodes the payload."""
+    def _gate(self, topic: str) -> Callable[[ID, Any], bool]:
+        """The pubsub topic validator of logical ``topic``: whether a received message may be
+        delivered and forwarded. Refused origins, messages above the origin's rate limit on the
+        topic (scored ``RATE_LIMITED``) and oversized payloads (scored ``OVERSIZE``) are refused,
+        in that order. py-libp2p runs it for every copy it receives, after the signature check
+        and before it forwards the message to its mesh peers or delivers it (``Pubsub.push_msg``),
+        so a flood neither spreads through this node nor is undercounted when the daemon falls
+        behind. Our own messages pass."""
         own = self._id.to_bytes()
         limit = self.config.max_gossip_bytes
-        async for msg in subscription:
+
+        def validate(forwarder: ID, msg: Any) -> bool:
             if msg.from_id == own:
-                self._stats.own_filtered += 1
-                continue
+                return True
             try:
                 sender = ID(msg.from_id).to_base58()
             except Exception:
                 NetworkStats.bump(self._stats.dropped, "bad_sender")
-                continue
+                return False
             if self.peer_filter.refuses(sender):
                 NetworkStats.bump(self._stats.dropped, "refused_peer")
-                continue
+                return False
             if not self._rate.allow(sender, topic):
                 NetworkStats.bump(self._stats.dropped, "rate_limited")
                 NetworkStats.bump(self._stats.rate_limited, topic)
                 self.penalize(sender, Offence.RATE_LIMITED)
-                continue
-            data = bytes(msg.data)
-            if len(data) > limit:
+                return False
+            if len(msg.data) > limit:
                 NetworkStats.bump(self._stats.dropped, "oversize")
-                log.warning("gossip_oversize_dropped", topic=topic, peer=sender, size=len(data), limit=limit)
+                log.warning("gossip_oversize_dropped", topic=topic, peer=sender, size=len(msg.data), limit=limit)
                 self.penalize(sender, Offence.OVERSIZE)
+                return False
+            return True
+
+        return validate
+
+    async def _drain(self, topic: str, subscription: ISubscriptionAPI) -> None:
+        """Move every message of one subscription (already passed by ``_gate``) into ``incoming``
+        without ever blocking; our own echoes are dropped and counted."""
+        own = self._id.to_bytes()
+        async for msg in subscription:
+            if msg.from_id == own:
+                self._stats.own_filtered += 1
                 continue
-            self._last_seen[sender] = time.monotonic()
-            self._liveness.note_traffic(ID(msg.from_id))
-            self._deliver(InboundMessage(topic=topic, data=data, peer_id=sender))
+            sender = ID(msg.from_id)
+            self._last_seen[sender.to_base58()] = time.monotonic()
+            self._liveness.note_traffic(sender)
+            self._deliver(InboundMessage(topic=topic, data=bytes(msg.data), peer_id=sender.to_base58()))
 
     def _deliver(self, message: InboundMessage) -> None:
         """Queue ``message`` for the daemon (never blocks; drops are counted by the queues)."""
@@ -353,6 +373,7 @@ class P2PNetwork:
         NetworkStats.bump(self._stats.penalties, reason, count)
         if self.peer_filter.penalize(peer_id, reason, count):
             log.warning("peer_banned", peer=peer_id, reason=reason, ban_s=self.peer_filter.ban_seconds)
+            self._sync_pubsub_blacklist()
             self._disconnect_soon(peer_id)
 
     async def _on_bad_pubsub_stream(self, peer_id: ID, error: Exception) -> None:
@@ -368,6 +389,22 @@ class P2PNetwork:
             self.penalize(peer_id.to_base58(), Offence.BAD_PUBSUB_FRAME)
         await self._disconnect(peer_id)
 
+    def _sync_pubsub_blacklist(self) -> None:
+        """Make pubsub's blacklist the peers the filter refuses now: pubsub then drops their
+        messages, relayed or not, before checking a signature, and forgets their subscriptions.
+        Called on every ban, block-list change and reconnect sweep (a ban's end)."""
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+        # The set itself, not add_to_blacklist: that also spawns a teardown task of the library
+        # that raises KeyError (and stops the pubsub service) when our own disconnect removed the
+        # peer first (py-libp2p 0.8.1 Pubsub._teardown_if_connected). The connection is ours to cut.
+        refused = {ID.from_base58(p) for p in self.peer_filter.blocked} | {
+            ID.from_base58(p) for p in self.peer_filter.banned()}
+        blacklist = pubsub.blacklisted_peers
+        blacklist.intersection_update(refused)
+        blacklist.update(refused)
+
     def set_blocked_peers(self, peer_ids: list[str]) -> None:
         """Replace the operator's block list (base58 peer ids) and disconnect the blocked peers now.
         Raises ValueError for a string that is not a peer id."""
@@ -377,6 +414,7 @@ class P2PNetwork:
             except Exception:
                 raise ValueError(f"{p!r} is not a base58 libp2p peer id") from None
         self.peer_filter.set_blocked(peer_ids)
+        self._sync_pubsub_blacklist()
         log.info("peer_filter_set", blocked=sorted(peer_ids))
         for p in peer_ids:
             self._disconnect_soon(p)
@@ -437,6 +475,7 @@ class P2PNetwork:
         assert host is not None
         async with trio.open_nursery() as nursery:
             while True:
+                self._sync_pubsub_blacklist()
                 connected = set(host.get_connected_peers())
                 for peer_id in connected:  # inbound connections from refused peers are cut here
                     if self.peer_filter.refuses(peer_id.to_base58()):

@@ -31,8 +31,9 @@ PENALTY_POINTS: dict[Offence, float] = {
     Offence.MALFORMED: 10.0,
     Offence.OVERSIZE: 20.0,
     # forged consensus messages: no correct node sends one (pubsub's strict signing names the real
-    # origin), so two forgeries, or three votes from unknown keys, ban the sender
-    Offence.BAD_SIGNATURE: 50.0,
+    # origin), so two forgeries within 10 s (the score decays 2 points a second), or three votes from
+    # unknown keys within 1 s, ban the sender
+    Offence.BAD_SIGNATURE: 60.0,
     Offence.UNKNOWN_VALIDATOR: 34.0,
     Offence.INVALID_MESSAGE: 10.0,
     Offence.INVALID_COMMIT: 25.0,
