@@ -98,7 +98,10 @@ class Genesis(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 #:   its current, locked and valid rounds: 50/s, bursts of 100.
 #: - ``vote``: two per round from each validator's own node; re-gossip republishes every vote of
 #:   the height that node holds under its own origin (2 x validators x rounds at once: 160 for 4
-#:   validators after 20 rounds), every 1.5 s while stalled: 200/s, bursts of 400.
+#:   validators after 20 rounds), at most every 1.5 s and backing off to every 6 s while stalled:
+#:   50/s, bursts of 200. A flood of valid-looking votes (stale ones, say) costs every node a
+#:   signature check per copy until the limit trips, so the burst is kept near what re-gossip
+#:   needs; a chain of many validators should raise it to about 2 x validators x 10.
 #: - ``commit``: one per committed height from each node (at most ~20/s, see ``proposal``) plus the
 #:   last one in each re-gossip: 50/s, bursts of 100.
 #: - ``actions``: the batches of client actions admitted at each 100 ms tick (``tick_interval_ms``),
@@ -108,7 +111,7 @@ class Genesis(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 #:   picks, and at 500 msg/s it is banned within about a quarter of a second.
 DEFAULT_TOPIC_RATE_LIMITS: dict[str, tuple[float, float]] = {
     "proposal": (50.0, 100.0),
-    "vote": (200.0, 400.0),
+    "vote": (50.0, 200.0),
     "commit": (50.0, 100.0),
     "actions": (50.0, 100.0),
     "status": (5.0, 20.0),

@@ -164,7 +164,7 @@ def test_unknown_topic_and_bad_bounds_are_refused() -> None:
 
 def test_topic_rate_limits_are_per_origin_and_per_topic() -> None:
     now = [0.0]
-    r = TopicRateLimiter({"status": (5.0, 20.0), "vote": (200.0, 400.0)}, clock=lambda: now[0])
+    r = TopicRateLimiter({"status": (5.0, 20.0), "vote": (50.0, 200.0)}, clock=lambda: now[0])
     assert [r.allow("flooder", "status") for _ in range(25)] == [True] * 20 + [False] * 5
     assert r.allow("flooder", "vote")  # its votes are limited separately
     assert r.allow("honest", "status")  # other origins are not affected
