@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     from benchmarks.throughput import DEFAULT_RATES
 
     parser.add_argument("--rates", default=",".join(str(int(r)) for r in DEFAULT_RATES),
-                        help="offered actions/s tried in turn in the throughput run (until one is not sustained)")
+                        help="offered actions/s tried in turn in the throughput run (until more offered no longer commits more)")
     args = parser.parse_args(argv)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = set(only) - set(SECTIONS)
