@@ -52,13 +52,15 @@ def bank_genesis_agent() -> GenesisAgent:
 
 def single_validator_home(root: Path, *, chain_id: str = "api-test", max_mempool: int = 20_000,
                           agents: Sequence[GenesisAgent] = (), bank: bool = True,
-                          world: WorldParams | None = None, absent_validators: int = 0) -> cfg.Home:
+                          world: WorldParams | None = None, absent_validators: int = 0,
+                          timeout_commit_ms: int = 50) -> cfg.Home:
     """Create a home whose node is the only validator of its chain, on free loopback ports.
 
     The genesis holds ``agents`` and, unless ``bank`` is False, the bank (``bank_genesis_agent``,
     listed first). ``world``: the genesis world parameters (default ``WorldParams()``).
     ``absent_validators``: more validators of the same stake whose nodes never run (the home's
-    node then has no peer and cannot commit)."""
+    node then has no peer and cannot commit). ``timeout_commit_ms``: the pause after each commit
+    (short by default, so that tests waiting for heights finish quickly; nodes default to 500)."""
     vk = SigningKey.generate()
     genesis_agents = ([bank_genesis_agent()] if bank else []) + list(agents)
     validators = [cfg.GenesisValidator("solo", vk.public_key.hex(), 100)] + [
@@ -72,6 +74,7 @@ def single_validator_home(root: Path, *, chain_id: str = "api-test", max_mempool
     c.p2p.listen = f"/ip4/127.0.0.1/tcp/{free_port()}"
     c.rpc.listen = f"127.0.0.1:{free_port()}"
     c.mempool.max_actions = max_mempool
+    c.consensus.timeout_commit_ms = timeout_commit_ms
     return cfg.init_home(root, moniker="solo", config=c, validator_seed=vk.seed, genesis=genesis)
 
 

@@ -550,6 +550,8 @@ def _classify_failure(sig: int | None, output: str) -> BuildCode:
         return BuildCode.OUTPUT_TOO_LARGE
     if sig in (signal.SIGXCPU, signal.SIGKILL) or _CPU.search(output):
         return BuildCode.CPU_LIMIT
-    if _OUT_OF_MEMORY.search(output):
+    if _OUT_OF_MEMORY.search(output) or sig == signal.SIGABRT:
+        # under RLIMIT_AS a compiler's failed allocation usually ends in abort() (LLVM's "out of
+        # memory", or an uncaught bad_alloc), and it does not always get to say so first
         return BuildCode.MEMORY_LIMIT
     return BuildCode.COMPILE_ERROR
