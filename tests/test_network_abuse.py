@@ -1,5 +1,5 @@
-"""Real py-libp2p hosts in one trio process on 127.0.0.1 (free ports), for the failures an outside
-tester found on a 4-validator testnet:
+"""Real py-libp2p hosts in one trio process on 127.0.0.1 (free ports), for failures seen on a
+4-validator testnet:
 
 - a status flood (one origin, as fast as one py-libp2p sender goes) gets its origin banned by the
   per-topic rate limit while a validator node keeps committing, and the node's own honest traffic

@@ -9,7 +9,7 @@ Installed once (idempotent) by ``install_pubsub_patches``, which ``host.build_pu
    peerstore, and ``Pubsub.continuously_read_stream`` / ``GossipSub.handle_rpc`` then ignore the
    WHOLE RPC. A record's ``seq`` is the sender's ``time.time_ns()``, so a node that once ran with
    its clock ahead and restarted with the right clock is ignored by every peer that saw it before,
-   for as long as the old record is kept (measured by a tester: it never received gossip again).
+   for as long as the old record is kept (such a validator never received gossip again).
    Our replacement, ``consume_signed_record_leniently``, stores the record best-effort and
    always returns True: message authenticity comes from pubsub's strict signing, and this node
    dials configured addresses, not certified ones. A record whose ``seq`` went backwards is
