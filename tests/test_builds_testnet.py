@@ -41,6 +41,7 @@ import trio
 
 from agent_world_client.client import AgentKey, NodeClient, NotFound
 from agent_world_node.builds import build_package
+from agent_world_node.config import NodeConfig
 from agent_world_runtime.actions import (
     CompileModuleArtifactFromSource,
     InstallModuleFromArtifact,
@@ -173,13 +174,21 @@ class Testnet:
         return left
 
 
+def _quick_commits(i: int) -> NodeConfig:
+    """Node config with a 50 ms commit wait: the heights counted during a slow build are what
+    shows the chain kept committing, and the default 500 ms wait makes them few and noisy."""
+    config = NodeConfig()
+    config.consensus.timeout_commit_ms = 50
+    return config
+
+
 @pytest.fixture(scope="module")
 def testnet(tmp_path_factory):
     names = {t.name for t in local_toolchains()}
     if not {"c", "rust"} <= names:
         pytest.skip(f"needs the C and Rust module toolchains installed (have {sorted(names)}); see make test")
     directory = tmp_path_factory.mktemp("builds") / "tn"
-    init_testnet(directory, VALIDATORS)
+    init_testnet(directory, VALIDATORS, config=_quick_commits)
     nodes = load_testnet(directory)
     procs = [NodeProcess(n) for n in nodes]
     net = None
