@@ -161,9 +161,10 @@ class Node:
         return self.replica.admission.client_refusal()
 
     def admit(self, signed: SignedAction) -> AdmissionResult:
-        """Admit an action a client submitted through the HTTP API (``Replica.admit``), unless
-        this node is ``busy``."""
-        return self.busy() or self.replica.admit(signed, ActionSource.API)
+        """Admit an action a client submitted through the HTTP API (``Replica.admit``; the intake
+        budget is checked there per action). The API asks ``busy`` once per request before it
+        decodes the body, so readiness is not checked again for each action of a batch."""
+        return self.replica.admit(signed, ActionSource.API)
 
     # -- performing the replica's outputs -------------------------------------------------------
     async def _perform(self, outputs: list[Output]) -> None:
