@@ -1,10 +1,12 @@
 """Network-layer pieces that need no sockets: sync frame packing and checking, request checks,
-config validation, topic names, mesh degrees, the incoming-queue drop policy and the libp2p log
-bridge."""
+config validation, topic names, mesh degrees, the incoming-queue drop policy, the libp2p log
+bridge, the validation cache and the yamux setting."""
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 import pytest
 import structlog
@@ -259,3 +261,38 @@ def test_a_flood_of_one_libp2p_warning_is_rate_limited_and_counted(logger: str, 
     assert events.count("libp2p_log") == log_bridge.BURST + 1
     [summary] = [e for e in captured if e["event"] == "libp2p_log_suppressed"]
     assert summary["count"] == 1000 - log_bridge.BURST and summary["logger"] == logger
+
+
+def test_lru_validation_cache_evicts_least_recently_used_and_expires() -> None:
+    from libp2p.pubsub.pubsub import ValidationResult
+
+    from agent_world_node.network.pubsub_patches import LruValidationCache
+
+    now = time.time()
+    cache = LruValidationCache(ttl=300, max_size=3)
+    for k in (b"a", b"b", b"c"):
+        cache.put(k, ValidationResult(True, now))
+    assert cache.get(b"a") is not None  # a becomes the most recently used
+    cache.put(b"d", ValidationResult(False, now, "bad"))  # evicts b, the least recently used
+    assert cache.get(b"b") is None
+    assert [k for k in (b"a", b"c", b"d") if cache.get(k) is not None] == [b"a", b"c", b"d"]
+    assert len(cache.cache) == 3
+    cache.put(b"old", ValidationResult(True, now - 301))
+    assert cache.get(b"old") is None and b"old" not in cache.cache  # expired on read
+    cache.put(b"old", ValidationResult(True, now - 301))
+    cache.clear_expired()
+    assert list(cache.cache) == [b"c", b"d"]  # "old" evicted "a" (least recently used), then expired
+
+
+def test_build_host_leaves_an_operators_yamux_setting_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from multiaddr import Multiaddr
+
+    from agent_world_node.network.host import YAMUX_RELEASE_ON_READ_ENV, build_host
+
+    monkeypatch.delenv(YAMUX_RELEASE_ON_READ_ENV, raising=False)
+    build_host(create_new_key_pair(), Multiaddr("/ip4/127.0.0.1/tcp/0"))
+    assert os.environ[YAMUX_RELEASE_ON_READ_ENV] == "0"
+    monkeypatch.setenv(YAMUX_RELEASE_ON_READ_ENV, "1")
+    build_host(create_new_key_pair(), Multiaddr("/ip4/127.0.0.1/tcp/0"))
+    assert os.environ[YAMUX_RELEASE_ON_READ_ENV] == "1"

@@ -1,4 +1,5 @@
-"""Process-wide replacements of two py-libp2p 0.8.1 pubsub functions, and the RPC splitter.
+"""Process-wide replacements of two py-libp2p 0.8.1 pubsub functions, a faster validation cache,
+and the RPC splitter.
 
 Installed once (idempotent) by ``install_pubsub_patches``, which ``host.build_pubsub`` calls:
 
@@ -22,13 +23,19 @@ Installed once (idempotent) by ``install_pubsub_patches``, which ``host.build_pu
    ``oversize_frame_error(stream)`` returns it afterwards so the caller can score the peer and
    reconnect it (``host.build_pubsub``).
 
+``LruValidationCache`` replaces ``Pubsub.validation_cache`` (``host.build_pubsub`` installs it per
+Pubsub): the library's ``ValidationCache`` keeps its LRU order in a list and searches it on every
+``put``, up to 1,000 entries, measured at 0.15-0.45 ms per validated message on a loaded node.
+
 ``split_rpc(rpc, limit)`` splits an RPC into RPCs of at most ``limit`` serialized bytes each (the
 library's own ``RpcQueue.split_rpc``, a port of go-libp2p-pubsub's ``RPC.split``).
 """
 
 from __future__ import annotations
 
+import time
 import weakref
+from collections import OrderedDict
 from typing import Any
 
 import structlog
@@ -36,6 +43,7 @@ from libp2p.io.exceptions import MessageTooLarge
 from libp2p.peer.envelope import consume_envelope
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import ValidationCache, ValidationResult
 from libp2p.pubsub.rpc_queue import RpcQueue
 
 log = structlog.get_logger(__name__)
@@ -135,6 +143,43 @@ def install_pubsub_patches() -> None:
         if getattr(module, "maybe_consume_signed_record", None) is not consume_signed_record_leniently:
             module.maybe_consume_signed_record = consume_signed_record_leniently  # type: ignore[attr-defined]
     _install_oversize_frame_notes()
+
+
+class LruValidationCache(ValidationCache):
+    """py-libp2p's cache of validation results by message id, with the same behaviour (entries
+    expire ``ttl`` seconds after they were stored; at ``max_size`` entries the least recently used
+    one is evicted) and O(1) ``get`` / ``put`` on an ``OrderedDict`` instead of a list search."""
+
+    def __init__(self, ttl: int = 300, max_size: int = 1000) -> None:
+        super().__init__(ttl, max_size)
+        self.cache: OrderedDict[bytes, ValidationResult] = OrderedDict()  # type: ignore[assignment]
+
+    def get(self, msg_id: bytes) -> ValidationResult | None:
+        """The cached result for ``msg_id``, or None (unknown or expired)."""
+        result = self.cache.get(msg_id)
+        if result is None:
+            return None
+        if time.time() - result.timestamp > self.ttl:
+            del self.cache[msg_id]
+            return None
+        self.cache.move_to_end(msg_id)
+        return result
+
+    def put(self, msg_id: bytes, result: ValidationResult) -> None:
+        """Store ``result`` for ``msg_id`` as the most recently used entry."""
+        self.cache.pop(msg_id, None)
+        while len(self.cache) >= self.max_size:
+            self.cache.popitem(last=False)
+        self.cache[msg_id] = result
+
+    def _remove(self, msg_id: bytes) -> None:
+        self.cache.pop(msg_id, None)
+
+    def clear_expired(self) -> None:
+        """Drop every expired entry."""
+        now = time.time()
+        for msg_id in [m for m, r in self.cache.items() if now - r.timestamp > self.ttl]:
+            del self.cache[msg_id]
 
 
 def split_rpc(rpc: rpc_pb2.RPC, limit: int) -> list[rpc_pb2.RPC]:
