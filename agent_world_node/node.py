@@ -100,6 +100,7 @@ class Node:
                 ban_seconds=self.config.p2p.ban_seconds,
             ),
             sync_handler=self._serve_sync,
+            screen=lambda topic, data: self.replica.screen_gossip(topic, data),
         )
         self.peer_id = self.net.peer_id
         self.replica = Replica.open(

@@ -296,3 +296,47 @@ def test_build_host_leaves_an_operators_yamux_setting_alone(monkeypatch: pytest.
     monkeypatch.setenv(YAMUX_RELEASE_ON_READ_ENV, "1")
     build_host(create_new_key_pair(), Multiaddr("/ip4/127.0.0.1/tcp/0"))
     assert os.environ[YAMUX_RELEASE_ON_READ_ENV] == "1"
+
+
+def test_lean_validate_msg_refuses_without_formatting_the_message_and_caches_the_verdict() -> None:
+    from libp2p.exceptions import ValidationError
+    from libp2p.pubsub.pb import rpc_pb2
+
+    from agent_world_node.network.pubsub_patches import LruValidationCache, lean_validate_msg
+
+    calls: list[bytes] = []
+
+    class Validator:
+        is_async = False
+
+        @staticmethod
+        def validator(forwarder: object, msg: rpc_pb2.Message) -> bool:
+            calls.append(msg.seqno)
+            return msg.data != b"bad" * 50_000
+
+    class FakePubsub:
+        validation_cache = LruValidationCache()
+        validation_timeout = 1.0
+
+        @staticmethod
+        def _msg_id_constructor(msg: rpc_pb2.Message) -> bytes:
+            return msg.seqno + msg.from_id
+
+        @staticmethod
+        def get_msg_validators(msg: rpc_pb2.Message) -> list:
+            return [Validator]
+
+    good = rpc_pb2.Message(from_id=b"peer", seqno=b"1", data=b"ok", topicIDs=["t"])
+    bad = rpc_pb2.Message(from_id=b"peer", seqno=b"2", data=b"bad" * 50_000, topicIDs=["t"])
+    pubsub = FakePubsub()
+
+    async def check() -> None:
+        await lean_validate_msg(pubsub, None, good)  # type: ignore[arg-type]
+        for _ in range(2):
+            with pytest.raises(ValidationError) as info:
+                await lean_validate_msg(pubsub, None, bad)  # type: ignore[arg-type]
+            assert len(str(info.value)) < 200 and "refused by a topic validator" in str(info.value)
+        await lean_validate_msg(pubsub, None, good)  # type: ignore[arg-type]
+
+    trio.run(check)
+    assert calls == [b"1", b"2"]  # the second look at each message came from the cache

@@ -120,20 +120,29 @@ class _ConnectionGate(INotifee):
         pass
 
 
+#: ``screen(topic, data)``: a drop reason for a received message no node needs, or None
+#: (``P2PNetwork``).
+Screen = Callable[[str, bytes], "str | None"]
+
+
 class P2PNetwork:
     """A node's libp2p network. Construct, then ``async with network.run():`` (once per instance).
 
     ``config``: a ``NetworkConfig`` (validated here; ``NetworkConfigError`` if invalid).
     ``sync_handler(from_height, to_height)``: returns the encoded ``ReplicatedCommitPayload`` bytes
     this node has for those heights (inclusive, height order, possibly fewer); it serves other
-    nodes' ``fetch_blocks``. Attributes: ``peer_id`` (base58 of this node), ``incoming`` (the
+    nodes' ``fetch_blocks``. ``screen(topic, data)`` (optional): a cheap look at a received
+    message's payload, run in the topic validator after the rate limit; it returns a drop reason
+    for a message no node needs (a vote for a decided height, say), which is then neither
+    delivered nor forwarded and is counted, not penalized; None passes it. Attributes: ``peer_id`` (base58 of this node), ``incoming`` (the
     ``InboundQueues`` of received gossip: ``await incoming.receive()``, ``receive_nowait()`` or
     ``async for``, by priority; closed when ``run()`` exits).
     """
 
-    def __init__(self, config: NetworkConfig, sync_handler: SyncHandler) -> None:
+    def __init__(self, config: NetworkConfig, sync_handler: SyncHandler, screen: Screen | None = None) -> None:
         config.validate()
         self.config = config
+        self._screen = screen
         self._key_pair = key_pair_from_seed(config.key_seed)
         self._id = ID.from_pubkey(self._key_pair.public_key)
         self.peer_id: str = self._id.to_base58()
@@ -308,13 +317,14 @@ class P2PNetwork:
     def _gate(self, topic: str) -> Callable[[ID, Any], bool]:
         """The pubsub topic validator of logical ``topic``: whether a received message may be
         delivered and forwarded. Refused origins, messages above the origin's rate limit on the
-        topic (scored ``RATE_LIMITED``) and oversized payloads (scored ``OVERSIZE``) are refused,
-        in that order. py-libp2p runs it for every copy it receives, after the signature check
+        topic (scored ``RATE_LIMITED``), oversized payloads (scored ``OVERSIZE``) and messages the
+        ``screen`` finds useless (counted under its reason) are refused, in that order. py-libp2p runs it for every copy it receives, after the signature check
         and before it forwards the message to its mesh peers or delivers it (``Pubsub.push_msg``),
         so a flood neither spreads through this node nor is undercounted when the daemon falls
         behind. Our own messages pass."""
         own = self._id.to_bytes()
         limit = self.config.max_gossip_bytes
+        screen = self._screen
 
         def validate(forwarder: ID, msg: Any) -> bool:
             if msg.from_id == own:
@@ -336,6 +346,9 @@ class P2PNetwork:
                 NetworkStats.bump(self._stats.dropped, "oversize")
                 log.warning("gossip_oversize_dropped", topic=topic, peer=sender, size=len(msg.data), limit=limit)
                 self.penalize(sender, Offence.OVERSIZE)
+                return False
+            if screen is not None and (reason := screen(topic, msg.data)) is not None:
+                NetworkStats.bump(self._stats.dropped, reason)
                 return False
             return True
 

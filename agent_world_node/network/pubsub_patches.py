@@ -1,4 +1,4 @@
-"""Process-wide replacements of two py-libp2p 0.8.1 pubsub functions, a faster validation cache,
+"""Process-wide replacements of three py-libp2p 0.8.1 pubsub functions, a faster validation cache,
 and the RPC splitter.
 
 Installed once (idempotent) by ``install_pubsub_patches``, which ``host.build_pubsub`` calls:
@@ -23,6 +23,14 @@ Installed once (idempotent) by ``install_pubsub_patches``, which ``host.build_pu
    ``oversize_frame_error(stream)`` returns it afterwards so the caller can score the peer and
    reconnect it (``host.build_pubsub``).
 
+3. **A refused message costs what its validators cost.** ``Pubsub.validate_msg`` puts the whole
+   protobuf message into the text of the ``ValidationError`` it raises for every refusal
+   (``f"... msg={msg}"``): measured at 0.13 ms for a vote and 52 ms for a 150 KB proposal, so a
+   peer whose large messages are refused (rate limit, size, ban) made each node spend that much
+   per copy. ``lean_validate_msg`` replaces the method with the same behaviour (cached results
+   first, then the synchronous validators, then the asynchronous ones under the library's
+   timeout; the result cached) and errors that name the topics and the message id only.
+
 ``LruValidationCache`` replaces ``Pubsub.validation_cache`` (``host.build_pubsub`` installs it per
 Pubsub): the library's ``ValidationCache`` keeps its LRU order in a list and searches it on every
 ``put``, up to 1,000 entries, measured at 0.15-0.45 ms per validated message on a loaded node.
@@ -39,11 +47,13 @@ from collections import OrderedDict
 from typing import Any
 
 import structlog
+import trio
 from libp2p.io.exceptions import MessageTooLarge
 from libp2p.peer.envelope import consume_envelope
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
-from libp2p.pubsub.pubsub import ValidationCache, ValidationResult
+from libp2p.exceptions import ValidationError
+from libp2p.pubsub.pubsub import Pubsub, ValidationCache, ValidationResult
 from libp2p.pubsub.rpc_queue import RpcQueue
 
 log = structlog.get_logger(__name__)
@@ -134,8 +144,41 @@ def _install_oversize_frame_notes() -> None:
     pubsub_module.read_varint_prefixed_bytes_limited = read_limited_noting_oversize
 
 
+async def lean_validate_msg(self: Pubsub, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+    """``Pubsub.validate_msg`` (same contract: returns when every topic validator of ``msg``
+    accepts it, raises ``ValidationError`` otherwise, results cached by message id) without
+    formatting ``msg`` into the error (see the module docstring)."""
+    msg_id = self._msg_id_constructor(msg)
+    cached = self.validation_cache.get(msg_id)
+    if cached is not None:
+        if not cached.is_valid:
+            raise ValidationError(f"cached refusal of message {msg_id.hex()[:32]}: {cached.error_message}")
+        return
+    validators = self.get_msg_validators(msg)
+    error: str | None = None
+    for v in validators:
+        if not v.is_async and not v.validator(msg_forwarder, msg):
+            error = "refused by a topic validator"
+            break
+    if error is None and any(v.is_async for v in validators):
+        results: list[bool] = []
+        with trio.move_on_after(self.validation_timeout) as scope:
+            async with trio.open_nursery() as nursery:
+                for v in validators:
+                    if v.is_async:
+                        nursery.start_soon(self._run_async_validator, v.validator, msg_forwarder, msg, results)
+        if scope.cancelled_caught:
+            error = "topic validation timed out"
+        elif not all(results):
+            error = "refused by an asynchronous topic validator"
+    self.validation_cache.put(msg_id, ValidationResult(is_valid=error is None, timestamp=time.time(),
+                                                       error_message=error))
+    if error is not None:
+        raise ValidationError(f"message {msg_id.hex()[:32]} on {list(msg.topicIDs)}: {error}")
+
+
 def install_pubsub_patches() -> None:
-    """Install both replacements described in the module docstring; idempotent."""
+    """Install the replacements described in the module docstring; idempotent."""
     import importlib
 
     for name in _RECORD_CHECK_MODULES:
@@ -143,6 +186,7 @@ def install_pubsub_patches() -> None:
         if getattr(module, "maybe_consume_signed_record", None) is not consume_signed_record_leniently:
             module.maybe_consume_signed_record = consume_signed_record_leniently  # type: ignore[attr-defined]
     _install_oversize_frame_notes()
+    Pubsub.validate_msg = lean_validate_msg  # type: ignore[method-assign]
 
 
 class LruValidationCache(ValidationCache):

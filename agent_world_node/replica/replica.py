@@ -110,6 +110,9 @@ MIN_INTAKE_FLOOR = 100
 
 #: Largest gossip message a node accepts or sends (bytes).
 MAX_GOSSIP_BYTES = 1_000_000
+#: Largest vote-topic message ``screen_gossip`` decodes (a vote message is about 250 bytes; a
+#: larger one passes the screen and is judged by ``handle_gossip``).
+MAX_VOTE_GOSSIP_BYTES = 4096
 #: Largest encoded ``ReplicatedCommitPayload`` accepted from sync (bytes).
 MAX_SYNC_PAYLOAD_BYTES = 64 * 1024 * 1024
 #: Meta key of the persisted divergence (a diverged validator stays silent across restarts).
@@ -348,6 +351,24 @@ class Replica:
             return [Misbehaviour(peer, Offence.MALFORMED)] if malformed else []
         self.sync.note_peer_height(peer, msg.height)  # GossipStatusMessage
         return []
+
+    def screen_gossip(self, topic: str, data: bytes) -> str | None:
+        """The network's look at a received message before pubsub forwards or delivers it
+        (``P2PNetwork``'s ``screen``): ``"stale_vote"`` for a vote (``topic`` "vote") of a height
+        below our last committed one, which no correct node needs (those heights are decided, and
+        their certificates travel with commits and sync); None for anything else, including a
+        message that does not decode (``handle_gossip`` reports it). A vote of our last committed
+        height still passes: a peer finishing that height may need it. Cost: one decode of a
+        message of at most a few hundred bytes; no signature check."""
+        if topic != Topic.VOTE.value or len(data) > MAX_VOTE_GOSSIP_BYTES:
+            return None
+        try:
+            msg = decode(data, GossipMessage, max_size=MAX_VOTE_GOSSIP_BYTES)  # type: ignore[arg-type]
+        except DecodeError:
+            return None
+        if isinstance(msg, GossipVoteMessage) and msg.vote.height < self.height:
+            return "stale_vote"
+        return None
 
     def _proposal_received(self, proposal: Proposal) -> ProposalReceived:
         """The core's input for a proposal arriving now: PBTS's timely predicate
