@@ -243,7 +243,7 @@ class MempoolConfig(msgspec.Struct, forbid_unknown_fields=True):
     its recent rate (at least a tenth of a full block; ``replica.intake``)."""
 
     max_actions: int = 20_000
-    target_queue_ms: int = 1500
+    target_queue_ms: int = 1000
 
     def __post_init__(self) -> None:
         for name in self.__struct_fields__:

@@ -15,6 +15,13 @@ verified, or a block of it that we committed. No penalty is given: an honest pee
 in a crash answers the same way until it catches up, and one whose answer was lost is trusted
 again at its next verified commit announcement. A liar that claims a far-future height thus costs
 one futile fetch, whatever it does with the request.
+
+Being behind is also a matter of proof. ``syncing`` (which ``/ready`` and the status report) holds
+only when something we checked says we are behind: a verified commit certificate of a height we
+lack, or a peer **vouched** for (a fetch from it advanced us, or we verified a certificate of it)
+claiming a height two or more ahead, or a fetch in flight from such a peer. Probing an unvouched
+claim is not syncing, so a liar cannot take a node at the tip out of service even for the one
+fetch it costs; a node that really is behind is syncing from its first useful answer on.
 """
 
 from __future__ import annotations
@@ -43,11 +50,15 @@ class SyncState:
         self._behind = False
         #: peers whose claims a fetch did not back; ignored until a verified claim
         self.distrusted: set[str] = set()
+        #: peers whose claims something we checked backed (a useful fetch, a verified certificate)
+        self.vouched: set[str] = set()
 
     @property
     def syncing(self) -> bool:
-        """True while a fetch is in flight or the last look found a peer to sync from."""
-        return self._in_flight is not None or self._behind
+        """True while we know from something checked that we are behind (see the module
+        docstring): the last look found a verified certificate we lack or a vouched peer two or
+        more heights ahead, or a fetch from a vouched peer is in flight."""
+        return self._behind or (self._in_flight is not None and self._in_flight.peer in self.vouched)
 
     def note_peer_height(self, peer: str, height: int, *, verified: bool = False) -> None:
         """``peer`` has committed at least ``height``: ``verified`` when we checked it (a commit
@@ -55,6 +66,7 @@ class SyncState:
         distrusted peer is ignored."""
         if verified:
             self.distrusted.discard(peer)
+            self.vouched.add(peer)
         elif peer in self.distrusted:
             return
         if height > self.peer_heights.get(peer, -1):
@@ -83,7 +95,8 @@ class SyncState:
                 return None
             self.fetch_ended(self._in_flight.peer, useful=False)
         target = self.target(height, connected)
-        self._behind = target is not None
+        self._behind = self.certified_next == height + 1 or any(
+            h >= height + 2 and peer in connected and peer in self.vouched for peer, h in self.peer_heights.items())
         if target is None:
             return None
         peer, peer_height = target
@@ -96,6 +109,9 @@ class SyncState:
         end (an answer that did not advance us, a failure, a timeout) makes ``peer`` distrusted
         (see the module docstring)."""
         self._in_flight = None
-        if not useful:
+        if useful:
+            self.vouched.add(peer)
+        else:
             self.forget_peer(peer)
             self.distrusted.add(peer)
+            self.vouched.discard(peer)
