@@ -48,11 +48,11 @@ from typing import Any
 
 import structlog
 import trio
+from libp2p.exceptions import ValidationError
 from libp2p.io.exceptions import MessageTooLarge
 from libp2p.peer.envelope import consume_envelope
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
-from libp2p.exceptions import ValidationError
 from libp2p.pubsub.pubsub import Pubsub, ValidationCache, ValidationResult
 from libp2p.pubsub.rpc_queue import RpcQueue
 
