@@ -363,7 +363,7 @@ class Replica:
         if topic != Topic.VOTE.value or len(data) > MAX_VOTE_GOSSIP_BYTES:
             return None
         try:
-            msg = decode(data, GossipMessage, max_size=MAX_VOTE_GOSSIP_BYTES)  # type: ignore[arg-type]
+            msg: GossipMessage = decode(data, GossipMessage, max_size=MAX_VOTE_GOSSIP_BYTES)  # type: ignore[arg-type]
         except DecodeError:
             return None
         if isinstance(msg, GossipVoteMessage) and msg.vote.height < self.height:
