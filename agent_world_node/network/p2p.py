@@ -134,9 +134,10 @@ class P2PNetwork:
     nodes' ``fetch_blocks``. ``screen(topic, data)`` (optional): a cheap look at a received
     message's payload, run in the topic validator after the rate limit; it returns a drop reason
     for a message no node needs (a vote for a decided height, say), which is then neither
-    delivered nor forwarded and is counted, not penalized; None passes it. Attributes: ``peer_id`` (base58 of this node), ``incoming`` (the
-    ``InboundQueues`` of received gossip: ``await incoming.receive()``, ``receive_nowait()`` or
-    ``async for``, by priority; closed when ``run()`` exits).
+    delivered nor forwarded and is counted, not penalized; None passes it.
+    Attributes: ``peer_id`` (base58 of this node), ``incoming`` (the ``InboundQueues`` of received
+    gossip: ``await incoming.receive()``, ``receive_nowait()`` or ``async for``, by priority;
+    closed when ``run()`` exits).
     """
 
     def __init__(self, config: NetworkConfig, sync_handler: SyncHandler, screen: Screen | None = None) -> None:
@@ -318,8 +319,9 @@ class P2PNetwork:
         """The pubsub topic validator of logical ``topic``: whether a received message may be
         delivered and forwarded. Refused origins, messages above the origin's rate limit on the
         topic (scored ``RATE_LIMITED``), oversized payloads (scored ``OVERSIZE``) and messages the
-        ``screen`` finds useless (counted under its reason) are refused, in that order. py-libp2p runs it for every copy it receives, after the signature check
-        and before it forwards the message to its mesh peers or delivers it (``Pubsub.push_msg``),
+        ``screen`` finds useless (counted under its reason) are refused, in that order. py-libp2p
+        runs it for every copy it receives, after the signature check and before it forwards the
+        message to its mesh peers or delivers it (``Pubsub.push_msg``),
         so a flood neither spreads through this node nor is undercounted when the daemon falls
         behind. Our own messages pass."""
         own = self._id.to_bytes()
