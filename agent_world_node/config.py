@@ -179,7 +179,13 @@ class ConsensusConfig(msgspec.Struct, forbid_unknown_fields=True):
     cores: 50 ms gave 5.5 empty blocks/s using 1.9 cores; 500 ms gives 1.45 blocks/s using 0.7.
     ``max_block_actions`` / ``max_block_bytes`` bound one block: its actions' encodings total at
     most ``max_block_bytes`` (at most ``MAX_BLOCK_BYTES_LIMIT``, so that a proposal fits in one
-    gossip message). Raises ValueError (naming the field) for a value out of range."""
+    gossip message). ``create_empty_blocks`` (CometBFT's option of that name): when false, a
+    validator that has committed a height waits for an action in its mempool (or a peer's proposal
+    or vote of the next height) before it starts the next one, so an idle chain makes no blocks
+    and writes nothing; after a block with actions one more block is still made, whose header
+    carries that block's execution root (CometBFT's proof block). ``create_empty_blocks_interval_ms``
+    (0: never) makes an empty block after that long without one when ``create_empty_blocks`` is
+    false. Raises ValueError (naming the field) for a value out of range."""
 
     timeout_propose_ms: int = 1500
     timeout_propose_delta_ms: int = 500
@@ -190,10 +196,12 @@ class ConsensusConfig(msgspec.Struct, forbid_unknown_fields=True):
     timeout_commit_ms: int = 500
     max_block_actions: int = 2000
     max_block_bytes: int = 900_000
+    create_empty_blocks: bool = True
+    create_empty_blocks_interval_ms: int = 0
 
     def __post_init__(self) -> None:
         for name in self.__struct_fields__:
-            if name.startswith("timeout_") and getattr(self, name) < 0:
+            if (name.startswith("timeout_") or name.endswith("_interval_ms")) and getattr(self, name) < 0:
                 raise ValueError(f"consensus.{name} must be >= 0")
         if self.max_block_actions < 1:
             raise ValueError("consensus.max_block_actions must be >= 1")

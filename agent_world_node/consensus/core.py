@@ -786,7 +786,7 @@ class ConsensusCore:
         self._proposals[self.round] = proposal
         self._timely[self.round] = True  # PBTS: our own proposal
         self._note_block(block, effects)
-        self._log.info("proposed", height=self.height, round=self.round, pol_round=pol_round,
+        self._log.debug("proposed", height=self.height, round=self.round, pol_round=pol_round,
                        block=block.hash().hex()[:16], actions=len(block.actions))
 
     def _vote(self, vote_type: VoteType, block_hash: Optional[bytes], effects: list[Effect]) -> None:
@@ -818,7 +818,7 @@ class ConsensusCore:
         certificate = build_commit_certificate(self.height, round, block_hash, precommits)
         self.decision = block
         self.step = Step.COMMIT
-        self._log.info("decided", height=self.height, round=round, block=block_hash.hex()[:16],
+        self._log.debug("decided", height=self.height, round=round, block=block_hash.hex()[:16],
                        signatures=len(certificate.signatures), actions=len(block.actions))
         effects.append(Decide(block, certificate))
 

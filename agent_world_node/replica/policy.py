@@ -31,6 +31,12 @@ class PolicyClock:
         self._next_status_ms = now_ms + self.config.status_interval_ms
         return True
 
+    def restart_progress(self, now_ms: int) -> None:
+        """Count the current height's progress from ``now_ms`` (a height started after an idle
+        wait has not been stuck for the wait's length)."""
+        self._last_progress_ms = now_ms
+        self._backoff = 1
+
     def regossip_due(self, height: int, now_ms: int) -> bool:
         """True when ``height`` (the committed tip) has not changed for ``regossip_after_ms`` and
         nothing was re-gossiped since; while it stays stuck the interval doubles after each

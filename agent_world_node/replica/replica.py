@@ -192,6 +192,11 @@ class Replica:
         self.last_block_time_ms = last.block.header.timestamp_ms if last else genesis.genesis_time_ms
         self.actions_committed = 0
         self.regossips = 0
+        #: the committed height's commit wait is over, but the next height waits for an action
+        #: (``consensus.create_empty_blocks = false``; see ``handle_commit_wait``)
+        self.awaiting_actions = False
+        self._last_block_actions = 1  # unknown after a restart: the next block may be a proof block
+        self._last_commit_tick_ms = 0
         self.divergence: Divergence | None = None
         self.decoder = ActionDecoder(capacity=mempool.max_actions + 4 * consensus.max_block_actions)
         driver.decode_action = lambda act: self.decoder.decode(act.action_id, act.payload)
@@ -340,16 +345,21 @@ class Replica:
             return [Misbehaviour(peer, Offence.MALFORMED)]
         if isinstance(msg, GossipVoteMessage):
             self.sync.note_peer_height(peer, msg.vote.height - 1)
-            return self._consensus_traffic(self._judged(peer, VoteReceived(msg.vote)))
+            woken = self._wake() if msg.vote.height == self.height + 1 else []
+            return woken + self._consensus_traffic(self._judged(peer, VoteReceived(msg.vote)))
         if isinstance(msg, GossipProposalMessage):
             self.sync.note_peer_height(peer, msg.proposal.height - 1)
-            return self._consensus_traffic(self._judged(peer, self._proposal_received(msg.proposal)))
+            woken = self._wake() if msg.proposal.height == self.height + 1 else []
+            return woken + self._consensus_traffic(self._judged(peer, self._proposal_received(msg.proposal)))
         if isinstance(msg, GossipCommitMessage):
             return self._consensus_traffic(self._on_commit_announcement(msg, peer))
         if isinstance(msg, GossipActionBatch):
             malformed = self.admission.admit_gossip(msg.payloads)
             return [Misbehaviour(peer, Offence.MALFORMED)] if malformed else []
         self.sync.note_peer_height(peer, msg.height)  # GossipStatusMessage
+        if self.awaiting_actions and msg.height >= self.height:
+            # an idle chain sends no votes: a peer's heartbeat at our height is its traffic
+            self.last_consensus_traffic_ms = self._now_ms
         return []
 
     def screen_gossip(self, topic: str, data: bytes) -> str | None:
@@ -408,9 +418,37 @@ class Replica:
         return self._perform(self.core.handle(timeout))
 
     def handle_commit_wait(self, height: int) -> list[Output]:
-        """The wait after committing ``height`` (``StartCommitWait``) expired: start the next height."""
+        """The wait after committing ``height`` (``StartCommitWait``) expired: start the next
+        height, unless the chain is idle and makes no empty blocks (``_idle``); then the height
+        waits (``awaiting_actions``) until ``tick`` sees an action in the mempool or the empty
+        block interval pass, or a peer's proposal or vote of that height arrives."""
         if height != self.height:
             return []
+        if self._idle():
+            self.awaiting_actions = True
+            self.log.debug("awaiting_actions", height=self.height + 1)
+            return []
+        return self._perform(self._start_next_height())
+
+    def _idle(self) -> bool:
+        """True when ``create_empty_blocks`` is off, the mempool is empty, the last block had no
+        actions (a block with actions is followed by one more, whose header carries its execution
+        root, as CometBFT's proof block) and no empty block is due by the interval."""
+        c = self.config
+        return (not c.create_empty_blocks and len(self.mempool) == 0 and self._last_block_actions == 0
+                and not self._empty_block_due())
+
+    def _empty_block_due(self) -> bool:
+        interval = self.config.create_empty_blocks_interval_ms
+        return interval > 0 and self._now_ms - self._last_commit_tick_ms >= interval
+
+    def _wake(self) -> list[Output]:
+        """End an idle wait: start the next height now."""
+        if not self.awaiting_actions:
+            return []
+        self.awaiting_actions = False
+        self._clock.restart_progress(self._now_ms)
+        self.log.debug("idle_wait_ended", height=self.height + 1, mempool=len(self.mempool))
         return self._perform(self._start_next_height())
 
     def tick(self, now_ms: int, connected: Iterable[str]) -> list[Output]:
@@ -423,7 +461,10 @@ class Replica:
         if self._first_tick_ms is None:
             self._first_tick_ms = now_ms
         self._connected = set(connected)
-        outputs: list[Output] = list(self.admission.take_gossip_batches(MAX_GOSSIP_BYTES - 1024))
+        outputs: list[Output] = []
+        if self.awaiting_actions and (len(self.mempool) > 0 or self._empty_block_due()):
+            outputs.extend(self._wake())
+        outputs.extend(self.admission.take_gossip_batches(MAX_GOSSIP_BYTES - 1024))
         outputs.extend(self.admission.take_regossip_batches(self.policy.action_regossip_ms, MAX_GOSSIP_BYTES - 1024))
         if self._clock.status_due(now_ms):
             d = self.driver
@@ -431,7 +472,9 @@ class Replica:
         if self._clock.regossip_due(self.height, now_ms):
             messages = self.height_messages_to_regossip()
             self.regossips += 1
-            self.log.info("regossip", height=self.core.height, round=self.core.round, messages=len(messages))
+            # an idle chain (no empty blocks) re-sends only its last commit: routine, not a stall
+            (self.log.debug if self.awaiting_actions else self.log.info)(
+                "regossip", height=self.core.height, round=self.core.round, messages=len(messages))
             outputs.extend(messages)
         fetch = self.sync.next_fetch(self.height, self._connected, now_ms)
         if fetch is not None:
@@ -518,12 +561,14 @@ class Replica:
         paper's L28, L36 and L49 need them); votes, a few hundred bytes each, all. Re-sending every
         round's proposal every interval made a stalled height's traffic grow with its rounds until
         the links themselves stalled."""
-        if self.core.height != self.height + 1:
+        if self.core.height != self.height + 1 and not self.awaiting_actions:
             return []
         out: list[Output] = []
         last = self.store.get_block(self.height) if self.height > 0 else None
         if last is not None:
             out.append(_publish(Topic.COMMIT, GossipCommitMessage(last.block.header, last.certificate, last.execution)))
+        if self.awaiting_actions:  # idle: the next height has no messages yet
+            return out
         core = self.core
         wanted_rounds = {core.round, core.locked_round, core.valid_round}
         out.extend(_publish_signed(msg) for msg in core.height_messages()
@@ -637,6 +682,9 @@ class Replica:
         self.height = hdr.height
         self.last_block_hash = block.hash()
         self.last_block_time_ms = hdr.timestamp_ms
+        self.awaiting_actions = False
+        self._last_block_actions = len(block.actions)
+        self._last_commit_tick_ms = self._now_ms
         self.admission.committed([a.action_id for a in block.actions])
         self.intake.committed(len(block.actions), self._now_ms)
         self.mempool.recheck(self._account_of, self._still_admissible)
