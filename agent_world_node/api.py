@@ -17,7 +17,8 @@ Routes (hashes and bytes are lowercase hex in responses):
   ``GET /v1/agents/{agent_id}``, ``GET /v1/events?from_seq=&limit=&kind=``, ``GET /v1/modules``,
   ``GET /v1/evidence``, ``GET /v1/builds/{build_id}`` (a build from source: the world's record and
   this node's own build, with the compiler's message), ``GET /health``, ``GET /ready``,
-  ``GET /metrics`` (Prometheus text).
+  ``GET /metrics`` (Prometheus text). A block or execution record of a height this node pruned
+  (``storage.retain_blocks``) is 410 ``pruned``, naming the heights it keeps.
 - Only with ``rpc.unsafe = true`` in config.toml (local testnets and fault tests): ``GET`` and
   ``POST /v1/unsafe/peer_filter`` with ``{"blocked": [peer id, ...]}``: this node disconnects the
   listed peers and ignores them until the list changes. Otherwise these answer 403.
@@ -94,6 +95,7 @@ class NodeView(Protocol):
     def admit(self, signed: SignedAction) -> AdmissionResult: ...
     def status(self) -> StatusDocument: ...
     def block_json(self, height: int) -> BlockDocument | None: ...
+    def pruned_below(self) -> int: ...
     def execution_json(self, height: int) -> ExecutionDocument | None: ...
     def agent_json(self, agent_id: str) -> dict[str, Any] | None: ...
     def events_json(self, from_seq: int, limit: int, kind: str | None) -> list[dict[str, Any]]: ...
@@ -283,8 +285,18 @@ def create_app(node: NodeView) -> Starlette:
             return h
         data = node.block_json(h)
         if data is None:
-            return _error(404, "not_found", f"no committed block at height {h} on this node (height {node.height})")
+            return _missing_height(h, "block")
         return _json(data)
+
+    def _missing_height(h: int, what: str) -> Response:
+        pruned = node.pruned_below()
+        if 0 < h < pruned:
+            return _error(410, "pruned", f"the {what} of height {h} was pruned on this node, which keeps heights "
+                          f"{pruned}..{node.height} (storage.retain_blocks); ask an archive node (retain_blocks = 0)")
+        if what == "block":
+            return _error(404, "not_found", f"no committed block at height {h} on this node (height {node.height})")
+        return _error(404, "not_found",
+                      f"height {h} is not executed on this node (execution height {node.execution_height})")
 
     async def execution(request: Request) -> Response:
         h = _height(request)
@@ -292,9 +304,7 @@ def create_app(node: NodeView) -> Starlette:
             return h
         data = node.execution_json(h)
         if data is None:
-            return _error(
-                404, "not_found", f"height {h} is not executed on this node (execution height {node.execution_height})"
-            )
+            return _missing_height(h, "execution record")
         return _json(data)
 
     async def agent(request: Request) -> Response:

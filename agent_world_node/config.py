@@ -239,9 +239,22 @@ class PolicyConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """How often (in heights) the world snapshot is written with ``save_to_dir``."""
+    """``snapshot_interval``: how often (in heights) the world snapshot is written with
+    ``save_to_dir``. ``retain_blocks`` (CometBFT's option of that name; 0 keeps every block): the
+    node keeps the blocks and execution records of its last ``retain_blocks`` heights, and never
+    fewer than a restart needs (every height from its world snapshot's on); older ones are
+    deleted every 10 heights (``execution.PRUNE_EVERY_HEIGHTS``), so the store stops growing. Pruned heights are
+    answered with 410 ``pruned`` by the API and cannot be served to syncing peers. Raises
+    ValueError for a value out of range."""
 
     snapshot_interval: int = 50
+    retain_blocks: int = 0
+
+    def __post_init__(self) -> None:
+        if self.snapshot_interval < 1:
+            raise ValueError("storage.snapshot_interval must be >= 1")
+        if self.retain_blocks < 0:
+            raise ValueError("storage.retain_blocks must be >= 0 (0 keeps every block)")
 
 
 class MempoolConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -74,6 +74,11 @@ def chain_execution_block_hash(prev: bytes, height: int, state_root: bytes, even
     return sha256(encode([prev, height, state_root, events_root]))
 
 
+#: With ``storage.retain_blocks`` set, old heights are deleted every this many heights (one
+#: transaction each time, instead of one per block).
+PRUNE_EVERY_HEIGHTS = 10
+
+
 class NodeRuntimeExecutionDriver:
     """Executes committed blocks into a ``World`` and persists the results.
 
@@ -103,6 +108,12 @@ class NodeRuntimeExecutionDriver:
         self.decode_action: Callable[[NodeConsensusAction], SignedAction] = _decode
         self.defer_snapshots = False
         self._snapshot_due = False
+        #: keep the blocks and execution records of the last this many heights (0: all); see
+        #: ``prune``. Set by the owner after ``open``.
+        self.retain_blocks = 0
+        #: the height of the world snapshot a restart would load (0: none, replay from genesis)
+        self.snapshot_height = world.height
+        self._pruned_below = 0
         base = store.get_execution(world.height) if world.height else None
         self.last_height = world.height
         self.last_block_hash = base.execution_block_hash if base else ZERO_HASH
@@ -208,6 +219,12 @@ class NodeRuntimeExecutionDriver:
     def _replay_stored(self, height: int, expect: ExecutionRecord | None) -> None:
         stored = self.store.get_block(height)
         if stored is None:
+            first = self.store.first_block_height()
+            if first > height:
+                raise ExecutionError(
+                    f"cannot execute height {height}: blocks below {first} were pruned (storage.retain_blocks) and "
+                    f"the world snapshot to start from is missing or unreadable ({self.snapshot_dir}); restore "
+                    "the snapshot, or move this home's data directory away and resync from peers")
             raise ExecutionError(f"cannot execute height {height}: its block is not in the store; sync it first")
         hdr = stored.block.header
         record = self._execute(height, hdr.timestamp_ms, stored.block.actions, persist=expect is None)
@@ -257,7 +274,23 @@ class NodeRuntimeExecutionDriver:
                 self._snapshot_due = True
             else:
                 self.write_snapshot()
+        if persist and self.retain_blocks and height % PRUNE_EVERY_HEIGHTS == 0:
+            self.prune(height)
         return record
+
+    def prune(self, tip: int) -> int:
+        """Delete stored blocks and execution records below ``min(tip - retain_blocks + 1,
+        snapshot_height)``: the last ``retain_blocks`` heights stay, and so does every height a
+        restart replays from the snapshot (and the snapshot height's own record, which ``open``
+        checks the snapshot against). Returns the new lowest retained height (0: nothing pruned)."""
+        below = min(tip - self.retain_blocks + 1, self.snapshot_height)
+        if below <= max(1, self._pruned_below):
+            return 0
+        blocks, _ = self.store.prune_below(below)
+        self._pruned_below = below
+        log.info("blocks_pruned", below_height=below, blocks=blocks, retain_blocks=self.retain_blocks,
+                 snapshot_height=self.snapshot_height)
+        return below
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -277,4 +310,5 @@ class NodeRuntimeExecutionDriver:
         """Write the world into ``snapshot_dir/current`` with ``save_to_dir``, which is atomic in
         place (a crash leaves the previous or the new snapshot) and appends only new journal events."""
         self.world.save_to_dir(self.snapshot_dir / "current")
+        self.snapshot_height = self.world.height
         log.info("snapshot_written", height=self.world.height)

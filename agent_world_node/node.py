@@ -120,6 +120,7 @@ class Node:
             # configuration) and checked before loading
             sandbox=Sandbox(cache_dir=home.data_dir / "module-cache"),
         )
+        self.replica.driver.retain_blocks = self.config.storage.retain_blocks
         self._nursery: trio.Nursery | None = None
         self._started_at = time.time()
         self.log = log.bind(node=self.config.moniker)
@@ -279,6 +280,12 @@ class Node:
             certificate=to_builtins(stored.certificate),
             execution=to_builtins(stored.execution) if stored.execution else None,
         )
+
+    def pruned_below(self) -> int:
+        """The lowest height whose block this node still stores, when older ones were pruned
+        (``storage.retain_blocks``); 0 when nothing was pruned."""
+        first = self.replica.store.first_block_height()
+        return first if first > 1 else 0
 
     def execution_json(self, height: int) -> ExecutionDocument | None:
         """The ``GET /v1/execution/{height}`` document, or None."""

@@ -153,6 +153,21 @@ class NodeStore:
         row = self._db.execute("SELECT block_hash FROM blocks WHERE height=?", (height,)).fetchone()
         return bytes(row[0]) if row else None
 
+    def first_block_height(self) -> int:
+        """Return the lowest stored block height (0 when none): above 1 once blocks were pruned."""
+        row = self._db.execute("SELECT MIN(height) FROM blocks").fetchone()
+        return int(row[0] or 0)
+
+    def prune_below(self, height: int) -> tuple[int, int]:
+        """Delete the blocks and execution records of heights below ``height`` in one transaction;
+        return how many of each were deleted. SQLite reuses the freed pages, so the file stops
+        growing once pruning keeps pace (it does not shrink)."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            blocks = self._db.execute("DELETE FROM blocks WHERE height < ?", (height,)).rowcount
+            executions = self._db.execute("DELETE FROM executions WHERE height < ?", (height,)).rowcount
+        return blocks, executions
+
     def last_block_height(self) -> int:
         """Return the highest stored block height (0 when none)."""
         row = self._db.execute("SELECT MAX(height) FROM blocks").fetchone()
