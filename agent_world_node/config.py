@@ -244,17 +244,22 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True):
     node keeps the blocks and execution records of its last ``retain_blocks`` heights, and never
     fewer than a restart needs (every height from its world snapshot's on); older ones are
     deleted every 10 heights (``execution.PRUNE_EVERY_HEIGHTS``), so the store stops growing. Pruned heights are
-    answered with 410 ``pruned`` by the API and cannot be served to syncing peers. Raises
-    ValueError for a value out of range."""
+    answered with 410 ``pruned`` by the API and cannot be served to syncing peers.
+    ``min_free_mb``: ``/ready`` answers 503 while the filesystem of the data directory has less
+    free space than this (MiB), before writes start failing. Raises ValueError for a value out of
+    range."""
 
     snapshot_interval: int = 50
     retain_blocks: int = 0
+    min_free_mb: int = 64
 
     def __post_init__(self) -> None:
         if self.snapshot_interval < 1:
             raise ValueError("storage.snapshot_interval must be >= 1")
         if self.retain_blocks < 0:
             raise ValueError("storage.retain_blocks must be >= 0 (0 keeps every block)")
+        if self.min_free_mb < 0:
+            raise ValueError("storage.min_free_mb must be >= 0")
 
 
 class MempoolConfig(msgspec.Struct, forbid_unknown_fields=True):

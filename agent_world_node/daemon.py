@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
 import signal
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,9 +44,34 @@ LOG_LEVEL_ENV = "AGENT_WORLD_LOG_LEVEL"
 PROFILE_ENV = "AGENT_WORLD_PROFILE"
 
 
+#: Exit status of a node stopped by a full disk (BSD's EX_IOERR).
+DISK_FULL_EXIT = 74
+
+
+def disk_full_error(exc: BaseException) -> BaseException | None:
+    """The error inside ``exc`` (itself, its exception groups' members, or its causes) that says a
+    write failed for lack of space: SQLite's ``SQLITE_FULL`` or an OSError ``ENOSPC``; else None."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return e
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return e
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
+        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    return None
+
+
 def run_node(home: Path, peers: list[str] | None = None) -> None:
     """Run the node whose home is ``home`` until SIGINT or SIGTERM, then stop cleanly (profiled
-    with cProfile when ``AGENT_WORLD_PROFILE`` names a file).
+    with cProfile when ``AGENT_WORLD_PROFILE`` names a file). A write that fails for lack of disk
+    space ends the node with one ``disk_full`` error line and exit status ``DISK_FULL_EXIT``.
 
     ``peers`` (full /p2p/ multiaddrs) replaces the peers of ``config.toml`` when given.
     Raises ``config.ConfigError`` for a missing or invalid home and ``execution.ExecutionError``
@@ -65,7 +92,16 @@ def run_node(home: Path, peers: list[str] | None = None) -> None:
     gc.freeze()
     profile_to = os.environ.get(PROFILE_ENV)
     if not profile_to:
-        trio.run(_run_until_signal, node)
+        try:
+            trio.run(_run_until_signal, node)
+        except BaseException as exc:
+            full = disk_full_error(exc)
+            if full is None:
+                raise
+            log.error("disk_full", data_dir=str(h.data_dir), free_bytes=node.free_bytes(), error=str(full),
+                      hint="free space on that disk, then start the node again: every committed height is "
+                      "intact (each write is one transaction) and nothing was signed after the failed write")
+            raise SystemExit(DISK_FULL_EXIT) from None
         return
     import cProfile
 

@@ -12,6 +12,7 @@ performed, so no lock is needed.
 
 from __future__ import annotations
 
+import shutil
 import time
 from typing import Any
 
@@ -219,7 +220,15 @@ class Node:
                 self._refresh_metrics()
             await trio.sleep(interval_s)
 
+    def free_bytes(self) -> int:
+        """Free bytes on the filesystem of the data directory (-1 when it cannot be read)."""
+        try:
+            return shutil.disk_usage(self.home.data_dir).free
+        except OSError:
+            return -1
+
     def _refresh_metrics(self) -> None:
+        self.metrics.data_free_bytes.set(self.free_bytes())
         self.metrics.peers.set(len(self.net.connected_peers()))
         self.metrics.mempool_size.set(len(self.replica.mempool))
         net = self.net.stats()
@@ -342,13 +351,18 @@ class Node:
         return sorted(self.net.peer_filter.blocked)
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready when connected to a peer (or alone in the validator set), receiving consensus
+        """Ready when the data directory's disk has ``storage.min_free_mb`` free, connected to a
+        peer (or alone in the validator set), receiving consensus
         traffic (a peer's vote, proposal or commit within ``SILENCE_MS`` of the replica's tick
         clock, counted from the first tick when none came yet), not syncing, and not diverged from
         the quorum's execution."""
         r = self.replica
         if r.divergence is not None:
             return False, f"execution diverged from the quorum at height {r.divergence.height}"
+        free, floor = self.free_bytes(), self.config.storage.min_free_mb * 2**20
+        if 0 <= free < floor:
+            return False, (f"only {free // 2**20} MiB free on the disk of {self.home.data_dir} (storage.min_free_mb = "
+                           f"{self.config.storage.min_free_mb}): free space before writes fail")
         if len(r.validator_set) > 1:
             if not self.net.connected_peers():
                 return False, "no peers connected"
