@@ -1,8 +1,9 @@
 """``consensus.create_empty_blocks = false`` (CometBFT's option): an idle validator makes no blocks
 and writes nothing, an action that arrives is committed in the next block, one more block follows
 it (its header carries the action block's execution root, CometBFT's proof block), and
-``create_empty_blocks_interval_ms`` brings back a periodic empty block. Real in-process nodes on
-127.0.0.1; every wait is bounded, and no duration is asserted (the time an action took is printed)."""
+``create_empty_blocks_interval_ms`` brings back a periodic empty block; empty blocks are logged
+at debug and summarized. Real in-process nodes on 127.0.0.1; every wait is bounded, and no
+duration is asserted (the time an action took is printed)."""
 
 from __future__ import annotations
 
@@ -172,3 +173,34 @@ def test_an_idle_four_validator_testnet_stays_ready_and_wakes_for_an_action(tmp_
         trio.run(main)
     finally:
         stop_all(procs, grace_s=10)
+
+
+def test_empty_blocks_are_summarized_not_logged_one_by_one(tmp_path):
+    """A quiet chain's empty blocks are debug lines; every ``SUMMARY_INTERVAL_MS`` one info line
+    ``heights_committed`` counts them."""
+    import structlog
+
+    from agent_world_node.replica import Replica
+    from agent_world_node.replica.replica import SUMMARY_INTERVAL_MS
+    from agent_world_node.store import NodeStore
+
+    key = SigningKey(bytes([9]) * 32)
+    genesis = cfg.Genesis(chain_id="quiet", genesis_time_ms=1_700_000_000_000,
+                          validators=[cfg.GenesisValidator("me", key.public_key.hex(), 1)])
+    replica = Replica.open(genesis=genesis, consensus=cfg.ConsensusConfig(), validator_key=key,
+                           store=NodeStore(tmp_path / "db.sqlite3"), snapshot_dir=tmp_path / "snap",
+                           snapshot_interval=100, node_id="me", now_ms=lambda: 1_700_000_060_000)
+    with structlog.testing.capture_logs() as logs:
+        replica.tick(0, [])
+        replica.start()  # a lone validator commits height 1 at once
+        for _ in range(4):
+            replica.handle_commit_wait(replica.height)
+        replica.tick(SUMMARY_INTERVAL_MS - 1, [])
+        assert not [e for e in logs if e["event"] == "heights_committed"]
+        replica.tick(SUMMARY_INTERVAL_MS, [])
+    assert replica.height == 5
+    committed = [e for e in logs if e["event"] == "block_committed"]
+    assert len(committed) == 5 and all(e["log_level"] == "debug" for e in committed)
+    [summary] = [e for e in logs if e["event"] == "heights_committed"]
+    assert summary["log_level"] == "info"
+    assert (summary["from_height"], summary["to_height"], summary["blocks"], summary["empty"]) == (1, 5, 5, 5)

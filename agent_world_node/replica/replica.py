@@ -110,6 +110,8 @@ MIN_INTAKE_FLOOR = 100
 
 #: Largest gossip message a node accepts or sends (bytes).
 MAX_GOSSIP_BYTES = 1_000_000
+#: How often (tick-clock ms) ``Replica.tick`` logs the ``heights_committed`` summary.
+SUMMARY_INTERVAL_MS = 30_000
 #: Largest vote-topic message ``screen_gossip`` decodes (a vote message is about 250 bytes; a
 #: larger one passes the screen and is judged by ``handle_gossip``).
 MAX_VOTE_GOSSIP_BYTES = 4096
@@ -197,6 +199,11 @@ class Replica:
         self.awaiting_actions = False
         self._last_block_actions = 1  # unknown after a restart: the next block may be a proof block
         self._last_commit_tick_ms = 0
+        # the periodic ``heights_committed`` summary: since when, from which height, how many blocks
+        self._summary_since_ms: int | None = None
+        self._summary_from = self.height
+        self._summary_blocks = 0
+        self._summary_empty = 0
         self.divergence: Divergence | None = None
         self.decoder = ActionDecoder(capacity=mempool.max_actions + 4 * consensus.max_block_actions)
         driver.decode_action = lambda act: self.decoder.decode(act.action_id, act.payload)
@@ -430,6 +437,23 @@ class Replica:
             return []
         return self._perform(self._start_next_height())
 
+    def _log_summary(self, now_ms: int) -> None:
+        """Every ``SUMMARY_INTERVAL_MS`` of the tick clock, one info line ``heights_committed``:
+        the heights committed since the last one, how many blocks were empty, the mempool, and
+        whether the chain is idle (``create_empty_blocks = false``). Nothing when nothing happened
+        and nothing is pending."""
+        if self._summary_since_ms is None:
+            self._summary_since_ms = now_ms
+            return
+        if now_ms - self._summary_since_ms < SUMMARY_INTERVAL_MS:
+            return
+        if self._summary_blocks or len(self.mempool):
+            self.log.info("heights_committed", from_height=self._summary_from + 1, to_height=self.height,
+                          blocks=self._summary_blocks, empty=self._summary_empty, mempool=len(self.mempool),
+                          idle=self.awaiting_actions, seconds=round((now_ms - self._summary_since_ms) / 1000))
+        self._summary_since_ms, self._summary_from = now_ms, self.height
+        self._summary_blocks = self._summary_empty = 0
+
     def _idle(self) -> bool:
         """True when ``create_empty_blocks`` is off, the mempool is empty, the last block had no
         actions (a block with actions is followed by one more, whose header carries its execution
@@ -461,6 +485,7 @@ class Replica:
         if self._first_tick_ms is None:
             self._first_tick_ms = now_ms
         self._connected = set(connected)
+        self._log_summary(now_ms)
         outputs: list[Output] = []
         if self.awaiting_actions and (len(self.mempool) > 0 or self._empty_block_due()):
             outputs.extend(self._wake())
@@ -685,6 +710,8 @@ class Replica:
         self.awaiting_actions = False
         self._last_block_actions = len(block.actions)
         self._last_commit_tick_ms = self._now_ms
+        self._summary_blocks += 1
+        self._summary_empty += not block.actions
         self.admission.committed([a.action_id for a in block.actions])
         self.intake.committed(len(block.actions), self._now_ms)
         self.mempool.recheck(self._account_of, self._still_admissible)
@@ -698,7 +725,9 @@ class Replica:
         m.blocks_committed.inc()
         m.actions_committed.inc(len(block.actions))
         m.mempool_size.set(len(self.mempool))
-        self.log.info(
+        # empty blocks are routine (every timeout_commit on a quiet chain): at debug, and counted in
+        # the periodic ``heights_committed`` summary
+        (self.log.info if block.actions else self.log.debug)(
             "block_committed",
             height=hdr.height,
             round=hdr.round,
