@@ -372,6 +372,14 @@ class NodeClient:
         body.setdefault("instances", [])
         return body
 
+    async def snapshots(self) -> list[dict[str, Any]]:
+        """GET /v1/snapshots: the state-sync snapshots the node keeps and serves, newest first
+        (``height``, ``format``, ``size``, ``chunks``, ``hash``, ``state_root``)."""
+        body = await self._get_json("/v1/snapshots", what="snapshot list")
+        if not isinstance(body, dict) or not isinstance(body.get("snapshots"), list):
+            raise BadResponse(f"node at {self.base_url} answered /v1/snapshots without a snapshot list")
+        return body["snapshots"]
+
     async def health(self) -> bool:
         """GET /health: True iff the node answers 200. Raises NodeUnreachable if it cannot be reached."""
         return (await self._request("GET", "/health")).status_code == 200
@@ -411,6 +419,10 @@ class SyncNodeClient:
     def status(self) -> dict[str, Any]:
         """See NodeClient.status."""
         return self._call(NodeClient.status)
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        """See NodeClient.snapshots."""
+        return self._call(NodeClient.snapshots)
 
     def block(self, height: int) -> dict[str, Any]:
         """See NodeClient.block."""

@@ -101,6 +101,7 @@ class NodeView(Protocol):
     def events_json(self, from_seq: int, limit: int, kind: str | None) -> list[dict[str, Any]]: ...
     def modules_json(self) -> dict[str, Any]: ...
     def evidence_json(self) -> list[dict[str, Any]]: ...
+    def snapshots_json(self) -> list[dict[str, Any]]: ...
 
     def build_json(self, build_id: str) -> dict[str, Any] | None: ...
     def set_peer_filter(self, blocked: list[str]) -> list[str]: ...
@@ -337,6 +338,9 @@ def create_app(node: NodeView) -> Starlette:
     async def evidence(request: Request) -> Response:
         return JSONResponse({"evidence": node.evidence_json()})
 
+    async def snapshots(request: Request) -> Response:
+        return JSONResponse({"snapshots": node.snapshots_json()})
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -381,6 +385,7 @@ def create_app(node: NodeView) -> Starlette:
         Route("/v1/events", events),
         Route("/v1/modules", modules),
         Route("/v1/evidence", evidence),
+        Route("/v1/snapshots", snapshots),
         Route("/v1/builds/{build_id}", build),
         Route("/health", health),
         Route("/ready", ready),

@@ -262,6 +262,46 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("storage.min_free_mb must be >= 0")
 
 
+class StateSyncConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """State-sync snapshots this node makes and serves, and joining by state sync (CometBFT's
+    ``[statesync]`` with the Cosmos SDK's ``snapshot-interval`` / ``snapshot-keep-recent``).
+
+    ``snapshot_interval``: every this many heights the node writes a state-sync snapshot of its
+    world (0: none) into ``data/state-snapshots`` and serves it to joining peers over
+    ``/agent-world/snapshot/1.0.0``; ``snapshot_keep_recent``: how many it keeps (the newest;
+    blocks from the oldest one's height on are never pruned, since a joiner needs them).
+    ``enable``: a node started with an empty home joins by state sync: it restores the newest
+    snapshot its peers offer, verified against a certified block header, instead of replaying
+    every block from genesis. ``trust_height`` / ``trust_hash`` (optional, both or neither): the
+    block of that height must have that hash (hex), and the snapshot must be at or above it.
+    ``discovery_ms``: how long to collect peers' offers before choosing; ``chunk_timeout_ms``:
+    how long one chunk request may take. Raises ValueError for a value out of range."""
+
+    enable: bool = False
+    snapshot_interval: int = 1000
+    snapshot_keep_recent: int = 2
+    trust_height: int = 0
+    trust_hash: str = ""
+    discovery_ms: int = 3000
+    chunk_timeout_ms: int = 30_000
+
+    def __post_init__(self) -> None:
+        if self.snapshot_interval < 0:
+            raise ValueError("statesync.snapshot_interval must be >= 0 (0: make no snapshots)")
+        if self.snapshot_keep_recent < 1:
+            raise ValueError("statesync.snapshot_keep_recent must be >= 1")
+        if self.trust_height < 0 or bool(self.trust_height) != bool(self.trust_hash):
+            raise ValueError("statesync.trust_height and statesync.trust_hash go together (or neither is set)")
+        if self.trust_hash:
+            try:
+                if len(bytes.fromhex(self.trust_hash)) != 32:
+                    raise ValueError
+            except ValueError:
+                raise ValueError("statesync.trust_hash must be a block hash: 64 hex digits") from None
+        if self.discovery_ms <= 0 or self.chunk_timeout_ms <= 0:
+            raise ValueError("statesync.discovery_ms and statesync.chunk_timeout_ms must be > 0")
+
+
 class MempoolConfig(msgspec.Struct, forbid_unknown_fields=True):
     """``max_actions``: the mempool's hard bound (actions); when full, submissions get 503
     ``mempool_full`` with a retry hint. ``target_queue_ms``: clients' actions are refused with 503
@@ -288,6 +328,7 @@ class NodeConfig(msgspec.Struct, forbid_unknown_fields=True):
     policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     mempool: MempoolConfig = msgspec.field(default_factory=MempoolConfig)
+    statesync: StateSyncConfig = msgspec.field(default_factory=StateSyncConfig)
 
 
 class Home:
@@ -302,6 +343,7 @@ class Home:
         self.node_key_file = self.config_dir / "node_key.json"
         self.validator_key_file = self.config_dir / "priv_validator_key.json"
         self.snapshot_dir = self.data_dir / "snapshots"
+        self.state_snapshot_dir = self.data_dir / "state-snapshots"
         self.db_file = self.data_dir / "node.sqlite3"
 
 

@@ -29,6 +29,7 @@ from agent_world_runtime.codec import DecodeError, encode
 from agent_world_runtime.crypto import sha256
 from agent_world_runtime.failpoints import failpoint
 from agent_world_runtime.modules.sandbox import Sandbox
+from agent_world_runtime.snapshots import SnapshotArchive
 
 from .store import ExecutionRecord, NodeStore
 from .types import ZERO_HASH, Block, NodeConsensusAction
@@ -111,6 +112,10 @@ class NodeRuntimeExecutionDriver:
         #: keep the blocks and execution records of the last this many heights (0: all); see
         #: ``prune``. Set by the owner after ``open``.
         self.retain_blocks = 0
+        #: the state-sync snapshots kept for joining peers, one every ``state_snapshot_interval``
+        #: heights (None: none are made). Set by the owner after ``open``.
+        self.archive: SnapshotArchive | None = None
+        self.state_snapshot_interval = 1
         #: the height of the world snapshot a restart would load (0: none, replay from genesis)
         self.snapshot_height = world.height
         self._pruned_below = 0
@@ -274,16 +279,23 @@ class NodeRuntimeExecutionDriver:
                 self._snapshot_due = True
             else:
                 self.write_snapshot()
+        if persist and self.archive is not None and height % self.state_snapshot_interval == 0:
+            failpoint("execution.before_state_snapshot")
+            self.archive.save_snapshot_to_dir(world.create_snapshot(), height, outcome.state_root)
         if persist and self.retain_blocks and height % PRUNE_EVERY_HEIGHTS == 0:
             self.prune(height)
         return record
 
     def prune(self, tip: int) -> int:
         """Delete stored blocks and execution records below ``min(tip - retain_blocks + 1,
-        snapshot_height)``: the last ``retain_blocks`` heights stay, and so does every height a
-        restart replays from the snapshot (and the snapshot height's own record, which ``open``
-        checks the snapshot against). Returns the new lowest retained height (0: nothing pruned)."""
+        snapshot_height, oldest state-sync snapshot)``: the last ``retain_blocks`` heights stay, and
+        so does every height a restart replays from the snapshot (and the snapshot height's own
+        record, which ``open`` checks the snapshot against), and every height from the oldest
+        state-sync snapshot kept on (a joiner verifies it with that height's block and the next).
+        Returns the new lowest retained height (0: nothing pruned)."""
         below = min(tip - self.retain_blocks + 1, self.snapshot_height)
+        if self.archive is not None and (held := self.archive.manifests()):
+            below = min(below, held[-1].height)  # a joiner restoring it needs its height's block and the next
         if below <= max(1, self._pruned_below):
             return 0
         blocks, _ = self.store.prune_below(below)

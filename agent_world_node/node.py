@@ -21,8 +21,9 @@ import trio
 
 from agent_world_runtime import World
 from agent_world_runtime.actions import SignedAction
-from agent_world_runtime.codec import to_builtins
+from agent_world_runtime.codec import encode, to_builtins
 from agent_world_runtime.modules.sandbox import Sandbox
+from agent_world_runtime.snapshots import SnapshotArchive
 
 from . import config as cfg
 from .api import create_app
@@ -55,6 +56,7 @@ from .schema import (
     PeerFilterDocument,
     StatusDocument,
 )
+from .statesync import StateSyncer, home_is_empty, install
 from .store import NodeStore
 from .types import Topic
 
@@ -102,35 +104,76 @@ class Node:
             ),
             sync_handler=self._serve_sync,
             screen=lambda topic, data: self.replica.screen_gossip(topic, data),
+            snapshots=(self._snapshot_manifests, self._snapshot_chunk),
         )
         self.peer_id = self.net.peer_id
-        self.replica = Replica.open(
-            genesis=genesis,
+        self.genesis = genesis
+        # compiled modules are cached on disk, keyed by (wasm_hash, wasmtime version, engine
+        # configuration) and checked before loading
+        self.sandbox = Sandbox(cache_dir=home.data_dir / "module-cache")
+        statesync = self.config.statesync
+        self.archive = SnapshotArchive(home.state_snapshot_dir, statesync.snapshot_keep_recent)
+        self.log = log.bind(node=self.config.moniker)
+        #: the state sync in progress (None: none; see ``run``)
+        self.state_sync: StateSyncer | None = None
+        self.replica = self._open_replica(NodeStore(home.db_file))
+        self._nursery: trio.Nursery | None = None
+        self._started_at = time.time()
+        self._topics = {tid: Topic(name) for name, tid in topic_ids(self.replica.chain_id).items()}
+        for name in ("peer_rate_limit", "peer_rate_burst"):
+            if getattr(self.config.p2p, name) is not None:
+                self.log.warning("config_setting_ignored", setting=f"p2p.{name}",
+                                 reason="replaced by the per-topic limits p2p.<topic>_rate_limit / _rate_burst")
+
+    def _open_replica(self, store: NodeStore) -> Replica:
+        """Restore the replica from ``store`` and the world snapshot (``Replica.open``) and
+        configure its execution driver (pruning, state-sync snapshots) and the build runner."""
+        replica = Replica.open(
+            genesis=self.genesis,
             consensus=self.config.consensus,
             policy=self.config.policy,
-            validator_key=cfg.read_key(home.validator_key_file),
-            store=NodeStore(home.db_file),
-            snapshot_dir=home.snapshot_dir,
+            validator_key=cfg.read_key(self.home.validator_key_file),
+            store=store,
+            snapshot_dir=self.home.snapshot_dir,
             snapshot_interval=self.config.storage.snapshot_interval,
             node_id=self.peer_id,
             now_ms=lambda: int(time.time() * 1000),
             mempool_size=self.config.mempool.max_actions,
             target_queue_ms=self.config.mempool.target_queue_ms,
             metrics=self.metrics,
-            # compiled modules are cached on disk, keyed by (wasm_hash, wasmtime version, engine
-            # configuration) and checked before loading
-            sandbox=Sandbox(cache_dir=home.data_dir / "module-cache"),
+            sandbox=self.sandbox,
         )
-        self.replica.driver.retain_blocks = self.config.storage.retain_blocks
-        self._nursery: trio.Nursery | None = None
-        self._started_at = time.time()
-        self.log = log.bind(node=self.config.moniker)
-        self._builds = BuildRunner(self.replica, self.log)
-        self._topics = {tid: Topic(name) for name, tid in topic_ids(self.replica.chain_id).items()}
-        for name in ("peer_rate_limit", "peer_rate_burst"):
-            if getattr(self.config.p2p, name) is not None:
-                self.log.warning("config_setting_ignored", setting=f"p2p.{name}",
-                                 reason="replaced by the per-topic limits p2p.<topic>_rate_limit / _rate_burst")
+        driver = replica.driver
+        driver.retain_blocks = self.config.storage.retain_blocks
+        if self.config.statesync.snapshot_interval:
+            driver.archive = self.archive
+            driver.state_snapshot_interval = self.config.statesync.snapshot_interval
+        self._builds = BuildRunner(replica, self.log)
+        return replica
+
+    def _snapshot_manifests(self) -> list[bytes]:
+        """The encoded manifests of the state-sync snapshots this node serves, newest first."""
+        return [encode(m) for m in self.archive.manifests()]
+
+    def _snapshot_chunk(self, height: int, index: int) -> bytes | None:
+        """One chunk of a state-sync snapshot this node serves, or None."""
+        return self.archive.read_chunk(height, index)
+
+    async def _state_sync(self) -> None:
+        """Join by state sync (``statesync``): restore the newest verified snapshot peers offer,
+        install it, and reopen the replica on it. Runs before consensus starts; ``/ready`` answers
+        503 meanwhile."""
+        store = self.replica.store
+        started = time.monotonic()
+        self.log.info("state_sync_started", trust_height=self.config.statesync.trust_height or None)
+        self.state_sync = StateSyncer(self.net, self.genesis.chain_id, self.replica.validator_set,
+                                      self.config.statesync, self.sandbox)
+        world, base = await self.state_sync.run()
+        install(world, base, store, self.home.snapshot_dir)
+        self.replica = self._open_replica(store)
+        self.state_sync = None
+        self.log.info("state_sync_completed", height=base.height, state_root=base.state_root.hex(),
+                      seconds=round(time.monotonic() - started, 3), peers=len(self.net.connected_peers()))
 
     # -- views used by the API ------------------------------------------------------------------
     @property
@@ -269,7 +312,7 @@ class Node:
                 bans_total=self.net.peer_filter.bans_total,
             ),
             module_calls=self.world.stats().get("module_calls", 0),
-            syncing=r.syncing,
+            syncing=r.syncing or self.state_sync is not None,
             uptime_s=round(time.time() - self._started_at, 1),
         )
 
@@ -344,6 +387,13 @@ class Node:
         """Stored equivocation evidence (newest first)."""
         return [{"height": h, "kind": k, "payload": p.hex()} for h, k, p in self.replica.store.evidence()]
 
+    def snapshots_json(self) -> list[dict[str, Any]]:
+        """The ``GET /v1/snapshots`` list: the state-sync snapshots this node keeps and serves,
+        newest first: ``height``, ``format``, ``size`` (bytes), ``chunks``, ``hash`` and
+        ``state_root`` (hex)."""
+        return [{"height": m.height, "format": m.format, "size": m.size, "chunks": len(m.chunk_hashes),
+                 "hash": m.hash.hex(), "state_root": m.state_root.hex()} for m in self.archive.manifests()]
+
     def set_peer_filter(self, blocked: list[str]) -> list[str]:
         """Replace the operator's block list (``POST /v1/unsafe/peer_filter``); returns it sorted.
         Raises ValueError for a string that is not a peer id."""
@@ -357,6 +407,8 @@ class Node:
         clock, counted from the first tick when none came yet), not syncing, and not diverged from
         the quorum's execution."""
         r = self.replica
+        if self.state_sync is not None:
+            return False, f"joining by state sync: {self.state_sync.phase}"
         if r.divergence is not None:
             return False, f"execution diverged from the quorum at height {r.divergence.height}"
         free, floor = self.free_bytes(), self.config.storage.min_free_mb * 2**20
@@ -398,6 +450,15 @@ class Node:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     await nursery.start(serve, create_app(self), hconf)
+                    if self.config.statesync.enable:
+                        if not home_is_empty(self.replica.store):
+                            self.log.info("state_sync_skipped", height=self.replica.height,
+                                          reason="this home already holds the chain; it continues from its own state")
+                        elif not self.config.p2p.peers:
+                            self.log.warning("state_sync_skipped", height=0,
+                                             reason="no p2p.peers to fetch snapshots from; starting from genesis")
+                        else:
+                            await self._state_sync()
                     nursery.start_soon(self._inbound_loop)
                     nursery.start_soon(self._tick_loop)
                     await self._perform(self.replica.start())

@@ -226,6 +226,7 @@ class Offence(enum.StrEnum):
     INVALID_MESSAGE = "invalid_message"  # wrong proposer, bad round, bad block hash, misshapen block
     INVALID_COMMIT = "invalid_commit"  # commit whose certificate or actions do not verify
     BAD_SYNC_RESPONSE = "bad_sync_response"  # malformed or unverifiable blocks served over sync
+    BAD_SNAPSHOT = "bad_snapshot"  # a state-sync chunk or snapshot that does not verify
     RATE_LIMITED = "rate_limited"  # each gossip message above the per-peer rate limit
     BAD_PUBSUB_FRAME = "bad_pubsub_frame"  # a pubsub frame that does not parse
 

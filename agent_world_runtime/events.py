@@ -77,20 +77,36 @@ class EventJournal:
     (measured: decoded events were 137 MB of a 420 MB node at 100,000 agents and 200,000 events).
     ``raw`` returns the stored encodings for persistence; ``from_raw`` rebuilds a journal from
     them, byte for byte.
+
+    A journal restored by state sync starts after a ``base``: events ``1..base`` happened but are
+    not held here (only their hash-chain head ``base_head`` is, which the state root commits to),
+    so ``len`` and ``head`` are those of the whole journal while ``raw``/``query`` return only held
+    events (``first_seq`` is the oldest). ``kind_counts`` counts held events.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, base: int = 0, base_head: bytes = ZERO_HEAD) -> None:
+        """An empty journal, or one whose events ``1..base`` (hash-chain head ``base_head``, 32
+        bytes) are not held. Raises ValueError for a negative base or a head of another size."""
+        if base < 0 or len(base_head) != 32 or (base == 0 and base_head != ZERO_HEAD):
+            raise ValueError(f"invalid journal base {base} with head of {len(base_head)} bytes")
         self._raw: list[bytes] = []
         self._kinds: list[str] = []
-        self.head: bytes = ZERO_HEAD
+        self.base = base
+        self.base_head = base_head
+        self.head: bytes = base_head
         self.kind_counts: Counter[str] = Counter()
 
     def __len__(self) -> int:
-        return len(self._raw)
+        return self.base + len(self._raw)
+
+    @property
+    def first_seq(self) -> int:
+        """The oldest held event's seq (``base + 1``; 1 for a whole journal)."""
+        return self.base + 1
 
     def append(self, height: int, kind: str, data: dict[str, Any]) -> Event:
         """Append a new event and return it. ``data`` must hold only encodable plain values."""
-        event = Event(seq=len(self._raw) + 1, height=height, kind=kind, data=data)
+        event = Event(seq=len(self) + 1, height=height, kind=kind, data=data)
         raw = encode(event)
         self._raw.append(raw)
         self._kinds.append(sys.intern(kind))
@@ -99,20 +115,21 @@ class EventJournal:
         return event
 
     def raw_of(self, event: Event) -> bytes:
-        """Return the canonical bytes of a journal event (as stored)."""
-        return self._raw[event.seq - 1]
+        """Return the canonical bytes of a held journal event (as stored)."""
+        return self._raw[event.seq - 1 - self.base]
 
     def raw(self, first_seq: int = 1, last_seq: int | None = None) -> list[bytes]:
-        """Return the stored encodings of events ``first_seq..last_seq`` (inclusive, 1-based)."""
-        end = len(self._raw) if last_seq is None else last_seq
-        return self._raw[max(first_seq, 1) - 1 : end]
+        """Return the stored encodings of held events ``first_seq..last_seq`` (inclusive, 1-based;
+        seqs at or below ``base`` are not held and are skipped)."""
+        end = len(self) if last_seq is None else last_seq
+        return self._raw[max(first_seq - self.base, 1) - 1 : max(end - self.base, 0)]
 
     def query(self, from_seq: int = 0, limit: int = 100, kind_prefix: str | None = None) -> list[Event]:
-        """Return up to ``limit`` events with ``seq >= from_seq``, oldest first, optionally only
-        those whose kind starts with ``kind_prefix``. Raises ValueError on a negative ``limit``."""
+        """Return up to ``limit`` held events with ``seq >= from_seq``, oldest first, optionally
+        only those whose kind starts with ``kind_prefix``. Raises ValueError on a negative ``limit``."""
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
-        start = max(from_seq, 1) - 1
+        start = max(from_seq - self.base, 1) - 1
         if kind_prefix is None:
             return [decode(raw, Event) for raw in self._raw[start : start + limit]]
         out: list[Event] = []
@@ -125,14 +142,15 @@ class EventJournal:
         return out
 
     @classmethod
-    def from_raw(cls, raws: Iterable[bytes]) -> "EventJournal":
-        """Rebuild a journal from stored encodings; raises codec.DecodeError on a bad entry and
-        ValueError if the sequence numbers are not 1, 2, 3, ..."""
-        journal = cls()
+    def from_raw(cls, raws: Iterable[bytes], base: int = 0, base_head: bytes = ZERO_HEAD) -> "EventJournal":
+        """Rebuild a journal from stored encodings of events ``base+1, base+2, ...`` after a base
+        (see the class docstring); raises codec.DecodeError on a bad entry and ValueError if the
+        sequence numbers do not follow on."""
+        journal = cls(base, base_head)
         for raw in raws:
             event = decode(raw, Event)
-            if event.seq != len(journal._raw) + 1:
-                raise ValueError(f"journal out of order: event seq {event.seq} at position {len(journal._raw) + 1}")
+            if event.seq != len(journal) + 1:
+                raise ValueError(f"journal out of order: event seq {event.seq} at position {len(journal) + 1}")
             journal._raw.append(bytes(raw))
             journal._kinds.append(sys.intern(event.kind))
             journal.head = chain_head(journal.head, raw)

@@ -31,6 +31,14 @@ The names (``KNOWN_FAILPOINTS``) and where they sit:
   the consensus WAL below its height not yet pruned.
 - ``wal.after_append``: ``NodeStore.wal_append``, a signed proposal or vote is durable in the
   consensus WAL but not yet sent to any peer.
+- ``state_snapshot.after_blob``: ``SnapshotArchive.save_snapshot_to_dir``, a state-sync snapshot's
+  blob is written, its manifest (the commit point) not yet.
+- ``state_snapshot.serving_chunk``: ``SnapshotArchive.read_chunk``, a chunk is being read for a
+  joining peer.
+- ``statesync.after_world``: ``statesync.install``, the restored world is saved, the base block and
+  its execution record not yet stored.
+- ``statesync.after_block``: ``statesync.install``, the base block is stored, its execution record
+  (the commit point) not yet.
 
 An unknown name or a malformed entry in the variable raises ``FailpointSpecError`` at import, so a
 typo cannot silently test nothing.
@@ -54,6 +62,10 @@ KNOWN_FAILPOINTS: frozenset[str] = frozenset(
         "commit.after_put_block",
         "commit.after_execute",
         "wal.after_append",
+        "state_snapshot.after_blob",
+        "state_snapshot.serving_chunk",
+        "statesync.after_world",
+        "statesync.after_block",
     }
 )
 

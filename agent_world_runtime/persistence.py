@@ -38,13 +38,14 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import msgspec
 import structlog
 
 from .codec import DecodeError, decode, encode
 from .crypto import sha256
-from .events import EventJournal
+from .events import ZERO_HEAD, EventJournal
 from .failpoints import failpoint
 from .state import AgentRecord, ArtifactRecord, BuildRecord, InstanceRecord, WorldMeta, WorldState
 
@@ -86,6 +87,9 @@ class WorldSnapshot(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     instances: list[InstanceRecord] = []
     module_state: dict[str, bytes] = {}
     builds: list[BuildRecord] = []
+    # A journal restored by state sync holds only events after ``journal_base`` (``EventJournal``).
+    journal_base: int = 0
+    journal_base_head: bytes = ZERO_HEAD
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,64 @@ def _read_current(directory: Path) -> str | None:
         return None
 
 
+def snapshot_of(state: WorldState, height: int, segments: list[JournalSegment] | None) -> WorldSnapshot:
+    """The ``WorldSnapshot`` of ``state`` at block ``height`` whose journal's held events are in
+    ``segments``; None: without the journal's events (the snapshot's journal then starts after a
+    base of every event so far, as state sync restores it)."""
+    journal = state.journal
+    if segments is None:
+        segments, base, base_head = [], len(journal), journal.head
+    else:
+        base, base_head = journal.base, journal.base_head
+    return WorldSnapshot(
+        format=SNAPSHOT_FORMAT,
+        height=height,
+        meta=state.meta,
+        state_root=state.state_root(),
+        journal_length=len(journal),
+        journal_head=journal.head,
+        segments=segments,
+        agents=[state.agents[k] for k in sorted(state.agents)],
+        artifacts=[state.artifacts[k] for k in sorted(state.artifacts)],
+        instances=[state.instances[k] for k in sorted(state.instances)],
+        module_state=dict(sorted(state.module_state.items())),
+        builds=[state.builds[k] for k in sorted(state.builds)],
+        journal_base=base,
+        journal_base_head=base_head,
+    )
+
+
+def rebuild_state(snap: WorldSnapshot, journal: EventJournal, artifact_bytes: Callable[[str], bytes], where: str) -> WorldState:
+    """Rebuild and verify the ``WorldState`` of ``snap`` with its ``journal``: ``artifact_bytes
+    (wasm_hash)`` returns each artifact's bytes (raising SnapshotError when missing), which are
+    re-hashed; the state root recomputed from the records must equal ``snap.state_root``.
+    ``where`` names the source in errors. Raises SnapshotError."""
+    if len(journal) != snap.journal_length or journal.head != snap.journal_head:
+        raise SnapshotError(f"journal in {where} does not match its snapshot (length or hash-chain head differs)")
+    state = WorldState(snap.meta)
+    state.journal = journal
+    for agent in snap.agents:
+        state.agents[agent.agent_id] = agent
+    for art in snap.artifacts:
+        wasm = artifact_bytes(art.wasm_hash)
+        if sha256(wasm).hex() != art.wasm_hash:
+            raise SnapshotError(f"module artifact {art.wasm_hash} in {where} is corrupt (sha256 mismatch)")
+        state.artifacts[art.wasm_hash] = art
+        state.artifact_bytes[art.wasm_hash] = wasm
+    for inst in snap.instances:
+        state.instances[inst.instance_id] = inst
+    state.module_state.update(snap.module_state)
+    for build in snap.builds:
+        state.builds[build.build_id] = build
+    state.rebuild_indexes()
+    root = state.rebuild_tree()
+    if root != snap.state_root:
+        raise SnapshotError(
+            f"state root recomputed from {where} is {root.hex()}, but the snapshot recorded {snap.state_root.hex()}"
+        )
+    return state
+
+
 def save_state(state: WorldState, height: int, directory: Path, cache: SaveCache | None) -> SaveCache:
     """Write ``state`` at block ``height`` into ``directory`` as described in the module
     docstring and return the SaveCache for the next save. ``cache`` is the one the previous
@@ -150,7 +212,7 @@ def save_state(state: WorldState, height: int, directory: Path, cache: SaveCache
             and len(cache.segments) < MAX_SEGMENTS
             and all((directory / "journal" / s.file).is_file() for s in cache.segments)):
         segments = list(cache.segments)
-    covered = segments[-1].last_seq if segments else 0
+    covered = segments[-1].last_seq if segments else journal.base
     if len(journal) > covered:
         first, last = covered + 1, len(journal)
         blob = encode(journal.raw(first, last))
@@ -167,20 +229,7 @@ def save_state(state: WorldState, height: int, directory: Path, cache: SaveCache
     _fsync_dir(directory / "journal")
     _fsync_dir(directory / "modules")
 
-    snapshot = WorldSnapshot(
-        format=SNAPSHOT_FORMAT,
-        height=height,
-        meta=state.meta,
-        state_root=state.state_root(),
-        journal_length=len(journal),
-        journal_head=journal.head,
-        segments=segments,
-        agents=[state.agents[k] for k in sorted(state.agents)],
-        artifacts=[state.artifacts[k] for k in sorted(state.artifacts)],
-        instances=[state.instances[k] for k in sorted(state.instances)],
-        module_state=dict(sorted(state.module_state.items())),
-        builds=[state.builds[k] for k in sorted(state.builds)],
-    )
+    snapshot = snapshot_of(state, height, segments)
     generation = f"snapshot-{height:012d}-{uuid.uuid4().hex[:12]}"
     tmp_dir = directory / f".tmp-{generation}"
     tmp_dir.mkdir()
@@ -199,7 +248,7 @@ def save_state(state: WorldState, height: int, directory: Path, cache: SaveCache
 
     new_cache = SaveCache(resolved, generation, tuple(segments))
     _collect_garbage(directory, generation, {s.file for s in segments}, set(state.artifact_bytes))
-    log.info("world saved", path=str(directory), height=height, events=len(journal), segments=len(segments))
+    log.info("world_saved", path=str(directory), height=height, events=len(journal), segments=len(segments))
     return new_cache
 
 
@@ -222,7 +271,7 @@ def _collect_garbage(directory: Path, generation: str, segment_files: set[str], 
             if entry.suffix != ".wasm" or entry.stem not in wasm_hashes:
                 entry.unlink()
     except OSError as exc:  # leftovers are harmless; the next save tries again
-        log.warning("could not remove old snapshot files", path=str(directory), error=str(exc))
+        log.warning("snapshot_cleanup_failed", path=str(directory), error=str(exc))
 
 
 def load_state(directory: Path) -> LoadedState:
@@ -248,8 +297,9 @@ def load_state(directory: Path) -> LoadedState:
             raise SnapshotError(f"cannot read journal segment {seg_path}: {exc}") from None
         if sha256(blob) != seg.sha256:
             raise SnapshotError(f"journal segment {seg_path} is corrupt (sha256 mismatch)")
-        if seg.first_seq != len(raws) + 1:
-            raise SnapshotError(f"journal segment {seg_path} starts at seq {seg.first_seq}, expected {len(raws) + 1}")
+        if seg.first_seq != snap.journal_base + len(raws) + 1:
+            raise SnapshotError(f"journal segment {seg_path} starts at seq {seg.first_seq}, "
+                                f"expected {snap.journal_base + len(raws) + 1}")
         try:
             items = decode(blob, list[bytes])
         except DecodeError as exc:
@@ -258,36 +308,17 @@ def load_state(directory: Path) -> LoadedState:
             raise SnapshotError(f"journal segment {seg_path} holds {len(items)} events, expected {seg.last_seq - seg.first_seq + 1}")
         raws.extend(items)
     try:
-        journal = EventJournal.from_raw(raws)
+        journal = EventJournal.from_raw(raws, snap.journal_base, snap.journal_base_head)
     except (DecodeError, ValueError) as exc:
         raise SnapshotError(f"journal in {directory} is malformed: {exc}") from None
-    if len(journal) != snap.journal_length or journal.head != snap.journal_head:
-        raise SnapshotError(f"journal in {directory} does not match {snap_path} (length or hash-chain head differs)")
 
-    state = WorldState(snap.meta)
-    state.journal = journal
-    for agent in snap.agents:
-        state.agents[agent.agent_id] = agent
-    for art in snap.artifacts:
-        wasm_path = directory / "modules" / f"{art.wasm_hash}.wasm"
+    def artifact(wasm_hash: str) -> bytes:
+        wasm_path = directory / "modules" / f"{wasm_hash}.wasm"
         try:
-            wasm = wasm_path.read_bytes()
+            return wasm_path.read_bytes()
         except OSError as exc:
-            raise SnapshotError(f"module store is missing artifact {art.wasm_hash} ({wasm_path}): {exc}") from None
-        if sha256(wasm).hex() != art.wasm_hash:
-            raise SnapshotError(f"module store file {wasm_path} is corrupt (sha256 mismatch)")
-        state.artifacts[art.wasm_hash] = art
-        state.artifact_bytes[art.wasm_hash] = wasm
-    for inst in snap.instances:
-        state.instances[inst.instance_id] = inst
-    state.module_state.update(snap.module_state)
-    for build in snap.builds:
-        state.builds[build.build_id] = build
-    state.rebuild_indexes()
-    root = state.rebuild_tree()
-    if root != snap.state_root:
-        raise SnapshotError(
-            f"state root recomputed from {snap_path} is {root.hex()}, but the snapshot recorded {snap.state_root.hex()}"
-        )
-    log.info("world loaded", path=str(directory), height=snap.height, events=len(journal))
+            raise SnapshotError(f"module store is missing artifact {wasm_hash} ({wasm_path}): {exc}") from None
+
+    state = rebuild_state(snap, journal, artifact, str(snap_path))
+    log.info("world_loaded", path=str(directory), height=snap.height, events=len(journal))
     return LoadedState(state, snap.height, SaveCache(directory.resolve(), generation, tuple(snap.segments)))

@@ -58,6 +58,7 @@ from .rules import (
     apply_transfer,
     check_position,
 )
+from .snapshots import create_snapshot, restore_snapshot
 from .state import AgentRecord, BuildRecord, InstanceRecord, WorldMeta, WorldState
 
 log = structlog.get_logger(__name__)
@@ -487,6 +488,20 @@ class World:
         if self._in_block:
             raise RuntimeError("save_to_dir must be called between blocks (after end_block)")
         self._save_cache = save_state(self._state, self.height, Path(path), self._save_cache)
+
+    def create_snapshot(self) -> bytes:
+        """Return this world as state-sync snapshot bytes (``snapshots.create_snapshot``: the
+        records and the journal's head, not its events). Raises RuntimeError inside a block."""
+        if self._in_block:
+            raise RuntimeError("create_snapshot must be called between blocks (after end_block)")
+        return create_snapshot(self._state, self.height)
+
+    @classmethod
+    def restore_snapshot(cls, data: bytes, *, sandbox: Sandbox | None = None) -> "World":
+        """Rebuild a world from ``create_snapshot`` bytes, verified (``snapshots.restore_snapshot``);
+        raises persistence.SnapshotError. Its journal holds events from the snapshot height on."""
+        state, height = restore_snapshot(data)
+        return cls(state, height, sandbox=sandbox)
 
     @classmethod
     def load_from_dir(cls, path: str | Path, *, sandbox: Sandbox | None = None) -> "World":

@@ -8,6 +8,7 @@ Commands::
     awnode testnet [--nodes 4] [--duration S] [--dir DIR] ...   run a local testnet with a workload
     awnode start --home DIR [--peers MULTIADDR,...]             run a node until SIGINT/SIGTERM
     awnode status --rpc URL [--json]                            a node's status
+    awnode snapshots --rpc URL [--json]                         the state-sync snapshots it serves
     awnode submit --rpc URL --key FILE [--agent-id ID] [--nonce N] ACTION.json
     awnode keygen --out FILE [--agent-id ID]                    a new agent key file
     awnode agent run --rpc URL --agents N --policy scripted|llm  run agents against a node
@@ -302,6 +303,30 @@ def status(
             if isinstance(value, list):
                 value = "\n".join(str(v) for v in value) or "-"
             table.add_row(key, escape(str(value)))
+        console.print(table)
+
+
+@app.command()
+def snapshots(
+    rpc: str = typer.Option("http://127.0.0.1:26657", "--rpc", help="The node's HTTP API."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
+) -> None:
+    """List the state-sync snapshots a node keeps and serves to joining nodes (newest first)."""
+    quiet_logs()
+    with friendly_errors():
+        items = make_client(rpc).snapshots()
+        if as_json:
+            typer.echo(json.dumps(items, indent=2, sort_keys=True))
+            return
+        if not items:
+            console.print(f"no state-sync snapshots at {rpc} (statesync.snapshot_interval sets how often they are made)",
+                          highlight=False)
+            return
+        table = Table(title=f"state-sync snapshots at {rpc}")
+        for name in ("height", "size", "chunks", "state_root", "hash"):
+            table.add_column(name, overflow="fold")
+        for m in items:
+            table.add_row(str(m["height"]), f"{m['size']:,}", str(m["chunks"]), m["state_root"][:16], m["hash"][:16])
         console.print(table)
 
 

@@ -56,8 +56,9 @@ from .inbound import InboundQueues
 from .liveness import PeerLiveness
 from .log_bridge import install_libp2p_log_bridge
 from .peer_filter import PeerFilter, TopicRateLimiter
+from .statesync import SNAPSHOT_PROTOCOL_ID, ChunkSource, ManifestSource, SnapshotServer, request_chunk, request_manifests
 from .stats import NetworkStats
-from .sync import SYNC_PROTOCOL_ID, SyncError, SyncHandler, SyncServer, request_blocks
+from .sync import SYNC_PROTOCOL_ID, StreamServer, SyncError, SyncHandler, SyncServer, request_blocks
 from .topics import topic_ids
 
 log = structlog.get_logger(__name__)
@@ -140,7 +141,8 @@ class P2PNetwork:
     closed when ``run()`` exits).
     """
 
-    def __init__(self, config: NetworkConfig, sync_handler: SyncHandler, screen: Screen | None = None) -> None:
+    def __init__(self, config: NetworkConfig, sync_handler: SyncHandler, screen: Screen | None = None,
+                 snapshots: tuple[ManifestSource, ChunkSource] | None = None) -> None:
         config.validate()
         self.config = config
         self._screen = screen
@@ -166,6 +168,12 @@ class P2PNetwork:
             max_heights=config.max_sync_heights,
             max_frame_bytes=config.max_stream_message_bytes,
             max_concurrent=config.max_concurrent_sync_serves,
+            serve_timeout_s=config.sync_serve_timeout_s,
+        )
+        self._snapshot_server = SnapshotServer(
+            config.chain_id,
+            *(snapshots or (list, lambda height, index: None)),
+            max_frame_bytes=config.max_stream_message_bytes,
             serve_timeout_s=config.sync_serve_timeout_s,
         )
         self._liveness = PeerLiveness(config.dead_peer_timeout_s, self._on_dead_peer, self._on_ping_answer)
@@ -210,6 +218,7 @@ class P2PNetwork:
         pubsub = build_pubsub(host, router, set(self._topics.values()), on_bad_stream=self._on_bad_pubsub_stream,
                               max_inbound_rpc_bytes=self.config.max_inbound_rpc_bytes)
         host.set_stream_handler(SYNC_PROTOCOL_ID, self._handle_sync_stream)
+        host.set_stream_handler(SNAPSHOT_PROTOCOL_ID, self._handle_snapshot_stream)
         host.get_network().register_notifee(_ConnectionGate(self))
         try:
             async with host.run([self._listen_maddr]):
@@ -468,19 +477,26 @@ class P2PNetwork:
                         graceful_timeout_s=DISCONNECT_TIMEOUT_S)
 
     async def _handle_sync_stream(self, stream: INetStream) -> None:
+        await self._serve_stream(stream, self._sync_server)
+
+    async def _handle_snapshot_stream(self, stream: INetStream) -> None:
+        await self._serve_stream(stream, self._snapshot_server)
+
+    async def _serve_stream(self, stream: INetStream, server: StreamServer) -> None:
+        """Serve a sync or snapshot stream, unless its peer is blocked or banned (then reset it)."""
         try:
             peer = stream.muxed_conn.peer_id.to_base58()
         except Exception:
             peer = ""
         if peer and self.peer_filter.refuses(peer):
-            NetworkStats.bump(self._stats.dropped, "refused_sync_stream")
+            NetworkStats.bump(self._stats.dropped, f"refused_{server.name}_stream")
             with trio.move_on_after(DISCONNECT_TIMEOUT_S):
                 try:
                     await stream.reset()
                 except Exception:
                     pass
             return
-        await self._sync_server.handle_stream(stream)
+        await server.handle_stream(stream)
 
     # ------------------------------------------------------------------ peers
 
@@ -623,6 +639,31 @@ class P2PNetwork:
         self._stats.sync_fetches += 1
         return payloads
 
+    async def fetch_snapshot_manifests(self, peer_id: str, *, timeout_s: float = 10) -> list[bytes]:
+        """The encoded state-sync snapshot manifests ``peer_id`` offers over
+        ``/agent-world/snapshot/1.0.0`` (unverified). Raises ``SyncError`` (timeout, refusal,
+        malformed answer, unreachable, blocked or banned peer); RuntimeError if not running."""
+        host, _ = self._require_running()
+        if self.peer_filter.refuses(peer_id):
+            raise SyncError(peer_id, "the peer is blocked or banned on this node")
+        info = next((i for i in self._peer_infos if i.peer_id.to_base58() == peer_id), None)
+        return await request_manifests(host, peer_id, self.config.chain_id, timeout_s=timeout_s,
+                                       max_frame_bytes=self.config.max_stream_message_bytes, peer_info=info)
+
+    async def fetch_snapshot_chunk(self, peer_id: str, height: int, index: int, *, max_bytes: int,
+                                   timeout_s: float = 10) -> bytes:
+        """Chunk ``index`` of ``peer_id``'s state-sync snapshot of ``height`` (at most
+        ``max_bytes``, unverified). Raises as ``fetch_snapshot_manifests``."""
+        host, _ = self._require_running()
+        if self.peer_filter.refuses(peer_id):
+            raise SyncError(peer_id, "the peer is blocked or banned on this node")
+        info = next((i for i in self._peer_infos if i.peer_id.to_base58() == peer_id), None)
+        data = await request_chunk(host, peer_id, self.config.chain_id, height, index, max_bytes=max_bytes,
+                                   timeout_s=timeout_s, max_frame_bytes=self.config.max_stream_message_bytes,
+                                   peer_info=info)
+        self._stats.snapshot_chunks_fetched += 1
+        return data
+
     # ------------------------------------------------------------------ stats
 
     def stats(self) -> dict:
@@ -630,7 +671,8 @@ class P2PNetwork:
         ``published`` / ``received`` (totals) with ``*_by_topic``, ``dropped`` by reason,
         ``own_filtered``, ``connects``, ``reconnects``, ``dial_failures``, ``dead_peers``,
         ``sync_requests_served``, ``sync_requests_refused`` by reason, ``sync_payloads_sent``,
-        ``sync_bytes_sent``, ``sync_fetches``, ``sync_fetch_failures``, ``connected_peers``,
+        ``sync_bytes_sent``, ``sync_fetches``, ``sync_fetch_failures``, ``snapshot_requests_served``,
+        ``snapshot_requests_refused`` by reason, ``snapshot_bytes_sent``, ``snapshot_chunks_fetched``, ``connected_peers``,
         ``peer_rtt_ms`` (last ping round trip per connected peer), ``incoming_queued`` (total) and
         ``incoming_queued_by_class`` (consensus, actions, status),
         ``rate_limited_by_topic``, ``penalties`` by reason, ``bans`` (total), ``banned_peers`` (seconds left), ``blocked_peers``."""
@@ -652,6 +694,10 @@ class P2PNetwork:
             "sync_payloads_sent": served.payloads_sent,
             "sync_bytes_sent": served.bytes_sent,
             "sync_fetches": s.sync_fetches,
+            "snapshot_requests_served": self._snapshot_server.stats.served,
+            "snapshot_requests_refused": dict(self._snapshot_server.stats.refused),
+            "snapshot_bytes_sent": self._snapshot_server.stats.bytes_sent,
+            "snapshot_chunks_fetched": s.snapshot_chunks_fetched,
             "sync_fetch_failures": s.sync_fetch_failures,
             "connected_peers": len(self.connected_peers()),
             "peer_rtt_ms": {p.to_base58(): rtt for p, rtt in self._liveness.rtt_ms.items()},

@@ -38,6 +38,9 @@ PENALTY_POINTS: dict[Offence, float] = {
     Offence.INVALID_MESSAGE: 10.0,
     Offence.INVALID_COMMIT: 25.0,
     Offence.BAD_SYNC_RESPONSE: 25.0,
+    # a chunk that does not match the manifest the peer listed, or a snapshot whose state root is
+    # not the certified one: no correct node serves either, and a joiner must not ask it again
+    Offence.BAD_SNAPSHOT: 100.0,
     Offence.RATE_LIMITED: 1.0,
     # a pubsub frame that does not parse: py-libp2p itself can produce these under load (see
     # network/host.py _serialize_rpc_writes), so only a peer that keeps sending them is banned

@@ -23,9 +23,10 @@ class NetworkStats:
     - ``connects`` / ``reconnects``: successful dials of configured peers, first time / after a loss;
     - ``dial_failures``: failed dials; ``dead_peers``: peers disconnected for missing pings;
     - ``sync_fetches`` / ``sync_fetch_failures``: ``fetch_blocks`` calls that succeeded / raised;
+    - ``snapshot_chunks_fetched``: state-sync chunks received by ``fetch_snapshot_chunk``;
     - ``penalties``: misbehaviour offences scored against peers, by reason (``peer_filter``);
       ``dropped`` also counts ``refused_peer`` (gossip from a blocked or banned origin),
-      ``rate_limited``, ``refused_sync_stream`` and ``publish_timeout``.
+      ``rate_limited``, ``refused_sync_stream``, ``refused_snapshot_stream`` and ``publish_timeout``.
     """
 
     published: dict[str, int] = field(default_factory=dict)
@@ -38,6 +39,7 @@ class NetworkStats:
     dead_peers: int = 0
     sync_fetches: int = 0
     sync_fetch_failures: int = 0
+    snapshot_chunks_fetched: int = 0
     penalties: dict[str, int] = field(default_factory=dict)
     rate_limited: dict[str, int] = field(default_factory=dict)
 

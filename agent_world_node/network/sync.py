@@ -235,16 +235,155 @@ class SyncServeStats:
     refused: dict[str, int] = field(default_factory=dict)
 
 
-class SyncServer:
+class StreamServer:
+    """Serves one request-response stream protocol whose responses are ``SyncFrame``s.
+
+    Subclasses say what a request is (``request_type``, decoded from at most
+    ``MAX_REQUEST_BYTES``), why one is refused (``check_request``) and what answers it
+    (``respond``: a list of payloads). This class bounds everything else: the request must arrive
+    within ``REQUEST_READ_TIMEOUT_S``; more than ``max_concurrent`` requests at once are refused as
+    busy; producing and sending a response may take at most ``serve_timeout_s`` (then the stream
+    is reset); a ``respond`` error is logged and refused as an internal error. No request can
+    raise out of ``handle_stream``. ``stats`` is a ``SyncServeStats``; log events are prefixed with
+    ``name``."""
+
+    request_type: type = msgspec.Struct
+
+    def __init__(self, name: str, *, max_frame_bytes: int, max_concurrent: int, serve_timeout_s: float) -> None:
+        self.name = name
+        self.max_frame_bytes = max_frame_bytes
+        self.serve_timeout_s = serve_timeout_s
+        self._slots = trio.Semaphore(max_concurrent)
+        self.stats = SyncServeStats()
+
+    def check_request(self, request) -> tuple[str, str] | None:  # type: ignore[no-untyped-def]
+        """Return ``(reason_key, reason)`` if ``request`` must be refused, else None."""
+        return None
+
+    async def respond(self, request) -> list[bytes]:  # type: ignore[no-untyped-def]
+        """The payloads answering ``request`` (subclasses)."""
+        raise NotImplementedError
+
+    def describe(self, request) -> dict:  # type: ignore[no-untyped-def,type-arg]
+        """Log fields naming ``request``."""
+        return {}
+
+    def _refuse_count(self, reason_key: str) -> None:
+        self.stats.refused[reason_key] = self.stats.refused.get(reason_key, 0) + 1
+
+    async def handle_stream(self, stream: INetStream) -> None:
+        """Serve one request on ``stream`` (the libp2p stream handler); always closes the stream."""
+        try:
+            peer = stream.muxed_conn.peer_id.to_base58()
+        except Exception:
+            peer = "unknown"
+        reset = True
+        try:
+            reset = await self._serve(stream, peer)
+        except (StreamReset, StreamClosed, StreamEOF) as exc:
+            log.info(f"{self.name}_client_gone", peer=peer, error=repr(exc))
+        except Exception as exc:  # a hostile or broken peer must never take the node down
+            log.warning(f"{self.name}_serve_failed", peer=peer, error=repr(exc))
+        finally:
+            await _close_quietly(stream, reset=reset)
+
+    async def _refuse(self, writer: VarIntLengthMsgReadWriter, peer: str, key: str, reason: str) -> None:
+        self._refuse_count(key)
+        log.info(f"{self.name}_request_refused", peer=peer, reason=key, detail=reason)
+        with trio.move_on_after(REQUEST_READ_TIMEOUT_S):
+            await writer.write_msg(encode(SyncRefused(reason=reason)))
+
+    async def _serve(self, stream: INetStream, peer: str) -> bool:
+        """Serve one request; return True if the stream should be reset rather than closed."""
+        reader = VarIntLengthMsgReadWriter(stream, max_msg_size=MAX_REQUEST_BYTES)
+        writer = VarIntLengthMsgReadWriter(stream, max_msg_size=self.max_frame_bytes)
+        try:
+            with trio.fail_after(REQUEST_READ_TIMEOUT_S):
+                raw = await reader.read_msg()
+        except trio.TooSlowError:
+            self._refuse_count("request_timeout")
+            log.info(f"{self.name}_request_timeout", peer=peer)
+            return True
+        except MessageTooLarge:
+            await self._refuse(writer, peer, "request_too_large",
+                               f"request larger than {MAX_REQUEST_BYTES} bytes")
+            return False
+        except (BaseLibp2pError, EOFError) as exc:
+            self._refuse_count("stream_error")
+            log.info(f"{self.name}_request_unreadable", peer=peer, error=repr(exc))
+            return True
+        try:
+            request = decode(raw, self.request_type)
+        except DecodeError as exc:
+            await self._refuse(writer, peer, "malformed", f"malformed request ({exc})")
+            return False
+        problem = self.check_request(request)
+        if problem is not None:
+            await self._refuse(writer, peer, *problem)
+            return False
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._refuse(writer, peer, "busy", f"busy serving other {self.name} requests; retry later")
+            return False
+        reset = True
+        try:
+            with trio.move_on_after(self.serve_timeout_s) as deadline:
+                reset = await self._send(writer, peer, request)
+        finally:
+            self._slots.release()
+        if deadline.cancelled_caught:  # a slow handler or a slow reader
+            self._refuse_count("serve_timeout")
+            log.warning(f"{self.name}_serve_timeout", peer=peer, timeout_s=self.serve_timeout_s, **self.describe(request))
+            return True
+        return reset
+
+    async def _send(self, writer: VarIntLengthMsgReadWriter, peer: str, request) -> bool:  # type: ignore[no-untyped-def]
+        try:
+            payloads = await self.respond(request)
+            if not isinstance(payloads, list) or not all(isinstance(p, bytes) for p in payloads):
+                raise TypeError(f"{self.name} handler must return list[bytes], got {type(payloads).__name__}")
+        except _Refusal as refusal:
+            await self._refuse(writer, peer, refusal.key, refusal.reason)
+            return False
+        except Exception as exc:
+            log.error(f"{self.name}_handler_failed", peer=peer, error=repr(exc), **self.describe(request))
+            await self._refuse(writer, peer, "internal_error", "internal error while reading the answer")
+            return False
+        sent_bytes = 0
+        for frame in encode_response_frames(payloads, self.max_frame_bytes):
+            await writer.write_msg(frame)
+            sent_bytes += len(frame)
+        self.stats.served += 1
+        self.stats.payloads_sent += len(payloads)
+        self.stats.bytes_sent += sent_bytes
+        log.debug(f"{self.name}_request_served", peer=peer, payloads=len(payloads), bytes=sent_bytes,
+                  **self.describe(request))
+        return False
+
+
+class _Refusal(Exception):
+    """Raised by ``respond`` to refuse a request it cannot answer (``key``: the stats reason)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+        self.reason = reason
+
+
+Refusal = _Refusal
+
+
+class SyncServer(StreamServer):
     """Serves ``/agent-world/sync/1.0.0`` from the daemon's block store.
 
     ``handler(from_height, to_height)`` returns the encoded payloads the node has for those heights
-    (inclusive, in height order, possibly fewer). Requests for another chain, invalid ranges, ranges
-    longer than ``max_heights``, or more than ``max_concurrent`` at once are refused with a reason;
-    a handler error is logged and refused as an internal error; reading the blocks plus sending
-    them may take at most ``serve_timeout_s`` (then the stream is reset). No request can raise out of
-    ``handle_stream``. ``stats`` is a ``SyncServeStats``.
+    (inclusive, in height order, possibly fewer). Requests for another chain, invalid ranges and
+    ranges longer than ``max_heights`` are refused with a reason; the bounds of ``StreamServer``
+    apply.
     """
+
+    request_type = SyncRequest
 
     def __init__(
         self,
@@ -256,16 +395,11 @@ class SyncServer:
         max_concurrent: int = 4,
         serve_timeout_s: float = 60.0,
     ) -> None:
+        super().__init__("sync", max_frame_bytes=max_frame_bytes, max_concurrent=max_concurrent,
+                         serve_timeout_s=serve_timeout_s)
         self.chain_id = chain_id
         self.handler = handler
         self.max_heights = max_heights
-        self.max_frame_bytes = max_frame_bytes
-        self.serve_timeout_s = serve_timeout_s
-        self._slots = trio.Semaphore(max_concurrent)
-        self.stats = SyncServeStats()
-
-    def _refuse_count(self, reason_key: str) -> None:
-        self.stats.refused[reason_key] = self.stats.refused.get(reason_key, 0) + 1
 
     def check_request(self, request: SyncRequest) -> tuple[str, str] | None:
         """Return ``(reason_key, reason)`` if ``request`` must be refused, else None."""
@@ -283,98 +417,16 @@ class SyncServer:
             )
         return None
 
-    async def handle_stream(self, stream: INetStream) -> None:
-        """Serve one request on ``stream`` (the libp2p stream handler); always closes the stream."""
-        try:
-            peer = stream.muxed_conn.peer_id.to_base58()
-        except Exception:
-            peer = "unknown"
-        reset = True
-        try:
-            reset = await self._serve(stream, peer)
-        except (StreamReset, StreamClosed, StreamEOF) as exc:
-            log.info("sync_client_gone", peer=peer, error=repr(exc))
-        except Exception as exc:  # a hostile or broken peer must never take the node down
-            log.warning("sync_serve_failed", peer=peer, error=repr(exc))
-        finally:
-            await _close_quietly(stream, reset=reset)
+    def describe(self, request: SyncRequest) -> dict:  # type: ignore[type-arg]
+        return {"from_height": request.from_height, "to_height": request.to_height}
 
-    async def _refuse(self, writer: VarIntLengthMsgReadWriter, peer: str, key: str, reason: str) -> None:
-        self._refuse_count(key)
-        log.info("sync_request_refused", peer=peer, reason=key, detail=reason)
-        with trio.move_on_after(REQUEST_READ_TIMEOUT_S):
-            await writer.write_msg(encode(SyncRefused(reason=reason)))
-
-    async def _serve(self, stream: INetStream, peer: str) -> bool:
-        """Serve one request; return True if the stream should be reset rather than closed."""
-        reader = VarIntLengthMsgReadWriter(stream, max_msg_size=MAX_REQUEST_BYTES)
-        writer = VarIntLengthMsgReadWriter(stream, max_msg_size=self.max_frame_bytes)
-        try:
-            with trio.fail_after(REQUEST_READ_TIMEOUT_S):
-                raw = await reader.read_msg()
-        except trio.TooSlowError:
-            self._refuse_count("request_timeout")
-            log.info("sync_request_timeout", peer=peer)
-            return True
-        except MessageTooLarge:
-            await self._refuse(writer, peer, "request_too_large",
-                               f"request larger than {MAX_REQUEST_BYTES} bytes")
-            return False
-        except (BaseLibp2pError, EOFError) as exc:
-            self._refuse_count("stream_error")
-            log.info("sync_request_unreadable", peer=peer, error=repr(exc))
-            return True
-        try:
-            request = decode(raw, SyncRequest)
-        except DecodeError as exc:
-            await self._refuse(writer, peer, "malformed", f"malformed request ({exc})")
-            return False
-        problem = self.check_request(request)
-        if problem is not None:
-            await self._refuse(writer, peer, *problem)
-            return False
-        try:
-            self._slots.acquire_nowait()
-        except trio.WouldBlock:
-            await self._refuse(writer, peer, "busy", "busy serving other sync requests; retry later")
-            return False
-        reset = True
-        try:
-            with trio.move_on_after(self.serve_timeout_s) as deadline:
-                reset = await self._send_blocks(writer, peer, request)
-        finally:
-            self._slots.release()
-        if deadline.cancelled_caught:  # a slow handler or a slow reader
-            self._refuse_count("serve_timeout")
-            log.warning("sync_serve_timeout", peer=peer, from_height=request.from_height,
-                        to_height=request.to_height, timeout_s=self.serve_timeout_s)
-            return True
-        return reset
-
-    async def _send_blocks(self, writer: VarIntLengthMsgReadWriter, peer: str, request: SyncRequest) -> bool:
+    async def respond(self, request: SyncRequest) -> list[bytes]:
         count = request.to_height - request.from_height + 1
-        try:
-            payloads = await self.handler(request.from_height, request.to_height)
-            if not isinstance(payloads, list) or not all(isinstance(p, bytes) for p in payloads):
-                raise TypeError(f"sync handler must return list[bytes], got {type(payloads).__name__}")
-        except Exception as exc:
-            log.error("sync_handler_failed", peer=peer, from_height=request.from_height,
-                      to_height=request.to_height, error=repr(exc))
-            await self._refuse(writer, peer, "internal_error", "internal error while reading blocks")
-            return False
-        if len(payloads) > count:
-            log.error("sync_handler_returned_too_many", peer=peer, asked=count, returned=len(payloads))
+        payloads = await self.handler(request.from_height, request.to_height)
+        if isinstance(payloads, list) and len(payloads) > count:
+            log.error("sync_handler_returned_too_many", asked=count, returned=len(payloads))
             payloads = payloads[:count]
-        sent_bytes = 0
-        for frame in encode_response_frames(payloads, self.max_frame_bytes):
-            await writer.write_msg(frame)
-            sent_bytes += len(frame)
-        self.stats.served += 1
-        self.stats.payloads_sent += len(payloads)
-        self.stats.bytes_sent += sent_bytes
-        log.debug("sync_request_served", peer=peer, from_height=request.from_height,
-                  to_height=request.to_height, payloads=len(payloads), bytes=sent_bytes)
-        return False
+        return payloads
 
 
 async def request_blocks(
@@ -405,13 +457,35 @@ async def request_blocks(
     count = to_height - from_height + 1
     if count > max_heights:
         raise ValueError(f"range of {count} heights exceeds max_sync_heights={max_heights}; split the request")
+    request = SyncRequest(chain_id=chain_id, from_height=from_height, to_height=to_height)
+    return await request_payloads(host, peer_id, SYNC_PROTOCOL_ID, encode(request), timeout_s=timeout_s,
+                                  max_frame_bytes=max_frame_bytes, max_payloads=count,
+                                  max_total_bytes=max_total_bytes, peer_info=peer_info)
+
+
+async def request_payloads(
+    host: IHost,
+    peer_id: str,
+    protocol: TProtocol,
+    request: bytes,
+    *,
+    timeout_s: float,
+    max_frame_bytes: int,
+    max_payloads: int,
+    max_total_bytes: int,
+    peer_info: PeerInfo | None = None,
+) -> list[bytes]:
+    """Send the encoded ``request`` to ``peer_id`` on a new stream of ``protocol`` and return the
+    payloads of its ``SyncFrame`` response (at most ``max_payloads``, ``max_total_bytes`` in all).
+    ``peer_info`` as in ``request_blocks``. Raises ValueError for a bad timeout or peer id;
+    ``SyncError`` as ``request_blocks`` does."""
     if not (timeout_s > 0 and math.isfinite(timeout_s)):
         raise ValueError(f"timeout_s={timeout_s!r} must be a positive number of seconds")
     try:
         pid = ID.from_base58(peer_id)
     except Exception:
         raise ValueError(f"{peer_id!r} is not a base58 peer id") from None
-    response = SyncResponseReader(peer_id, max_payloads=count, max_total_bytes=max_total_bytes)
+    response = SyncResponseReader(peer_id, max_payloads=max_payloads, max_total_bytes=max_total_bytes)
     stream: INetStream | None = None
     ok = False
     with trio.move_on_after(timeout_s) as deadline:
@@ -422,13 +496,12 @@ async def request_blocks(
                     if unblock is not None:
                         unblock(pid)
                     await host.connect(peer_info)
-                stream = await host.new_stream(pid, [SYNC_PROTOCOL_ID])
+                stream = await host.new_stream(pid, [protocol])
             except Exception as exc:
-                raise SyncError(peer_id, f"cannot open a sync stream ({type(exc).__name__}: {exc})") from None
+                raise SyncError(peer_id, f"cannot open a {protocol} stream ({type(exc).__name__}: {exc})") from None
             rw = VarIntLengthMsgReadWriter(stream, max_msg_size=max_frame_bytes)
-            request = SyncRequest(chain_id=chain_id, from_height=from_height, to_height=to_height)
             try:
-                await rw.write_msg(encode(request))
+                await rw.write_msg(request)
                 while not response.feed(await rw.read_msg()):
                     pass
             except MessageTooLarge as exc:
