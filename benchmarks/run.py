@@ -4,6 +4,7 @@ Sections (``python -m benchmarks.run --only a,b``): signatures, execution, modul
 (``gossip.py``: raw gossipsub between 4 processes), cluster (``cluster.py``: empty-cluster block
 interval), throughput (``throughput.py``: signed transfers through the HTTP API of 4 validator
 processes), bigworld (``bigworld.py``: 100,000 agents: execution scaling, catch-up, replay, memory),
+statesync (``statesync.py``: joining a 100,000-agent chain by state sync at two chain lengths),
 adversarial (``adversarial.py``: ns per fuel unit of hostile operator classes, compile time of the
 bomb corpus at the structural limits, output decode at the item limit, block time at the budget).
 Each section's figures are printed as measured and written to ``benchmarks/results.json``.
@@ -85,7 +86,8 @@ def bench_execute(agents: int, blocks: int = 5, per_block: int = 1_000) -> float
     return statistics.median(times)
 
 
-SECTIONS = ("signatures", "execution", "modules", "network", "cluster", "throughput", "bigworld", "adversarial")
+SECTIONS = ("signatures", "execution", "modules", "network", "cluster", "throughput", "bigworld", "statesync",
+            "adversarial")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         record(f"bench_{name}_s", time.perf_counter() - started)
         out.write_text(json.dumps(results, indent=2) + "\n")  # keep what we have if interrupted
 
-    from benchmarks import adversarial, bigworld, cluster, gossip, throughput
+    from benchmarks import adversarial, bigworld, cluster, gossip, statesync, throughput
 
     section("signatures", lambda: record("ed25519_verify_per_s", bench_verify()))
 
@@ -146,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     rates = tuple(float(r) for r in args.rates.split(","))
     section("throughput", lambda: throughput.run_cluster(record, rates=rates))
     section("bigworld", lambda: bigworld.run_all(record))
+    section("statesync", lambda: statesync.run_all(record))
     section("adversarial", lambda: adversarial.run_all(record))
     if "ed25519_verify_per_s" in results and "cluster_actions_per_s" in results:
         # efficiency ratio: committed actions/s over the signature-verification limit of 4 nodes

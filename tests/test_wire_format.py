@@ -23,6 +23,7 @@ from agent_world_node.consensus.certificate import (
 from agent_world_node.consensus.validators import Validator, ValidatorSet
 from agent_world_node.execution import chain_execution_block_hash
 from agent_world_node.network.host import peer_id_for_seed
+from agent_world_node.network.statesync import GetChunk, ListSnapshots
 from agent_world_node.network.sync import SyncEnd, SyncPayloadPart, SyncPayloads, SyncRefused, SyncRequest
 from agent_world_node.network.topics import topic_id
 from agent_world_node.types import (
@@ -58,6 +59,7 @@ from agent_world_runtime.actions import (
 from agent_world_runtime.codec import decode, encode
 from agent_world_runtime.crypto import SigningKey, sha256, verify
 from agent_world_runtime.merkle import EMPTY_ROOT
+from agent_world_runtime.snapshots import SnapshotManifest, manifest_for, verify_chunk
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "wire-format.md"
 VECTOR_BLOCK = re.compile(r"^```text\nvector: ([a-z0-9_.]+)\n(.*?)^```", re.S | re.M)
@@ -192,6 +194,9 @@ def compute_vectors() -> dict[str, str]:
     v["sync.frame.part"] = encode(SyncPayloadPart(data=b"\x01\x02", last=True))
     v["sync.frame.end"] = encode(SyncEnd(count=2))
     v["sync.frame.refused"] = encode(SyncRefused(reason="busy"))
+    v["snapshot.request.list"] = encode(ListSnapshots(chain_id=CHAIN_ID))
+    v["snapshot.request.chunk"] = encode(GetChunk(chain_id=CHAIN_ID, height=1000, index=2))
+    v["snapshot.manifest"] = encode(manifest_for(b"\x01\x02\x03\x04\x05", 1000, STATE_ROOT, chunk_bytes=2))
     return {name: data.hex() for name, data in v.items()}
 
 
@@ -257,6 +262,13 @@ def test_gossip_vectors_decode_as_gossip_messages() -> None:
         msg = decode(data, GossipMessage)  # type: ignore[arg-type]
         assert isinstance(msg, cls)
         assert encode(msg) == data
+
+
+def test_snapshot_manifest_vector_is_consistent() -> None:
+    manifest = decode(bytes.fromhex(COMPUTED["snapshot.manifest"]), SnapshotManifest)
+    assert manifest.problem() is None
+    assert [verify_chunk(manifest, i, c) for i, c in enumerate((b"\x01\x02", b"\x03\x04", b"\x05"))] == [None] * 3
+    assert manifest.hash == sha256(b"\x01\x02\x03\x04\x05")
 
 
 if __name__ == "__main__":
