@@ -144,8 +144,10 @@ def verify_base(lower: ReplicatedCommitPayload, upper: ReplicatedCommitPayload, 
 
 
 def home_is_empty(store: NodeStore) -> bool:
-    """Whether ``store`` holds no execution record and no block (nothing to lose by restoring)."""
-    return store.last_execution() is None and store.last_block_height() == 0
+    """Whether ``store`` holds no execution record: nothing executed, so nothing to lose by
+    restoring a snapshot (a block stored by an interrupted ``install`` is the certified one and is
+    kept)."""
+    return store.last_execution() is None
 
 
 def install(world: World, base: LightBase, store: NodeStore, snapshot_dir: Path) -> None:

@@ -84,9 +84,14 @@ async def _join(validator_home: cfg.Home, workdir: Path, label: str, record: Rec
         joiner_proc = NodeProcess(joiner)
         started = time.time()
         joiner_proc.start()
-        await wait_until_ready([joiner], [joiner_proc], timeout_s=READY_TIMEOUT_S)
-        record(f"statesync_join_s_at_100k_agents_{label}_heights", time.time() - started)
+        await wait_until_ready([joiner], [joiner_proc], timeout_s=READY_TIMEOUT_S)  # its API answers
         async with NodeClient(joiner.rpc_url, timeout_s=30.0) as jc, NodeClient(source.rpc_url, timeout_s=30.0) as sc:
+            with trio.fail_after(READY_TIMEOUT_S):
+                while not await jc.ready():
+                    if not joiner_proc.alive():
+                        raise BenchError(f"the joiner exited; last log lines:\n{joiner_proc.log_tail()}")
+                    await trio.sleep(0.05)
+            record(f"statesync_join_s_at_100k_agents_{label}_heights", time.time() - started)
             [snap] = (await sc.snapshots())[:1]
             record(f"statesync_snapshot_mb_at_100k_agents_{label}_heights", snap["size"] / 2**20)
             height = (await jc.status())["execution_height"]

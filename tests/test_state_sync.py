@@ -12,10 +12,11 @@ import trio
 from agent_world_node import config as cfg
 from agent_world_node.network import NetworkConfig, P2PNetwork
 from agent_world_node.node import Node
-from agent_world_runtime.codec import decode, encode, encode_json
+from agent_world_runtime import World
+from agent_world_runtime.codec import encode, encode_json
 from agent_world_runtime.crypto import SigningKey
 from agent_world_runtime.signer import AgentSigner
-from agent_world_runtime.snapshots import StateSnapshot, manifest_for
+from agent_world_runtime.snapshots import manifest_for
 
 from .node_harness import bank_signer, free_port, running_node, single_validator_home
 
@@ -98,13 +99,16 @@ def test_a_joiner_restores_a_verified_snapshot_and_bans_peers_that_lie(tmp_path)
                 h1 = tip - 2
                 lie1 = msgspec.structs.replace(honest, height=h1, state_root=root_at(h1))
                 liar_chunk = _liar(7, [encode(lie1)], lambda h, i: b"\xff" + (validator.archive.read_chunk(honest.height, i) or b"")[1:])
-                # Liar 2: a consistent manifest of a tampered world (one agent richer), offered as
-                # another newer height with that height's certified root.
+                # Liar 2: a self-consistent snapshot of a tampered world (one agent richer; its
+                # recorded root is the tampered world's), offered as another newer height with that
+                # height's certified root in the manifest. Only the certified root tells.
                 h2 = tip - 3
-                snap = decode(data, StateSnapshot)
-                agents = list(snap.world.agents)
-                agents[-1] = msgspec.structs.replace(agents[-1], electricity=agents[-1].electricity + 10**6)
-                tampered = encode(msgspec.structs.replace(snap, world=msgspec.structs.replace(snap.world, agents=agents)))
+                fake = World.restore_snapshot(data)
+                richer = fake._state.agents[f"a{AGENTS - 1}"]
+                fake._state.agents[richer.agent_id] = msgspec.structs.replace(richer, electricity=richer.electricity + 10**6)
+                fake._state.rebuild_tree()
+                tampered = fake.create_snapshot()
+                assert World.restore_snapshot(tampered).state_root() != honest.state_root
                 lie2 = manifest_for(tampered, h2, root_at(h2) or b"")
                 liar_root = _liar(8, [encode(lie2)], lambda h, i: tampered[i * lie2.chunk_bytes:(i + 1) * lie2.chunk_bytes])
                 async with liar_chunk.run(), liar_root.run():
