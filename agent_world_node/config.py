@@ -6,7 +6,8 @@ Layout of a home (CometBFT-like)::
     HOME/config/genesis.json             chain id, validators with stake, world parameters
     HOME/config/node_key.json            Ed25519 seed of the libp2p identity (peer id)
     HOME/config/priv_validator_key.json  Ed25519 seed of the consensus signing key
-    HOME/data/                           SQLite stores, world snapshots
+    HOME/data/                           SQLite stores, world snapshots, state-sync snapshots,
+                                         priv_validator_state.json (last signed height/round/step)
 
 Errors: ``ConfigError`` with the file and what is wrong in it.
 """
@@ -345,6 +346,8 @@ class Home:
         self.snapshot_dir = self.data_dir / "snapshots"
         self.state_snapshot_dir = self.data_dir / "state-snapshots"
         self.db_file = self.data_dir / "node.sqlite3"
+        #: the validator's last signed height, round and step (``consensus.privval``)
+        self.sign_state_file = self.data_dir / "priv_validator_state.json"
 
 
 def _write_private(path: Path, data: str) -> None:

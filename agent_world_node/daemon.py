@@ -15,7 +15,10 @@ import structlog
 import trio
 
 from . import config as cfg
+from .consensus.privval import SignStateError
+from .execution import ExecutionError
 from .logsetup import configure_logging
+from .replica.wal import WALError
 
 if TYPE_CHECKING:
     from .node import Node
@@ -66,6 +69,11 @@ def disk_full_error(exc: BaseException) -> BaseException | None:
             todo.extend(e.exceptions)
         todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
     return None
+
+
+#: Errors that stop a node before it runs because its home's state cannot be used as it is (the
+#: message says what is wrong and what to do); ``awnode start`` prints them as one line.
+HOME_STATE_ERRORS: tuple[type[Exception], ...] = (ExecutionError, WALError, SignStateError)
 
 
 def run_node(home: Path, peers: list[str] | None = None) -> None:

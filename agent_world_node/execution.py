@@ -119,6 +119,9 @@ class NodeRuntimeExecutionDriver:
         #: the height of the world snapshot a restart would load (0: none, replay from genesis)
         self.snapshot_height = world.height
         self._pruned_below = 0
+        #: the height of a world snapshot found newer than the store's records at ``open`` (0:
+        #: none): the store lost heights it had executed (a restored backup, a lost database log)
+        self.snapshot_ahead_height = 0
         base = store.get_execution(world.height) if world.height else None
         self.last_height = world.height
         self.last_block_hash = base.execution_block_hash if base else ZERO_HASH
@@ -148,6 +151,7 @@ class NodeRuntimeExecutionDriver:
         last = store.last_execution()
         target = last.height if last else 0
         world = genesis
+        ahead = 0
         path = Path(snapshot_dir) / "current"
         if path.exists():
             try:
@@ -159,7 +163,9 @@ class NodeRuntimeExecutionDriver:
                     world = loaded
                 else:  # a snapshot newer than the records (a copied home): replay from genesis
                     log.warning("snapshot_ahead_of_records", snapshot_height=loaded.height, execution_height=target)
+                    ahead = loaded.height
         driver = cls(world, store, snapshot_dir, snapshot_interval, genesis_root)
+        driver.snapshot_ahead_height = ahead
         started = time.monotonic()
         for h in range(world.height + 1, target + 1):
             driver._replay_stored(h, expect=store.get_execution(h))

@@ -29,6 +29,7 @@ from . import config as cfg
 from .api import create_app
 from .build_runner import BuildRunner
 from .consensus import TimeoutFired
+from .consensus.privval import SignStateFile
 from .metrics import NodeMetrics
 from .network import NetworkConfig, P2PNetwork, SyncError
 from .network.topics import topic_ids
@@ -142,6 +143,7 @@ class Node:
             target_queue_ms=self.config.mempool.target_queue_ms,
             metrics=self.metrics,
             sandbox=self.sandbox,
+            sign_state=SignStateFile(self.home.sign_state_file),
         )
         driver = replica.driver
         driver.retain_blocks = self.config.storage.retain_blocks

@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from agent_world_client.client import ClientError, SyncNodeClient
 from agent_world_node.config import ConfigError, read_key
+from agent_world_node.daemon import HOME_STATE_ERRORS
 from agent_world_runtime.crypto import SigningKey
 
 from .testnet import TestnetError
@@ -57,7 +58,7 @@ def friendly_errors() -> Iterator[None]:
     """Turn errors a user can fix into one red line on stderr and exit status 1."""
     try:
         yield
-    except (ConfigError, ClientError, TestnetError, CliError) as exc:
+    except (ConfigError, ClientError, TestnetError, CliError, *HOME_STATE_ERRORS) as exc:
         err_console.print(f"[bold red]error:[/bold red] [red]{escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(1) from None
 

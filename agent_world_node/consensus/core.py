@@ -100,6 +100,7 @@ from .messages import (
     ValueToPropose,
     VoteReceived,
 )
+from .privval import DoubleSignCode, DoubleSignRefused, MemorySignState, PrivValidator, SignStep
 from .proposer import proposer_for
 from .timeouts import TIMEOUT_KINDS, TimeoutConfig, TimeoutKind
 from .validators import Validator, ValidatorSet
@@ -147,7 +148,10 @@ class ConsensusCore:
     """Tendermint consensus for one node, sans-IO (see the module docstring).
 
     ``signing_key`` None makes a non-validator observer that follows the protocol and decides but
-    never signs; so does a key whose public key is not in the validator set. The paper's
+    never signs; so does a key whose public key is not in the validator set. Every signature goes
+    through a ``PrivValidator`` (its double-sign guard; a bare ``SigningKey`` gets one with its
+    state in memory): a refused signature is not made, and the core goes on as if it had no key
+    for that step. The paper's
     ``valid(v)`` arrives as an input: the core asks with a ``ValidateBlock`` effect, once per block
     of a height, and the driver answers ``BlockValidity`` (parent hash, signatures, execution root,
     ...). The core itself checks only the block's shape (``types.block_shape_problem``: this chain
@@ -161,7 +165,7 @@ class ConsensusCore:
         self,
         chain_id: str,
         validator_set: ValidatorSet,
-        signing_key: SigningKey | None,
+        signing_key: SigningKey | PrivValidator | None,
         timeouts: TimeoutConfig,
         *,
         max_round_lookahead: int = DEFAULT_MAX_ROUND_LOOKAHEAD,
@@ -173,7 +177,9 @@ class ConsensusCore:
         self.chain_id = chain_id
         self.validator_set = validator_set
         self.timeouts = timeouts
-        self._key = signing_key
+        if isinstance(signing_key, SigningKey):
+            signing_key = PrivValidator(signing_key, MemorySignState())
+        self._key: PrivValidator | None = signing_key
         self.id: Optional[str] = signing_key.public_key.hex() if signing_key is not None else None
         self._max_round_lookahead = max_round_lookahead
         self._future_cap = future_buffer_per_validator
@@ -779,7 +785,9 @@ class ConsensusCore:
         if self.round in self._proposals or self._key is None:
             return
         unsigned = Proposal(self.height, self.round, pol_round, block, self.id or "", b"")
-        signature = self._key.sign(PROPOSAL_SIGN_DOMAIN, unsigned.sign_bytes(self.chain_id))
+        signature = self._sign(SignStep.PROPOSAL, PROPOSAL_SIGN_DOMAIN, unsigned.sign_bytes(self.chain_id))
+        if signature is None:
+            return
         proposal = msgspec.structs.replace(unsigned, signature=signature)
         effects.append(PersistWAL(proposal))
         effects.append(Broadcast(proposal))
@@ -802,11 +810,26 @@ class ConsensusCore:
             effects.append(Broadcast(existing))
             return
         unsigned = Vote(vote_type, self.height, self.round, block_hash, self.id, b"")
-        signature = self._key.sign(VOTE_SIGN_DOMAIN, unsigned.sign_bytes(self.chain_id))
+        step = SignStep.PREVOTE if vote_type == VoteType.PREVOTE else SignStep.PRECOMMIT
+        signature = self._sign(step, VOTE_SIGN_DOMAIN, unsigned.sign_bytes(self.chain_id))
+        if signature is None:
+            return
         vote = msgspec.structs.replace(unsigned, signature=signature)
         effects.append(PersistWAL(vote))
         effects.append(Broadcast(vote))
         self._keeper.add_vote(vote)
+
+    def _sign(self, step: SignStep, domain: bytes, sign_bytes: bytes) -> bytes | None:
+        """The signature of the current height and round's ``step``, or None when the guard
+        refuses it (``PrivValidator.sign``; logged, at debug while signing is paused)."""
+        assert self._key is not None
+        try:
+            return self._key.sign(self.height, self.round, step, domain, sign_bytes)
+        except DoubleSignRefused as exc:
+            (self._log.debug if exc.code == DoubleSignCode.PAUSED else self._log.warning)(
+                "double_sign_refused", height=self.height, round=self.round, step=step.name.lower(),
+                code=exc.code.value, reason=str(exc))
+            return None
 
     def _schedule(self, kind: TimeoutKind, effects: list[Effect]) -> None:
         effects.append(ScheduleTimeout(kind, self.height, self.round, self.timeouts.duration_ms(kind, self.round)))

@@ -66,6 +66,7 @@ from ..consensus import (
     untimely_reason,
     verify_commit_certificate,
 )
+from ..consensus.privval import MemorySignState, PrivValidator, SignStateStore
 from ..execution import NodeRuntimeExecutionDriver
 from ..mempool import Mempool
 from ..metrics import NodeMetrics
@@ -163,6 +164,7 @@ class Replica:
         metrics: NodeMetrics | None = None,
         core_factory: Callable[..., ConsensusCore] = ConsensusCore,
         target_queue_ms: int = cfg.MempoolConfig().target_queue_ms,
+        sign_state: SignStateStore | None = None,
     ) -> None:
         self.genesis = genesis
         self.chain_id = genesis.chain_id
@@ -179,10 +181,15 @@ class Replica:
         self.is_validator = self.validator_set.get(self.validator_id) is not None
         self.builds = BuildDuty(validator_key if self.is_validator else None)
         self.timeouts = TimeoutConfig.from_config(consensus)
+        #: the validator's signer and double-sign guard (None: not a validator); its state lives in
+        #: ``sign_state`` (default: memory; the daemon's is a file in the data directory)
+        self.privval = (PrivValidator(validator_key, sign_state if sign_state is not None else MemorySignState())
+                        if self.is_validator and validator_key is not None else None)
+        self._signing_paused = False
         self.core = core_factory(
             chain_id=self.chain_id,
             validator_set=self.validator_set,
-            signing_key=validator_key if self.is_validator else None,
+            signing_key=self.privval,
             timeouts=self.timeouts,
         )
         self.log = log.bind(node=node_id[:16])
@@ -257,11 +264,14 @@ class Replica:
         metrics: NodeMetrics | None = None,
         core_factory: Callable[..., ConsensusCore] = ConsensusCore,
         sandbox: Sandbox | None = None,
+        sign_state: SignStateStore | None = None,
     ) -> Replica:
         """Restore a replica from ``store`` (and the newest world snapshot under ``snapshot_dir``),
         replaying stored blocks up to the last execution record. ``policy`` defaults to
         ``PolicyConfig()``; ``sandbox`` runs the world's modules (default: the process-wide one,
-        memory cache only). Raises ``ExecutionError`` when the stored state cannot be restored."""
+        memory cache only); ``sign_state`` keeps the validator's last signed height, round and
+        step (``consensus.privval``; default: memory). Raises ``ExecutionError`` when the stored
+        state cannot be restored."""
         driver = NodeRuntimeExecutionDriver.open(
             store,
             lambda: genesis.new_world(sandbox),
@@ -282,6 +292,7 @@ class Replica:
             metrics=metrics,
             core_factory=core_factory,
             target_queue_ms=target_queue_ms,
+            sign_state=sign_state,
         )
 
     # -- views ----------------------------------------------------------------------------------
@@ -321,6 +332,7 @@ class Replica:
             return self._perform(self._start_next_height())
         try:
             signed = decode_wal_entries(height, self.store.wal_entries(height))
+            self._check_amnesia(signed)
             effects = self.core.resume(height, signed, self.validator_set)
         except ValueError as exc:
             raise WALError(
@@ -330,6 +342,30 @@ class Replica:
         if signed:
             self.log.info("resumed", height=height, round=self.core.round, wal_messages=len(signed))
         return self._perform(effects)
+
+    def _check_amnesia(self, wal: list[Proposal | Vote]) -> None:
+        """At start: has this validator signed messages its store no longer holds? That is the case
+        when its sign state (``privval``, kept apart from the store) names a height above the
+        next one, or the next height's WAL lacks the last message it signed, or a world snapshot
+        is newer than the store's records: the database lost transactions (a deleted ``-wal``
+        file after a crash, a restored backup). Not knowing what it signed or locked on there, it
+        signs nothing up to that height (``PrivValidator.pause_until``) and follows the chain as
+        an observer until it has committed past it; one ``signing_paused_until_synced`` line says
+        so, and ``signing_resumed`` when it signs again."""
+        pv = self.privval
+        if pv is None:
+            return
+        last = pv.last
+        pause = self.driver.snapshot_ahead_height
+        if last is not None and last.height > self.height:
+            held = {m.sign_bytes(self.chain_id) for m in wal}
+            if last.height > self.height + 1 or last.sign_bytes not in held:
+                pause = max(pause, last.height)
+        if pause > self.height:
+            pv.pause_until(pause)
+            self._signing_paused = True
+            self.log.warning("signing_paused_until_synced", paused_until=pause, store_height=self.height,
+                             signed_height=last.height if last else 0, snapshot_height=self.driver.snapshot_ahead_height)
 
     def admit(self, signed: SignedAction, source: ActionSource, payload: bytes | None = None) -> AdmissionResult:
         """Admit one signed action (``Admission.admit``); client actions are gossiped at the next tick."""
@@ -712,6 +748,9 @@ class Replica:
         self._last_commit_tick_ms = self._now_ms
         self._summary_blocks += 1
         self._summary_empty += not block.actions
+        if self._signing_paused and self.privval is not None and hdr.height >= self.privval.paused_until:
+            self._signing_paused = False
+            self.log.info("signing_resumed", height=hdr.height)
         self.admission.committed([a.action_id for a in block.actions])
         self.intake.committed(len(block.actions), self._now_ms)
         self.mempool.recheck(self._account_of, self._still_admissible)
