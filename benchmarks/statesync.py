@@ -15,6 +15,8 @@ names; ``{n}`` is the chain length in thousands of heights):
 - ``statesync_restore_s_..``: the part from the joiner's ``state_sync_started`` to its
   ``state_sync_completed`` log line (discovery wait, verification, chunk transfer, restore);
 - ``statesync_snapshot_mb_at_100k_agents_{n}k_heights``: the snapshot's size;
+- ``statesync_snapshot_create_s_at_100k_agents``: how long making one snapshot takes (the pause
+  in the serving node's commit path every ``statesync.snapshot_interval`` heights);
 - ``chain_build_s_..``: building the chain (not part of joining).
 
 The joiner's state root must equal the validator's at the snapshot height and at the height the
@@ -38,6 +40,8 @@ import trio
 
 from agent_world_client.client import NodeClient
 from agent_world_node import config as cfg
+from agent_world_runtime import World
+from agent_world_runtime.snapshots import SnapshotArchive
 from agent_world_tools.testnet import NodeProcess, wait_until_ready
 
 from .bigworld import BenchError, _set_ports
@@ -109,6 +113,17 @@ async def _join(validator_home: cfg.Home, workdir: Path, label: str, record: Rec
                 proc.stop(grace_s=10.0)
 
 
+def _snapshot_cost(home: cfg.Home, workdir: Path, record: Record) -> None:
+    """Record how long a node's commit path pauses to make one state-sync snapshot of this world
+    (``create_snapshot`` plus ``save_snapshot_to_dir``: encode, hash, write, fsync)."""
+    world = World.load_from_dir(home.snapshot_dir / "current")
+    archive = SnapshotArchive(workdir / "cost", keep_recent=1)
+    started = time.perf_counter()
+    archive.save_snapshot_to_dir(world.create_snapshot(), world.height, world.state_root())
+    record("statesync_snapshot_create_s_at_100k_agents", time.perf_counter() - started)
+    shutil.rmtree(workdir / "cost", ignore_errors=True)
+
+
 def run_all(record: Record, *, agents: int = AGENTS, lengths: tuple[int, ...] = LENGTHS) -> None:
     """Build each chain, join it, ``record`` the figures (module docstring). Raises BenchError
     (or ``testnet.TestnetError``) when a figure cannot be measured."""
@@ -125,6 +140,8 @@ def run_all(record: Record, *, agents: int = AGENTS, lengths: tuple[int, ...] = 
             record(f"chain_build_s_at_100k_agents_{label}_heights", chain.build_s)
             home = chain.home
             del chain
+            if length == lengths[0]:
+                _snapshot_cost(home, workdir, record)
             trio.run(_join, home, workdir, label, record)
             shutil.rmtree(workdir / f"validator-{label}", ignore_errors=True)
             shutil.rmtree(workdir / f"joiner-{label}", ignore_errors=True)
