@@ -340,3 +340,22 @@ def test_lean_validate_msg_refuses_without_formatting_the_message_and_caches_the
 
     trio.run(check)
     assert calls == [b"1", b"2"]  # the second look at each message came from the cache
+
+
+def test_dns_peer_addresses_are_resolved_at_each_dial() -> None:
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from multiaddr import Multiaddr
+
+    from agent_world_node.network.config import parse_peer_addr
+    from agent_world_node.network.p2p import resolve_dns
+
+    pid = "12D3KooWDN7K2vo9rDBdpWGjDwMsQJaWvSqJxKZKg5ywyS42P8aq"
+    named = info_from_p2p_addr(parse_peer_addr(f"/dns4/localhost/tcp/26656/p2p/{pid}"))
+    missing = info_from_p2p_addr(parse_peer_addr(f"/dns4/no-such-host.invalid/tcp/1/p2p/{pid}"))
+
+    async def main() -> None:
+        assert (await resolve_dns(named)).addrs == [Multiaddr("/ip4/127.0.0.1/tcp/26656")]
+        with pytest.raises(OSError, match="resolves"):
+            await resolve_dns(missing)
+
+    trio.run(main)

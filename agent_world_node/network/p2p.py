@@ -48,6 +48,7 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
+from multiaddr import Multiaddr
 
 from ..types import Offence
 from .config import InboundMessage, NetworkConfig, parse_listen_addr, parse_peer_addr
@@ -124,6 +125,36 @@ class _ConnectionGate(INotifee):
 #: ``screen(topic, data)``: a drop reason for a received message no node needs, or None
 #: (``P2PNetwork``).
 Screen = Callable[[str, bytes], "str | None"]
+
+
+#: Multiaddr protocols naming a host by DNS name (``/dns4/validator1/tcp/26656/p2p/...``).
+DNS_PROTOCOLS = {"dns": 0, "dns4": trio.socket.AF_INET, "dns6": trio.socket.AF_INET6}
+
+
+async def resolve_dns(info: PeerInfo) -> PeerInfo:
+    """``info`` with every ``/dns``, ``/dns4`` or ``/dns6`` address resolved to ``/ip4``/``/ip6``
+    addresses (all the name has), at each dial, so a peer whose address changes (a container
+    restarted) is found again. Addresses that do not resolve are left out; raises OSError when
+    none is left."""
+    out = []
+    failed: OSError | None = None
+    for addr in info.addrs:
+        names = [p.name for p in addr.protocols()]
+        if not names or names[0] not in DNS_PROTOCOLS:
+            out.append(addr)
+            continue
+        host, port = addr.value_for_protocol(names[0]), addr.value_for_protocol("tcp")
+        try:
+            found = await trio.socket.getaddrinfo(host, int(port), family=DNS_PROTOCOLS[names[0]],
+                                                  type=trio.socket.SOCK_STREAM)
+        except OSError as exc:
+            failed = exc
+            continue
+        for family, _, _, _, sockaddr in found:
+            out.append(Multiaddr(f"/{'ip6' if family == trio.socket.AF_INET6 else 'ip4'}/{sockaddr[0]}/tcp/{port}"))
+    if not out:
+        raise OSError(f"no address of peer {info.peer_id.to_base58()} resolves ({failed})")
+    return PeerInfo(info.peer_id, list(dict.fromkeys(out)))
 
 
 class P2PNetwork:
@@ -548,7 +579,7 @@ class P2PNetwork:
             if unblock is not None:
                 unblock(info.peer_id)  # the library's 60 s negative cache would hide a restarted peer
             with trio.move_on_after(self.config.dial_timeout_s) as scope:
-                await host.connect(info)
+                await host.connect(await resolve_dns(info))
             if scope.cancelled_caught:
                 raise TimeoutError(f"dial did not finish within {self.config.dial_timeout_s} s")
         except Exception as exc:
