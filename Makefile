@@ -8,7 +8,7 @@ NODES    ?= 4
 DURATION ?=
 TESTNET_ARGS := --nodes $(NODES) $(if $(DURATION),--duration $(DURATION),)
 
-.PHONY: venv testnet test check bench clean sim sim-long test-faults toolchains
+.PHONY: venv testnet test check bench clean sim sim-long test-faults toolchains compose-test
 
 venv: $(STAMP)
 
@@ -63,6 +63,13 @@ sim-long: $(STAMP)
 FAULT_MINUTES := $(if $(filter file,$(origin MINUTES)),5,$(MINUTES))
 test-faults: $(STAMP)
 	AGENT_WORLD_FAULT_MINUTES=$(FAULT_MINUTES) $(if $(FAULT_SEED),AGENT_WORLD_FAULT_SEED=$(FAULT_SEED),) $(if $(FAULT_REPORT),AGENT_WORLD_FAULT_REPORT=$(FAULT_REPORT),) $(BIN)/python -m pytest -q -s -m faults_long tests/test_faults.py
+
+# The compose project (compose/) run for real: a private Docker engine (installed with apt-get when
+# missing, as root), a locally built Python base image, 4 validators, a state-synced full node and
+# the workload; checks, then everything torn down and the host's networking reset (compose/test.sh).
+COMPOSE_TIMEOUT_S ?= 1200
+compose-test: $(STAMP)
+	timeout --kill-after=60 $(COMPOSE_TIMEOUT_S) bash compose/test.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

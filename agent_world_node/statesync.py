@@ -192,7 +192,8 @@ class StateSyncer:
             offers = await self._discover()
             trusted = self.config.trust_height
             usable = [o for o in offers if o.manifest.height >= trusted]
-            log.info("state_sync_offers", attempt=attempt, offers=len(offers), usable=len(usable),
+            # while no snapshot exists yet (a young chain), one line every 30 s
+            (log.info if offers or attempt % 15 == 1 else log.debug)("state_sync_offers", attempt=attempt, offers=len(offers), usable=len(usable),
                      heights=[o.manifest.height for o in usable[:5]], peers=len(self.net.connected_peers()))
             for offer in usable:
                 try:

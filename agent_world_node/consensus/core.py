@@ -389,7 +389,7 @@ class ConsensusCore:
         self._polka_value_rounds = set()
         self._precommit_timeout_rounds = set()
         self._conflicting_proposals = {}
-        self._log.info("height_started", height=height, validators=len(self.validator_set))
+        self._log.debug("height_started", height=height, validators=len(self.validator_set))
         return buffered
 
     def _replay_buffered(self, buffered: dict[str, list[tuple[Proposal | Vote, bool]]], effects: list[Effect]) -> None:
