@@ -113,7 +113,8 @@ class LoadedState:
     cache: SaveCache
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync the directory ``path`` (makes renames and new entries in it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -121,13 +122,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace the file ``path`` with ``data`` atomically: a temporary file beside it, written and
+    fsynced, then renamed over it (a crash leaves the old or the new content, and at worst a
+    ``.tmp-*`` file). The rename is durable once the caller fsyncs the directory (``fsync_dir``).
+    Raises OSError; the temporary file is removed on failure."""
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _read_current(directory: Path) -> str | None:
@@ -218,16 +227,16 @@ def save_state(state: WorldState, height: int, directory: Path, cache: SaveCache
         blob = encode(journal.raw(first, last))
         digest = sha256(blob)
         name = f"{first:012d}-{last:012d}-{digest.hex()[:16]}.seg"
-        _write_atomic(directory / "journal" / name, blob)
+        write_atomic(directory / "journal" / name, blob)
         segments.append(JournalSegment(file=name, first_seq=first, last_seq=last, sha256=digest))
     failpoint("snapshot.after_journal")
 
     for wasm_hash, wasm in state.artifact_bytes.items():
         target = directory / "modules" / f"{wasm_hash}.wasm"
         if not target.is_file() or target.stat().st_size != len(wasm):
-            _write_atomic(target, wasm)
-    _fsync_dir(directory / "journal")
-    _fsync_dir(directory / "modules")
+            write_atomic(target, wasm)
+    fsync_dir(directory / "journal")
+    fsync_dir(directory / "modules")
 
     snapshot = snapshot_of(state, height, segments)
     generation = f"snapshot-{height:012d}-{uuid.uuid4().hex[:12]}"
@@ -237,13 +246,13 @@ def save_state(state: WorldState, height: int, directory: Path, cache: SaveCache
         f.write(encode(snapshot))
         f.flush()
         os.fsync(f.fileno())
-    _fsync_dir(tmp_dir)
+    fsync_dir(tmp_dir)
     failpoint("snapshot.before_rename")
     os.replace(tmp_dir, directory / generation)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     failpoint("snapshot.after_rename")
-    _write_atomic(directory / CURRENT, (generation + "\n").encode())
-    _fsync_dir(directory)  # commit point: CURRENT names the new snapshot
+    write_atomic(directory / CURRENT, (generation + "\n").encode())
+    fsync_dir(directory)  # commit point: CURRENT names the new snapshot
     failpoint("snapshot.after_current")
 
     new_cache = SaveCache(resolved, generation, tuple(segments))

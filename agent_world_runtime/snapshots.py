@@ -26,8 +26,6 @@ one. Leftovers (a blob without a manifest, temp files) are removed by ``prune_sn
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import msgspec
@@ -37,7 +35,7 @@ from .codec import DecodeError, decode, encode
 from .crypto import sha256
 from .events import EventJournal
 from .failpoints import failpoint
-from .persistence import SnapshotError, WorldSnapshot, rebuild_state, snapshot_of
+from .persistence import SnapshotError, WorldSnapshot, fsync_dir, rebuild_state, snapshot_of, write_atomic
 from .state import WorldState
 
 log = structlog.get_logger(__name__)
@@ -128,15 +126,6 @@ def manifest_for(data: bytes, height: int, state_root: bytes, chunk_bytes: int =
                             chunk_hashes=[sha256(c) for c in chunks], hash=sha256(data), state_root=state_root)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class SnapshotArchive:
     """The state-sync snapshots a node keeps in ``directory`` (layout in the module docstring),
     at most ``keep_recent`` of them (the newest). Not thread-safe: one owner."""
@@ -163,14 +152,10 @@ class SnapshotArchive:
         full disk included); nothing half-written is ever listed."""
         self.directory.mkdir(parents=True, exist_ok=True)
         manifest = manifest_for(data, height, state_root)
-        _write_atomic(self._path(height, SNAPSHOT_SUFFIX), data)
+        write_atomic(self._path(height, SNAPSHOT_SUFFIX), data)
         failpoint("state_snapshot.after_blob")
-        _write_atomic(self._path(height, MANIFEST_SUFFIX), encode(manifest))
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomic(self._path(height, MANIFEST_SUFFIX), encode(manifest))
+        fsync_dir(self.directory)
         self._manifests = None
         self.prune_snapshot_files()
         log.info("state_snapshot_saved", height=height, bytes=len(data), chunks=len(manifest.chunk_hashes))

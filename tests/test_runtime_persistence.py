@@ -102,14 +102,14 @@ def test_a_crash_before_the_commit_point_leaves_the_old_snapshot(tmp_path, popul
     grow(w, alice, 2)
     import agent_world_runtime.persistence as persistence
 
-    real_write = persistence._write_atomic
+    real_write = persistence.write_atomic
 
     def crash_on_current(path, data):
         if path.name == "CURRENT":
             raise OSError("simulated crash")
         real_write(path, data)
 
-    monkeypatch.setattr(persistence, "_write_atomic", crash_on_current)
+    monkeypatch.setattr(persistence, "write_atomic", crash_on_current)
     with pytest.raises(OSError, match="simulated crash"):
         w.save_to_dir(d)
     monkeypatch.undo()

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import enum
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Protocol
 
 import msgspec
 
 from agent_world_runtime.crypto import SigningKey
+from agent_world_runtime.persistence import fsync_dir, write_atomic
 
 
 class SignStep(enum.IntEnum):
@@ -125,21 +124,8 @@ class SignStateFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = json.dumps({"height": state.height, "round": state.round, "step": int(state.step),
                            "sign_bytes": state.sign_bytes.hex(), "signature": state.signature.hex()})
-        tmp = self.path.with_name(f".tmp-{uuid.uuid4().hex}-{self.path.name}")
-        try:
-            with open(tmp, "w") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomic(self.path, data.encode())
+        fsync_dir(self.path.parent)
 
 
 class PrivValidator:

@@ -332,7 +332,7 @@ class Replica:
             return self._perform(self._start_next_height())
         try:
             signed = decode_wal_entries(height, self.store.wal_entries(height))
-            self._check_amnesia(signed)
+            self._check_amnesia()
             effects = self.core.resume(height, signed, self.validator_set)
         except ValueError as exc:
             raise WALError(
@@ -343,24 +343,24 @@ class Replica:
             self.log.info("resumed", height=height, round=self.core.round, wal_messages=len(signed))
         return self._perform(effects)
 
-    def _check_amnesia(self, wal: list[Proposal | Vote]) -> None:
-        """At start: has this validator signed messages its store no longer holds? That is the case
-        when its sign state (``privval``, kept apart from the store) names a height above the
-        next one, or the next height's WAL lacks the last message it signed, or a world snapshot
-        is newer than the store's records: the database lost transactions (a deleted ``-wal``
-        file after a crash, a restored backup). Not knowing what it signed or locked on there, it
-        signs nothing up to that height (``PrivValidator.pause_until``) and follows the chain as
-        an observer until it has committed past it; one ``signing_paused_until_synced`` line says
-        so, and ``signing_resumed`` when it signs again."""
+    def _check_amnesia(self) -> None:
+        """At start: has this validator signed at heights its store no longer holds? That is the
+        case when its sign state (``privval``, kept apart from the store) names a height above the
+        next one, or a world snapshot is newer than the store's records: the database lost
+        transactions (a deleted ``-wal`` file after a crash, a restored backup). Not knowing what
+        it signed or locked on there, it signs nothing up to that height
+        (``PrivValidator.pause_until``) and follows the chain as an observer until it has
+        committed past it; one ``signing_paused_until_synced`` line says so, and
+        ``signing_resumed`` when it signs again. Messages of the next height missing from its WAL
+        do not pause it (that would cost the chain this validator's stake for a whole height):
+        the guard refuses anything that contradicts what it signed there, as CometBFT's does."""
         pv = self.privval
         if pv is None:
             return
         last = pv.last
         pause = self.driver.snapshot_ahead_height
-        if last is not None and last.height > self.height:
-            held = {m.sign_bytes(self.chain_id) for m in wal}
-            if last.height > self.height + 1 or last.sign_bytes not in held:
-                pause = max(pause, last.height)
+        if last is not None and last.height > self.height + 1:
+            pause = max(pause, last.height)
         if pause > self.height:
             pv.pause_until(pause)
             self._signing_paused = True
