@@ -37,8 +37,15 @@ if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || ! c
         exit 2
     fi
     say "installing docker.io, debootstrap and docker-compose"
+    # no system-wide dockerd may start from the package's init scripts: a temporary policy-rc.d
+    # (exit 101: "action forbidden") stops that; this script runs its own engine
+    policy_added=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_added=1
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io debootstrap docker-compose >/dev/null
+    [ -n "$policy_added" ] && rm -f /usr/sbin/policy-rc.d
 fi
 if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose); else COMPOSE=(docker-compose); fi
 
