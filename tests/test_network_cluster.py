@@ -257,3 +257,31 @@ def test_a_disconnect_that_hangs_is_forced_by_closing_the_socket() -> None:
                     await h.stop()
 
     trio.run(main)
+
+
+def test_stopping_while_gossip_is_forwarded_never_asks_a_closed_socket_its_address() -> None:
+    """Forwarding a message builds the host's signed peer record from its listen addresses. A
+    network that stops closes its listeners while pubsub still runs; a lookup of the addresses in
+    that window must not reach a socket already closed (EBADF crashed the pubsub service and the
+    node's shutdown)."""
+
+    async def main() -> None:
+        with trio.fail_after(RUN_LIMIT_S):
+            net = P2PNetwork(NetworkConfig(chain_id="stop", listen_addr="/ip4/127.0.0.1/tcp/0", peers=[], key_seed=SEEDS[0]),
+                             no_blocks)
+            stopped = trio.Event()
+            lookups: list[int] = []
+
+            async def look_up_addresses(host) -> None:  # what pubsub's forwarding does, every tick
+                while not stopped.is_set():
+                    lookups.append(len(host.get_addrs()))
+                    await trio.sleep(0)
+
+            async with trio.open_nursery() as nursery:
+                async with net.run():
+                    nursery.start_soon(look_up_addresses, net._host)
+                    await trio.sleep(0.05)
+                stopped.set()
+            assert lookups and lookups[0] == 1, lookups[:3]  # it saw the listener while running
+
+    trio.run(main)

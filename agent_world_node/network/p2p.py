@@ -303,8 +303,13 @@ class P2PNetwork:
             scope.shield = True
             try:
                 # Listeners first, so no peer reconnects while the connections are being closed.
+                # Out of the swarm's table before closing: pubsub, still forwarding, reads the
+                # listen addresses for its signed peer record, and a socket closed but still
+                # listed answers EBADF, which crashes the pubsub service (py-libp2p 0.8.1).
                 listeners = getattr(host.get_network(), "listeners", {})
-                for listener in list(listeners.values()):
+                closing = list(listeners.values())
+                listeners.clear()
+                for listener in closing:
                     await listener.close()
                 await host.close()
             except Exception as exc:
