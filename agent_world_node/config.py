@@ -24,7 +24,7 @@ import msgspec
 from agent_world_runtime import World
 from agent_world_runtime.crypto import SigningKey
 from agent_world_runtime.modules.sandbox import Sandbox
-from agent_world_runtime.params import GenesisAgent, WorldParams
+from agent_world_runtime.params import GenesisAgent, GovernanceParams, StakingParams, WorldParams
 
 
 class ConfigError(RuntimeError):
@@ -32,11 +32,14 @@ class ConfigError(RuntimeError):
 
 
 class GenesisValidator(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """A validator at genesis: ``public_key`` is hex Ed25519 (also its validator id); ``stake`` > 0."""
+    """A validator at genesis: ``public_key`` is hex Ed25519 (also its validator id); ``stake`` > 0
+    (its genesis bond); ``operator`` the genesis agent that holds the bond and may unbond it, vote
+    in governance and unjail the validator ("": nobody, the bond is permanent)."""
 
     name: str
     public_key: str
     stake: int
+    operator: str = ""
 
 
 #: Upper bound of either synchrony parameter (one day): a larger bound accepts any clock at all.
@@ -81,12 +84,19 @@ class Genesis(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     world: WorldParams = msgspec.field(default_factory=WorldParams)
     agents: list[GenesisAgent] = []
     synchrony: SynchronyParams = msgspec.field(default_factory=SynchronyParams)
+    staking: StakingParams = msgspec.field(default_factory=StakingParams)
+    governance: GovernanceParams = msgspec.field(default_factory=GovernanceParams)
 
     def new_world(self, sandbox: Sandbox | None = None) -> World:
         """Return the world at height 0 of this genesis (``World.from_genesis``); raises
-        ValueError for invalid world parameters or genesis agents."""
-        return World.from_genesis(self.chain_id, self.world, agents=self.agents,
-                                  validators={v.public_key: v.stake for v in self.validators}, sandbox=sandbox)
+        ValueError for invalid world, staking or governance parameters, genesis agents or
+        validator operators."""
+        return World.from_genesis(
+            self.chain_id, self.world, agents=self.agents,
+            validators={v.public_key: v.stake for v in self.validators}, sandbox=sandbox,
+            validator_operators={v.public_key: v.operator for v in self.validators if v.operator},
+            validator_names={v.public_key: v.name for v in self.validators}, epoch_length=self.epoch_length,
+            staking_params=self.staking, governance_params=self.governance)
 
 
 #: Default per-origin limits by logical topic: ``(messages per second, burst)``. Set from what an

@@ -18,9 +18,12 @@ import msgspec
 
 from .codec import DecodeError, decode, decode_json, encode
 from .crypto import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, SigningKey, sha256, verify
+from .governance.manifest import Manifest
+from .governance.records import PatchOp
 from .modules.manifest import ModuleManifest
 
 ACTION_SIGN_DOMAIN = b"agent-world/action/v1\x00"
+VALIDATOR_PROOF_DOMAIN = b"agent-world/validator-key/v1\x00"
 MAX_ACTION_PAYLOAD_BYTES = 256 * 1024
 AGENT_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 AGENT_ID_RULE = "use 1-64 characters of a-z, 0-9, '_', '.', '-' starting with a letter or digit"
@@ -142,8 +145,86 @@ class AttestBuild(_Action, frozen=True, tag="attest_build"):
     wasm_hash: str = ""
     wasm_bytes: bytes = b""
 
+
+class CreateValidator(_Action, frozen=True, tag="create_validator"):
+    """Make the signing agent (the operator) a validator candidate with the Ed25519 consensus
+    key ``validator_key`` (32 bytes; the validator id is its hex), bonding ``bond`` electricity
+    from its balance (at least the manifest's ``staking.min_bond``). ``proof`` is the consensus
+    key's signature of ``VALIDATOR_PROOF_DOMAIN || chain_id || operator agent id``
+    (``validator_key_proof``), so nobody registers a key they do not hold. It joins the set of
+    epoch ``e + 2`` when created in epoch ``e`` (docs/staking.md)."""
+
+    validator_key: bytes
+    bond: int
+    proof: bytes
+    name: str = ""
+
+
+class Bond(_Action, frozen=True, tag="bond"):
+    """Bond ``amount`` (> 0) electricity of the signer to validator ``validator_id`` (its own, or
+    another's: a delegation)."""
+
+    validator_id: str
+    amount: int
+
+
+class Unbond(_Action, frozen=True, tag="unbond"):
+    """Start returning ``amount`` (> 0) of the signer's bond to ``validator_id``; it comes back at
+    the end of epoch ``e + unbonding_epochs`` (``e``: this block's epoch) unless slashed first."""
+
+    validator_id: str
+    amount: int
+
+
+class Unjail(_Action, frozen=True, tag="unjail"):
+    """The operator asks for its jailed validator ``validator_id`` back, at or after the height
+    its jail ends; it is then eligible for the next set computed."""
+
+    validator_id: str
+
+
+class ProposeManifestUpdate(_Action, frozen=True, tag="propose_manifest_update"):
+    """Propose replacing the whole manifest with ``manifest`` (its ``version`` is ignored: an
+    applied proposal makes the next version). Pays ``proposal_fee`` (docs/governance.md)."""
+
+    manifest: Manifest
+    title: str = ""
+
+
+class ProposeManifestPatch(_Action, frozen=True, tag="propose_manifest_patch"):
+    """Propose a change of the manifest as JSON Patch operations ``ops`` (``/module_changes``
+    included). Pays ``proposal_fee``."""
+
+    ops: list[PatchOp]
+    title: str = ""
+
+
+class ProposeRollback(_Action, frozen=True, tag="propose_rollback"):
+    """Propose restoring manifest version ``version`` (as a new version; history stays)."""
+
+    version: int
+    title: str = ""
+
+
+class VoteProposal(_Action, frozen=True, tag="vote_proposal"):
+    """The operator of validator ``validator_id`` votes ``option`` (``yes``, ``no`` or
+    ``abstain``) on proposal ``proposal_id`` with that validator's voting power; once."""
+
+    proposal_id: int
+    validator_id: str
+    option: str
+
+
 Action = Union[
     AttestBuild,
+    CreateValidator,
+    Bond,
+    Unbond,
+    Unjail,
+    ProposeManifestUpdate,
+    ProposeManifestPatch,
+    ProposeRollback,
+    VoteProposal,
     CreateAgent,
     MoveAgent,
     HarvestRadiation,
@@ -184,6 +265,16 @@ def sign_action(key: SigningKey, chain_id: str, agent_id: str, nonce: int, actio
     """Return ``action`` signed by ``key`` for agent ``agent_id`` with ``nonce`` on ``chain_id``."""
     body = ActionBody(chain_id=chain_id, agent_id=agent_id, nonce=nonce, action=action)
     return SignedAction(body=body, signature=key.sign(ACTION_SIGN_DOMAIN, encode(body)))
+
+
+def validator_key_proof(validator_key: SigningKey, chain_id: str, operator: str) -> bytes:
+    """Return the ``CreateValidator.proof`` of ``validator_key`` for agent ``operator`` on ``chain_id``."""
+    return validator_key.sign(VALIDATOR_PROOF_DOMAIN, encode([chain_id, operator]))
+
+
+def verify_validator_key_proof(public_key: bytes, chain_id: str, operator: str, proof: bytes) -> bool:
+    """True iff ``proof`` is ``public_key``'s ``validator_key_proof`` for ``operator`` on ``chain_id``."""
+    return verify(public_key, VALIDATOR_PROOF_DOMAIN, encode([chain_id, operator]), proof)
 
 
 def verify_action_signature(signed: SignedAction, public_key: bytes) -> bool:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from .actions import AttestBuild, SignedAction, encode_signed_action, verify_action_signature
 from .fees import action_fee
 from .modules.builds import attestation_problem
+from .staking.sets import active_powers
 from .state import WorldState
 
 
@@ -111,7 +112,7 @@ def admission_refusal(state: WorldState, signed: SignedAction, *, check_signatur
 
 def _attestation_refusal(state: WorldState, signed: SignedAction, check_signature: bool) -> Refusal | None:
     validator = signed.body.agent_id
-    if validator not in state.meta.validators:
+    if validator not in active_powers(state):
         return Refusal(RefusalCode.UNKNOWN_AGENT, f"{validator[:64]!r} is not a genesis validator; only validators attest builds")
     if check_signature and not verify_action_signature(signed, bytes.fromhex(validator)):
         return Refusal(RefusalCode.BAD_SIGNATURE, f"bad signature for validator {validator[:16]}; sign with its consensus key")
@@ -125,7 +126,7 @@ def signer_key(state: WorldState, signed: SignedAction) -> bytes | None:
     ``AttestBuild``, else the agent's key; None for an unknown signer."""
     agent_id = signed.body.agent_id
     if isinstance(signed.body.action, AttestBuild):
-        return bytes.fromhex(agent_id) if agent_id in state.meta.validators else None
+        return bytes.fromhex(agent_id) if agent_id in active_powers(state) else None
     agent = state.agents.get(agent_id)
     return agent.public_key if agent is not None else None
 
@@ -184,7 +185,7 @@ class BlockPlan:
                 RefusalCode.NONCE_REPLAYED,
                 f"nonce {body.nonce} of agent {body.agent_id!r} does not follow its nonce {last} earlier in the block",
             )
-        fee = action_fee(state.meta.params, body.action, payload_bytes)
+        fee = action_fee(state.manifest.params, body.action, payload_bytes)
         owed = self._owed.get(body.agent_id, 0)
         refusal = fee_refusal(state, signed, fee, owed)
         if refusal is not None:

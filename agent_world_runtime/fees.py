@@ -8,7 +8,9 @@ ante handler, which deducts fees before the message runs, is the model):
 
 ``payload_bytes`` is the length of the action's canonical encoding (the consensus payload). The
 surcharge is ``create_agent_fee`` for ``create_agent``, ``module_deploy_fee``,
-``module_compile_fee`` and ``module_install_fee`` for the module lifecycle actions, 0 otherwise.
+``module_compile_fee`` and ``module_install_fee`` for the module lifecycle actions,
+``create_validator_fee`` for ``create_validator``, ``proposal_fee`` for each governance proposal,
+0 otherwise.
 All parameters are genesis ``WorldParams``; every node computes the same fee. A validator's
 ``attest_build`` pays nothing: the build's requester paid for it, and each validator attests a
 build once (``modules.builds``).
@@ -21,8 +23,12 @@ from .actions import (
     AttestBuild,
     CompileModuleArtifactFromSource,
     CreateAgent,
+    CreateValidator,
     DeployModuleArtifact,
     InstallModuleFromArtifact,
+    ProposeManifestPatch,
+    ProposeManifestUpdate,
+    ProposeRollback,
 )
 from .params import WorldParams
 
@@ -37,6 +43,10 @@ def surcharge(params: WorldParams, action: Action) -> int:
         return params.module_compile_fee
     if isinstance(action, InstallModuleFromArtifact):
         return params.module_install_fee
+    if isinstance(action, CreateValidator):
+        return params.create_validator_fee
+    if isinstance(action, (ProposeManifestUpdate, ProposeManifestPatch, ProposeRollback)):
+        return params.proposal_fee
     return 0
 
 

@@ -61,6 +61,49 @@ class WorldParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     module_limits_max: ModuleLimitsMax = msgspec.field(default_factory=ModuleLimitsMax)
     build_deadline_heights: int = 1500
     toolchains: list[Toolchain] = []
+    create_validator_fee: int = 100
+    proposal_fee: int = 50
+
+
+class StakingParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Proof-of-stake rules (manifest section ``staking``; docs/staking.md). Stake is bonded
+    electricity; heights and epochs are the chain's (``epoch = height // epoch_length``).
+
+    The set of epoch ``e + 2`` is computed at the end of epoch ``e``: validators that are not
+    jailed and whose bond is at least ``min_bond``, the ``max_validators`` largest bonds (ties by
+    id), each with voting power ``min(bond, max_power_percent% of the chosen bonds' total)``
+    (100: no cap). Unbonded stake returns ``unbonding_epochs`` epochs after the epoch of the
+    unbond, at that epoch's end. A double sign proved by evidence burns ``slash_double_sign_percent``
+    of the validator's bonds (and of its unbondings begun at or after the offence) and jails it
+    for ``double_sign_jail_heights``; evidence older than ``evidence_max_age_heights`` is refused.
+    A validator of the set that signed fewer than ``downtime_min_signed_percent`` of an epoch's
+    commits is jailed for ``downtime_jail_heights`` without a slash. ``max_bonds_per_validator``
+    bounds the bonders of one validator."""
+
+    max_validators: int = 100
+    min_bond: int = 1
+    max_power_percent: int = 100
+    unbonding_epochs: int = 2
+    slash_double_sign_percent: int = 5
+    double_sign_jail_heights: int = 100
+    downtime_min_signed_percent: int = 50
+    downtime_jail_heights: int = 50
+    evidence_max_age_heights: int = 1000
+    max_bonds_per_validator: int = 100
+
+
+class GovernanceParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Governance rules (manifest section ``governance``; docs/governance.md). A proposal is
+    voted for ``voting_period_heights`` heights by the validators of the set in force (each with
+    its voting power). At the end it passes when the power that voted is at least
+    ``quorum_percent`` of the set's total and the ``yes`` power is more than ``threshold_percent``
+    of the ``yes`` plus ``no`` power; it is then applied at that height. Without quorum it
+    expires; otherwise it is rejected. ``max_pending`` bounds the proposals open at once."""
+
+    voting_period_heights: int = 100
+    quorum_percent: int = 34
+    threshold_percent: int = 50
+    max_pending: int = 16
 
 
 class GenesisAgent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

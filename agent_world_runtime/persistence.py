@@ -47,7 +47,8 @@ from .codec import DecodeError, decode, encode
 from .crypto import sha256
 from .events import ZERO_HEAD, EventJournal
 from .failpoints import failpoint
-from .state import AgentRecord, ArtifactRecord, BuildRecord, InstanceRecord, WorldMeta, WorldState
+from .governance.manifest import Manifest
+from .state import TABLES, AgentRecord, ArtifactRecord, BuildRecord, InstanceRecord, WorldMeta, WorldState
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +78,7 @@ class WorldSnapshot(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     format: int
     height: int
     meta: WorldMeta
+    manifest: Manifest
     state_root: bytes
     journal_length: int
     journal_head: bytes
@@ -90,6 +92,8 @@ class WorldSnapshot(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # A journal restored by state sync holds only events after ``journal_base`` (``EventJournal``).
     journal_base: int = 0
     journal_base_head: bytes = ZERO_HEAD
+    # The generic record tables (``state.TABLES``): table -> key -> the record's canonical bytes.
+    tables: dict[str, dict[str, bytes]] = {}
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,7 @@ def snapshot_of(state: WorldState, height: int, segments: list[JournalSegment] |
         format=SNAPSHOT_FORMAT,
         height=height,
         meta=state.meta,
+        manifest=state.manifest,
         state_root=state.state_root(),
         journal_length=len(journal),
         journal_head=journal.head,
@@ -170,6 +175,7 @@ def snapshot_of(state: WorldState, height: int, segments: list[JournalSegment] |
         builds=[state.builds[k] for k in sorted(state.builds)],
         journal_base=base,
         journal_base_head=base_head,
+        tables={name: {k: encode(r) for k, r in sorted(records.items())} for name, records in state.tables.items()},
     )
 
 
@@ -180,8 +186,15 @@ def rebuild_state(snap: WorldSnapshot, journal: EventJournal, artifact_bytes: Ca
     ``where`` names the source in errors. Raises SnapshotError."""
     if len(journal) != snap.journal_length or journal.head != snap.journal_head:
         raise SnapshotError(f"journal in {where} does not match its snapshot (length or hash-chain head differs)")
-    state = WorldState(snap.meta)
+    state = WorldState(snap.meta, snap.manifest)
     state.journal = journal
+    for name, records in snap.tables.items():
+        if name not in TABLES:
+            raise SnapshotError(f"{where} holds an unknown record table {name[:40]!r}")
+        try:
+            state.tables[name] = {k: decode(raw, TABLES[name]) for k, raw in records.items()}
+        except DecodeError as exc:
+            raise SnapshotError(f"{where}: a {name} record is malformed: {exc}") from None
     for agent in snap.agents:
         state.agents[agent.agent_id] = agent
     for art in snap.artifacts:

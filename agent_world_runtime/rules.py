@@ -63,7 +63,7 @@ def _fmt(pos: Position) -> str:
 
 def check_position(state: WorldState, pos: Position) -> None:
     """Raise Rejected unless every coordinate of ``pos`` is within ``[-grid_size, grid_size]``."""
-    g = state.meta.params.grid_size
+    g = state.manifest.params.grid_size
     if any(not -g <= c <= g for c in pos):
         raise Rejected(f"position {_fmt(pos)} is outside the grid; each coordinate must be within [-{g}, {g}]")
 
@@ -77,7 +77,7 @@ def apply_create_agent(state: WorldState, ctx: ActionContext, action: CreateAgen
         raise Rejected(f"invalid agent id {new_id[:64]!r}: {AGENT_ID_RULE}")
     if new_id in state.agents:
         raise Rejected(f"agent {new_id!r} already exists; choose another agent id")
-    if new_id in state.meta.validators:
+    if new_id in state.tables["validator"]:
         raise Rejected(f"{new_id[:16]}... is a validator's id (validators attest builds under it); choose another agent id")
     if len(action.public_key) != PUBLIC_KEY_SIZE:
         raise Rejected(f"public_key must be {PUBLIC_KEY_SIZE} bytes (Ed25519), got {len(action.public_key)}")
@@ -122,7 +122,7 @@ def apply_move(state: WorldState, ctx: ActionContext, action: MoveAgent) -> list
     if to == agent.position:
         raise Rejected(f"agent {ctx.agent_id!r} is already at {_fmt(to)}; move to a different position")
     distance = sum(abs(a - b) for a, b in zip(to, agent.position, strict=True))
-    cost = distance * state.meta.params.move_cost_per_step
+    cost = distance * state.manifest.params.move_cost_per_step
     if cost > agent.electricity:
         raise Rejected(
             f"moving {distance} steps costs {cost} electricity but agent {ctx.agent_id!r} has {agent.electricity}; "
@@ -144,7 +144,7 @@ def apply_harvest(state: WorldState, ctx: ActionContext, action: HarvestRadiatio
     """Add ``harvest_amount`` electricity to the agent, at most once per ``harvest_interval``
     heights: a free gain, so it is bounded per agent."""
     agent = state.agents[ctx.agent_id]
-    params = state.meta.params
+    params = state.manifest.params
     amount = params.harvest_amount
     last = agent.last_harvest_height
     if last and ctx.height < last + params.harvest_interval:

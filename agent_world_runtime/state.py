@@ -13,6 +13,8 @@ Records and their keys in the state tree (value = canonical msgpack of the recor
 * ``instance/<instance_id>`` → ``InstanceRecord``
 * ``mstate/<instance_id>`` → the reducer instance's raw state bytes
 * ``build/<build_id>`` → ``BuildRecord`` (a build from source: request, attestations, outcome)
+* ``manifest`` → ``Manifest``: the rules in force (params, staking, governance; ``governance``)
+* ``<table>/<key>`` for each table of ``TABLES``: staking and governance records
 """
 
 from __future__ import annotations
@@ -24,21 +26,32 @@ import msgspec
 from .actions import ModuleSourcePackage
 from .codec import encode
 from .events import EventJournal
+from .governance.manifest import Manifest
+from .governance.records import TABLES as GOVERNANCE_TABLES
 from .modules.manifest import ModuleManifest
-from .params import WorldParams
+from .staking.records import UnbondingQueue, ValidatorRecord, ValidatorSetRecord
 from .state_tree import StateTree
+
+#: The generic record tables: name -> record type. Keys are strings; each record is the leaf
+#: ``<name>/<key>`` (canonical msgpack). Written only through ``WorldState.put_record`` and
+#: ``delete_record``.
+TABLES: dict[str, type[msgspec.Struct]] = {
+    "validator": ValidatorRecord,
+    "unbonding": UnbondingQueue,
+    "valset": ValidatorSetRecord,
+    **GOVERNANCE_TABLES,
+}
 
 
 class WorldMeta(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The world's identity and clock: ``height`` is the block being built or last built,
-    ``timestamp_ms`` that block's timestamp (Unix ms, from the block header); ``validators`` maps
-    each genesis validator id (hex public key) to its stake, for counting build attestations."""
+    ``timestamp_ms`` that block's timestamp (Unix ms, from the block header); ``epoch_length``
+    the chain's epoch in heights (validator sets change at epoch boundaries)."""
 
     chain_id: str
-    params: WorldParams
     height: int
     timestamp_ms: int
-    validators: dict[str, int] = {}
+    epoch_length: int = 1000
 
 
 class JournalMeta(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -125,8 +138,10 @@ _AGENT, _ARTIFACT, _INSTANCE, _MSTATE, _BUILD = "agent/", "artifact/", "instance
 class WorldState:
     """The world's records, their derived indexes and the incrementally maintained state tree."""
 
-    def __init__(self, meta: WorldMeta) -> None:
+    def __init__(self, meta: WorldMeta, manifest: Manifest) -> None:
         self.meta = meta
+        self.manifest = manifest
+        self.tables: dict[str, dict[str, msgspec.Struct]] = {name: {} for name in TABLES}
         self.agents: dict[str, AgentRecord] = {}
         self.artifacts: dict[str, ArtifactRecord] = {}
         self.artifact_bytes: dict[str, bytes] = {}
@@ -140,13 +155,31 @@ class WorldState:
         self.module_versions: dict[tuple[str, str], str] = {}
         self.instances_version = 0  # bumped on every instance change (routing caches key on it)
         self._tree = StateTree()
-        self._dirty: set[str] = {"world", "journal"}
+        self._dirty: set[str] = {"world", "journal", "manifest"}
 
     # -- mutation (the only writers) ------------------------------------------------------------
     def set_meta(self, meta: WorldMeta) -> None:
         """Replace the world meta record."""
         self.meta = meta
         self._dirty.add("world")
+
+    def set_manifest(self, manifest: Manifest) -> None:
+        """Replace the manifest in force."""
+        self.manifest = manifest
+        self._dirty.add("manifest")
+
+    def put_record(self, table: str, key: str, record: msgspec.Struct) -> None:
+        """Insert or replace ``record`` (of type ``TABLES[table]``) under ``key``. Raises
+        KeyError for an unknown table, TypeError for a record of another type."""
+        if not isinstance(record, TABLES[table]):
+            raise TypeError(f"table {table} holds {TABLES[table].__name__}, not {type(record).__name__}")
+        self.tables[table][key] = record
+        self._dirty.add(f"{table}/{key}")
+
+    def delete_record(self, table: str, key: str) -> None:
+        """Remove the record ``key`` of ``table`` (no-op when absent)."""
+        if self.tables[table].pop(key, None) is not None:
+            self._dirty.add(f"{table}/{key}")
 
     def put_agent(self, record: AgentRecord) -> None:
         """Insert or replace an agent."""
@@ -192,7 +225,9 @@ class WorldState:
     def rebuild_tree(self) -> bytes:
         """Recompute every leaf from scratch (used after loading) and return the root."""
         self._tree = StateTree()
-        self._dirty = {"world", "journal"}
+        self._dirty = {"world", "journal", "manifest"}
+        for table, records in self.tables.items():
+            self._dirty.update(f"{table}/{k}" for k in records)
         self._dirty.update(_AGENT + k for k in self.agents)
         self._dirty.update(_ARTIFACT + k for k in self.artifacts)
         self._dirty.update(_INSTANCE + k for k in self.instances)
@@ -214,9 +249,14 @@ class WorldState:
             value = encode(self.meta)
         elif name == "journal":
             value = encode(JournalMeta(length=len(self.journal), head=self.journal.head))
+        elif name == "manifest":
+            value = encode(self.manifest)
         else:
             prefix, _, ident = name.partition("/")
-            if prefix == "mstate":
+            if prefix in self.tables:
+                rec_t = self.tables[prefix].get(ident)
+                value = None if rec_t is None else encode(rec_t)
+            elif prefix == "mstate":
                 value = self.module_state.get(ident)
             else:
                 tables: dict[str, Mapping[str, msgspec.Struct]] = {

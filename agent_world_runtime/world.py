@@ -22,16 +22,24 @@ from .actions import (
     AGENT_ID_RE,
     AGENT_ID_RULE,
     AttestBuild,
+    Bond,
     CompileModuleArtifactFromSource,
     CreateAgent,
+    CreateValidator,
     DeployModuleArtifact,
     HarvestRadiation,
     InstallModuleFromArtifact,
     MoveAgent,
+    ProposeManifestPatch,
+    ProposeManifestUpdate,
+    ProposeRollback,
     SetModuleInstanceActive,
     SignedAction,
     TransferResource,
+    Unbond,
+    Unjail,
     UpgradeModuleFromArtifact,
+    VoteProposal,
     action_kind,
     encode_signed_action,
     payload_hash,
@@ -40,12 +48,15 @@ from .admission import BlockPlan, Refusal, RefusalCode, admission_refusal, fee_r
 from .crypto import PUBLIC_KEY_SIZE
 from .events import Event
 from .fees import action_fee
+from .governance import rules as governance
+from .governance.manifest import Manifest
+from .governance.records import ManifestVersionRecord
 from .merkle import merkle_root
 from .modules import builds, lifecycle
 from .modules.lifecycle import WASM_HASH_RE
 from .modules.router import ModuleRunner
 from .modules.sandbox import Sandbox, check_module_limits_max, default_sandbox
-from .params import TOOLCHAIN_NAMES, GenesisAgent, Toolchain, WorldParams
+from .params import TOOLCHAIN_NAMES, GenesisAgent, GovernanceParams, StakingParams, Toolchain, WorldParams
 from .persistence import SaveCache, load_state, save_state
 from .rules import (
     MAX_BALANCE,
@@ -59,6 +70,9 @@ from .rules import (
     check_position,
 )
 from .snapshots import create_snapshot, restore_snapshot
+from .staking import rules as staking
+from .staking.records import ValidatorRecord, ValidatorSetRecord
+from .staking.sets import active_powers, set_record
 from .state import AgentRecord, BuildRecord, InstanceRecord, WorldMeta, WorldState
 
 log = structlog.get_logger(__name__)
@@ -82,7 +96,9 @@ def compute_action_id(signed: SignedAction) -> bytes:
     return payload_hash(encode_signed_action(signed))
 
 
-def _coerce_params(params: Any) -> WorldParams:
+def check_world_params(params: Any) -> WorldParams:
+    """Return ``params`` as ``WorldParams``, checked: every integer in [0, 2**62), valid module
+    limit caps and toolchains. Raises ValueError naming the field."""
     if not isinstance(params, WorldParams):
         params = WorldParams(**msgspec.structs.asdict(params))
     for field in msgspec.structs.fields(WorldParams):
@@ -97,6 +113,28 @@ def _coerce_params(params: Any) -> WorldParams:
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < (1 << 62):
             raise ValueError(f"world param {name} must be an integer in [0, 2**62), got {value!r}")
     return params
+
+
+#: Bounds of the staking and governance parameters beyond "an integer in [0, 2**62)".
+_SECTION_BOUNDS: dict[str, tuple[int, int]] = {
+    "max_validators": (1, 10_000), "min_bond": (1, 1 << 62), "max_power_percent": (1, 100),
+    "slash_double_sign_percent": (0, 100), "downtime_min_signed_percent": (0, 100),
+    "max_bonds_per_validator": (1, 10_000), "unbonding_epochs": (0, 1000),
+    "voting_period_heights": (1, 1 << 40), "quorum_percent": (0, 100), "threshold_percent": (0, 99),
+    "max_pending": (1, 1000),
+}
+
+
+def check_section(section: Any, name: str) -> Any:
+    """Return ``section`` (``StakingParams`` or ``GovernanceParams``) checked: each field an
+    integer in [0, 2**62) and within its bounds (``_SECTION_BOUNDS``). Raises ValueError naming
+    ``name.field``."""
+    for field in msgspec.structs.fields(type(section)):
+        value = getattr(section, field.name)
+        low, high = _SECTION_BOUNDS.get(field.name, (0, (1 << 62) - 1))
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ValueError(f"{name}.{field.name} must be an integer in [{low}, {high}], got {value!r}")
+    return section
 
 
 def _check_toolchains(toolchains: list[Toolchain]) -> None:
@@ -170,23 +208,42 @@ class World:
             SetModuleInstanceActive: lambda c, a: lifecycle.apply_set_active(self._state, c, a),
             AttestBuild: lambda c, a: builds.apply_attestation(
                 self._state, c, a, lambda b, w: lifecycle.publish_build(self._state, self._sandbox, b, w)),
+            CreateValidator: lambda c, a: staking.apply_create_validator(self._state, c, a),
+            Bond: lambda c, a: staking.apply_bond(self._state, c, a),
+            Unbond: lambda c, a: staking.apply_unbond(self._state, c, a),
+            Unjail: lambda c, a: staking.apply_unjail(self._state, c, a),
+            ProposeManifestUpdate: lambda c, a: governance.apply_propose_update(self._state, self._sandbox, c, a),
+            ProposeManifestPatch: lambda c, a: governance.apply_propose_patch(self._state, self._sandbox, c, a),
+            ProposeRollback: lambda c, a: governance.apply_propose_rollback(self._state, self._sandbox, c, a),
+            VoteProposal: lambda c, a: governance.apply_vote(self._state, c, a),
         }
 
     @classmethod
     def from_genesis(cls, chain_id: str, params: WorldParams, *, agents: Iterable[GenesisAgent] = (),
-                     validators: Mapping[str, int] | None = None, sandbox: Sandbox | None = None) -> "World":
+                     validators: Mapping[str, int] | None = None, sandbox: Sandbox | None = None,
+                     validator_operators: Mapping[str, str] | None = None,
+                     validator_names: Mapping[str, str] | None = None, epoch_length: int = 1000,
+                     staking_params: StakingParams | None = None,
+                     governance_params: GovernanceParams | None = None) -> "World":
         """Return the world at height 0 for ``chain_id`` with rules ``params``, the genesis
         ``agents`` (the only agents nobody paid to create; their first nonce is 1) and the genesis
-        ``validators`` (validator id, the hex consensus public key, to stake; they attest builds).
+        ``validators`` (validator id, the hex consensus public key, to stake): the set of epochs
+        0 and 1. ``validator_operators`` names the agent that holds each genesis bond (and may
+        unbond it, vote and unjail; none: the bond is permanent); ``epoch_length`` is the chain's
+        epoch in heights; ``staking_params`` and ``governance_params`` complete the genesis
+        manifest (version 1).
 
         ``params`` may be any struct with WorldParams' fields. Raises ValueError for an empty or
         over-long chain id, a negative/huge parameter, a genesis agent with an invalid or
         repeated id, a public key that is not 64 hex characters, a negative balance or a position
-        outside the grid (the message names the agent and the field), or a validator whose id is
-        not 64 lowercase hex characters or whose stake is not positive.
+        outside the grid (the message names the agent and the field), a validator whose id is
+        not 64 lowercase hex characters or whose stake is not positive, or an operator that is
+        not a genesis agent.
         """
         if not isinstance(chain_id, str) or not 0 < len(chain_id) <= MAX_CHAIN_ID_CHARS:
             raise ValueError(f"chain_id must be a non-empty string of at most {MAX_CHAIN_ID_CHARS} characters")
+        if not isinstance(epoch_length, int) or epoch_length < 1:
+            raise ValueError(f"epoch_length must be a positive integer, got {epoch_length!r}")
         stakes = dict(sorted((validators or {}).items()))
         for vid, stake in stakes.items():
             if not WASM_HASH_RE.fullmatch(vid) or not isinstance(stake, int) or stake <= 0:
@@ -195,11 +252,25 @@ class World:
         clash = next((a.agent_id for a in agents if a.agent_id in stakes), None)
         if clash is not None:
             raise ValueError(f"genesis agent {clash[:16]}...: its id is a validator's id; choose another agent id")
-        meta = WorldMeta(chain_id=chain_id, params=_coerce_params(params), height=0, timestamp_ms=0,
-                         validators=stakes)
-        state = WorldState(meta)
+        manifest = Manifest(version=1, params=check_world_params(params),
+                            staking=check_section(staking_params or StakingParams(), "staking"),
+                            governance=check_section(governance_params or GovernanceParams(), "governance"))
+        meta = WorldMeta(chain_id=chain_id, height=0, timestamp_ms=0, epoch_length=epoch_length)
+        state = WorldState(meta, manifest)
         for agent in agents:
             state.put_agent(_genesis_agent(state, agent))
+        operators = dict(validator_operators or {})
+        names = dict(validator_names or {})
+        for vid, stake in stakes.items():
+            operator = operators.get(vid, "")
+            if operator and operator not in state.agents:
+                raise ValueError(f"validator {vid[:16]}...: operator {operator[:64]!r} is not a genesis agent")
+            state.put_record("validator", vid, ValidatorRecord(
+                validator_id=vid, operator=operator, name=str(names.get(vid, ""))[:64], bonded=stake,
+                bonds={operator or vid: stake}))
+        for epoch in (0, 1):
+            state.put_record("valset", str(epoch), ValidatorSetRecord(epoch=epoch, validators=list(stakes.items())))
+        state.put_record("manifest_version", "1", ManifestVersionRecord(version=1, manifest=manifest))
         return cls(state, 0, sandbox=sandbox)
 
     # -- identity ------------------------------------------------------------------------------
@@ -210,8 +281,18 @@ class World:
 
     @property
     def params(self) -> WorldParams:
-        """The world rules fixed at genesis."""
-        return self._state.meta.params
+        """The world rules in force (the manifest's ``params``)."""
+        return self._state.manifest.params
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest in force (``governance.manifest``)."""
+        return self._state.manifest
+
+    @property
+    def epoch_length(self) -> int:
+        """The chain's epoch in heights."""
+        return self._state.meta.epoch_length
 
     @property
     def in_block(self) -> bool:
@@ -219,8 +300,14 @@ class World:
         return self._in_block
 
     # -- blocks --------------------------------------------------------------------------------
-    def begin_block(self, height: int, timestamp_ms: int) -> None:
+    def begin_block(self, height: int, timestamp_ms: int, *, last_commit_signers: Sequence[str] | None = None,
+                    evidence: Sequence[tuple[str, int]] = ()) -> None:
         """Open block ``height`` (must be ``self.height + 1``) with the block's timestamp (Unix ms).
+
+        ``evidence`` lists ``(validator_id, offence_height)`` of the double signs the block
+        carries, already verified by the node; ``last_commit_signers`` the validators whose
+        precommits make the certificate of ``height - 1`` the block carries (None: none). Both
+        feed ``staking.rules.begin_block`` (slashing, jailing, downtime counts).
 
         Raises ValueError for a wrong height or a negative timestamp, RuntimeError if a block is
         already open.
@@ -237,13 +324,14 @@ class World:
         self._ticked = False
         self._block_events = []
         self._prepaid = None
+        self._emit(staking.begin_block(self._state, height, last_commit_signers, evidence))
 
     def action_fee(self, signed: SignedAction, payload_bytes: int | None = None) -> int:
         """Return the fee in electricity of ``signed`` (``fees.action_fee``); ``payload_bytes`` is
         the length of its canonical payload, computed when omitted."""
         if payload_bytes is None:
             payload_bytes = payload_size(signed)
-        return action_fee(self._state.meta.params, signed.body.action, payload_bytes)
+        return action_fee(self._state.manifest.params, signed.body.action, payload_bytes)
 
     def check_action(self, signed: SignedAction, *, payload_bytes: int | None = None, owed: int = 0,
                      check_signature: bool = True) -> Refusal | None:
@@ -383,7 +471,10 @@ class World:
         fail first (``module.build_settled`` with ``BUILD_DEADLINE``). Raises RuntimeError when no
         block is open."""
         self._require_block()
-        self._emit(builds.expire_builds(self._state, self._state.meta.height))
+        height = self._state.meta.height
+        self._emit(builds.expire_builds(self._state, height))
+        self._emit(governance.end_block(self._state, self._sandbox, height))
+        self._emit(staking.end_block(self._state, height))
         root = self._state.state_root()
         journal = self._state.journal
         events_root = merkle_root([journal.raw_of(e) for e in self._block_events])
@@ -424,8 +515,31 @@ class World:
         return builds.pending_builds(self._state)
 
     def validators(self) -> dict[str, int]:
-        """Return the genesis validators (hex id to stake) that attest builds."""
-        return dict(self._state.meta.validators)
+        """Return the validator set in force at the current height (hex id to voting power); its
+        members attest builds."""
+        return active_powers(self._state)
+
+    def validator_set(self, epoch: int) -> ValidatorSetRecord | None:
+        """Return the validator set of ``epoch``, or None when not known yet (more than one
+        epoch ahead of the executed height) or dropped (older than the evidence window)."""
+        return set_record(self._state, epoch)
+
+    def validator_record(self, validator_id: str) -> ValidatorRecord | None:
+        """Return the staking record of ``validator_id`` (bonds, jail, slashes), or None."""
+        return staking.validator(self._state, validator_id)
+
+    def validator_records(self) -> list[ValidatorRecord]:
+        """Return every validator candidate, sorted by id."""
+        return [r for _, r in sorted(self._state.tables["validator"].items()) if isinstance(r, ValidatorRecord)]
+
+    def evidence_problem(self, validator_id: str, offence_height: int, height: int) -> str | None:
+        """Why double-sign evidence against ``validator_id`` at ``offence_height`` cannot be
+        executed in block ``height`` (``staking.rules.evidence_problem``), or None."""
+        return staking.evidence_problem(self._state, validator_id, offence_height, height)
+
+    def records(self, table: str) -> dict[str, Any]:
+        """Return a copy of the records of ``table`` (``state.TABLES``) by key. Raises KeyError."""
+        return dict(self._state.tables[table])
 
     def signer_key(self, signed: SignedAction) -> bytes | None:
         """Return the public key ``signed``'s signature must verify against (``admission.signer_key``)."""

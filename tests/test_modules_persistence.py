@@ -5,6 +5,8 @@ still loads."""
 from __future__ import annotations
 
 import msgspec
+
+from agent_world_runtime.governance.manifest import Manifest
 import pytest
 
 from agent_world_runtime import World, compute_action_id
@@ -76,11 +78,13 @@ class OldWorldSnapshot(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     format: int
     height: int
     meta: WorldMeta
+    manifest: Manifest
     state_root: bytes
     journal_length: int
     journal_head: bytes
     segments: list[JournalSegment]
     agents: list[AgentRecord]
+    tables: dict[str, dict[str, bytes]] = {}
 
 
 def test_directory_without_a_module_store_still_loads(tmp_path):

@@ -35,6 +35,7 @@ from .. import events as ev
 from ..actions import MAX_ACTION_PAYLOAD_BYTES, AttestBuild, ModuleSourcePackage
 from ..crypto import sha256
 from ..rules import ActionContext, EventSpec, Rejected
+from ..staking.sets import active_powers
 from ..state import BuildRecord, WorldState
 from .manifest import ModuleManifest
 
@@ -79,7 +80,7 @@ def request_build(state: WorldState, ctx: ActionContext, manifest: ModuleManifes
     """Record a pending build of ``package`` (already validated) with ``toolchain`` for the
     compile action ``ctx`` and return ``module.build_requested``. Raises Rejected if the chain
     names no such toolchain (``WorldParams.toolchains``)."""
-    params = state.meta.params
+    params = state.manifest.params
     if not any(t.name == toolchain for t in params.toolchains):
         named = sorted(t.name for t in params.toolchains)
         raise Rejected(
@@ -148,7 +149,7 @@ def apply_attestation(state: WorldState, ctx: ActionContext, action: AttestBuild
     out: list[EventSpec] = [(ev.BUILD_ATTESTED, {
         "action_id": ctx.action_id, "agent_id": validator, "build_id": build.build_id, "outcome": outcome,
     })]
-    stakes = state.meta.validators
+    stakes = active_powers(state)
     total = sum(stakes.values())
     held: dict[str, int] = {}
     for who, said in build.attestations.items():

@@ -257,7 +257,7 @@ def check_install_target(state: WorldState, target: str) -> str:
         return target
     m = LOCATION_TARGET_RE.fullmatch(target)
     if m:
-        g = state.meta.params.grid_size
+        g = state.manifest.params.grid_size
         if any(not -g <= int(c) <= g for c in m.groups()):
             raise Rejected(f"install_target {target[:80]!r} is outside the grid [-{g}, {g}]")
         return target
@@ -367,7 +367,7 @@ def check_payer_can_run(state: WorldState, inst: InstanceRecord) -> None:
     """Raise Rejected unless the payer of ``inst`` (its artifact's publisher) holds the minimum
     pre-call fees: 1 electricity and 1 + gas_fee(capped max_gas) data."""
     artifact = state.artifacts[inst.wasm_hash]
-    params = state.meta.params
+    params = state.manifest.params
     max_gas = cap_module_limits(artifact.manifest.limits, params.module_limits_max).max_gas
     data, elec = min_call_fees(max_gas, params.gas_price_per_mfuel)
     payer = state.agents.get(artifact.publisher)

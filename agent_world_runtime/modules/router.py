@@ -205,7 +205,7 @@ class ModuleRunner:
 
     def _limits(self, limits: ModuleLimits) -> ModuleLimits:
         """Return the manifest ``limits`` capped by the world's ``module_limits_max`` (memoised)."""
-        key = (limits, self.state.meta.params.module_limits_max)
+        key = (limits, self.state.manifest.params.module_limits_max)
         capped = self._capped.get(key)
         if capped is None:
             capped = self._capped[key] = cap_module_limits(*key)
@@ -241,7 +241,7 @@ class ModuleRunner:
             ctx=ctx, event=event, state=state.module_state.get(inst.instance_id) if reducer else None, action=action,
         ))
         in_len = len(payload)
-        bill = _Bill(payer, in_len, limits.max_gas, meta.params.gas_price_per_mfuel)
+        bill = _Bill(payer, in_len, limits.max_gas, self.state.manifest.params.gas_price_per_mfuel)
         shortfall = self._shortfall(payer, bill.data(compute_fee(in_len, 0, 0, 0), limits.max_gas),
                                     electricity_fee(0, 0, False))
         if shortfall:
@@ -309,7 +309,7 @@ class ModuleRunner:
         shortfall = self._shortfall(payer, 0, electricity_fee(0, 0, False))
         if shortfall:
             return [failed, self._deactivate(inst, payer, f"payer {payer!r} cannot pay for a refused call: {shortfall}")]
-        price = self.state.meta.params.gas_price_per_mfuel
+        price = self.state.manifest.params.gas_price_per_mfuel
         return [failed, self._charge(base, _Bill(payer, 0, 0, price), 0, 0, 0, False, 0)]
 
     def _shortfall(self, payer: str, data_fee: int, elec_fee: int) -> str:
@@ -390,7 +390,7 @@ class ModuleRunner:
             return f"policy: recipient {str(to)[:60]!r} is not a registered agent"
         if kind not in RESOURCE_KINDS:
             return f"policy: resource kind {str(kind)[:30]!r} is not one of {list(RESOURCE_KINDS)}"
-        limit = self.state.meta.params.module_effect_max_amount
+        limit = self.state.manifest.params.module_effect_max_amount
         if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount <= limit:
             return f"policy: amount must be an integer in [1, {limit}], got {str(amount)[:30]}"
         owner = self.state.agents.get(inst.owner_agent_id)

@@ -1,0 +1,1 @@
+"""Governance of the world's manifest (docs/governance.md)."""

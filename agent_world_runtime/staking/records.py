@@ -1,0 +1,75 @@
+"""Staking records kept in the world state (tables ``validator``, ``unbonding``, ``valset``).
+
+All amounts are electricity units; heights and epochs are the chain's. A validator's id is the
+lowercase hex of its 32-byte Ed25519 consensus public key.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ..codec import encode
+from ..crypto import sha256
+
+
+class ValidatorRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """A validator candidate (table ``validator``, key ``validator_id``).
+
+    ``operator`` is the agent that created it ("" for a genesis validator without one: its
+    genesis bond can never be unbonded); ``bonds`` maps each bonder (an agent id, or the
+    validator id for a genesis bond) to its bonded amount, ``bonded`` is their sum. ``jailed``
+    validators are left out of the next sets; ``jailed_until`` is the first height at which the
+    operator may unjail. ``signed`` counts the commits of the current epoch it signed (downtime);
+    ``slashed_heights`` the heights of offences already punished (evidence is used once)."""
+
+    validator_id: str
+    operator: str
+    name: str
+    bonded: int
+    bonds: dict[str, int]
+    created_at: int = 0
+    jailed: bool = False
+    jailed_until: int = 0
+    slashed: int = 0
+    signed: int = 0
+    slashed_heights: list[int] = []
+
+
+class UnbondingEntry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Stake on its way back: ``amount`` to agent ``agent_id`` from ``validator_id``, unbonded at
+    height ``created_at``."""
+
+    agent_id: str
+    validator_id: str
+    amount: int
+    created_at: int
+
+
+class UnbondingQueue(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The unbondings released at the end of ``release_epoch`` (table ``unbonding``, key the
+    epoch as decimal), in the order they were made."""
+
+    release_epoch: int
+    entries: list[UnbondingEntry]
+
+
+class ValidatorSetRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The validator set in force during ``epoch`` (table ``valset``, key the epoch as decimal):
+    ``validators`` is ``[validator_id, voting_power]`` sorted by id; ``computed_at`` the height
+    whose end computed it (0: genesis); ``commits_counted`` how many commit certificates of the
+    epoch were counted for downtime so far."""
+
+    epoch: int
+    validators: list[tuple[str, int]]
+    computed_at: int = 0
+    commits_counted: int = 0
+
+    def hash(self) -> bytes:
+        """``validator_set_hash(self.validators)``."""
+        return validator_set_hash(self.validators)
+
+
+def validator_set_hash(validators: list[tuple[str, int]]) -> bytes:
+    """Return the 32-byte hash of a validator set: ``sha256(encode([[id, power], ...]))`` over the
+    entries sorted by id. Headers carry it (``validators_hash``, ``next_validators_hash``)."""
+    return sha256(encode(sorted([vid, power] for vid, power in validators)))
