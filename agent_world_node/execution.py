@@ -25,14 +25,15 @@ import structlog
 
 from agent_world_runtime import World
 from agent_world_runtime.actions import SignedAction, decode_signed_action
-from agent_world_runtime.codec import DecodeError, encode
+from agent_world_runtime.codec import DecodeError, decode, encode
 from agent_world_runtime.crypto import sha256
 from agent_world_runtime.failpoints import failpoint
 from agent_world_runtime.modules.sandbox import Sandbox
 from agent_world_runtime.snapshots import SnapshotArchive
 
+from .consensus.evidence import DuplicateProposalEvidence, DuplicateVoteEvidence, Evidence
 from .store import ExecutionRecord, NodeStore
-from .types import ZERO_HASH, Block, NodeConsensusAction
+from .types import MAX_EVIDENCE_BYTES, ZERO_HASH, Block, NodeConsensusAction
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +57,8 @@ class NodeExecutionCommitContext(msgspec.Struct, frozen=True):
     action_root: bytes
     committed_actions: list[NodeConsensusAction]
     committed_at_unix_ms: int
+    last_commit_signers: list[str] | None = None
+    evidence: list[tuple[str, int]] = []
 
 
 class NodeExecutionCommitResult(msgspec.Struct, frozen=True):
@@ -68,6 +71,28 @@ class NodeExecutionCommitResult(msgspec.Struct, frozen=True):
 
 def _decode(action: NodeConsensusAction) -> SignedAction:
     return decode_signed_action(action.payload)
+
+
+def commit_signers(block: Block) -> list[str] | None:
+    """The validators whose precommits make the block's ``last_commit`` (None: it carries none)."""
+    if block.last_commit is None:
+        return None
+    return [sig.validator for sig in block.last_commit.signatures]
+
+
+def evidence_offences(block: Block) -> list[tuple[str, int]]:
+    """``(validator_id, offence_height)`` of each piece of evidence ``block`` carries, in order.
+    valid(v) checked every piece (``replica.evidence``); one that does not decode (possible only
+    for a direct caller) is skipped."""
+    out: list[tuple[str, int]] = []
+    for raw in block.evidence:
+        try:
+            ev: DuplicateVoteEvidence | DuplicateProposalEvidence = decode(
+                raw, Evidence, max_size=MAX_EVIDENCE_BYTES)  # type: ignore[arg-type]
+        except DecodeError:
+            continue
+        out.append((ev.validator, ev.height))
+    return out
 
 
 def chain_execution_block_hash(prev: bytes, height: int, state_root: bytes, events_root: bytes) -> bytes:
@@ -194,7 +219,8 @@ class NodeRuntimeExecutionDriver:
             return NodeExecutionCommitResult(record.height, record.execution_block_hash, record.execution_state_root)
         for h in range(self.last_height + 1, ctx.height):
             self._replay_stored(h, expect=None)
-        record = self._execute(ctx.height, ctx.committed_at_unix_ms, ctx.committed_actions)
+        record = self._execute(ctx.height, ctx.committed_at_unix_ms, ctx.committed_actions,
+                               last_commit_signers=ctx.last_commit_signers, evidence=ctx.evidence)
         return NodeExecutionCommitResult(record.height, record.execution_block_hash, record.execution_state_root)
 
     def context_for(self, block: Block, world_id: str, node_id: str, epoch: int) -> NodeExecutionCommitContext:
@@ -210,6 +236,8 @@ class NodeRuntimeExecutionDriver:
             action_root=hdr.action_root,
             committed_actions=block.actions,
             committed_at_unix_ms=hdr.timestamp_ms,
+            last_commit_signers=commit_signers(block),
+            evidence=evidence_offences(block),
         )
 
     def state_root_at(self, height: int) -> bytes | None:
@@ -238,7 +266,8 @@ class NodeRuntimeExecutionDriver:
                     "the snapshot, or move this home's data directory away and resync from peers")
             raise ExecutionError(f"cannot execute height {height}: its block is not in the store; sync it first")
         hdr = stored.block.header
-        record = self._execute(height, hdr.timestamp_ms, stored.block.actions, persist=expect is None)
+        record = self._execute(height, hdr.timestamp_ms, stored.block.actions, persist=expect is None,
+                               last_commit_signers=commit_signers(stored.block), evidence=evidence_offences(stored.block))
         if expect is not None and record.execution_state_root != expect.execution_state_root:
             raise ExecutionError(
                 f"replaying height {height} gave state root {record.execution_state_root.hex()} but the stored "
@@ -251,9 +280,11 @@ class NodeRuntimeExecutionDriver:
         timestamp_ms: int,
         actions: list[NodeConsensusAction],
         persist: bool = True,
+        last_commit_signers: list[str] | None = None,
+        evidence: list[tuple[str, int]] | None = None,
     ) -> ExecutionRecord:
         world = self.world
-        world.begin_block(height, timestamp_ms)
+        world.begin_block(height, timestamp_ms, last_commit_signers=last_commit_signers, evidence=evidence or ())
         block: list[tuple[SignedAction, bytes, int]] = []
         for act in actions:
             try:

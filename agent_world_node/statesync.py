@@ -44,6 +44,7 @@ from agent_world_runtime.failpoints import failpoint
 from agent_world_runtime.modules.sandbox import Sandbox
 from agent_world_runtime.persistence import SnapshotError
 from agent_world_runtime.snapshots import SnapshotManifest, verify_chunk
+from agent_world_runtime.staking.records import validator_set_hash
 
 from .config import StateSyncConfig
 from .consensus.certificate import InvalidCertificate, verify_commit_certificate
@@ -71,6 +72,7 @@ class StateSyncErrorCode(enum.StrEnum):
     TRUST_MISMATCH = "trust_mismatch"  # the trusted height's block has another hash
     ROOT_MISMATCH = "root_mismatch"  # the snapshot's root is not the certified one
     CHUNKS_UNAVAILABLE = "chunks_unavailable"  # no honest peer left to fetch a chunk from
+    SET_UNKNOWN = "set_unknown"  # the validator set signing S or S+1 is not the one this node knows
 
 
 class StateSyncError(Exception):
@@ -124,8 +126,15 @@ def verify_base(lower: ReplicatedCommitPayload, upper: ReplicatedCommitPayload, 
     """Check the committed blocks of ``height`` (``lower``) and ``height + 1`` (``upper``) as a
     light client does (module docstring, step 2) and return the verified base. Raises
     ``StateSyncError`` (``BASE_INVALID``) naming the first problem."""
+    known = validator_set_hash([(v.id, v.stake) for v in validator_set])
     for payload, h in ((lower, height), (upper, height + 1)):
         block, cert = payload.block, payload.certificate
+        if block.header.validators_hash != known:
+            raise StateSyncError(
+                StateSyncErrorCode.SET_UNKNOWN,
+                f"block {h} is certified by a validator set other than the genesis set (the set changed at an "
+                "epoch boundary); this node cannot verify it without replaying the chain of sets: set "
+                "statesync.enable = false to sync blocks from genesis")
         problem = block_shape_problem(block, chain_id, h)
         if problem is None:
             try:

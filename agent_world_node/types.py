@@ -40,10 +40,31 @@ def compute_consensus_action_root(actions: list[NodeConsensusAction]) -> bytes:
     return merkle_root([a.payload_hash for a in actions])
 
 
+class CommitSig(msgspec.Struct, array_like=True, frozen=True):
+    """One validator's precommit signature in a certificate."""
+
+    validator: str
+    signature: bytes
+
+
+class CommitCertificate(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Precommits for ``block_hash`` at (height, round) from more than 2/3 of the stake."""
+
+    height: int
+    round: int
+    block_hash: bytes
+    signatures: list[CommitSig]
+
+
 class BlockHeader(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A block header. ``last_execution_*`` are this proposer's execution results for ``height - 1``
     (as CometBFT carries the app hash); ``timestamp_ms`` is the proposer's clock, used as the
-    deterministic ``committed_at_unix_ms`` of the block."""
+    deterministic ``committed_at_unix_ms`` of the block.
+
+    As CometBFT's header: ``validators_hash`` is the hash of the validator set in force at this
+    height and ``next_validators_hash`` that of height + 1 (``validator_set_hash``), so a client
+    holding one certified header follows the chain of sets; ``last_commit_hash`` commits to the
+    block's ``last_commit`` and ``evidence_hash`` to its ``evidence`` (``block_body_hashes``)."""
 
     chain_id: str
     height: int
@@ -57,13 +78,22 @@ class BlockHeader(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     last_execution_block_hash: bytes
     last_execution_state_root: bytes
     timestamp_ms: int
+    validators_hash: bytes = ZERO_HASH
+    next_validators_hash: bytes = ZERO_HASH
+    last_commit_hash: bytes = ZERO_HASH
+    evidence_hash: bytes = ZERO_HASH
 
 
 class Block(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """A header and its ordered actions."""
+    """A header, its ordered actions, the commit certificate of the previous height
+    (``last_commit``; None at height 1), by which the world counts who signed, and the
+    equivocation evidence it executes (``evidence``: canonical encodings of
+    ``consensus.evidence.Evidence``, at most ``MAX_BLOCK_EVIDENCE``)."""
 
     header: BlockHeader
     actions: list[NodeConsensusAction]
+    last_commit: Optional[CommitCertificate] = None
+    evidence: list[bytes] = []
 
     def hash(self) -> bytes:
         """Return the block hash: ``sha256(encode(header))`` (the header commits to the actions by root)."""
@@ -75,12 +105,25 @@ def block_hash(header: BlockHeader) -> bytes:
     return sha256(encode(header))
 
 
+#: Most pieces of evidence one block carries, and the largest encoding of one (bytes).
+MAX_BLOCK_EVIDENCE = 8
+MAX_EVIDENCE_BYTES = 4 * 1024 * 1024
+
+
+def block_body_hashes(last_commit: CommitCertificate | None, evidence: list[bytes]) -> tuple[bytes, bytes]:
+    """Return ``(last_commit_hash, evidence_hash)``: ``sha256(encode(last_commit))`` (32 zero bytes
+    for None) and the RFC 6962 Merkle root over ``sha256`` of each evidence encoding (32 zero
+    bytes for none)."""
+    commit_hash = ZERO_HASH if last_commit is None else sha256(encode(last_commit))
+    return commit_hash, (merkle_root([sha256(e) for e in evidence]) if evidence else ZERO_HASH)
+
+
 def block_shape_problem(block: Block, chain_id: str, height: int) -> str | None:
     """Why ``block`` is not shaped like a block of ``chain_id`` at ``height`` (None if it is).
 
     The shape is what anyone can check from the block alone: the header's chain id and height,
     ``action_count`` and ``action_root`` (RFC 6962 Merkle root of the payload hashes) matching the
-    actions, every action's ``payload_hash == action_id == sha256(payload)``, and no action twice.
+    actions, ``last_commit_hash`` and ``evidence_hash`` matching the block's body, every action's ``payload_hash == action_id == sha256(payload)``, and no action twice.
     This is the only block-shape check: the consensus core applies it to proposals, the replica to
     valid(v) and to committed blocks received from peers. Signatures, parent hash, time and execution
     roots need the node's state and are checked by the replica (``replica.validity``)."""
@@ -93,6 +136,10 @@ def block_shape_problem(block: Block, chain_id: str, height: int) -> str | None:
         return f"action_count {h.action_count} but {len(block.actions)} actions"
     if compute_consensus_action_root(block.actions) != h.action_root:
         return "action root does not match the actions"
+    if len(block.evidence) > MAX_BLOCK_EVIDENCE:
+        return f"{len(block.evidence)} pieces of evidence; a block carries at most {MAX_BLOCK_EVIDENCE}"
+    if (h.last_commit_hash, h.evidence_hash) != block_body_hashes(block.last_commit, block.evidence):
+        return "last_commit_hash or evidence_hash does not match the block's last commit and evidence"
     seen: set[bytes] = set()
     for act in block.actions:
         if act.payload_hash != sha256(act.payload) or act.action_id != act.payload_hash:
@@ -159,22 +206,6 @@ class Proposal(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     def sign_bytes(self, chain_id: str) -> bytes:
         """Return the bytes the signature covers (without the domain)."""
         return encode(ProposalSignBytes(chain_id, self.height, self.round, self.pol_round, self.block.hash()))
-
-
-class CommitSig(msgspec.Struct, array_like=True, frozen=True):
-    """One validator's precommit signature in a certificate."""
-
-    validator: str
-    signature: bytes
-
-
-class CommitCertificate(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Precommits for ``block_hash`` at (height, round) from more than 2/3 of the stake."""
-
-    height: int
-    round: int
-    block_hash: bytes
-    signatures: list[CommitSig]
 
 
 class ExecutionHashes(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Optional
 
 import msgspec
@@ -176,6 +177,12 @@ class ConsensusCore:
             raise ValueError("max_round_lookahead and max_evidence must be >= 1, future_buffer_per_validator >= 0")
         self.chain_id = chain_id
         self.validator_set = validator_set
+        #: the set of height + 1, which judges the messages buffered for it (the driver passes it
+        #: with each height; it differs from ``validator_set`` across an epoch boundary)
+        self.next_validator_set = validator_set
+        #: the set in force at any height, where the driver knows it (None: unknown); judges
+        #: messages more than one height ahead. Unset, the current set judges them.
+        self.validator_sets: Callable[[int], ValidatorSet | None] | None = None
         self.timeouts = timeouts
         if isinstance(signing_key, SigningKey):
             signing_key = PrivValidator(signing_key, MemorySignState())
@@ -268,16 +275,19 @@ class ConsensusCore:
 
     # -- entry points ---------------------------------------------------------------------------
 
-    def start_height(self, height: int, validator_set: ValidatorSet | None = None) -> list[Effect]:
+    def start_height(self, height: int, validator_set: ValidatorSet | None = None,
+                     next_validator_set: ValidatorSet | None = None) -> list[Effect]:
         """Begin ``height`` (paper L10 and L52-L54) with ``validator_set`` (default: keep the current
-        one; the driver passes a new set at an epoch boundary). Resets the round state, starts
-        round 0 and replays buffered messages of this height.
+        one; the driver passes the set in force at each height, which changes at epoch boundaries)
+        and ``next_validator_set``, the set of ``height + 1`` that judges messages buffered for it
+        (default: ``validator_set``). Resets the round state, starts round 0 and replays buffered
+        messages of this height.
 
         Raises ValueError when ``height`` is not above the current height.
         """
         if height <= self.height:
             raise ValueError(f"cannot start height {height}: already at height {self.height}; heights only grow")
-        buffered = self._reset_height(height, validator_set)
+        buffered = self._reset_height(height, validator_set, next_validator_set)
         effects: list[Effect] = []
         self._start_round(0, effects)  # L10 / L54
         self._replay_buffered(buffered, effects)
@@ -285,7 +295,8 @@ class ConsensusCore:
         return effects
 
     def resume(
-        self, height: int, signed: list[Proposal | Vote], validator_set: ValidatorSet | None = None
+        self, height: int, signed: list[Proposal | Vote], validator_set: ValidatorSet | None = None,
+        next_validator_set: ValidatorSet | None = None,
     ) -> list[Effect]:
         """Begin ``height`` after a restart, from ``signed``: the proposals and votes this validator
         signed at ``height`` before it stopped (its WAL entries of the height, in any order).
@@ -321,7 +332,7 @@ class ConsensusCore:
             )
         self._check_signed(height, vset, signed)
 
-        buffered = self._reset_height(height, validator_set)
+        buffered = self._reset_height(height, validator_set, next_validator_set)
         effects: list[Effect] = []
         for message in signed:
             if isinstance(message, Proposal):
@@ -364,12 +375,13 @@ class ConsensusCore:
         return effects
 
     def _reset_height(
-        self, height: int, validator_set: ValidatorSet | None
+        self, height: int, validator_set: ValidatorSet | None, next_validator_set: ValidatorSet | None = None,
     ) -> dict[str, list[tuple[Proposal | Vote, bool]]]:
         """Set up the empty state of ``height`` (L53: reset lockedRound, lockedValue, validRound,
         validValue and the message log); return the messages buffered for it, by sender."""
         if validator_set is not None:
             self.validator_set = validator_set
+        self.next_validator_set = next_validator_set if next_validator_set is not None else self.validator_set
         buffered = self._future if height == self.height + 1 else {}
         self._future = {}
         self.height = height
@@ -496,9 +508,13 @@ class ConsensusCore:
         return False
 
     def _forgery(self, message: Proposal | Vote) -> str | None:
-        """UNKNOWN_VALIDATOR or BAD_SIGNATURE when ``message`` is not signed by a validator of the
-        set, else None."""
-        validator = self.validator_set.get(message.validator)
+        """For a message more than one height ahead: UNKNOWN_VALIDATOR or BAD_SIGNATURE when it is
+        not signed by a validator of the set in force at its height, else None. When that set is
+        not known yet (a later epoch's; ``validator_sets`` answers None) nobody is blamed."""
+        vset = self.validator_sets(message.height) if self.validator_sets is not None else self.validator_set
+        if vset is None:
+            return None
+        validator = vset.get(message.validator)
         if validator is None:
             return RejectReason.UNKNOWN_VALIDATOR
         if isinstance(message, Proposal):
@@ -511,7 +527,7 @@ class ConsensusCore:
         if message.round < 0 or message.round > self._max_round_lookahead:
             self._reject(RejectReason.ROUND_TOO_FAR if message.round >= 0 else RejectReason.BAD_ROUND, message)
             return
-        validator = self.validator_set.get(message.validator)
+        validator = self.next_validator_set.get(message.validator)
         if validator is None:
             self._reject(RejectReason.UNKNOWN_VALIDATOR, message)
             return

@@ -89,16 +89,19 @@ from ..types import (
     ReplicatedCommitPayload,
     Topic,
     Vote,
+    block_body_hashes,
     block_hash,
     block_shape_problem,
     compute_consensus_action_root,
 )
 from .admission import ActionDecoder, ActionSource, Admission, AdmissionResult
 from .builds import BuildDuty
+from .evidence import BlockEvidence
 from .execution_check import Divergence, ExecutionCheck
 from .intake import IntakeControl
 from .outputs import FetchBlocks, Misbehaviour, Output, Publish, StartCommitWait, StartTimer
 from .policy import PolicyClock
+from .sets import ValidatorSets
 from .sync import SyncState
 from .validity import BlockValidity
 from .wal import WALError, decode_wal_entries, wal_entry
@@ -176,26 +179,28 @@ class Replica:
         self.node_id = node_id
         self.now_ms = now_ms
         self.metrics = metrics or NodeMetrics()
-        self.validator_set = ValidatorSet.from_genesis(genesis)
+        #: the validator set in force at each height, from the executed world (``replica.sets``)
+        self.sets = ValidatorSets(lambda: self.driver.world)
         self.validator_id = validator_key.public_key.hex() if validator_key else ""
-        self.is_validator = self.validator_set.get(self.validator_id) is not None
-        self.builds = BuildDuty(validator_key if self.is_validator else None)
+        self.builds = BuildDuty(validator_key)
         self.timeouts = TimeoutConfig.from_config(consensus)
-        #: the validator's signer and double-sign guard (None: not a validator); its state lives in
-        #: ``sign_state`` (default: memory; the daemon's is a file in the data directory)
+        #: the signer and double-sign guard of a node with a validator key (None: an observer),
+        #: whether or not the key is in the current set (it may join, or leave, at an epoch); its
+        #: state lives in ``sign_state`` (default: memory; the daemon's is a file in the data directory)
         self.privval = (PrivValidator(validator_key, sign_state if sign_state is not None else MemorySignState())
-                        if self.is_validator and validator_key is not None else None)
+                        if validator_key is not None else None)
         self._signing_paused = False
-        self.core = core_factory(
-            chain_id=self.chain_id,
-            validator_set=self.validator_set,
-            signing_key=self.privval,
-            timeouts=self.timeouts,
-        )
-        self.log = log.bind(node=node_id[:16])
         # The committed tip is the executed tip: a block is stored before it is executed, and on
         # open the driver replays every stored block up to its last execution record.
         self.height = driver.last_height
+        self.core = core_factory(
+            chain_id=self.chain_id,
+            validator_set=self._set_at(self.height + 1),
+            signing_key=self.privval,
+            timeouts=self.timeouts,
+        )
+        self.core.validator_sets = self.sets.at
+        self.log = log.bind(node=node_id[:16])
         self.last_block_hash = store.block_hash(self.height) or ZERO_HASH
         last = store.get_block(self.height)
         self.last_block_time_ms = last.block.header.timestamp_ms if last else genesis.genesis_time_ms
@@ -221,6 +226,7 @@ class Replica:
             self.intake, lambda: self._now_ms,
         )
         self.execution = ExecutionCheck(driver, store, self.metrics, self.log)
+        self.evidence = BlockEvidence(self.chain_id, self.sets, lambda: self.driver.world, store)
         self.validity = BlockValidity(
             chain_id=self.chain_id,
             epoch_length=genesis.epoch_length,
@@ -230,6 +236,9 @@ class Replica:
             verified=self.admission.verified_signatures,
             decoder=self.decoder,
             execution=self.execution,
+            sets=self.sets,
+            evidence=self.evidence,
+            last_certificate=self._last_certificate,
         )
         self.sync = SyncState(policy.sync_batch_heights, policy.sync_timeout_ms)
         self._clock = PolicyClock(policy)
@@ -296,6 +305,24 @@ class Replica:
         )
 
     # -- views ----------------------------------------------------------------------------------
+    def _set_at(self, height: int) -> ValidatorSet:
+        """The validator set in force at ``height``, which must be known (the next height's and
+        the one after it always are: ``replica.sets``). Raises RuntimeError otherwise."""
+        vset = self.sets.at(height)
+        if vset is None:
+            raise RuntimeError(f"the validator set of height {height} is not known at executed height {self.height}")
+        return vset
+
+    @property
+    def validator_set(self) -> ValidatorSet:
+        """The validator set of the next height (the one being decided)."""
+        return self._set_at(self.height + 1)
+
+    @property
+    def is_validator(self) -> bool:
+        """True iff this node's validator key is in the set of the next height."""
+        return bool(self.validator_id) and self.validator_id in self.validator_set
+
     @property
     def world(self) -> World:
         """The executed world."""
@@ -333,7 +360,7 @@ class Replica:
         try:
             signed = decode_wal_entries(height, self.store.wal_entries(height))
             self._check_amnesia()
-            effects = self.core.resume(height, signed, self.validator_set)
+            effects = self.core.resume(height, signed, self._set_at(height), self._set_at(height + 1))
         except ValueError as exc:
             raise WALError(
                 f"the consensus WAL at height {height} cannot be replayed: {exc}; this home's WAL is corrupt "
@@ -642,7 +669,8 @@ class Replica:
         if self.core.height >= self.height + 1:
             return []
         self.metrics.round.set(0)
-        return self.core.start_height(self.height + 1, self.validator_set)
+        height = self.height + 1
+        return self.core.start_height(height, self._set_at(height), self._set_at(height + 1))
 
     def _perform(self, effects: list[Effect]) -> list[Output]:
         outputs: list[Output] = []
@@ -699,6 +727,9 @@ class Replica:
 
         actions = self.mempool.reap(self.config.max_block_actions, self.config.max_block_bytes, fits)
         d = self.driver
+        last_commit = self._last_certificate()
+        evidence = self.evidence.for_proposal(height)
+        commit_hash, evidence_hash = block_body_hashes(last_commit, evidence)
         header = BlockHeader(
             chain_id=self.chain_id,
             height=height,
@@ -712,8 +743,25 @@ class Replica:
             last_execution_block_hash=d.last_block_hash,
             last_execution_state_root=d.last_state_root,
             timestamp_ms=self._block_time(),
+            validators_hash=self._set_hash(height),
+            next_validators_hash=self._set_hash(height + 1),
+            last_commit_hash=commit_hash,
+            evidence_hash=evidence_hash,
         )
-        return Block(header=header, actions=actions)
+        return Block(header=header, actions=actions, last_commit=last_commit, evidence=evidence)
+
+    def _set_hash(self, height: int) -> bytes:
+        digest = self.sets.hash_at(height)
+        if digest is None:
+            raise RuntimeError(f"the validator set of height {height} is not known at executed height {self.height}")
+        return digest
+
+    def _last_certificate(self) -> CommitCertificate | None:
+        """The commit certificate of our last committed height (None at genesis)."""
+        if self.height == 0:
+            return None
+        stored = self.store.get_block(self.height)
+        return stored.certificate if stored is not None else None
 
     def _block_time(self) -> int:
         """The time of a block this node proposes (PBTS, [PBTS-ALG-STARTROUND.1]): its clock, but
@@ -827,8 +875,11 @@ class Replica:
             if h > self.height + 1 and peer in self.sync.distrusted:
                 # a distrusted peer is believed again on a certificate we verified (no penalty if
                 # it does not verify: a far height may be signed by a later validator set)
+                vset = self.sets.at(h)
+                if vset is None:  # a later epoch's set, not known yet
+                    return []
                 try:
-                    verify_commit_certificate(cert, cert.block_hash, self.chain_id, self.validator_set)
+                    verify_commit_certificate(cert, cert.block_hash, self.chain_id, vset)
                 except InvalidCertificate:
                     return []
                 self.sync.note_peer_height(peer, h, verified=True)
@@ -842,7 +893,7 @@ class Replica:
         if block is not None:
             return self._on_peer_commit(ReplicatedCommitPayload(block, cert, msg.execution), peer, "gossip")
         try:
-            verify_commit_certificate(cert, cert.block_hash, self.chain_id, self.validator_set)
+            verify_commit_certificate(cert, cert.block_hash, self.chain_id, self._set_at(h))
         except InvalidCertificate as exc:
             self.metrics.messages_dropped.labels("invalid_commit").inc()
             self.log.warning("peer_commit_rejected", height=h, peer=peer, source="gossip", reason=str(exc))
@@ -880,7 +931,7 @@ class Replica:
         if cert.height != block.header.height or cert.block_hash != block.hash():
             return "certificate is for another block", True
         try:
-            verify_commit_certificate(cert, block.hash(), self.chain_id, self.validator_set)
+            verify_commit_certificate(cert, block.hash(), self.chain_id, self._set_at(block.header.height))
         except InvalidCertificate as exc:
             return f"invalid commit certificate: {exc}", True
         problem = block_shape_problem(block, self.chain_id, self.height + 1)

@@ -15,7 +15,13 @@ predicate of L22, L28, L36 and L49).
    actions in the block; a build attestation comes from a genesis validator, once per build),
    and its signature verifies against the signer's key (``World.signer_key``); signatures this
    node verified before (at admission) are not verified again;
-4. the proposer's execution hashes of the previous height equal ours (``ExecutionCheck``).
+4. the chain of validator sets and the block's body: ``validators_hash`` and
+   ``next_validators_hash`` are the hashes of the sets the executed world holds for this height and
+   the next (``replica.sets``); ``last_commit`` is absent at height 1 and otherwise a commit
+   certificate of the previous block that verifies against the previous height's set (the
+   certificate we hold ourselves is accepted without verifying it again); every piece of evidence
+   passes ``replica.evidence``;
+5. the proposer's execution hashes of the previous height equal ours (``ExecutionCheck``).
 
 Actions are decoded through the node's ``ActionDecoder``, which keeps them for execution (and
 already holds those admitted here).
@@ -29,10 +35,13 @@ from agent_world_runtime import World
 from agent_world_runtime.actions import SignedAction, verify_action_signature
 from agent_world_runtime.codec import DecodeError
 
+from ..consensus.certificate import InvalidCertificate, verify_commit_certificate
 from ..mempool import RecentIds
-from ..types import Block, block_shape_problem
+from ..types import Block, CommitCertificate, block_shape_problem
 from .admission import ActionDecoder
+from .evidence import BlockEvidence
 from .execution_check import ExecutionCheck
+from .sets import ValidatorSets
 
 
 class BlockValidity:
@@ -50,6 +59,9 @@ class BlockValidity:
         verified: RecentIds,
         decoder: ActionDecoder,
         execution: ExecutionCheck,
+        sets: ValidatorSets,
+        evidence: BlockEvidence,
+        last_certificate: Callable[[], CommitCertificate | None],
     ) -> None:
         self._chain_id = chain_id
         self._epoch_length = epoch_length
@@ -59,6 +71,9 @@ class BlockValidity:
         self._verified = verified
         self._decoder = decoder
         self._execution = execution
+        self._sets = sets
+        self._evidence = evidence
+        self._last_certificate = last_certificate
 
     def problem(self, block: Block) -> str | None:
         """Why ``block`` is not valid at the next height, or None. Never raises for bad input."""
@@ -78,10 +93,35 @@ class BlockValidity:
             return f"epoch {h.epoch} is not height // epoch_length"
         if len(block.actions) > self._max_block_actions:
             return f"{len(block.actions)} actions exceed max_block_actions"
-        problem = self._actions_problem(block)
+        problem = self._actions_problem(block) or self._chain_problem(block, last_hash)
         if problem is not None:
             return problem
         return self._execution.check_proposal(h)
+
+    def _chain_problem(self, block: Block, last_hash: bytes) -> str | None:
+        """Rule 4: the validator-set hashes, the last commit and the evidence."""
+        h = block.header
+        if h.validators_hash != self._sets.hash_at(h.height):
+            return "validators_hash is not the hash of this height's validator set"
+        if h.next_validators_hash != self._sets.hash_at(h.height + 1):
+            return "next_validators_hash is not the hash of the next height's validator set"
+        cert = block.last_commit
+        if h.height == 1:
+            if cert is not None:
+                return "the block of height 1 carries a last commit; there is no previous block"
+        elif cert is None:
+            return "the block carries no last commit (the certificate of the previous height)"
+        elif cert != self._last_certificate():
+            if cert.height != h.height - 1 or cert.block_hash != last_hash:
+                return "last commit is not a certificate of the previous block"
+            vset = self._sets.at(h.height - 1)
+            if vset is None:
+                return "the validator set of the previous height is not known"
+            try:
+                verify_commit_certificate(cert, last_hash, self._chain_id, vset, height=h.height - 1)
+            except InvalidCertificate as exc:
+                return f"last commit does not verify: {exc}"
+        return self._evidence.problem(block)
 
     def _actions_problem(self, block: Block) -> str | None:
         world = self._world()

@@ -184,7 +184,8 @@ class Equivocator(Behaviour):
                 action_root=compute_consensus_action_root(actions),
                 action_count=len(actions),
             )
-            alt = sign_proposal(self.ctx, p.height, p.round, p.pol_round, Block(header, actions))
+            alt = sign_proposal(self.ctx, p.height, p.round, p.pol_round,
+                                msgspec.structs.replace(p.block, header=header, actions=actions))
             self._alt[key] = alt
             self._alt_by_hash[p.block.hash()] = alt.block.hash()
         return self._alt[key]
