@@ -5,14 +5,13 @@ still loads."""
 from __future__ import annotations
 
 import msgspec
-
-from agent_world_runtime.governance.manifest import Manifest
 import pytest
 
 from agent_world_runtime import World, compute_action_id
 from agent_world_runtime.actions import HarvestRadiation, MoveAgent, UpgradeModuleFromArtifact
 from agent_world_runtime.codec import decode, encode
 from agent_world_runtime.crypto import sha256
+from agent_world_runtime.governance.manifest import Manifest
 from agent_world_runtime.modules.manifest import Subscription
 from agent_world_runtime.params import WorldParams
 from agent_world_runtime.persistence import CURRENT, SNAPSHOT_FILE, JournalSegment, SnapshotError, WorldSnapshot
