@@ -46,22 +46,23 @@ from typing import Any, Callable, Iterator
 
 import structlog
 
+from agent_world_runtime.actions import Bond, Unbond, encode_signed_action
 from agent_world_runtime.codec import DecodeError, decode
 from agent_world_runtime.crypto import SigningKey, sha256, verify
 
 from ..config import PolicyConfig, StorageConfig
 from ..consensus import ConsensusCore, TimeoutFired, ValidatorSet
-from ..replica import FetchBlocks, Misbehaviour, Publish, Replica, StartCommitWait, StartTimer
+from ..replica import ActionSource, FetchBlocks, Misbehaviour, Publish, Replica, StartCommitWait, StartTimer
 from ..types import PROPOSAL_SIGN_DOMAIN, VOTE_SIGN_DOMAIN, GossipProposalMessage, GossipVoteMessage, Proposal, Topic
 from .attacks import install_attack
 from .byzantine import Behaviour, ByzContext, Send, make_behaviour
-from .chain import GENESIS_TIME_MS, SIM_CONSENSUS, make_genesis
+from .chain import GENESIS_TIME_MS, SIM_CONSENSUS, make_genesis, operator_signers
 from .clients import ClientPopulation
 from .clock import EventQueue
 from .network import Delivery, LinkConditions, SimNetwork, SyncRequest, SyncResponse
 from .properties import PropertyChecker
 from .result import SimResult, trace_lines
-from .scenario import PROGRESS_BOUND_MS, FaultEvent, Scenario
+from .scenario import PROGRESS_BOUND_MS, FaultEvent, Scenario, StakeChange
 from .store import SimStore
 
 #: The node-run policy every simulated node runs: the daemon's defaults.
@@ -170,6 +171,7 @@ class SimCluster:
             LinkConditions(scenario.base_delay_ms, scenario.jitter_ms, scenario.drop_prob, scenario.dup_prob),
         )
         self.genesis, self.keys = make_genesis(scenario)
+        self.operators = operator_signers(self.genesis.chain_id, scenario.seed, len(self.keys))
         self.validator_set = ValidatorSet.from_genesis(self.genesis)
         self.validator_names = {k.public_key.hex(): f"v{i}" for i, k in enumerate(self.keys)}
         self.clients = ClientPopulation(self.genesis.chain_id, scenario.clients, scenario.seed, self.rng)
@@ -183,7 +185,7 @@ class SimCluster:
         self.stabilised = False
         honest_validators = {self.keys[i].public_key.hex() for i in range(len(self.keys)) if scenario.behaviour_of(i) is None}
         self.checker = PropertyChecker(
-            self.genesis, self.validator_set, set(scenario.honest_nodes()), honest_validators, self.clients.submitted
+            self.genesis, set(scenario.honest_nodes()), honest_validators, self.clients.submitted
         )
         self.checker.synchronized_clocks = self._synchronized_clocks
 
@@ -483,6 +485,33 @@ class SimCluster:
         except Exception as exc:
             self.checker.on_exception(node.name, "admit", exc, self.queue.now)
 
+    def _stake_change(self, ev: StakeChange) -> None:
+        """The operator of validator ``ev.validator`` signs the change (next nonce) and submits it
+        to every honest node that runs, as a client would through the HTTP API; a leave unbonds
+        the operator's whole bond as a running honest node's world knows it."""
+        nodes = [n for n in self.nodes.values() if n.honest and n.replica is not None]
+        if not nodes:
+            return
+        vid = self.keys[ev.validator].public_key.hex()
+        op = self.operators[ev.validator]
+        if ev.op == "leave":
+            record = nodes[0].replica.world.validator_record(vid)  # type: ignore[union-attr]
+            amount = record.bonds.get(op.agent_id, 0) if record is not None else 0
+            if amount <= 0:
+                return
+            signed = op.sign(Unbond(validator_id=vid, amount=amount))
+        else:
+            signed = op.sign(Bond(validator_id=vid, amount=ev.amount))
+        payload = encode_signed_action(signed)
+        self.clients.submitted[sha256(payload)] = op.agent_id
+        self._note(f"staking {ev.describe()}")
+        self.stats[f"stake_{ev.op}"] += 1
+        for node in nodes:
+            try:
+                node.replica.admit(signed, ActionSource.API, payload)  # type: ignore[union-attr]
+            except Exception as exc:
+                self.checker.on_exception(node.name, "admit", exc, self.queue.now)
+
     # -- the run ---------------------------------------------------------------------------------------
     def _done(self) -> bool:
         if not self.stabilised:
@@ -505,6 +534,8 @@ class SimCluster:
                 self._boot(node)
             for ev in s.schedule:
                 self.queue.schedule(ev.at_ms, ev)
+            for change in s.stake_changes:
+                self.queue.schedule(change.at_ms, change)
             self.queue.schedule(s.heal_at_ms, Stabilise())
             self.queue.schedule(self.rng.randint(0, s.client_interval_ms), ClientTick())
             deadline = s.heal_at_ms + s.liveness_bound_ms
@@ -516,6 +547,7 @@ class SimCluster:
                 SyncResponse: self._sync_response,
                 ClientTick: lambda ev: self._client(),
                 FaultEvent: self._fault,
+                StakeChange: self._stake_change,
                 Stabilise: lambda ev: self._stabilise(),
             }
             while self.queue:
@@ -562,6 +594,10 @@ class SimCluster:
         stats.update({f"client_{k}": v for k, v in self.clients.results.items()})
         stats.update({f"rejected_{k}": v for k, v in self.rejected.items()})
         stats["actions_committed"] = len(checker.action_heights)
+        stats["validator_sets"] = checker.distinct_sets
+        punished = [r for r in checker.reference_world.validator_records() if r.slashed or r.jailed]
+        stats["validators_slashed"] = sum(1 for r in punished if r.slashed)
+        stats["validators_jailed"] = sum(1 for r in punished if r.jailed)
         stats["max_round"] = max((info.certificate.round for info in checker.first_commit.values()), default=0)
         return SimResult(
             scenario=self.scenario,

@@ -9,8 +9,11 @@ robustness guarantees of docs/architecture.md, "Invariants"):
   commits two different blocks at one height (e.g. across a crash and restart).
 - ``validity``: every committed block's header, action root (recomputed over the payload hashes,
   each ``sha256(payload)``) and commit certificate (``verify_commit_certificate``: more than 2/3
-  of the stake, valid signatures) verify; every block extends the one below it; every committed
-  action was submitted by a simulated client and appears once in the chain.
+  of the stake of the validator set in force at its height, valid signatures) verify; every block
+  extends the one below it; every committed action was submitted by a simulated client and appears
+  once in the chain. The set of each height comes from the checker's own replay of the agreed
+  chain from genesis (the reference), never from a node: a node that judged a height with the
+  set of another epoch is caught.
 - ``execution_agreement``: honest nodes have the same execution state root and execution block
   hash at every height, equal to those of a fresh replay of the agreed chain from genesis.
 - ``double_sign``: no honest validator ever signed two different votes for one (height, round,
@@ -40,13 +43,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent_world_runtime import World
 from agent_world_runtime.codec import DecodeError, decode
 from agent_world_runtime.crypto import sha256
 
 from ..config import Genesis
-from ..consensus import InvalidCertificate, ValidatorSet, verify_commit_certificate
+from ..consensus import InvalidCertificate, verify_commit_certificate
 from ..consensus.evidence import DuplicateProposalEvidence, DuplicateVoteEvidence
 from ..execution import NodeRuntimeExecutionDriver
+from ..replica.sets import ValidatorSets
 from ..store import ExecutionRecord, NodeStore
 from ..types import Block, CommitCertificate, Proposal, Vote, VoteType, compute_consensus_action_root
 
@@ -96,14 +101,12 @@ class PropertyChecker:
     def __init__(
         self,
         genesis: Genesis,
-        validator_set: ValidatorSet,
         honest: set[str],
         honest_validators: set[str],
         submitted: dict[bytes, str],
     ) -> None:
         self.genesis = genesis
         self.chain_id = genesis.chain_id
-        self.validator_set = validator_set
         self.honest = honest
         self.honest_validators = honest_validators
         self.submitted = submitted
@@ -120,6 +123,15 @@ class PropertyChecker:
         #: cluster. None: no clocks are modelled and ``block_time`` is not checked.
         self.synchronized_clocks: Callable[[], list[int]] | None = None
         self.first_seen: dict[bytes, tuple[int, int]] = {}  # block hash -> (virtual ms, min synchronized clock)
+        # The reference: the agreed chain executed from genesis as its heights are first committed,
+        # the source of each height's validator set. Its snapshot directory is never written
+        # (interval 10**9, no state-sync archive).
+        self._ref_store = NodeStore(":memory:")
+        self._ref = NodeRuntimeExecutionDriver.open(
+            self._ref_store, lambda: genesis.new_world(), Path(tempfile.gettempdir()) / "aw-sim-reference-unused", 10**9)
+        self._ref_sets = ValidatorSets(lambda: self._ref.world)
+        self._deferred: dict[int, tuple[str, Block, CommitCertificate, int]] = {}  # height -> certificate to check
+        self._set_hashes: set[bytes] = set()
 
     def fail(self, prop: str, detail: str, *, height: int | None = None, nodes: tuple[str, ...] = (), now: int = 0) -> None:
         """Record a violation of ``prop``."""
@@ -201,13 +213,13 @@ class PropertyChecker:
     def _check_block(self, node: str, height: int, block: Block, cert: CommitCertificate, now: int) -> None:
         hdr = block.header
         where = dict(height=height, nodes=(node,), now=now)
-        bh = block.hash()
         if hdr.chain_id != self.chain_id or hdr.height != height:
             self.fail("validity", f"header says chain {hdr.chain_id!r} height {hdr.height}", **where)
-        try:
-            verify_commit_certificate(cert, bh, self.chain_id, self.validator_set, height=height)
-        except InvalidCertificate as exc:
-            self.fail("validity", f"commit certificate does not verify: {exc}", **where)
+        self._advance_reference(height)
+        if self._ref.last_height == height - 1:
+            self._check_certificate(node, height, block, cert, now)
+        else:  # an earlier height is not agreed yet: checked once it is
+            self._deferred.setdefault(height, (node, block, cert, now))
         if hdr.action_count != len(block.actions) or hdr.action_root != compute_consensus_action_root(block.actions):
             self.fail("validity", "action root or count does not match the block's actions", **where)
         parent = self.chain.get(height - 1) if height > 1 else None
@@ -222,6 +234,45 @@ class PropertyChecker:
             if earlier is not None:
                 self.fail("validity", f"action {act.action_id.hex()[:16]} was already committed at height {earlier}", **where)
             self.action_heights[act.action_id] = height
+
+    def _check_certificate(self, node: str, height: int, block: Block, cert: CommitCertificate, now: int) -> None:
+        """``validity`` of a certificate, with the reference's set of ``height`` (the reference has
+        executed ``height - 1``)."""
+        where = dict(height=height, nodes=(node,), now=now)
+        vset = self._ref_sets.at(height)
+        if vset is None:
+            self.fail("validity", "the reference knows no validator set for this height", **where)
+            return
+        digest = self._ref_sets.hash_at(height)
+        if digest is not None:
+            self._set_hashes.add(digest)
+        if block.header.validators_hash != digest:
+            self.fail("validity", "the header's validators_hash is not the reference's set of this height", **where)
+        try:
+            verify_commit_certificate(cert, block.hash(), self.chain_id, vset, height=height)
+        except InvalidCertificate as exc:
+            self.fail("validity", f"commit certificate does not verify: {exc}", **where)
+
+    def _advance_reference(self, below: int) -> None:
+        """Execute the agreed heights the reference has not, up to ``below - 1``, checking each
+        deferred certificate when its height is next."""
+        while self._ref.last_height + 1 < below and self._ref.last_height + 1 in self.first_commit:
+            h = self._ref.last_height + 1
+            deferred = self._deferred.pop(h, None)
+            if deferred is not None:
+                self._check_certificate(deferred[0], h, deferred[1], deferred[2], deferred[3])
+            block = self.first_commit[h].block
+            self._ref.on_commit(self._ref.context_for(block, self.chain_id, "reference", block.header.epoch))
+
+    @property
+    def reference_world(self) -> World:
+        """The world of the reference replay (the agreed chain executed from genesis)."""
+        return self._ref.world
+
+    @property
+    def distinct_sets(self) -> int:
+        """How many different validator sets certified the heights checked so far."""
+        return len(self._set_hashes)
 
     def on_signed(self, node: str, message: Proposal | Vote, source: str, now: int) -> None:
         """An honest node published (``source`` "publish") or made durable (``source`` "wal") a
@@ -272,32 +323,27 @@ class PropertyChecker:
                           height=height, nodes=(node,), now=now)
 
     def check_chain(self, now: int) -> None:
-        """Check that the agreed chain links by parent hash and that a fresh replay of it from
-        genesis gives every height's agreed execution roots."""
+        """Check that the agreed chain links by parent hash and that the reference (a fresh replay
+        of it from genesis) gives every height's agreed execution roots; check the certificates
+        still deferred. Call once, at the end (it closes the reference)."""
         heights = sorted(self.chain)
         for h in heights:
             if h > 1 and h - 1 in self.chain:
                 if self.first_commit[h].block.header.prev_block_hash != self.chain[h - 1]:
                     self.fail("validity", f"block does not extend the committed block of height {h - 1}", height=h, now=now)
-        with tempfile.TemporaryDirectory(prefix="aw-sim-replay-") as tmp:
-            store = NodeStore(":memory:")
-            try:
-                genesis = self.genesis
-                driver = NodeRuntimeExecutionDriver.open(
-                    store, lambda: genesis.new_world(), Path(tmp), 10**9
-                )
-                for h in heights:
-                    if h != driver.last_height + 1:
-                        break
-                    info = self.first_commit[h]
-                    result = driver.on_commit(driver.context_for(info.block, self.chain_id, "replay", info.block.header.epoch))
-                    agreed = self.executions.get(h)
-                    if agreed is not None and agreed[:2] != (result.execution_state_root, result.execution_block_hash):
-                        self.fail("execution_agreement",
-                                  f"nodes' state root {agreed[0].hex()[:16]} differs from a fresh replay's "
-                                  f"{result.execution_state_root.hex()[:16]}", height=h, now=now)
-            finally:
-                store.close()
+        try:
+            self._advance_reference(max(heights, default=0) + 2)
+            for h in heights:
+                record = self._ref_store.get_execution(h)
+                if record is None:
+                    break
+                agreed = self.executions.get(h)
+                if agreed is not None and agreed[:2] != (record.execution_state_root, record.execution_block_hash):
+                    self.fail("execution_agreement",
+                              f"nodes' state root {agreed[0].hex()[:16]} differs from a fresh replay's "
+                              f"{record.execution_state_root.hex()[:16]}", height=h, now=now)
+        finally:
+            self._ref_store.close()
 
     def check_liveness(self, heights: dict[str, int], heights_at_heal: dict[str, int], target: int, heal_at: int,
                        progress_bound: int, deadline: int, now: int) -> None:

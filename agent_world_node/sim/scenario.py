@@ -26,6 +26,14 @@ honest or Byzantine. Proposer-based timestamps (docs/design-choices.md, "Block t
 validator whose clock is out of sync as faulty for block time, so the stake of Byzantine and
 skewed validators together must stay below 1/3; the ``block_time`` property is checked against the
 clocks of the other (synchronized) honest nodes.
+
+Validator-set changes: every chain has epochs of ``epoch_length`` heights (4 by default, five
+epochs in a 20-height run), and ``stake_changes`` (drawn from ``Random(f"{seed}/staking")``)
+has validators' operators unbond everything (``leave``: the validator leaves the set two epochs
+later), bond it back (``rejoin``) or bond more (``bond``). They are drawn so that Byzantine and
+skewed stake stays below 1/3 of every set they can produce, whichever of them commit and in
+whatever order: only honest validators rejoin or bond more, only one honest validator leaves,
+and only when the others keep the faulty stake below 1/3 without it.
 """
 
 from __future__ import annotations
@@ -43,6 +51,9 @@ FAULTS = ("drop", "dup", "partition", "crash", "lossy_crash")
 MAX_NODES = 7
 MIN_NODES = 4
 DEFAULT_HEIGHTS = 20
+DEFAULT_EPOCH_LENGTH = 4
+STAKE_OPS = ("leave", "rejoin", "bond")
+"""What an operator does in a ``StakeChange``."""
 LIVENESS_BASE_MS = 20_000
 LIVENESS_PER_HEIGHT_MS = 1_500
 PROGRESS_BOUND_MS = 15_000
@@ -76,6 +87,21 @@ class FaultEvent:
         return self.kind
 
 
+@dataclass(frozen=True, slots=True)
+class StakeChange:
+    """At ``at_ms`` the operator of validator ``validator`` submits an unbond of its whole bond
+    (``op`` "leave"), or a bond of ``amount`` ("rejoin", "bond")."""
+
+    at_ms: int
+    validator: int
+    op: str
+    amount: int = 0
+
+    def describe(self) -> str:
+        """A one-line description for traces."""
+        return f"v{self.validator} {self.op}" + (f" {self.amount}" if self.amount else "")
+
+
 @dataclass(frozen=True)
 class Scenario:
     """One simulated run (see the module docstring). Times are virtual milliseconds.
@@ -101,6 +127,8 @@ class Scenario:
     client_interval_ms: int = 150
     liveness_bound_ms: int = field(default=0)
     clock_skews: tuple[tuple[int, int], ...] = ()
+    epoch_length: int = DEFAULT_EPOCH_LENGTH
+    stake_changes: tuple[StakeChange, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.stakes) <= 64:
@@ -138,6 +166,11 @@ class Scenario:
             )
         if self.heights < 1:
             raise ScenarioError("heights must be at least 1")
+        if self.epoch_length < 1:
+            raise ScenarioError("epoch_length must be at least 1")
+        for change in self.stake_changes:
+            if change.op not in STAKE_OPS or not 0 <= change.validator < len(self.stakes) or change.amount < 0:
+                raise ScenarioError(f"bad stake change {change}; ops are {', '.join(STAKE_OPS)} of a validator index")
         if self.liveness_bound_ms <= 0:
             object.__setattr__(self, "liveness_bound_ms", LIVENESS_BASE_MS + LIVENESS_PER_HEIGHT_MS * self.heights)
 
@@ -204,6 +237,9 @@ class Scenario:
             parts.append(f"attack={self.attack}")
         if self.clock_skews:
             parts.append("skew=" + ",".join(f"v{i}:{d:+d}ms" for i, d in self.clock_skews))
+        parts.append(f"epoch={self.epoch_length}")
+        if self.stake_changes:
+            parts.append("staking=" + ",".join(f"{c.describe().replace(' ', ':')}@{c.at_ms}ms" for c in self.stake_changes))
         return " ".join(parts)
 
     def replay_args(self) -> list[str]:
@@ -234,6 +270,7 @@ class Scenario:
         faults: frozenset[str] | set[str] | list[str] | None = None,
         heights: int = DEFAULT_HEIGHTS,
         clock_skews: tuple[tuple[int, int], ...] | list[tuple[int, int]] = (),
+        stake_changes: bool = True,
     ) -> "Scenario":
         """Return the scenario of ``seed`` with the given overrides (see the module docstring).
 
@@ -243,6 +280,7 @@ class Scenario:
         contradict each other or put a third or more of the stake in Byzantine hands.
         ``clock_skews`` (validator index, skew ms) are never drawn; when the Byzantine validators are
         chosen here, the stakes are fitted so that Byzantine and skewed stake stay below 1/3.
+        ``stake_changes`` False draws none (the validator set stays the genesis set).
         """
         r_stakes = random.Random(f"{seed}/stakes")
         drawn_n = r_stakes.randint(MIN_NODES, MAX_NODES)
@@ -303,7 +341,8 @@ class Scenario:
             clock_skews=skews,
         )
         schedule = _draw_schedule(random.Random(f"{seed}/schedule"), draft)
-        return cls(**{**draft.__dict__, "schedule": schedule})
+        changes = _draw_stake_changes(random.Random(f"{seed}/staking"), draft) if stake_changes else ()
+        return cls(**{**draft.__dict__, "schedule": schedule, "stake_changes": changes})
 
 
 def _draw_faults(rng: random.Random) -> frozenset[str]:
@@ -378,3 +417,29 @@ def _draw_schedule(rng: random.Random, s: Scenario) -> tuple[FaultEvent, ...]:
                 t = back + rng.randint(100, 1_500)
     events.sort(key=lambda e: (e.at_ms, e.kind != "heal", e.kind, e.node))
     return tuple(events)
+
+
+def _draw_stake_changes(rng: random.Random, s: Scenario) -> tuple[StakeChange, ...]:
+    """One to four validator-set changes that keep faulty stake below 1/3 of every set they can
+    make (module docstring): one honest validator leaving (when the rest allow it), perhaps
+    rejoining; Byzantine validators leaving; honest validators bonding more."""
+    n = len(s.stakes)
+    byzantine = {i for i, _ in s.byzantine}
+    faulty = byzantine | {i for i, _ in s.clock_skews}
+    honest = [i for i in range(n) if i not in faulty]
+    total, faulty_stake = sum(s.stakes), s.faulty_stake
+    out: list[StakeChange] = []
+    leavers = [i for i in honest if 3 * faulty_stake < total - s.stakes[i]]
+    if leavers:
+        i = rng.choice(leavers)
+        t = rng.randint(100, 2_500)
+        out.append(StakeChange(t, i, "leave"))
+        if rng.random() < 0.6:
+            out.append(StakeChange(t + rng.randint(300, 3_000), i, "rejoin", s.stakes[i]))
+    for i in sorted(byzantine):
+        if rng.random() < 0.3:
+            out.append(StakeChange(rng.randint(100, 4_000), i, "leave"))
+    for _ in range(rng.randint(0 if out else 1, 2)):
+        if honest:
+            out.append(StakeChange(rng.randint(100, 5_000), rng.choice(honest), "bond", rng.choice((1, 2, 5))))
+    return tuple(sorted(out, key=lambda c: (c.at_ms, c.validator, c.op)))

@@ -19,7 +19,7 @@ class ValidatorRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True, o
     genesis bond can never be unbonded); ``bonds`` maps each bonder (an agent id, or the
     validator id for a genesis bond) to its bonded amount, ``bonded`` is their sum. ``jailed``
     validators are left out of the next sets; ``jailed_until`` is the first height at which the
-    operator may unjail. ``signed`` counts the commits of the current epoch it signed (downtime);
+    operator may unjail; ``jail_reason`` is ``double_sign`` or ``downtime``. ``signed`` counts the commits of the current epoch it signed (downtime);
     ``slashed_heights`` the heights of offences already punished (evidence is used once)."""
 
     validator_id: str
@@ -33,6 +33,7 @@ class ValidatorRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True, o
     slashed: int = 0
     signed: int = 0
     slashed_heights: list[int] = []
+    jail_reason: str = ""
 
 
 class UnbondingEntry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -147,7 +147,8 @@ def apply_unjail(state: WorldState, ctx: ActionContext, action: Unjail) -> list[
     if ctx.height < rec.jailed_until:
         raise Rejected(f"validator {rec.validator_id[:16]}... is jailed until height {rec.jailed_until}; "
                        "unjail at or after it")
-    state.put_record("validator", rec.validator_id, msgspec.structs.replace(rec, jailed=False, jailed_until=0))
+    state.put_record("validator", rec.validator_id,
+                     msgspec.structs.replace(rec, jailed=False, jailed_until=0, jail_reason=""))
     return [(VALIDATOR_UNJAILED, {"action_id": ctx.action_id, "agent_id": ctx.agent_id,
                                   "validator_id": rec.validator_id})]
 
@@ -182,7 +183,8 @@ def evidence_problem(state: WorldState, validator_id: str, offence_height: int, 
 
 
 def _slash(amount: int, percent: int) -> int:
-    return amount * max(0, min(100, percent)) // 100
+    """``ceil(amount * percent / 100)``: a slash of a positive percentage takes at least 1."""
+    return -(-amount * max(0, min(100, percent)) // 100)
 
 
 def punish_double_sign(state: WorldState, validator_id: str, offence_height: int, height: int) -> list[EventSpec]:
@@ -193,6 +195,15 @@ def punish_double_sign(state: WorldState, validator_id: str, offence_height: int
     params = state.manifest.staking
     v = validator(state, validator_id)
     assert v is not None
+    horizon = height - params.evidence_max_age_heights
+    punished = sorted({h for h in v.slashed_heights if h >= horizon} | {offence_height})
+    if v.jailed and v.jail_reason == "double_sign":
+        # one slash per jailing (the Cosmos SDK tombstones after the first): more evidence of the
+        # same spree is recorded, so it is never used again, and burns nothing more
+        state.put_record("validator", validator_id, msgspec.structs.replace(v, slashed_heights=punished))
+        return [(VALIDATOR_SLASHED, {"validator_id": validator_id, "offence_height": offence_height,
+                                     "reason": "double_sign", "burned": 0, "jailed_until": v.jailed_until,
+                                     "already_jailed": True})]
     pct = params.slash_double_sign_percent
     bonds = {who: amount - _slash(amount, pct) for who, amount in v.bonds.items()}
     burned = v.bonded - sum(bonds.values())
@@ -205,12 +216,10 @@ def punish_double_sign(state: WorldState, validator_id: str, offence_height: int
         if changed != queue.entries:
             burned += sum(a.amount - b.amount for a, b in zip(queue.entries, changed, strict=True))
             state.put_record("unbonding", key, msgspec.structs.replace(queue, entries=changed))
-    horizon = height - params.evidence_max_age_heights
-    punished = sorted({h for h in v.slashed_heights if h >= horizon} | {offence_height})
     until = height + params.double_sign_jail_heights
     state.put_record("validator", validator_id, msgspec.structs.replace(
         v, bonds={k: b for k, b in bonds.items() if b > 0}, bonded=sum(bonds.values()), slashed=v.slashed + burned,
-        jailed=True, jailed_until=max(v.jailed_until, until), slashed_heights=punished))
+        jailed=True, jailed_until=max(v.jailed_until, until), slashed_heights=punished, jail_reason="double_sign"))
     return [(VALIDATOR_SLASHED, {"validator_id": validator_id, "offence_height": offence_height,
                                  "reason": "double_sign", "burned": burned, "jailed_until": until})]
 
@@ -260,7 +269,7 @@ def end_block(state: WorldState, height: int) -> list[EventSpec]:
         in_set = current is not None and vid in dict(current.validators)
         if in_set and counted > 0 and not v.jailed and v.signed * 100 < params.downtime_min_signed_percent * counted:
             until = height + params.downtime_jail_heights
-            v = msgspec.structs.replace(v, jailed=True, jailed_until=until)
+            v = msgspec.structs.replace(v, jailed=True, jailed_until=until, jail_reason="downtime")
             out.append((VALIDATOR_JAILED, {"validator_id": vid, "reason": "downtime", "signed": v.signed,
                                            "commits": counted, "jailed_until": until}))
         if v.signed or v is not state.tables["validator"][vid]:
