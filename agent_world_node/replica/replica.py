@@ -313,6 +313,11 @@ class Replica:
             raise RuntimeError(f"the validator set of height {height} is not known at executed height {self.height}")
         return vset
 
+    def _latest_known_set(self) -> ValidatorSet:
+        """The set of the latest epoch this node knows (that of the epoch after the next height's)."""
+        nxt = self.height + 1
+        return self.sets.at((self.sets.epoch_of(nxt) + 1) * self.genesis.epoch_length) or self._set_at(nxt)
+
     @property
     def validator_set(self) -> ValidatorSet:
         """The validator set of the next height (the one being decided)."""
@@ -874,10 +879,11 @@ class Replica:
         if h != self.height + 1:
             if h > self.height + 1 and peer in self.sync.distrusted:
                 # a distrusted peer is believed again on a certificate we verified (no penalty if
-                # it does not verify: a far height may be signed by a later validator set)
-                vset = self.sets.at(h)
-                if vset is None:  # a later epoch's set, not known yet
-                    return []
+                # it does not verify: a far height may be signed by a later validator set). The
+                # set of a height beyond the epochs we know is not known: the latest set we know
+                # judges it (a hint of whom to sync from, never a block we commit, which verifies
+                # against its own height's set).
+                vset = self.sets.at(h) or self._latest_known_set()
                 try:
                     verify_commit_certificate(cert, cert.block_hash, self.chain_id, vset)
                 except InvalidCertificate:

@@ -5,7 +5,9 @@ Every message is one event on the ``EventQueue``. ``transmit`` decides its fate 
 
 - dropped when the two nodes are in different partition groups, when an adversarial rule says so
   (``rules``: the network adversary of the partial-synchrony model, which controls delivery before
-  the network stabilises), or with probability ``drop_prob``;
+  the network stabilises), or with probability ``drop_prob``; a sync request or response travels
+  on a stream (a reliable transport, as the node's libp2p streams over TCP), so a loss there
+  delays it by a retransmission (``RETRANSMIT_MS``) instead of dropping it;
 - otherwise delivered after ``base_delay_ms + uniform[0, jitter_ms]`` virtual ms, so two messages on
   one link can arrive in either order (reordering);
 - and, with probability ``dup_prob``, delivered a second time with its own delay.
@@ -22,6 +24,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from .clock import EventQueue
+
+#: Extra delay (virtual ms, uniform) of a stream message that the link lost once.
+RETRANSMIT_MS = (200, 1_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +145,14 @@ class SimNetwork:
                 self.stats["dropped_rule"] += 1
                 return False
         c = self.conditions
+        extra = 0
         if c.drop_prob and self.rng.random() < c.drop_prob:
-            self.stats["dropped_loss"] += 1
-            return False
-        self.queue.after(self._delay(), message)
+            if not isinstance(message, (SyncRequest, SyncResponse)):
+                self.stats["dropped_loss"] += 1
+                return False
+            self.stats["retransmitted"] += 1
+            extra = self.rng.randint(*RETRANSMIT_MS)
+        self.queue.after(self._delay() + extra, message)
         self.stats["delivered_scheduled"] += 1
         if c.dup_prob and self.rng.random() < c.dup_prob:
             self.queue.after(self._delay(), message)
