@@ -218,3 +218,11 @@ def test_validator_copies_agree_with_world(params):
             outcomes.append(str(exc))
     assert outcomes[0] == outcomes[1]
     assert validate.SECTION_BOUNDS == world_module._SECTION_BOUNDS
+
+
+def test_remove_of_an_optional_module_change_field_is_allowed():
+    change = ModuleChange(op="install", instance_id="a", wasm_hash=HEX, owner_agent_id="o", grant_caps=["agent.transfer"])
+    base = msgspec.structs.replace(BASE, module_changes=ModuleChangeSet(changes=[change]))
+    out = apply_patch(base, [op("remove", "/module_changes/changes/0/grant_caps")])
+    assert out.module_changes.changes[0] == msgspec.structs.replace(change, grant_caps=[])
+    assert code_of(base, [op("remove", "/module_changes/changes/0/op")]) is PatchErrorCode.INVALID_VALUE

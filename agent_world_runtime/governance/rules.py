@@ -23,7 +23,7 @@ from ..staking.sets import active_powers
 from ..state import WorldState
 from .changes import execute_module_changes, plan_module_changes
 from .manifest import Manifest, manifest_hash
-from .patch import PatchError, apply_patch, diff_manifest, paths_overlap
+from .patch import PatchError, apply_patch, diff_manifest
 from .records import GovernanceIndex, ManifestVersionRecord, ProposalRecord, ShadowReport
 from .shadow import proposal_base, shadow_proposal
 
@@ -62,6 +62,30 @@ def _version(state: WorldState, version: int) -> ManifestVersionRecord | None:
 
 
 # -- proposals --------------------------------------------------------------------------------
+def _prefixes(path: str) -> list[str]:
+    """The JSON Pointers enclosing ``path``, outermost first (``/a/b/c`` → ``/a``, ``/a/b``)."""
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(2, len(parts))]
+
+
+def first_overlap(mine: list[str], theirs: list[str]) -> tuple[str, str] | None:
+    """Return the first ``(my path, their path)`` that are equal or one inside the other
+    (``patch.paths_overlap``), in the order of ``mine`` then ``theirs``, or None. Linear in the
+    paths times their depth (a set lookup per enclosing pointer), not quadratic."""
+    their_set, my_set = set(theirs), set(mine)
+    for path in mine:
+        if path in their_set:
+            return path, path
+        outer = next((p for p in _prefixes(path) if p in their_set), None)
+        if outer is not None:
+            return path, outer
+    for path in theirs:
+        inner = next((p for p in _prefixes(path) if p in my_set), None)
+        if inner is not None:
+            return inner, path
+    return None
+
+
 def _submit(state: WorldState, sandbox: Any, ctx: ActionContext, kind: str, title: str, candidate: Manifest,
             ops: list[Any], rollback_to: int = 0) -> list[EventSpec]:
     """Shadow-run ``candidate`` and store it as a voting proposal; raise Rejected first when the
@@ -72,13 +96,10 @@ def _submit(state: WorldState, sandbox: Any, ctx: ActionContext, kind: str, titl
     index = _index(state)
     for other_id in index.voting:
         other = proposal(state, other_id)
-        if other is None:
-            continue
-        for path in report.changes:
-            clash = next((p for p in other.shadow.changes if paths_overlap(path, p)), None)
-            if clash is not None:
-                raise Rejected(f"proposal {other_id} (voting until height {other.voting_end}) already changes {clash!r}, "
-                               f"which this proposal's {path!r} overlaps; wait until it is decided")
+        clash = None if other is None else first_overlap(report.changes, other.shadow.changes)
+        if other is not None and clash is not None:
+            raise Rejected(f"proposal {other_id} (voting until height {other.voting_end}) already changes {clash[1]!r}, "
+                           f"which this proposal's {clash[0]!r} overlaps; wait until it is decided")
     pid = index.next_proposal_id
     gov = state.manifest.governance
     record = ProposalRecord(
