@@ -21,7 +21,7 @@ from agent_world_runtime.actions import (
 )
 from agent_world_runtime.crypto import SigningKey, sha256
 from agent_world_runtime.governance import rules as gov
-from agent_world_runtime.governance.manifest import ModuleChange, ModuleChangeSet, manifest_hash
+from agent_world_runtime.governance.manifest import Manifest, ModuleChange, ModuleChangeSet, manifest_hash
 from agent_world_runtime.governance.patch import propose_module_changes
 from agent_world_runtime.governance.records import PatchOp
 from agent_world_runtime.params import GovernanceParams, WorldParams
@@ -164,6 +164,16 @@ def test_no_quorum_expires_and_a_no_majority_rejects():
     assert net.world.manifest.version == 1 and net.world.manifest.params.fee_base == 1
 
 
+def test_votes_in_the_last_block_of_the_period_count():
+    net = Net()
+    [submitted], _ = net.block(("bank", FEE_AND_LIMITS))
+    assert submitted[0].data["voting_end"] == 4
+    net.block()
+    net.block()
+    _, ends = net.vote(1, ("v1", "yes"), ("v3", "yes"))
+    assert net.world.height == 4 and kinds(ends) == ["governance.applied", "manifest.updated"]
+
+
 def test_all_abstain_reaches_quorum_but_does_not_pass():
     net = Net()
     net.block(("bank", FEE_AND_LIMITS))
@@ -204,6 +214,8 @@ BAD_PROPOSALS = [
      "proposal 1 (voting until height 4) already changes '/params/module_limits_max/max_gas'"),
     (patch(PatchOp(op="replace", path="/params/fee_base", value=9)), "proposal 1 (voting until height 4) already changes"),
     (patch(PatchOp(op="replace", path="/params/grid_size", value=5), title="x" * 201), "at most 200 characters"),
+    (ProposeManifestUpdate(manifest=Manifest(version=1, params=msgspec.structs.replace(PARAMS, fee_base=-1))),
+     "shadow run found 1 error(s): world param fee_base must be an integer in [0, 2**62), got -1"),
     (ProposeRollback(version=1), "no earlier manifest version 1"),
     (ProposeRollback(version=5), "no earlier manifest version 5"),
     (ProposeManifestPatch(ops=propose_module_changes(ModuleChangeSet(changes=[
