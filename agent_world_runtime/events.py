@@ -45,6 +45,15 @@ MODULE_ACTIVATION_CHANGED = "module.activation_changed"
 EFFECT_DENIED = "effect.denied"
 EFFECT_APPLIED = "effect.applied"
 POLICY_DECISION_RECORDED = "governance.policy_decision_recorded"
+# Governance of the manifest (docs/governance.md, "Events").
+PROPOSAL_SUBMITTED = "governance.proposal_submitted"
+SHADOW_REPORT = "governance.shadow_report"
+VOTE_CAST = "governance.vote_cast"
+PROPOSAL_EXPIRED = "governance.proposal_expired"
+PROPOSAL_REJECTED = "governance.proposal_rejected"
+PROPOSAL_FAILED = "governance.proposal_failed"
+GOVERNANCE_APPLIED = "governance.applied"
+MANIFEST_UPDATED = "manifest.updated"
 
 # Events produced by module calls; they are never routed to modules again (no recursion).
 MODULE_CALL_EVENT_KINDS = frozenset({

@@ -59,4 +59,15 @@ class ManifestVersionRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=T
     proposal_id: int = 0
 
 
-TABLES: dict[str, type[msgspec.Struct]] = {"proposal": ProposalRecord, "manifest_version": ManifestVersionRecord}
+class GovernanceIndex(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=True):
+    """The proposal index (table ``governance``, key ``index``; written with the first proposal):
+    the id the next proposal gets and the ids of the proposals still voting, ascending, so a
+    block's end looks at those only."""
+
+    next_proposal_id: int = 1
+    voting: list[int] = []
+
+
+TABLES: dict[str, type[msgspec.Struct]] = {
+    "proposal": ProposalRecord, "manifest_version": ManifestVersionRecord, "governance": GovernanceIndex,
+}
