@@ -50,13 +50,14 @@ from .events import Event
 from .fees import action_fee
 from .governance import rules as governance
 from .governance.manifest import Manifest
-from .governance.records import ManifestVersionRecord
+from .governance.records import ManifestVersionRecord, ProposalRecord
+from .governance.validate import check_section, check_world_params
 from .merkle import merkle_root
 from .modules import builds, lifecycle
 from .modules.lifecycle import WASM_HASH_RE
 from .modules.router import ModuleRunner
-from .modules.sandbox import Sandbox, check_module_limits_max, default_sandbox
-from .params import TOOLCHAIN_NAMES, GenesisAgent, GovernanceParams, StakingParams, Toolchain, WorldParams
+from .modules.sandbox import Sandbox, default_sandbox
+from .params import GenesisAgent, GovernanceParams, StakingParams, WorldParams
 from .persistence import SaveCache, load_state, save_state
 from .rules import (
     MAX_BALANCE,
@@ -94,61 +95,6 @@ class BlockOutcome(msgspec.Struct, frozen=True):
 def compute_action_id(signed: SignedAction) -> bytes:
     """Return the action id of ``signed``: sha256 of its canonical payload (as the node computes it)."""
     return payload_hash(encode_signed_action(signed))
-
-
-def check_world_params(params: Any) -> WorldParams:
-    """Return ``params`` as ``WorldParams``, checked: every integer in [0, 2**62), valid module
-    limit caps and toolchains. Raises ValueError naming the field."""
-    if not isinstance(params, WorldParams):
-        params = WorldParams(**msgspec.structs.asdict(params))
-    for field in msgspec.structs.fields(WorldParams):
-        name = field.name
-        value = getattr(params, name)
-        if name == "module_limits_max":
-            check_module_limits_max(value)  # ValueError naming the bad field
-            continue
-        if name == "toolchains":
-            _check_toolchains(value)
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < (1 << 62):
-            raise ValueError(f"world param {name} must be an integer in [0, 2**62), got {value!r}")
-    return params
-
-
-#: Bounds of the staking and governance parameters beyond "an integer in [0, 2**62)".
-_SECTION_BOUNDS: dict[str, tuple[int, int]] = {
-    "max_validators": (1, 10_000), "min_bond": (1, 1 << 62), "max_power_percent": (1, 100),
-    "slash_double_sign_percent": (0, 100), "downtime_min_signed_percent": (0, 100),
-    "max_bonds_per_validator": (1, 10_000), "unbonding_epochs": (0, 1000),
-    "voting_period_heights": (1, 1 << 40), "quorum_percent": (0, 100), "threshold_percent": (0, 99),
-    "max_pending": (1, 1000),
-}
-
-
-def check_section(section: Any, name: str) -> Any:
-    """Return ``section`` (``StakingParams`` or ``GovernanceParams``) checked: each field an
-    integer in [0, 2**62) and within its bounds (``_SECTION_BOUNDS``). Raises ValueError naming
-    ``name.field``."""
-    for field in msgspec.structs.fields(type(section)):
-        value = getattr(section, field.name)
-        low, high = _SECTION_BOUNDS.get(field.name, (0, (1 << 62) - 1))
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise ValueError(f"{name}.{field.name} must be an integer in [{low}, {high}], got {value!r}")
-    return section
-
-
-def _check_toolchains(toolchains: list[Toolchain]) -> None:
-    """ValueError unless each toolchain has a known name (``c`` or ``rust``, once each), a
-    version of 1-200 characters and a 64-hex-character compiler_sha256."""
-    seen: set[str] = set()
-    for t in toolchains:
-        if t.name not in TOOLCHAIN_NAMES or t.name in seen:
-            raise ValueError(f"world toolchains: name must be one of {list(TOOLCHAIN_NAMES)}, once each; got {t.name!r}")
-        seen.add(t.name)
-        if not 0 < len(t.version) <= 200:
-            raise ValueError(f"world toolchain {t.name}: version must be 1-200 characters")
-        if not WASM_HASH_RE.fullmatch(t.compiler_sha256):
-            raise ValueError(f"world toolchain {t.name}: compiler_sha256 must be 64 lowercase hex characters")
 
 
 def _genesis_agent(state: WorldState, agent: GenesisAgent) -> AgentRecord:
@@ -536,6 +482,18 @@ class World:
         """Why double-sign evidence against ``validator_id`` at ``offence_height`` cannot be
         executed in block ``height`` (``staking.rules.evidence_problem``), or None."""
         return staking.evidence_problem(self._state, validator_id, offence_height, height)
+
+    def proposals(self) -> list[ProposalRecord]:
+        """Return every governance proposal, by id (``governance.rules.proposals``)."""
+        return governance.proposals(self._state)
+
+    def proposal(self, proposal_id: int) -> ProposalRecord | None:
+        """Return governance proposal ``proposal_id``, or None."""
+        return governance.proposal(self._state, proposal_id)
+
+    def manifest_versions(self) -> list[ManifestVersionRecord]:
+        """Return every manifest version ever in force, oldest first."""
+        return governance.manifest_versions(self._state)
 
     def records(self, table: str) -> dict[str, Any]:
         """Return a copy of the records of ``table`` (``state.TABLES``) by key. Raises KeyError."""
