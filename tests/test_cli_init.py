@@ -33,14 +33,15 @@ def invoke(*args: str):
 
 
 def assert_faucet(path, genesis) -> AgentKey:
-    """``path`` is a private key file of agent ``faucet``, and ``genesis`` holds that agent (and no
-    other) with ``FAUCET_BALANCE`` of each resource."""
+    """``path`` is a private key file of agent ``faucet``, and ``genesis`` holds that agent with
+    ``FAUCET_BALANCE`` of each resource, and otherwise only the operators of its validators."""
     assert path.exists(), path
     assert (path.stat().st_mode & 0o777) == 0o600
     faucet = AgentKey.load(path)
     assert faucet.agent_id == "faucet"
-    assert genesis.agents == [GenesisAgent(agent_id="faucet", public_key=faucet.key.public_key.hex(),
-                                           electricity=FAUCET_BALANCE, data=FAUCET_BALANCE)]
+    assert genesis.agents[0] == GenesisAgent(agent_id="faucet", public_key=faucet.key.public_key.hex(),
+                                             electricity=FAUCET_BALANCE, data=FAUCET_BALANCE)
+    assert [a.agent_id for a in genesis.agents[1:]] == [v.operator for v in genesis.validators if v.operator]
     record = genesis.new_world().get_agent("faucet")  # the world at height 0 has it, funded
     assert record is not None and record.public_key == faucet.key.public_key
     assert (record.electricity, record.data, record.last_nonce) == (FAUCET_BALANCE, FAUCET_BALANCE, 0)
@@ -119,6 +120,14 @@ def test_testnet_init_shares_one_genesis_and_full_mesh_peers(tmp_path):
     faucet = assert_faucet(tmp_path / "faucet.json", genesis)
     assert faucet.key.seed not in {k.seed for k in validator_keys}
     assert not any((h.config_dir / "faucet.json").exists() for h in homes)
+    # each validator's bond is held by its operator, a genesis agent whose key is beside the homes
+    world = genesis.new_world()
+    for i, v in enumerate(genesis.validators):
+        operator = AgentKey.load(tmp_path / f"operator{i}.json")
+        assert v.operator == operator.agent_id == f"operator{i}"
+        assert world.get_agent(operator.agent_id).public_key == operator.key.public_key
+        assert world.validator_record(v.public_key).bonds == {operator.agent_id: 100}
+    assert genesis.epoch_length == 100 and genesis.governance.voting_period_heights == 60
 
     configs = [read_config(h.config_file) for h in homes]
     peer_ids = [peer_id_for_seed(read_key(h.node_key_file).seed) for h in homes]

@@ -3,9 +3,13 @@ node a validator with equal stake), with random keys, free loopback ports and a 
 adding a non-validating late joiner to an existing testnet; and reading a testnet directory back as
 ``TestnetNode`` descriptions (name, home, RPC URL, chain id) that the other testnet modules use.
 
-The genesis of a testnet has one agent, the faucet (``FAUCET_AGENT_ID``, with ``FAUCET_BALANCE``
-electricity and data), whose key is ``dir/faucet.json``: agents are never free, so the workload
-and people trying the testnet create their agents with it (``awnode agent run --sponsor-key``).
+The genesis of a testnet has the faucet (``FAUCET_AGENT_ID``, with ``FAUCET_BALANCE`` electricity
+and data), whose key is ``dir/faucet.json``: agents are never free, so the workload and people
+trying the testnet create their agents with it (``awnode agent run --sponsor-key``). Each
+validator ``node<i>`` has an operator, the genesis agent ``operator<i>`` (key
+``dir/operator<i>.json``), which holds its bond and may unbond it, vote in governance and unjail it.
+Epochs are ``TESTNET_EPOCH_LENGTH`` heights and governance votes last
+``TESTNET_VOTING_PERIOD`` heights, so set changes and proposals happen within minutes.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from agent_world_node.config import (
 )
 from agent_world_node.network import peer_id_for_seed
 from agent_world_runtime.crypto import SigningKey
-from agent_world_runtime.params import TOOLCHAIN_NAMES, GenesisAgent, Toolchain, WorldParams
+from agent_world_runtime.params import TOOLCHAIN_NAMES, GenesisAgent, GovernanceParams, Toolchain, WorldParams
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +49,11 @@ DEFAULT_STAKE = 100
 NODE_LOG = "node.log"
 FAUCET_AGENT_ID = "faucet"
 FAUCET_BALANCE = 10**15
+OPERATOR_BALANCE = 10**9
+#: Heights per epoch of a local testnet (about a minute at the default block interval).
+TESTNET_EPOCH_LENGTH = 100
+#: Heights a governance proposal of a local testnet is voted.
+TESTNET_VOTING_PERIOD = 60
 
 
 # --- creating a testnet -------------------------------------------------------------------------
@@ -77,6 +86,20 @@ def node_dir(directory: Path, index: int) -> Path:
 def faucet_key_file(directory: Path) -> Path:
     """Return the path of a testnet's faucet key: ``directory/faucet.json``."""
     return Path(directory) / "faucet.json"
+
+
+def operator_key_file(directory: Path, index: int) -> Path:
+    """Return the path of the key of validator ``index``'s operator: ``directory/operator{index}.json``."""
+    return Path(directory) / f"operator{index}.json"
+
+
+def genesis_operator(path: Path, index: int) -> GenesisAgent:
+    """Create the key of agent ``operator<index>`` at ``path`` (mode 0600; never overwritten) and
+    return the genesis agent it controls (``OPERATOR_BALANCE`` electricity and data)."""
+    key = SigningKey.generate()
+    AgentKey(key=key, agent_id=f"operator{index}").save(path)
+    return GenesisAgent(agent_id=f"operator{index}", public_key=key.public_key.hex(), electricity=OPERATOR_BALANCE,
+                        data=OPERATOR_BALANCE)
 
 
 def genesis_faucet(path: Path) -> GenesisAgent:
@@ -113,12 +136,16 @@ def init_testnet(
     chain_id: str = DEFAULT_TESTNET_CHAIN_ID,
     stake: int = DEFAULT_STAKE,
     config: Callable[[int], NodeConfig] | None = None,
+    epoch_length: int = TESTNET_EPOCH_LENGTH,
+    voting_period_heights: int = TESTNET_VOTING_PERIOD,
 ) -> list[Home]:
     """Create ``nodes`` homes ``directory/node0..`` for one chain and return them.
 
     Every node gets new random keys (``SigningKey.generate``), every node is a validator with
-    ``stake``, and all homes hold the identical ``genesis.json``, whose only agent is the faucet
-    (key in ``faucet_key_file(directory)``). Ports: a free loopback port for
+    ``stake`` bonded by its operator ``operator<i>`` (key in ``operator_key_file(directory, i)``),
+    and all homes hold the identical ``genesis.json``, whose agents are the faucet (key in
+    ``faucet_key_file(directory)``) and the operators; epochs of ``epoch_length`` heights, proposals
+    voted for ``voting_period_heights``. Ports: a free loopback port for
     libp2p and one for HTTP per node (``pick_free_ports``). ``p2p.peers`` of each node lists every
     other node as ``/ip4/127.0.0.1/tcp/PORT/p2p/<peer id>``. ``config(i)`` may supply a base
     NodeConfig for node i (listen addresses, peers and moniker are overwritten).
@@ -140,11 +167,14 @@ def init_testnet(
         chain_id=chain_id,
         genesis_time_ms=int(time.time() * 1000),
         validators=[
-            GenesisValidator(name=f"node{i}", public_key=key.public_key.hex(), stake=stake)
+            GenesisValidator(name=f"node{i}", public_key=key.public_key.hex(), stake=stake, operator=f"operator{i}")
             for i, key in enumerate(validator_keys)
         ],
+        epoch_length=epoch_length,
         world=msgspec.structs.replace(TESTNET_WORLD, toolchains=local_toolchains()),
-        agents=[genesis_faucet(faucet_key_file(directory))],
+        agents=[genesis_faucet(faucet_key_file(directory))]
+        + [genesis_operator(operator_key_file(directory, i), i) for i in range(nodes)],
+        governance=GovernanceParams(voting_period_heights=voting_period_heights),
     )
     homes = []
     for i in range(nodes):
@@ -169,10 +199,11 @@ def init_testnet(
 
 
 def add_testnet_node(directory: Path, *, config: NodeConfig | None = None) -> Home:
-    """Add a full node (not a validator: it follows and executes the chain but never votes) to the
-    testnet in ``directory`` as the next ``nodeN``, with an empty data directory, the testnet's
-    genesis, new keys, free loopback ports, and every existing node as a peer. It syncs from
-    genesis when started (a late joiner). Existing nodes do not list it as a peer; it dials them.
+    """Add a full node (not a validator: it follows and executes the chain but does not vote
+    until its validator key is bonded, ``awnode staking create-validator``) to the testnet in
+    ``directory`` as the next ``nodeN``, with an empty data directory, the testnet's genesis, new
+    keys, free loopback ports, and every existing node as a peer. It syncs from genesis when
+    started (a late joiner). Existing nodes do not list it as a peer; it dials them.
 
     Raises ConfigError if there is no testnet in ``directory``.
     """
@@ -190,7 +221,7 @@ def add_testnet_node(directory: Path, *, config: NodeConfig | None = None) -> Ho
     cfg.p2p = P2PConfig(listen=f"/ip4/127.0.0.1/tcp/{p2p_port}", peers=peers)
     cfg.rpc = RPCConfig(listen=f"127.0.0.1:{rpc_port}", unsafe=cfg.rpc.unsafe)
     # The validator key file is written (every home has one) but is not in the genesis validator
-    # set, so this node never signs a proposal or a vote.
+    # set: this node signs nothing unless the key is bonded and elected into a later set.
     home = init_home(node_dir(directory, index), moniker=f"node{index}", config=cfg, node_seed=node_seed, genesis=genesis)
     log.info("testnet_node_added", dir=str(directory), node=f"node{index}", peers=len(peers))
     return home

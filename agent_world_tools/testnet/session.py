@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent_world_client.client import AgentKey, ClientError, NodeClient, NodeUnreachable
-from agent_world_node.config import ConfigError
+from agent_world_node.config import ConfigError, read_genesis
 
 from ..workload import WorkloadStats, run_workload
 from .agreement import AgreementChecker, Mismatch
@@ -78,6 +78,10 @@ class TestnetSummary:
     exit_statuses: dict[str, int | None]
     workload: dict[str, Any]
     interrupted: bool = False
+    set_changes: list[dict[str, Any]] = field(default_factory=list)
+    """Each validator-set change the chain scheduled (``staking.validator_set_scheduled`` events
+    with an addition, a removal or a power change): ``epoch``, ``from_height``, ``added``,
+    ``removed``, ``changed`` (validator ids) and ``validators`` (the new set's size)."""
 
     @property
     def blocks_per_s(self) -> float:
@@ -121,6 +125,7 @@ class TestnetSummary:
             "exit_statuses": self.exit_statuses,
             "workload": self.workload,
             "interrupted": self.interrupted,
+            "set_changes": self.set_changes,
         }
 
 
@@ -162,9 +167,28 @@ def render_summary(summary: TestnetSummary) -> Table:
         table.add_row("node failures", f"[red]{failed}[/red]")
     else:
         table.add_row("nodes", "[green]all ran until stopped[/green]")
+    for change in summary.set_changes:
+        parts = [f"+{_short(v)}" for v in change["added"]] + [f"-{_short(v)}" for v in change["removed"]]
+        parts += [f"~{_short(v)}" for v in change["changed"]]
+        table.add_row(f"validator set, epoch {change['epoch']}",
+                      f"from height {change['from_height']}: {' '.join(parts)} ({change['validators']} validators)")
     if summary.interrupted:
         table.add_row("interrupted", "[yellow]stopped before the final check[/yellow]")
     return table
+
+
+async def fetch_set_changes(client: NodeClient, epoch_length: int, limit: int = 1000) -> list[dict[str, Any]]:
+    """The validator-set changes a node's world scheduled (see ``TestnetSummary.set_changes``),
+    oldest first, from its ``staking.validator_set_scheduled`` events (at most ``limit``)."""
+    events = await client.events(0, limit, "staking.validator_set_scheduled")
+    out = []
+    for e in events:
+        d = e.get("data", {})
+        if d.get("added") or d.get("removed") or d.get("changed"):
+            out.append({"epoch": d["epoch"], "from_height": d["epoch"] * epoch_length, "added": d.get("added", []),
+                        "removed": d.get("removed", []), "changed": d.get("changed", []),
+                        "validators": len(d.get("validators", []))})
+    return out
 
 
 class _Session:
@@ -186,6 +210,8 @@ class _Session:
         self.started_at = 0.0
         self.stopped_at = 0.0
         self.agreement_target = 0
+        self.set_changes: list[dict[str, Any]] = []
+        self.epoch_length = read_genesis(nodes[0].home.genesis_file).epoch_length if nodes else 1
 
     async def watch_signals(self, cancel_scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
@@ -317,6 +343,12 @@ class _Session:
             await self.poll()
             self.final = {v.name: v.status for v in self.views if v.status is not None}
             await self.check_agreement(max_heights=None)
+            live = [v for v in self.live_views() if v.status is not None]
+            if live:
+                try:
+                    self.set_changes = await fetch_set_changes(self.clients[live[0].name], self.epoch_length)
+                except ClientError as exc:
+                    log.warning("set_changes_unavailable", node=live[0].name, error=str(exc)[:200])
             outer.cancel_scope.cancel()
 
     async def close(self) -> None:
@@ -424,4 +456,5 @@ def run_testnet(directory: Path, nodes: list[TestnetNode], opts: TestnetOptions,
         exit_statuses=exit_statuses,
         workload=session.stats.as_dict(),
         interrupted=session.aborted,
+        set_changes=session.set_changes,
     )
