@@ -550,8 +550,18 @@ def test_precommit_quorum_decides_with_a_certificate_that_verifies():
     assert (cert.height, cert.round, cert.block_hash) == (h, 0, block.hash())
     assert len(cert.signatures) == 3
     verify_commit_certificate(cert, block.hash(), CHAIN, VSET, height=h)
-    # After the decision nothing more happens at this height.
+    assert core.decision_certificate() == cert
+    # After the decision nothing more happens at this height, but a late precommit for the decision
+    # joins the decision's certificate (the next block's last commit records who signed in time)
     assert core.handle(VoteReceived(vote(KEYS[3], PRECOMMIT, h, 0, block.hash()))) == []
+    late = core.decision_certificate()
+    assert len(late.signatures) == 4
+    verify_commit_certificate(late, block.hash(), CHAIN, VSET, height=h)
+    forged = msgspec.structs.replace(vote(KEYS[3], PRECOMMIT, h, 0, block.hash()), validator=KEYS[1].public_key.hex())
+    core.handle(VoteReceived(forged))  # a bad signature is rejected, the certificate unchanged
+    assert core.decision_certificate() == late
+    assert core.handle(VoteReceived(vote(KEYS[3], PRECOMMIT, h, 1, block.hash()))) == []  # another round: ignored
+    assert core.decision_certificate() == late
 
 
 def test_precommit_quorum_without_the_block_does_not_decide_until_the_block_arrives():

@@ -169,6 +169,12 @@ def test_a_fifth_validator_joins_one_leaves_and_governance_changes_and_rolls_bac
         changes = await fetch_set_changes(net.client(0), EPOCH)
         print(f"measured: roots agree on heights 1..{checker_common}; set changes {changes}")
         assert any(new_id in c["added"] for c in changes) and any(vid0 in c["removed"] for c in changes)
+        # honest validators that signed in time are never jailed for downtime (each block's last
+        # commit carries the precommits its proposer gathered during the commit wait)
+        assert await net.events("staking.validator_jailed") == []
+        # joined, left, and the fifth validator's power grew by the faucet's bond of 1
+        assert [(bool(c["added"]), bool(c["removed"]), c["changed"]) for c in changes] == [
+            (True, False, []), (False, True, []), (False, False, [new_id])], changes
 
     async def main():
         net = Net(nodes, procs, STEP_S)

@@ -76,6 +76,7 @@ from agent_world_node.types import (
     PROPOSAL_SIGN_DOMAIN,
     VOTE_SIGN_DOMAIN,
     Block,
+    CommitCertificate,
     Proposal,
     Vote,
     VoteType,
@@ -200,6 +201,7 @@ class ConsensusCore:
         self.valid_value: Optional[Block] = None
         self.valid_round = -1
         self.decision: Optional[Block] = None
+        self._decision_key: tuple[int, bytes] | None = None  # (round, block hash) of the decision
 
         self._keeper = self._new_vote_keeper(0)
         self._proposals: dict[int, Proposal] = {}
@@ -392,6 +394,7 @@ class ConsensusCore:
         self.valid_value = None
         self.valid_round = -1
         self.decision = None
+        self._decision_key = None
         self._keeper = self._new_vote_keeper(height)
         self._proposals = {}
         self._timely = {}
@@ -558,6 +561,10 @@ class ConsensusCore:
         return True
 
     def _on_vote(self, vote: Vote, effects: list[Effect]) -> None:
+        if (self._decision_key is not None and vote.height == self.height and vote.vote_type == VoteType.PRECOMMIT
+                and (vote.round, vote.block_hash) == self._decision_key):
+            self._add_late_precommit(vote)
+            return
         if not self._check_height(vote) or not self._check_round(vote):
             return
         if vote.block_hash is not None and len(vote.block_hash) != HASH_SIZE:
@@ -850,12 +857,39 @@ class ConsensusCore:
     def _schedule(self, kind: TimeoutKind, effects: list[Effect]) -> None:
         effects.append(ScheduleTimeout(kind, self.height, self.round, self.timeouts.duration_ms(kind, self.round)))
 
+    def _add_late_precommit(self, vote: Vote) -> None:
+        """A precommit for the decided block at the decision round, arriving after the decision
+        (during the commit wait): verified and kept, so ``decision_certificate`` holds every
+        validator that signed the decision in time (CometBFT's LastCommit gathers precommits for
+        ``timeout_commit`` for the same reason: the next block's last commit records who signed)."""
+        if self._keeper.vote_of(vote.validator, vote.round, vote.vote_type) == vote:
+            self.rejected[RejectReason.DUPLICATE] += 1
+            return
+        validator = self.validator_set.get(vote.validator)
+        if validator is None:
+            self._reject(RejectReason.UNKNOWN_VALIDATOR, vote)
+            return
+        if not self._vote_signature_ok(validator, vote):
+            self._reject(RejectReason.BAD_SIGNATURE, vote)
+            return
+        self._keeper.add_vote(vote)
+
+    def decision_certificate(self) -> CommitCertificate | None:
+        """The certificate of this height's decision with every precommit for it received so far
+        (the quorum that decided plus late ones), or None before a decision."""
+        if self._decision_key is None:
+            return None
+        round, block_hash = self._decision_key
+        return build_commit_certificate(self.height, round, block_hash,
+                                        self._keeper.votes_for(round, VoteType.PRECOMMIT, block_hash))
+
     def _decide(self, round: int, block: Block, effects: list[Effect]) -> None:
         """L51: decision_p[h_p] = v, with the certificate of the precommits that formed the quorum."""
         block_hash = block.hash()
         precommits = self._keeper.votes_for(round, VoteType.PRECOMMIT, block_hash)
         certificate = build_commit_certificate(self.height, round, block_hash, precommits)
         self.decision = block
+        self._decision_key = (round, block_hash)
         self.step = Step.COMMIT
         self._log.debug("decided", height=self.height, round=round, block=block_hash.hex()[:16],
                        signatures=len(certificate.signatures), actions=len(block.actions))

@@ -248,6 +248,8 @@ class Replica:
         self._connected: set[str] = set()  # the last tick's connected peers
         self._untimely_reported: set[tuple[int, int]] = set()  # (height, round) of logged untimely proposals
         self._wal_written = True  # prune whatever a previous run left at the first commit
+        #: the tip height's certificate with the precommits gathered during the commit wait
+        self._tip_certificate: CommitCertificate | None = None
         stored = store.get_meta(DIVERGED_META_KEY)
         if stored is not None:
             # Diverged before a restart: replaying the same blocks gives the same wrong roots, so
@@ -674,6 +676,12 @@ class Replica:
         if self.core.height >= self.height + 1:
             return []
         self.metrics.round.set(0)
+        if self.core.height == self.height:
+            # every precommit for our decision that came in during the commit wait: the next
+            # block's last commit then records everyone who signed in time (downtime counts it)
+            cert = self.core.decision_certificate()
+            if cert is not None and cert.block_hash == self.last_block_hash:
+                self._tip_certificate = cert
         height = self.height + 1
         return self.core.start_height(height, self._set_at(height), self._set_at(height + 1))
 
@@ -762,9 +770,13 @@ class Replica:
         return digest
 
     def _last_certificate(self) -> CommitCertificate | None:
-        """The commit certificate of our last committed height (None at genesis)."""
+        """The commit certificate of our last committed height (None at genesis): the one our core
+        completed during the commit wait when it decided that height, else the stored one."""
         if self.height == 0:
             return None
+        tip = self._tip_certificate
+        if tip is not None and tip.height == self.height and tip.block_hash == self.last_block_hash:
+            return tip
         stored = self.store.get_block(self.height)
         return stored.certificate if stored is not None else None
 
