@@ -14,6 +14,7 @@ from agent_world_node.replica import AdmissionResult
 from agent_world_node.schema import AdmissionCode, AdmissionStatus
 from agent_world_runtime import World, compute_action_id
 from agent_world_runtime.actions import Bond, CreateValidator, SignedAction, Unbond, validator_key_proof
+from agent_world_runtime.codec import to_builtins
 from agent_world_runtime.crypto import SigningKey
 from agent_world_runtime.governance.manifest import Manifest, manifest_hash
 from agent_world_runtime.governance.records import ManifestVersionRecord, PatchOp, ProposalRecord, ShadowReport
@@ -147,10 +148,11 @@ class WorldNode:
         return {"chain_id": self.world.chain_id, "height": self.world.height}
 
     def agent_json(self, agent_id: str) -> dict | None:
-        from agent_world_runtime.codec import to_builtins
-
         agent = self.world.get_agent(agent_id)
         return to_builtins(agent) if agent is not None else None
+
+    def events_json(self, from_seq: int, limit: int, kind: str | None) -> list[dict]:
+        return [to_builtins(e) for e in self.world.events(from_seq, limit, kind)]
 
 
 def app_for(world: World):
