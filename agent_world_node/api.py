@@ -276,7 +276,8 @@ def _current_epoch(world: World) -> int:
 def _validator_document(rec: ValidatorRecord, powers: Mapping[str, int], next_powers: Mapping[str, int]) -> ValidatorDocument:
     return ValidatorDocument(
         validator_id=rec.validator_id, operator=rec.operator, name=rec.name, bonded=rec.bonded,
-        bonds=dict(sorted(rec.bonds.items())), jailed=rec.jailed, jailed_until=rec.jailed_until, slashed=rec.slashed,
+        bonds=dict(sorted(rec.bonds.items())), jailed=rec.jailed, jailed_until=rec.jailed_until,
+        jail_reason=rec.jail_reason if rec.jailed else "", slashed=rec.slashed,
         created_at=rec.created_at, in_current_set=rec.validator_id in powers, power=powers.get(rec.validator_id, 0),
         next_power=next_powers.get(rec.validator_id, 0),
     )
@@ -591,8 +592,8 @@ def create_app(node: NodeView) -> Starlette:
             return _error(400, "bad_query", str(exc))
         status = request.query_params.get("status")
         if status is not None and not _STATUS_RE.fullmatch(status):
-            return _error(400, "bad_query", f"query parameter status must be a proposal status such as voting, "
-                          f"passed, rejected or expired (1-32 of a-z and _), got {status[:40]!r}")
+            return _error(400, "bad_query", f"query parameter status must be a proposal status: voting, applied, "
+                          f"rejected, expired or failed (1-32 of a-z and _), got {status[:40]!r}")
         return _json(proposals_document(node.world, status, limit, before))
 
     async def proposal(request: Request) -> Response:

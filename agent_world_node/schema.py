@@ -164,8 +164,9 @@ class BlockDocument(msgspec.Struct):
 class ValidatorDocument(msgspec.Struct):
     """One validator candidate (``GET /v1/staking/validators[/{id}]``): its staking record
     (``bonds``: bonder agent id, or the validator id for a genesis bond, to amount; ``bonded`` their
-    sum), ``power`` in the set in force now (0 when not in it, then ``in_current_set`` is false) and
-    ``next_power`` in the set of the next epoch (0 when not in it or not known yet)."""
+    sum), ``jail_reason`` (``double_sign`` or ``downtime``; empty when not jailed), ``power`` in
+    the set in force now (0 when not in it, then ``in_current_set`` is false) and ``next_power``
+    in the set of the next epoch (0 when not in it or not known yet)."""
 
     validator_id: str
     operator: str
@@ -174,6 +175,7 @@ class ValidatorDocument(msgspec.Struct):
     bonds: dict[str, int]
     jailed: bool
     jailed_until: int
+    jail_reason: str
     slashed: int
     created_at: int
     in_current_set: bool
@@ -239,8 +241,9 @@ class UnbondingDocument(msgspec.Struct):
 
 class ProposalSummaryDocument(msgspec.Struct):
     """One governance proposal in ``GET /v1/governance/proposals``. ``kind`` is the proposing
-    action (``update``, ``patch`` or ``rollback`` as the governance rules record it); ``tally`` is
-    the final ``{option: power}`` once decided (empty while voting)."""
+    action (``update``, ``patch`` or ``rollback``); ``status`` is ``voting``, ``applied``,
+    ``rejected``, ``expired`` or ``failed``; ``tally`` is the final ``{yes, no, abstain, total}``
+    (powers) once decided, empty while voting."""
 
     proposal_id: int
     proposer: str
@@ -285,8 +288,9 @@ class ManifestChangeDocument(msgspec.Struct):
 
 
 class TallyDocument(msgspec.Struct):
-    """Votes of a proposal still voting, weighed by the powers of the set in force now (a
-    preview: the governance rules tally at the end of the voting period)."""
+    """Votes of a proposal still voting, weighed by the powers of the set in force now (as the
+    governance rules tally at the end of the voting period, with the set in force then): a
+    preview. ``total_power`` is the set's total."""
 
     yes: int
     no: int

@@ -272,6 +272,8 @@ def vote(
         if v["operator"] != agent:
             raise ui.CliError(f"validator {short(vid)} is operated by {v['operator']!r}, not {agent!r}; sign with the "
                               "operator's key")
+        if not v["in_current_set"]:
+            raise ui.CliError(f"validator {short(vid)} is not in the validator set in force; only its members vote")
         if vid in p["votes"]:
             raise ui.CliError(f"validator {short(vid)} already voted {p['votes'][vid]} on proposal {proposal_id}; a vote "
                               "is final")
@@ -294,6 +296,13 @@ def _fields_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     for name, value in rows:
         table.add_row(name, escape(value if isinstance(value, str) else json_text(value)))
     return table
+
+
+def _tally_text(tally: dict[str, Any]) -> str:
+    """``yes 5, no 1, abstain 0 of total 10`` (options first, then any other counts)."""
+    known = [f"{k} {tally[k]}" for k in ("yes", "no", "abstain") if k in tally]
+    text = ", ".join(known + [f"{k} {v}" for k, v in sorted(tally.items()) if k not in ("yes", "no", "abstain", "total")])
+    return text + (f" of total {tally['total']}" if "total" in tally else "")
 
 
 @gov_app.command("show")
@@ -320,11 +329,16 @@ def show(
             rows.append(("rolls back to version", p["rollback_to"]))
         rows.append(("candidate manifest hash", p["candidate_manifest_hash"]))
         if p["tally"]:
-            rows.append(("final tally", ", ".join(f"{k} {v}" for k, v in sorted(p["tally"].items()))))
+            rows.append(("final tally", _tally_text(p["tally"])))
         now = p.get("tally_now")
         if now:
             rows.append(("tally now", f"yes {now['yes']}, no {now['no']}, abstain {now['abstain']}; voted "
                                       f"{now['voted_power']} of {now['total_power']} (powers of the set in force now)"))
+            gov = client.manifest()["manifest"].get("governance", {})
+            if "quorum_percent" in gov and "threshold_percent" in gov:
+                rows.append(("rules", f"at the voting end, at least {gov['quorum_percent']}% of the set's power must "
+                                      f"have voted (abstain counts) and yes must be more than "
+                                      f"{gov['threshold_percent']}% of yes + no"))
         ui.console.print(_fields_table(f"proposal {p['proposal_id']} at {rpc}", rows))
         votes = Table(title=f"votes ({len(p['votes'])})")
         votes.add_column("validator", no_wrap=True)

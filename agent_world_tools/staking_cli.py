@@ -244,7 +244,10 @@ def _in_set(v: dict[str, Any]) -> str:
 
 
 def _jail(v: dict[str, Any]) -> str:
-    return f"until {v['jailed_until']}" if v["jailed"] else "no"
+    if not v["jailed"]:
+        return "no"
+    reason = v.get("jail_reason")
+    return f"until {v['jailed_until']}" + (f" ({reason})" if reason else "")
 
 
 def _show_one(client: SyncNodeClient, rpc: str, vid: str, as_json: bool) -> None:

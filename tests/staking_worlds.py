@@ -75,7 +75,7 @@ def staking_world(*, height: int = 8) -> World:
 
 def add_governance(world: World) -> None:
     """Write manifest version 2 (fee_base 2, applied at height 5 by proposal 1), proposal 1
-    (passed) and proposal 2 (voting: fee_base 2 -> 7 and max_pending 16 -> 20; V1 voted yes, V2
+    (applied) and proposal 2 (voting: fee_base 2 -> 7 and max_pending 16 -> 20; V1 voted yes, V2
     no) into the state."""
     state = world._state  # test-only: the governance rules do not write these yet
     v1 = world.manifest
@@ -86,8 +86,8 @@ def add_governance(world: World) -> None:
     state.put_record("proposal", "1", ProposalRecord(
         proposal_id=1, proposer="op", kind="patch", base_version=1, candidate=v2,
         shadow=ShadowReport(manifest_hash(v2), ["/params/fee_base"], []), submitted_at=2, voting_end=5,
-        status="passed", title="raise the base fee", ops=[PatchOp("replace", "/params/fee_base", 2)],
-        votes={V1: "yes"}, decided_at=5, tally={"yes": 1000, "no": 0, "abstain": 0}))
+        status="applied", title="raise the base fee", ops=[PatchOp("replace", "/params/fee_base", 2)],
+        votes={V1: "yes"}, decided_at=5, tally={"yes": 1000, "no": 0, "abstain": 0, "total": 1000}))
     candidate = Manifest(version=3, params=msgspec.structs.replace(v2.params, fee_base=7), staking=v2.staking,
                          governance=msgspec.structs.replace(v2.governance, max_pending=20))
     state.put_record("proposal", "2", ProposalRecord(
@@ -100,7 +100,7 @@ def add_jailed(world: World) -> None:
     """A jailed candidate V3 (slashed 50, jailed until height 100)."""
     world._state.put_record("validator", V3, ValidatorRecord(
         validator_id=V3, operator="op", name="jailed", bonded=950, bonds={"op": 950}, created_at=3, jailed=True,
-        jailed_until=100, slashed=50))
+        jailed_until=100, slashed=50, jail_reason="double_sign"))
 
 
 def full_world() -> World:

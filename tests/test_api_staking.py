@@ -48,8 +48,9 @@ def test_validators_list_every_candidate_with_bonds_jail_and_power(client, world
     assert one["bonds"] == {"bank": 1000} and one["power"] == 1000 and one["in_current_set"]
     assert doc["total_power"] == 6100 == sum(world.validators().values())
     assert three["jailed"] is True and three["jailed_until"] == 100 and three["slashed"] == 50
+    assert three["jail_reason"] == "double_sign" and two["jail_reason"] == ""
     assert three["in_current_set"] is False and three["power"] == 0
-    assert set(two) == {"validator_id", "operator", "name", "bonded", "bonds", "jailed", "jailed_until", "slashed",
+    assert set(two) == {"validator_id", "operator", "name", "bonded", "bonds", "jailed", "jailed_until", "jail_reason", "slashed",
                         "created_at", "in_current_set", "power", "next_power"}
 
 
@@ -110,7 +111,7 @@ def test_proposals_newest_first_filtered_and_paged(client):
     two, one = doc["proposals"]
     assert two["status"] == "voting" and two["title"] == "fees and pending" and two["vote_count"] == 2
     assert two["tally"] == {} and two["kind"] == "update" and len(two["candidate_manifest_hash"]) == 64
-    assert one["status"] == "passed" and one["tally"] == {"yes": 1000, "no": 0, "abstain": 0}
+    assert one["status"] == "applied" and one["tally"] == {"yes": 1000, "no": 0, "abstain": 0, "total": 1000}
     voting = client.get("/v1/governance/proposals", params={"status": "voting"}).json()["proposals"]
     assert [p["proposal_id"] for p in voting] == [2]
     assert client.get("/v1/governance/proposals", params={"status": "expired"}).json()["proposals"] == []

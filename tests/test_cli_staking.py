@@ -173,7 +173,7 @@ def test_a_rejection_by_the_world_rules_is_one_line_with_the_reason(node, keys, 
 
 def test_show_lists_validators_and_unbonding_as_tables(node):
     out = ok(run("staking", "show"))
-    for text in ("genesis-one", "second", "jailed", "until 100", "5100", "6100", "returns end of epoch"):
+    for text in ("genesis-one", "second", "jailed", "until 100 (double_sign)", "5100", "6100", "returns end of epoch"):
         assert text in out, out
     no_reprs(out)
     one = ok(run("staking", "show", V2))
@@ -257,10 +257,11 @@ def test_vote_is_signed_by_the_validators_operator(node, keys):
 @pytest.mark.parametrize("args, needles", [
     (["3", "maybe", "--validator", V1, "--key", "bank"], ["one of yes, no, abstain"]),
     (["2", "yes", "--validator", V1, "--key", "bank"], ["already voted yes", "final"]),
-    (["1", "yes", "--validator", V1, "--key", "bank"], ["proposal 1 is passed, not voting"]),
+    (["1", "yes", "--validator", V1, "--key", "bank"], ["proposal 1 is applied, not voting"]),
     (["9", "yes", "--validator", V1, "--key", "bank"], ["no proposal 9", "awnode gov list"]),
     (["2", "no", "--validator", V1, "--key", "op"], ["operated by 'bank', not 'op'"]),
     (["2", "no", "--validator", "ef" * 32, "--key", "op"], ["no validator"]),
+    (["2", "no", "--validator", V3, "--key", "op"], ["not in the validator set in force"]),
 ])
 def test_vote_refuses_before_signing(node, keys, args, needles):
     args = [keys.get(a, a) for a in args]
@@ -271,9 +272,12 @@ def test_vote_refuses_before_signing(node, keys, args, needles):
 def test_show_list_and_manifest_are_readable_tables(node):
     out = ok(run("gov", "show", "2"))
     for text in ("fees and pending", "voting", "/params/fee_base", "/governance/max_pending", "tally now",
-                 "yes 1000, no 5100", "changes against manifest version 2"):
+                 "yes 1000, no 5100", "changes against manifest version 2", "at least 34%", "more than 50%"):
         assert text in out, out
     no_reprs(out)
+    applied = ok(run("gov", "show", "1"))
+    assert "final tally" in applied and "yes 1000, no 0, abstain 0 of total 1000" in applied, applied
+    no_reprs(applied)
     assert json.loads(ok(run("gov", "show", "2", "--json")))["proposal_id"] == 2
     fails(run("gov", "show", "12"), "no proposal 12")
     listing = ok(run("gov", "list"))
