@@ -15,6 +15,7 @@ JSON Pointer (``/params/fee_base``) or its dotted form (``params.fee_base``).
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -28,6 +29,7 @@ from agent_world_client.client import NotFound, SyncNodeClient
 from agent_world_runtime.actions import Action, ProposeManifestPatch, ProposeManifestUpdate, ProposeRollback, VoteProposal
 from agent_world_runtime.governance.manifest import Manifest
 from agent_world_runtime.governance.records import PatchOp
+from agent_world_runtime.world import check_section, check_world_params
 
 from . import ui
 from .signing import (
@@ -119,6 +121,37 @@ def set_ops(assignments: list[str], manifest: dict[str, Any]) -> list[PatchOp]:
             raise ui.CliError(f"--set {item!r}: {target} is {_kind(current)} ({json_text(current)}), not {_kind(value)}")
         ops.append(PatchOp(op="replace", path=target, value=value))
     return ops
+
+
+def check_manifest(manifest: Manifest, what: str) -> None:
+    """CliError when ``manifest``'s values are outside the runtime's bounds (the chain would
+    reject the proposal and keep its fee)."""
+    try:
+        check_world_params(manifest.params)
+        check_section(manifest.staking, "staking")
+        check_section(manifest.governance, "governance")
+    except ValueError as exc:
+        raise ui.CliError(f"{what}: {exc}; the chain would reject the proposal (and keep its fee)") from None
+
+
+def check_set_ops(ops: list[PatchOp], manifest: dict[str, Any]) -> None:
+    """Apply the ``replace`` operations of ``--set`` to a copy of the manifest's JSON form and
+    check the result (``check_manifest``)."""
+    doc = copy.deepcopy(manifest)
+    for op in ops:
+        *parents, last = [t.replace("~1", "/").replace("~0", "~") for t in op.path.split("/")[1:]]
+        target = doc
+        for token in parents:
+            target = target[int(token)] if isinstance(target, list) else target[token]
+        if isinstance(target, list):
+            target[int(last)] = op.value
+        else:
+            target[last] = op.value
+    try:
+        candidate = msgspec.convert(doc, Manifest)
+    except msgspec.ValidationError as exc:
+        raise ui.CliError(f"--set: the manifest would not be valid ({exc})") from None
+    check_manifest(candidate, "--set")
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -213,11 +246,15 @@ def propose(
         current = client.manifest()
         action: Action
         if assignments:
-            action = ProposeManifestPatch(ops=set_ops(assignments, current["manifest"]), title=title)
+            ops = set_ops(assignments, current["manifest"])
+            check_set_ops(ops, current["manifest"])
+            action = ProposeManifestPatch(ops=ops, title=title)
         elif patch is not None:
             action = ProposeManifestPatch(ops=patch_ops(patch), title=title)
         elif manifest is not None:
-            action = ProposeManifestUpdate(manifest=manifest_file(manifest), title=title)
+            full = manifest_file(manifest)
+            check_manifest(full, str(manifest))
+            action = ProposeManifestUpdate(manifest=full, title=title)
         else:
             assert rollback is not None
             _check_rollback(client, rollback, current["version"])

@@ -211,6 +211,9 @@ def test_propose_set_builds_checked_replace_ops(node, keys):
     (["--set", "params.fee_base=cheap"], ["not JSON", "quote strings"]),
     (["--set", "params.fee_base=\"3\""], ["is an integer (2), not a string"]),
     (["--set", "params.fee_base"], ["PATH=JSON_VALUE"]),
+    (["--set", "staking.max_power_percent=1000"], ["staking.max_power_percent must be an integer in [1, 100]",
+                                                    "keep its fee"]),
+    (["--set", "params.fee_base=-1"], ["fee_base must be an integer"]),
     (["--rollback", "2"], ["is the manifest in force"]),
     (["--rollback", "7"], ["no manifest version 7"]),
 ])
@@ -240,6 +243,9 @@ def test_propose_patch_manifest_and_rollback(node, keys, tmp_path):
     assert update.manifest.params == node.world.manifest.params and update.title == "min bond"
     full.write_text(json.dumps({"version": 1, "params": {"fee_base": "x"}}))
     fails(run("gov", "propose", "--key", keys["op"], "--manifest", str(full)), "not a valid manifest")
+    doc["manifest"]["governance"]["quorum_percent"] = 101
+    full.write_text(json.dumps(doc))
+    fails(run("gov", "propose", "--key", keys["op"], "--manifest", str(full)), "governance.quorum_percent", "keep its fee")
     ok(run("gov", "propose", "--key", keys["op"], "--rollback", "1", "--no-wait"))
     assert node.posted[-1].body.action == ProposeRollback(version=1)
 
