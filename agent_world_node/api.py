@@ -354,8 +354,7 @@ def _page_before(items: list[tuple[int, Any]], before: int, limit: int) -> tuple
 def proposals_document(world: World, status: str | None, limit: int, before: int) -> ProposalsDocument:
     """``GET /v1/governance/proposals``: up to ``limit`` proposals numbered below ``before`` (and
     with ``status``, when given), newest first."""
-    items = [(n, p) for n, p in _numbered(world.records("proposal"), ProposalRecord)
-             if status is None or p.status == status]
+    items = [(p.proposal_id, p) for p in world.proposals() if status is None or p.status == status]
     page, next_before = _page_before(items, before, limit)
     return ProposalsDocument(proposals=[_summary(p) for p in page], next_before=next_before)
 
@@ -384,8 +383,7 @@ def manifest_diff(old: Any, new: Any, path: str = "") -> list[ManifestChangeDocu
 
 
 def _version_record(world: World, version: int) -> ManifestVersionRecord | None:
-    rec = world.records("manifest_version").get(str(version))
-    return rec if isinstance(rec, ManifestVersionRecord) else None
+    return next((v for v in world.manifest_versions() if v.version == version), None)
 
 
 def _tally_now(world: World, votes: Mapping[str, str]) -> TallyDocument:
@@ -400,8 +398,8 @@ def _tally_now(world: World, votes: Mapping[str, str]) -> TallyDocument:
 
 def proposal_document(world: World, proposal_id: int) -> ProposalDocument | None:
     """``GET /v1/governance/proposals/{proposal_id}``, or None for an unknown proposal."""
-    p = world.records("proposal").get(str(proposal_id))
-    if not isinstance(p, ProposalRecord):
+    p = world.proposal(proposal_id)
+    if p is None:
         return None
     base = _version_record(world, p.base_version)
     base_manifest: Manifest = base.manifest if base is not None else world.manifest
@@ -428,7 +426,7 @@ def manifest_document(world: World) -> ManifestDocument:
 
 def manifest_versions_document(world: World, limit: int, before: int) -> ManifestVersionsDocument:
     """``GET /v1/manifest/versions``: up to ``limit`` versions below ``before``, newest first."""
-    page, next_before = _page_before(_numbered(world.records("manifest_version"), ManifestVersionRecord), before, limit)
+    page, next_before = _page_before([(v.version, v) for v in world.manifest_versions()], before, limit)
     return ManifestVersionsDocument(
         current_version=world.manifest.version,
         versions=[ManifestVersionDocument(v.version, v.applied_at, v.proposal_id, manifest_hash(v.manifest).hex())

@@ -29,7 +29,7 @@ from agent_world_client.client import NotFound, SyncNodeClient
 from agent_world_runtime.actions import Action, ProposeManifestPatch, ProposeManifestUpdate, ProposeRollback, VoteProposal
 from agent_world_runtime.governance.manifest import Manifest
 from agent_world_runtime.governance.records import PatchOp
-from agent_world_runtime.world import check_section, check_world_params
+from agent_world_runtime.governance.validate import check_section, check_world_params
 
 from . import ui
 from .signing import (

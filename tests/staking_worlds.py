@@ -1,9 +1,11 @@
 """A world with staking and governance records for the API and CLI tests of the staking and
 governance routes, and an in-process stand-in for a node that serves it through the real API app.
 
-The governance rules still refuse proposals (``governance/rules.py``), so the proposals and the
-second manifest version are written into the state directly, in the shapes of
-``governance/records.py``; everything staking is made by real actions in real blocks."""
+Everything staking is made by real actions in real blocks. ``add_governance`` writes proposals
+and a second manifest version into the state directly, in the shapes of
+``governance/records.py``, so the read tests control every field (a voting and a decided
+proposal, a diff against a base version); ``test_api_staking`` also drives the real governance
+rules through proposals and votes."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from agent_world_runtime.codec import to_builtins
 from agent_world_runtime.crypto import SigningKey
 from agent_world_runtime.governance.manifest import Manifest, manifest_hash
 from agent_world_runtime.governance.records import ManifestVersionRecord, PatchOp, ProposalRecord, ShadowReport
-from agent_world_runtime.params import WorldParams
+from agent_world_runtime.params import GovernanceParams, WorldParams
 from agent_world_runtime.signer import AgentSigner
 from agent_world_runtime.staking.records import ValidatorRecord
 
@@ -50,12 +52,12 @@ def _rejections(events: list) -> list[str]:
     return [e.data["reason"] for e in events if e.kind == "domain.action_rejected"]
 
 
-def staking_world(*, height: int = 8) -> World:
+def staking_world(*, height: int = 8, governance: GovernanceParams | None = None) -> World:
     """Heights 1-2 create agent ``op``, its validator V2 (bond 5000), the bank's delegation of 200
     to it and op's unbonding of 100 (released at the end of epoch 2); blocks follow up to
     ``height`` (8: epoch 2, whose set holds V1 and V2)."""
     world = genesis_world(CHAIN, WorldParams(), validators={V1: 1000}, validator_operators={V1: "bank"},
-                          validator_names={V1: "genesis-one"}, epoch_length=EPOCH)
+                          validator_names={V1: "genesis-one"}, epoch_length=EPOCH, governance_params=governance)
     op = op_signer()
     world.begin_block(1, 1_000)
     assert not _rejections(create(world, op, electricity=100_000))

@@ -8,10 +8,14 @@ import pytest
 from starlette.testclient import TestClient
 
 from agent_world_node.api import manifest_diff
+from agent_world_runtime.actions import ProposeManifestPatch, VoteProposal
 from agent_world_runtime.governance.manifest import manifest_hash
+from agent_world_runtime.governance.records import PatchOp
+from agent_world_runtime.params import GovernanceParams
 from agent_world_runtime.staking.records import validator_set_hash
 
-from .staking_worlds import EPOCH, V1, V2, V3, app_for, full_world, staking_world
+from .staking_worlds import EPOCH, V1, V2, V3, app_for, full_world, op_signer, run_block, staking_world
+from .worlds import bank_signer
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +185,46 @@ def test_manifest_diff_reports_added_removed_changed_with_escaped_pointers():
     ]
     assert [(d.path, d.change) for d in manifest_diff({"a": 1}, {"a": True})] == [("/a", "changed")]  # 1 == True in Python
     assert manifest_diff({"a": 1}, {"a": 1}) == []
+
+
+def test_a_proposal_through_the_real_governance_rules():
+    """Proposed, voted by both validators' operators and applied by the world's rules: the routes
+    show it voting, then applied as manifest version 2."""
+    world = staking_world(governance=GovernanceParams(voting_period_heights=4))
+    op = op_signer()
+    events = run_block(world, [op.sign(ProposeManifestPatch(ops=[PatchOp("replace", "/params/fee_base", 3)],
+                                                            title="fee 3"), nonce=3)])
+    assert not [e for e in events if e.kind == "domain.action_rejected"], events
+    _, app = app_for(world)
+    with TestClient(app) as c:
+        (summary,) = c.get("/v1/governance/proposals", params={"status": "voting"}).json()["proposals"]
+        assert summary["proposal_id"] == 1 and summary["proposer"] == "op" and summary["voting_end"] == 13
+        run_block(world, [bank_signer(world).sign(VoteProposal(proposal_id=1, validator_id=V1, option="yes")),
+                          op.sign(VoteProposal(proposal_id=1, validator_id=V2, option="no"), nonce=4)])
+        doc = c.get("/v1/governance/proposals/1").json()
+        assert doc["status"] == "voting" and doc["votes"] == {V1: "yes", V2: "no"}
+        assert doc["tally_now"] == {"yes": 1000, "no": 5100, "abstain": 0, "voted_power": 6100, "total_power": 6100}
+        assert doc["diff"][0] == {"path": "/params/fee_base", "change": "changed", "old": 1, "new": 3}
+        assert doc["shadow"]["errors"] == [] and "/params/fee_base" in doc["shadow"]["changes"]
+        while world.height < 13:
+            run_block(world, [])
+        doc = c.get("/v1/governance/proposals/1").json()
+        # 1000 yes against 5100 no: rejected at the voting end with the tally of that height
+        assert doc["status"] == "rejected" and doc["decided_at"] == 13 and doc["tally_now"] is None
+        assert doc["tally"]["yes"] == 1000 and doc["tally"]["no"] == 5100
+        assert c.get("/v1/manifest").json()["version"] == 1
+        assert c.get("/v1/governance/proposals", params={"status": "rejected"}).json()["proposals"][0]["proposal_id"] == 1
+        # a second proposal both validators accept is applied as manifest version 2
+        run_block(world, [op.sign(ProposeManifestPatch(ops=[PatchOp("replace", "/params/fee_base", 3)]), nonce=5)])
+        run_block(world, [bank_signer(world).sign(VoteProposal(proposal_id=2, validator_id=V1, option="yes")),
+                          op.sign(VoteProposal(proposal_id=2, validator_id=V2, option="yes"), nonce=6)])
+        end = c.get("/v1/governance/proposals/2").json()["voting_end"]
+        while world.height < end:
+            run_block(world, [])
+        assert c.get("/v1/governance/proposals/2").json()["status"] == "applied"
+        manifest = c.get("/v1/manifest").json()
+        assert (manifest["version"], manifest["applied_at"], manifest["proposal_id"]) == (2, end, 2)
+        assert manifest["manifest"]["params"]["fee_base"] == 3
+        versions = c.get("/v1/manifest/versions").json()["versions"]
+        assert [(v["version"], v["proposal_id"]) for v in versions] == [(2, 2), (1, 0)]
+        assert versions[0]["hash"] == manifest["hash"]
