@@ -29,6 +29,7 @@ from agent_world_client.client import NotFound, SyncNodeClient
 from agent_world_runtime.actions import Action, ProposeManifestPatch, ProposeManifestUpdate, ProposeRollback, VoteProposal
 from agent_world_runtime.governance.manifest import Manifest
 from agent_world_runtime.governance.records import PatchOp
+from agent_world_runtime.governance.rules import MAX_TITLE_CHARS
 from agent_world_runtime.governance.validate import check_section, check_world_params
 
 from . import ui
@@ -242,8 +243,16 @@ def propose(
         if len(modes) != 1:
             raise ui.CliError("give exactly one of --set PATH=JSON_VALUE (repeatable), --patch FILE, --manifest FILE or "
                               f"--rollback VERSION{'; got ' + ' and '.join(modes) if modes else ''}")
+        if len(title) > MAX_TITLE_CHARS:
+            raise ui.CliError(f"--title is {len(title)} characters; use at most {MAX_TITLE_CHARS}")
         client = ui.make_client(rpc)
         current = client.manifest()
+        limit = current["manifest"].get("governance", {}).get("max_pending")
+        voting = client.proposals(status="voting", limit=200)["proposals"]
+        if isinstance(limit, int) and len(voting) >= limit:
+            ids = ", ".join(str(p["proposal_id"]) for p in voting)
+            raise ui.CliError(f"{len(voting)} proposals are voting ({ids}); at most {limit} may be open at once "
+                              "(governance.max_pending): wait until one is decided")
         action: Action
         if assignments:
             ops = set_ops(assignments, current["manifest"])

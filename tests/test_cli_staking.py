@@ -215,10 +215,19 @@ def test_propose_set_builds_checked_replace_ops(node, keys):
                                                     "keep its fee"]),
     (["--set", "params.fee_base=-1"], ["fee_base must be an integer"]),
     (["--rollback", "2"], ["is the manifest in force"]),
+    (["--rollback", "1", "--title", "t" * 201], ["--title is 201 characters", "at most 200"]),
     (["--rollback", "7"], ["no manifest version 7"]),
 ])
 def test_propose_refuses_bad_input_before_signing(node, keys, args, needles):
     fails(run("gov", "propose", "--key", keys["op"], *args), *needles)
+    assert node.posted == []
+
+
+def test_propose_waits_while_max_pending_proposals_are_voting(node, keys):
+    state = node.world._state
+    state.set_manifest(msgspec.structs.replace(node.world.manifest, governance=msgspec.structs.replace(
+        node.world.manifest.governance, max_pending=1)))
+    fails(run("gov", "propose", "--key", keys["op"], "--rollback", "1"), "1 proposals are voting (2)", "max_pending")
     assert node.posted == []
 
 
