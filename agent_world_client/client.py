@@ -16,7 +16,8 @@ Errors (all subclasses of ``ClientError``, each message saying what went wrong a
   ``bad_signature``, ``negative_nonce``, ``unknown_agent``, ``nonce_replayed``).
 - ``NodeBusy``: the node kept answering 503 (busy: over capacity, mempool full, or not ready) after
   the bounded number of retries.
-- ``NotFound``: 404 for a block, execution record or agent that the node does not have.
+- ``NotFound``: 404 for a block, execution record, agent, validator or proposal that the node does
+  not have.
 - ``BadResponse``: any other status, or a body that is not the JSON the API promises.
 """
 
@@ -380,6 +381,68 @@ class NodeClient:
             raise BadResponse(f"node at {self.base_url} answered /v1/snapshots without a snapshot list")
         return body["snapshots"]
 
+    # -- staking and governance (reads of the node's executed world; documents in ``schema``) --
+
+    async def _get_object(self, path: str, *, params: dict[str, Any] | None = None, what: str = "",
+                          key: str | None = None) -> dict[str, Any]:
+        body = await self._get_json(path, params=params, what=what)
+        if not isinstance(body, dict) or (key is not None and not isinstance(body.get(key), list)):
+            shape = f"an object with a {key!r} list" if key is not None else "an object"
+            raise BadResponse(f"node at {self.base_url} answered GET {path} without {shape}; is it an older version?")
+        return body
+
+    async def validators(self) -> dict[str, Any]:
+        """GET /v1/staking/validators: ``height``, ``epoch``, ``epoch_length``, ``total_power`` and
+        ``validators`` (each a ``schema.ValidatorDocument``: bonded, bonds, jailed, jailed_until,
+        slashed, in_current_set, power, next_power, ...)."""
+        return await self._get_object("/v1/staking/validators", what="validator list", key="validators")
+
+    async def validator(self, validator_id: str) -> dict[str, Any]:
+        """GET /v1/staking/validators/{validator_id}. Raises NotFound for an unknown validator,
+        BadResponse (400) for an id that is not 64 lowercase hex characters."""
+        return await self._get_object(f"/v1/staking/validators/{validator_id}", what=f"validator {validator_id}")
+
+    async def validator_sets(self, from_epoch: int = 0, limit: int = 20) -> dict[str, Any]:
+        """GET /v1/staking/sets: ``current_epoch``, ``epoch_length``, ``sets`` (epoch, validators
+        [[id, power], ...], total_power, hash, computed_at; oldest first, ``epoch >= from_epoch``,
+        at most ``limit`` (1..100)) and ``next_from_epoch`` (None: no more)."""
+        return await self._get_object("/v1/staking/sets", params={"from_epoch": int(from_epoch), "limit": int(limit)},
+                                      what="validator sets", key="sets")
+
+    async def unbonding(self) -> dict[str, Any]:
+        """GET /v1/staking/unbonding: ``current_epoch`` and ``queues`` (release_epoch, entries of
+        agent_id, validator_id, amount, created_at), earliest release first."""
+        return await self._get_object("/v1/staking/unbonding", what="unbonding queues", key="queues")
+
+    async def proposals(self, status: str | None = None, limit: int = 50, before: int | None = None) -> dict[str, Any]:
+        """GET /v1/governance/proposals: ``proposals`` (newest first, at most ``limit`` (1..200),
+        only ``status`` when given, ids below ``before`` when given) and ``next_before``."""
+        params: dict[str, Any] = {"limit": int(limit)}
+        if status:
+            params["status"] = status
+        if before is not None:
+            params["before"] = int(before)
+        return await self._get_object("/v1/governance/proposals", params=params, what="proposal list", key="proposals")
+
+    async def proposal(self, proposal_id: int) -> dict[str, Any]:
+        """GET /v1/governance/proposals/{proposal_id}: the proposal with its votes, tally (and
+        ``tally_now`` while voting), shadow report, candidate manifest, its hash and ``diff``.
+        Raises NotFound for an unknown proposal."""
+        return await self._get_object(f"/v1/governance/proposals/{int(proposal_id)}", what=f"proposal {proposal_id}")
+
+    async def manifest(self) -> dict[str, Any]:
+        """GET /v1/manifest: ``version``, ``hash``, ``applied_at``, ``proposal_id`` and ``manifest``
+        (the rules in force: params, staking, governance, module_changes)."""
+        return await self._get_object("/v1/manifest", what="manifest")
+
+    async def manifest_versions(self, limit: int = 100, before: int | None = None) -> dict[str, Any]:
+        """GET /v1/manifest/versions: ``current_version``, ``versions`` (version, applied_at,
+        proposal_id, hash; newest first, at most ``limit`` (1..1000)) and ``next_before``."""
+        params: dict[str, Any] = {"limit": int(limit)}
+        if before is not None:
+            params["before"] = int(before)
+        return await self._get_object("/v1/manifest/versions", params=params, what="manifest versions", key="versions")
+
     async def health(self) -> bool:
         """GET /health: True iff the node answers 200. Raises NodeUnreachable if it cannot be reached."""
         return (await self._request("GET", "/health")).status_code == 200
@@ -447,6 +510,39 @@ class SyncNodeClient:
     def build(self, build_id: str) -> dict[str, Any]:
         """See NodeClient.build."""
         return self._call(NodeClient.build, build_id)
+
+    def validators(self) -> dict[str, Any]:
+        """See NodeClient.validators."""
+        return self._call(NodeClient.validators)
+
+    def validator(self, validator_id: str) -> dict[str, Any]:
+        """See NodeClient.validator."""
+        return self._call(NodeClient.validator, validator_id)
+
+    def validator_sets(self, from_epoch: int = 0, limit: int = 20) -> dict[str, Any]:
+        """See NodeClient.validator_sets."""
+        return self._call(NodeClient.validator_sets, from_epoch, limit)
+
+    def unbonding(self) -> dict[str, Any]:
+        """See NodeClient.unbonding."""
+        return self._call(NodeClient.unbonding)
+
+    def proposals(self, status: str | None = None, limit: int = 50, before: int | None = None) -> dict[str, Any]:
+        """See NodeClient.proposals."""
+        return self._call(NodeClient.proposals, status, limit, before)
+
+    def proposal(self, proposal_id: int) -> dict[str, Any]:
+        """See NodeClient.proposal."""
+        return self._call(NodeClient.proposal, proposal_id)
+
+    def manifest(self) -> dict[str, Any]:
+        """See NodeClient.manifest."""
+        return self._call(NodeClient.manifest)
+
+    def manifest_versions(self, limit: int = 100, before: int | None = None) -> dict[str, Any]:
+        """See NodeClient.manifest_versions."""
+        return self._call(NodeClient.manifest_versions, limit, before)
+
 
 
 # --- agent key files ---------------------------------------------------------------------------

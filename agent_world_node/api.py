@@ -19,6 +19,17 @@ Routes (hashes and bytes are lowercase hex in responses):
   this node's own build, with the compiler's message), ``GET /health``, ``GET /ready``,
   ``GET /metrics`` (Prometheus text). A block or execution record of a height this node pruned
   (``storage.retain_blocks``) is 410 ``pruned``, naming the heights it keeps.
+- Staking and governance, read from the executed world (documents in ``schema``):
+  ``GET /v1/staking/validators`` (every candidate: bonds, jail, slashes, power in the set in force),
+  ``GET /v1/staking/validators/{validator_id}`` (404 ``unknown_validator``, 400
+  ``bad_validator_id``), ``GET /v1/staking/sets?from_epoch=&limit=`` (the known sets, oldest first,
+  at most ``MAX_SETS_LIMIT``), ``GET /v1/staking/unbonding``,
+  ``GET /v1/governance/proposals?status=&limit=&before=`` (newest first, at most
+  ``MAX_PROPOSALS_LIMIT``), ``GET /v1/governance/proposals/{proposal_id}`` (votes, tally, shadow
+  report, candidate manifest, its hash and its diff; 404 ``unknown_proposal``, 400
+  ``bad_proposal_id``), ``GET /v1/manifest`` (the manifest in force, version and hash) and
+  ``GET /v1/manifest/versions?limit=&before=`` (newest first). A bad query value is 400
+  ``bad_query``.
 - Only with ``rpc.unsafe = true`` in config.toml (local testnets and fault tests): ``GET`` and
   ``POST /v1/unsafe/peer_filter`` with ``{"blocked": [peer id, ...]}``: this node disconnects the
   listed peers and ignores them until the list changes. Otherwise these answer 403.
@@ -43,8 +54,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from agent_world_runtime import World
 from agent_world_runtime.actions import SignedAction, decode_signed_action_json, static_action_problem
-from agent_world_runtime.codec import DecodeError, decode_json
+from agent_world_runtime.codec import DecodeError, decode_json, to_builtins
+from agent_world_runtime.governance.manifest import Manifest, manifest_hash
+from agent_world_runtime.governance.records import ManifestVersionRecord, ProposalRecord
+from agent_world_runtime.staking.records import UnbondingQueue, ValidatorRecord, ValidatorSetRecord
 
 from .config import NodeConfig
 from .metrics import NodeMetrics
@@ -58,8 +73,24 @@ from .schema import (
     BatchDocument,
     BlockDocument,
     ExecutionDocument,
+    ManifestChangeDocument,
+    ManifestDocument,
+    ManifestVersionDocument,
+    ManifestVersionsDocument,
+    ProposalDocument,
+    ProposalsDocument,
+    ProposalSummaryDocument,
+    ShadowDocument,
     StatusDocument,
     SubmitBatch,
+    TallyDocument,
+    UnbondingDocument,
+    UnbondingEntryDocument,
+    UnbondingQueueDocument,
+    ValidatorDocument,
+    ValidatorsDocument,
+    ValidatorSetDocument,
+    ValidatorSetsDocument,
 )
 
 log = structlog.get_logger(__name__)
@@ -71,6 +102,16 @@ DRAIN_LIMIT_BYTES = 8 * 1024 * 1024
 #: Largest height a route accepts (the block store keys heights as SQLite 64-bit integers).
 MAX_HEIGHT = (1 << 63) - 1
 _HEIGHT_RE = re.compile(r"[0-9]{1,19}")
+#: A validator id: the lowercase hex of its 32-byte consensus public key.
+_VALIDATOR_ID_RE = re.compile(r"[0-9a-f]{64}")
+#: A proposal status as the governance rules write it (``voting``, ...).
+_STATUS_RE = re.compile(r"[a-z_]{1,32}")
+#: Bounds of the listing routes' ``limit``.
+MAX_SETS_LIMIT = 100
+MAX_PROPOSALS_LIMIT = 200
+MAX_VERSIONS_LIMIT = 1000
+#: The largest integer a cursor (``from_epoch``, ``before``) takes.
+MAX_CURSOR = (1 << 63) - 1
 
 
 class _Network(Protocol):
@@ -91,6 +132,11 @@ class NodeView(Protocol):
     def height(self) -> int: ...
     @property
     def execution_height(self) -> int: ...
+    @property
+    def world(self) -> World:
+        """The executed world (read between blocks: the node runs blocks and API handlers on one
+        trio thread, and a handler does not await while it reads)."""
+        ...
     def busy(self) -> AdmissionResult | None: ...
     def admit(self, signed: SignedAction) -> AdmissionResult: ...
     def status(self) -> StatusDocument: ...
@@ -220,6 +266,175 @@ def _retry_headers(retry_ms: int) -> dict[str, str]:
     return {"Retry-After": str(max(1, (retry_ms + 999) // 1000))}
 
 
+# --- staking and governance documents (pure functions of the executed world) ------------------
+
+
+def _current_epoch(world: World) -> int:
+    return world.height // world.epoch_length
+
+
+def _validator_document(rec: ValidatorRecord, powers: Mapping[str, int], next_powers: Mapping[str, int]) -> ValidatorDocument:
+    return ValidatorDocument(
+        validator_id=rec.validator_id, operator=rec.operator, name=rec.name, bonded=rec.bonded,
+        bonds=dict(sorted(rec.bonds.items())), jailed=rec.jailed, jailed_until=rec.jailed_until,
+        jail_reason=rec.jail_reason if rec.jailed else "", slashed=rec.slashed,
+        created_at=rec.created_at, in_current_set=rec.validator_id in powers, power=powers.get(rec.validator_id, 0),
+        next_power=next_powers.get(rec.validator_id, 0),
+    )
+
+
+def _next_powers(world: World) -> dict[str, int]:
+    upcoming = world.validator_set(_current_epoch(world) + 1)
+    return dict(upcoming.validators) if upcoming is not None else {}
+
+
+def validators_document(world: World) -> ValidatorsDocument:
+    """``GET /v1/staking/validators``."""
+    powers = world.validators()
+    next_powers = _next_powers(world)
+    return ValidatorsDocument(
+        height=world.height, epoch=_current_epoch(world), epoch_length=world.epoch_length,
+        total_power=sum(powers.values()),
+        validators=[_validator_document(r, powers, next_powers) for r in world.validator_records()],
+    )
+
+
+def validator_document(world: World, validator_id: str) -> ValidatorDocument | None:
+    """``GET /v1/staking/validators/{validator_id}``, or None for an unknown validator."""
+    rec = world.validator_record(validator_id)
+    return None if rec is None else _validator_document(rec, world.validators(), _next_powers(world))
+
+
+def _set_document(rec: ValidatorSetRecord) -> ValidatorSetDocument:
+    validators = [(vid, power) for vid, power in rec.validators]
+    return ValidatorSetDocument(epoch=rec.epoch, validators=validators, total_power=sum(p for _, p in validators),
+                                hash=rec.hash().hex(), computed_at=rec.computed_at)
+
+
+def _numbered(table: Mapping[str, Any], kind: type) -> list[tuple[int, Any]]:
+    """The records of type ``kind`` of a table keyed by decimal numbers, by number."""
+    return sorted((int(k), r) for k, r in table.items() if k.isdigit() and isinstance(r, kind))
+
+
+def validator_sets_document(world: World, from_epoch: int, limit: int) -> ValidatorSetsDocument:
+    """``GET /v1/staking/sets``: up to ``limit`` known sets with ``epoch >= from_epoch``."""
+    known = [(e, r) for e, r in _numbered(world.records("valset"), ValidatorSetRecord) if e >= from_epoch]
+    page = known[:limit]
+    more = len(known) > limit
+    return ValidatorSetsDocument(current_epoch=_current_epoch(world), epoch_length=world.epoch_length,
+                                 sets=[_set_document(r) for _, r in page],
+                                 next_from_epoch=known[limit][0] if more else None)
+
+
+def unbonding_document(world: World) -> UnbondingDocument:
+    """``GET /v1/staking/unbonding``."""
+    queues = [UnbondingQueueDocument(
+        release_epoch=q.release_epoch,
+        entries=[UnbondingEntryDocument(e.agent_id, e.validator_id, e.amount, e.created_at) for e in q.entries],
+    ) for _, q in _numbered(world.records("unbonding"), UnbondingQueue) if q.entries]
+    return UnbondingDocument(current_epoch=_current_epoch(world), queues=queues)
+
+
+def _summary(p: ProposalRecord) -> ProposalSummaryDocument:
+    return ProposalSummaryDocument(
+        proposal_id=p.proposal_id, proposer=p.proposer, kind=p.kind, title=p.title, status=p.status,
+        base_version=p.base_version, submitted_at=p.submitted_at, voting_end=p.voting_end, decided_at=p.decided_at,
+        candidate_manifest_hash=p.shadow.candidate_manifest_hash.hex(), vote_count=len(p.votes), tally=dict(p.tally),
+    )
+
+
+def _page_before(items: list[tuple[int, Any]], before: int, limit: int) -> tuple[list[Any], int | None]:
+    """Newest first: up to ``limit`` of ``items`` ((number, record), sorted by number) numbered
+    below ``before``, and the ``before`` of the next page (None: no more)."""
+    older = [(n, r) for n, r in reversed(items) if n < before]
+    page = older[:limit]
+    return [r for _, r in page], (page[-1][0] if len(older) > limit else None)
+
+
+def proposals_document(world: World, status: str | None, limit: int, before: int) -> ProposalsDocument:
+    """``GET /v1/governance/proposals``: up to ``limit`` proposals numbered below ``before`` (and
+    with ``status``, when given), newest first."""
+    items = [(p.proposal_id, p) for p in world.proposals() if status is None or p.status == status]
+    page, next_before = _page_before(items, before, limit)
+    return ProposalsDocument(proposals=[_summary(p) for p in page], next_before=next_before)
+
+
+def _pointer_token(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def manifest_diff(old: Any, new: Any, path: str = "") -> list[ManifestChangeDocument]:
+    """The differences between two JSON values (objects compared key by key, anything else whole),
+    as JSON Pointer paths in key order."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[ManifestChangeDocument] = []
+        for key in sorted(set(old) | set(new)):
+            sub = f"{path}/{_pointer_token(str(key))}"
+            if key not in old:
+                out.append(ManifestChangeDocument(sub, "added", None, new[key]))
+            elif key not in new:
+                out.append(ManifestChangeDocument(sub, "removed", old[key], None))
+            else:
+                out.extend(manifest_diff(old[key], new[key], sub))
+        return out
+    if old == new and type(old) is type(new):
+        return []
+    return [ManifestChangeDocument(path or "/", "changed", old, new)]
+
+
+def _version_record(world: World, version: int) -> ManifestVersionRecord | None:
+    return next((v for v in world.manifest_versions() if v.version == version), None)
+
+
+def _tally_now(world: World, votes: Mapping[str, str]) -> TallyDocument:
+    powers = world.validators()
+    weights = {"yes": 0, "no": 0, "abstain": 0}
+    for vid, option in votes.items():
+        if option in weights:
+            weights[option] += powers.get(vid, 0)
+    return TallyDocument(yes=weights["yes"], no=weights["no"], abstain=weights["abstain"],
+                         voted_power=sum(weights.values()), total_power=sum(powers.values()))
+
+
+def proposal_document(world: World, proposal_id: int) -> ProposalDocument | None:
+    """``GET /v1/governance/proposals/{proposal_id}``, or None for an unknown proposal."""
+    p = world.proposal(proposal_id)
+    if p is None:
+        return None
+    base = _version_record(world, p.base_version)
+    base_manifest: Manifest = base.manifest if base is not None else world.manifest
+    candidate = to_builtins(p.candidate)
+    return ProposalDocument(
+        proposal_id=p.proposal_id, proposer=p.proposer, kind=p.kind, title=p.title, status=p.status,
+        base_version=p.base_version, submitted_at=p.submitted_at, voting_end=p.voting_end, decided_at=p.decided_at,
+        ops=[to_builtins(op) for op in p.ops], rollback_to=p.rollback_to, votes=dict(sorted(p.votes.items())),
+        tally=dict(p.tally), tally_now=_tally_now(world, p.votes) if p.status == "voting" else None,
+        shadow=ShadowDocument(p.shadow.candidate_manifest_hash.hex(), list(p.shadow.changes), list(p.shadow.errors)),
+        candidate_manifest_hash=manifest_hash(p.candidate).hex(), candidate_manifest=candidate,
+        diff_base_version=base_manifest.version, diff=manifest_diff(to_builtins(base_manifest), candidate),
+    )
+
+
+def manifest_document(world: World) -> ManifestDocument:
+    """``GET /v1/manifest``: the manifest in force."""
+    manifest = world.manifest
+    rec = _version_record(world, manifest.version)
+    return ManifestDocument(version=manifest.version, hash=manifest_hash(manifest).hex(),
+                            applied_at=rec.applied_at if rec is not None else 0,
+                            proposal_id=rec.proposal_id if rec is not None else 0, manifest=to_builtins(manifest))
+
+
+def manifest_versions_document(world: World, limit: int, before: int) -> ManifestVersionsDocument:
+    """``GET /v1/manifest/versions``: up to ``limit`` versions below ``before``, newest first."""
+    page, next_before = _page_before([(v.version, v) for v in world.manifest_versions()], before, limit)
+    return ManifestVersionsDocument(
+        current_version=world.manifest.version,
+        versions=[ManifestVersionDocument(v.version, v.applied_at, v.proposal_id, manifest_hash(v.manifest).hex())
+                  for v in page],
+        next_before=next_before,
+    )
+
+
 def create_app(node: NodeView) -> Starlette:
     """Return the ASGI application serving ``node``."""
 
@@ -341,6 +556,66 @@ def create_app(node: NodeView) -> Starlette:
     async def snapshots(request: Request) -> Response:
         return JSONResponse({"snapshots": node.snapshots_json()})
 
+    # -- staking and governance: each handler reads the executed world without awaiting --------
+    async def staking_validators(request: Request) -> Response:
+        return _json(validators_document(node.world))
+
+    async def staking_validator(request: Request) -> Response:
+        vid = request.path_params["validator_id"]
+        if not _VALIDATOR_ID_RE.fullmatch(vid):
+            return _error(400, "bad_validator_id", f"a validator id is the 64 lowercase hex characters of its consensus "
+                          f"public key, got {vid[:80]!r}; list them with GET /v1/staking/validators")
+        doc = validator_document(node.world, vid)
+        if doc is None:
+            return _error(404, "unknown_validator", f"no validator {vid}; list them with GET /v1/staking/validators, "
+                          "create one with a create_validator action (awnode staking create-validator)")
+        return _json(doc)
+
+    async def staking_sets(request: Request) -> Response:
+        try:
+            from_epoch = _int_param(request, "from_epoch", 0, 0, MAX_CURSOR)
+            limit = _int_param(request, "limit", 20, 1, MAX_SETS_LIMIT)
+        except ValueError as exc:
+            return _error(400, "bad_query", str(exc))
+        return _json(validator_sets_document(node.world, from_epoch, limit))
+
+    async def staking_unbonding(request: Request) -> Response:
+        return _json(unbonding_document(node.world))
+
+    async def proposals(request: Request) -> Response:
+        try:
+            limit = _int_param(request, "limit", 50, 1, MAX_PROPOSALS_LIMIT)
+            before = _int_param(request, "before", MAX_CURSOR, 1, MAX_CURSOR)
+        except ValueError as exc:
+            return _error(400, "bad_query", str(exc))
+        status = request.query_params.get("status")
+        if status is not None and not _STATUS_RE.fullmatch(status):
+            return _error(400, "bad_query", f"query parameter status must be a proposal status: voting, applied, "
+                          f"rejected, expired or failed (1-32 of a-z and _), got {status[:40]!r}")
+        return _json(proposals_document(node.world, status, limit, before))
+
+    async def proposal(request: Request) -> Response:
+        raw = request.path_params["proposal_id"]
+        if not _HEIGHT_RE.fullmatch(raw) or int(raw) > MAX_CURSOR:
+            return _error(400, "bad_proposal_id", f"a proposal id is a decimal integer, got {raw[:40]!r}; list them "
+                          "with GET /v1/governance/proposals")
+        doc = proposal_document(node.world, int(raw))
+        if doc is None:
+            return _error(404, "unknown_proposal", f"no proposal {int(raw)} on this node (execution height "
+                          f"{node.execution_height}); list them with GET /v1/governance/proposals")
+        return _json(doc)
+
+    async def manifest(request: Request) -> Response:
+        return _json(manifest_document(node.world))
+
+    async def manifest_versions(request: Request) -> Response:
+        try:
+            limit = _int_param(request, "limit", 100, 1, MAX_VERSIONS_LIMIT)
+            before = _int_param(request, "before", MAX_CURSOR, 1, MAX_CURSOR)
+        except ValueError as exc:
+            return _error(400, "bad_query", str(exc))
+        return _json(manifest_versions_document(node.world, limit, before))
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -387,6 +662,14 @@ def create_app(node: NodeView) -> Starlette:
         Route("/v1/evidence", evidence),
         Route("/v1/snapshots", snapshots),
         Route("/v1/builds/{build_id}", build),
+        Route("/v1/staking/validators", staking_validators),
+        Route("/v1/staking/validators/{validator_id}", staking_validator),
+        Route("/v1/staking/sets", staking_sets),
+        Route("/v1/staking/unbonding", staking_unbonding),
+        Route("/v1/governance/proposals", proposals),
+        Route("/v1/governance/proposals/{proposal_id}", proposal),
+        Route("/v1/manifest", manifest),
+        Route("/v1/manifest/versions", manifest_versions),
         Route("/health", health),
         Route("/ready", ready),
         Route("/metrics", metrics),
@@ -399,7 +682,9 @@ def create_app(node: NodeView) -> Starlette:
 
 
 _ROUTE_LIST = "/v1/actions, /v1/status, /v1/blocks/{height}, /v1/execution/{height}, /v1/agents/{agent_id}, " \
-    "/v1/events, /v1/modules, /v1/evidence, /v1/builds/{build_id}, /health, /ready, /metrics"
+    "/v1/events, /v1/modules, /v1/evidence, /v1/builds/{build_id}, /v1/staking/validators[/{id}], " \
+    "/v1/staking/sets, /v1/staking/unbonding, /v1/governance/proposals[/{id}], /v1/manifest[/versions], " \
+    "/health, /ready, /metrics"
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

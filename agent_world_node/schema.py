@@ -156,3 +156,202 @@ class BlockDocument(msgspec.Struct):
     actions: list[BlockActionDocument]
     certificate: dict[str, Any]
     execution: dict[str, Any] | None
+
+
+# --- staking and governance (reads of the executed world) --------------------------------------
+
+
+class ValidatorDocument(msgspec.Struct):
+    """One validator candidate (``GET /v1/staking/validators[/{id}]``): its staking record
+    (``bonds``: bonder agent id, or the validator id for a genesis bond, to amount; ``bonded`` their
+    sum), ``jail_reason`` (``double_sign`` or ``downtime``; empty when not jailed), ``power`` in
+    the set in force now (0 when not in it, then ``in_current_set`` is false) and ``next_power``
+    in the set of the next epoch (0 when not in it or not known yet)."""
+
+    validator_id: str
+    operator: str
+    name: str
+    bonded: int
+    bonds: dict[str, int]
+    jailed: bool
+    jailed_until: int
+    jail_reason: str
+    slashed: int
+    created_at: int
+    in_current_set: bool
+    power: int
+    next_power: int
+
+
+class ValidatorsDocument(msgspec.Struct):
+    """``GET /v1/staking/validators``: every candidate, by id, at executed height ``height``
+    (epoch ``epoch``); ``total_power`` of the set in force now."""
+
+    height: int
+    epoch: int
+    epoch_length: int
+    total_power: int
+    validators: list[ValidatorDocument]
+
+
+class ValidatorSetDocument(msgspec.Struct):
+    """The validator set of ``epoch``: ``[validator_id, power]`` sorted by id, their
+    ``total_power``, the set's ``hash`` (``validators_hash`` of headers) and the height whose end
+    computed it (0: genesis)."""
+
+    epoch: int
+    validators: list[tuple[str, int]]
+    total_power: int
+    hash: str
+    computed_at: int
+
+
+class ValidatorSetsDocument(msgspec.Struct):
+    """``GET /v1/staking/sets?from_epoch=&limit=``: the known sets with ``epoch >= from_epoch``,
+    oldest first; ``next_from_epoch`` continues the listing (None: no more)."""
+
+    current_epoch: int
+    epoch_length: int
+    sets: list[ValidatorSetDocument]
+    next_from_epoch: int | None
+
+
+class UnbondingEntryDocument(msgspec.Struct):
+    """``amount`` returning to ``agent_id`` from ``validator_id``, unbonded at height ``created_at``."""
+
+    agent_id: str
+    validator_id: str
+    amount: int
+    created_at: int
+
+
+class UnbondingQueueDocument(msgspec.Struct):
+    """The unbondings paid back at the end of epoch ``release_epoch``, in the order they were made."""
+
+    release_epoch: int
+    entries: list[UnbondingEntryDocument]
+
+
+class UnbondingDocument(msgspec.Struct):
+    """``GET /v1/staking/unbonding``: every pending unbonding queue, earliest release first."""
+
+    current_epoch: int
+    queues: list[UnbondingQueueDocument]
+
+
+class ProposalSummaryDocument(msgspec.Struct):
+    """One governance proposal in ``GET /v1/governance/proposals``. ``kind`` is the proposing
+    action (``update``, ``patch`` or ``rollback``); ``status`` is ``voting``, ``applied``,
+    ``rejected``, ``expired`` or ``failed``; ``tally`` is the final ``{yes, no, abstain, total}``
+    (powers) once decided, empty while voting."""
+
+    proposal_id: int
+    proposer: str
+    kind: str
+    title: str
+    status: str
+    base_version: int
+    submitted_at: int
+    voting_end: int
+    decided_at: int
+    candidate_manifest_hash: str
+    vote_count: int
+    tally: dict[str, int]
+
+
+class ProposalsDocument(msgspec.Struct):
+    """``GET /v1/governance/proposals?status=&limit=&before=``: newest first; ``next_before``
+    continues the listing (None: no more)."""
+
+    proposals: list[ProposalSummaryDocument]
+    next_before: int | None
+
+
+class ShadowDocument(msgspec.Struct):
+    """A proposal's shadow report, computed when it was submitted: the candidate manifest's hash,
+    the paths whose values change, and the errors found."""
+
+    candidate_manifest_hash: str
+    changes: list[str]
+    errors: list[str]
+
+
+class ManifestChangeDocument(msgspec.Struct):
+    """One difference between two manifests (JSON forms) at JSON Pointer ``path``: ``change`` is
+    ``added``, ``removed`` or ``changed``; ``old``/``new`` the values (null when absent). Lists
+    are compared whole."""
+
+    path: str
+    change: str
+    old: Any
+    new: Any
+
+
+class TallyDocument(msgspec.Struct):
+    """Votes of a proposal still voting, weighed by the powers of the set in force now (as the
+    governance rules tally at the end of the voting period, with the set in force then): a
+    preview. ``total_power`` is the set's total."""
+
+    yes: int
+    no: int
+    abstain: int
+    voted_power: int
+    total_power: int
+
+
+class ProposalDocument(msgspec.Struct):
+    """``GET /v1/governance/proposals/{id}``: the proposal (``ops`` of a patch, ``rollback_to``
+    of a rollback), ``votes`` (validator id to option), the final ``tally`` once decided,
+    ``tally_now`` while voting, the ``shadow`` report, the ``candidate_manifest`` with its hash,
+    and ``diff``: what the candidate changes compared with manifest version ``diff_base_version``
+    (the proposal's base version when this node still knows it, else the version in force)."""
+
+    proposal_id: int
+    proposer: str
+    kind: str
+    title: str
+    status: str
+    base_version: int
+    submitted_at: int
+    voting_end: int
+    decided_at: int
+    ops: list[dict[str, Any]]
+    rollback_to: int
+    votes: dict[str, str]
+    tally: dict[str, int]
+    tally_now: TallyDocument | None
+    shadow: ShadowDocument
+    candidate_manifest_hash: str
+    candidate_manifest: dict[str, Any]
+    diff_base_version: int
+    diff: list[ManifestChangeDocument]
+
+
+class ManifestDocument(msgspec.Struct):
+    """``GET /v1/manifest``: the manifest in force (JSON form), its ``version``, ``hash``
+    (sha256 of its canonical encoding), the height it was applied at and the proposal that applied
+    it (0: genesis)."""
+
+    version: int
+    hash: str
+    applied_at: int
+    proposal_id: int
+    manifest: dict[str, Any]
+
+
+class ManifestVersionDocument(msgspec.Struct):
+    """One manifest version ever in force."""
+
+    version: int
+    applied_at: int
+    proposal_id: int
+    hash: str
+
+
+class ManifestVersionsDocument(msgspec.Struct):
+    """``GET /v1/manifest/versions?limit=&before=``: newest first; ``next_before`` continues the
+    listing (None: no more)."""
+
+    current_version: int
+    versions: list[ManifestVersionDocument]
+    next_before: int | None

@@ -12,6 +12,8 @@ Commands::
     awnode submit --rpc URL --key FILE [--agent-id ID] [--nonce N] ACTION.json
     awnode keygen --out FILE [--agent-id ID]                    a new agent key file
     awnode agent run --rpc URL --agents N --policy scripted|llm  run agents against a node
+    awnode staking create-validator|bond|unbond|unjail|show     validators and stake (staking_cli)
+    awnode gov propose|vote|show|list|manifest                  governance of the manifest (gov_cli)
 
 Errors a user can fix (bad config, unreachable node, rejected action) are printed as one red line
 and exit with status 1, without a traceback.
@@ -47,7 +49,9 @@ from agent_world_runtime.actions import AGENT_ID_RE, Action, action_kind, sign_a
 from agent_world_runtime.crypto import SigningKey
 from agent_world_runtime.params import WorldParams
 
+from .gov_cli import gov_app
 from .modules_cli import module_app
+from .staking_cli import staking_app
 from .testnet import (
     DEFAULT_STAKE,
     DEFAULT_TESTNET_CHAIN_ID,
@@ -78,6 +82,8 @@ app.add_typer(testnet_app, name="testnet")
 agent_app = typer.Typer(help="Run agents that live in the world through a node's API.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 app.add_typer(module_app, name="module")
+app.add_typer(staking_app, name="staking")
+app.add_typer(gov_app, name="gov")
 
 
 # --- init ---------------------------------------------------------------------------------------

@@ -1,0 +1,178 @@
+"""What the ``awnode staking`` and ``awnode gov`` commands share: the signing agent from a key
+file, submitting an action with the agent's next nonce on the node's chain (as ``awnode submit``
+does), waiting until the chain executed it and reporting the world rules' verdict, and printing
+values as JSON (never Python reprs)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+
+from agent_world_client.client import NotFound, SyncNodeClient
+from agent_world_runtime.actions import AGENT_ID_RE, Action, action_kind, sign_action, static_action_problem
+from agent_world_runtime.crypto import SigningKey
+
+from . import ui
+
+DEFAULT_RPC = "http://127.0.0.1:26657"
+VALIDATOR_ID_RULE = "64 lowercase hex characters (the validator's consensus public key)"
+
+
+def rpc_option() -> Any:
+    return typer.Option(DEFAULT_RPC, "--rpc", help="The node's HTTP API.")
+
+
+def key_option(who: str = "signing agent") -> Any:
+    return typer.Option(..., "--key", help=f"The {who}'s agent key file (from `awnode keygen`).")
+
+
+def agent_id_option() -> Any:
+    return typer.Option(None, "--agent-id", help="Agent id; default: the key file's agent_id.")
+
+
+def nonce_option() -> Any:
+    return typer.Option(None, "--nonce", help="Nonce; default: the agent's last_nonce + 1 on the node.")
+
+
+def wait_option() -> Any:
+    return typer.Option(True, "--wait/--no-wait", help="Wait until the chain executed the action and report "
+                        "whether the world rules applied or rejected it.")
+
+
+def timeout_option() -> Any:
+    return typer.Option(60.0, "--timeout", help="Seconds to wait for the action to execute (with --wait).")
+
+
+def json_option() -> Any:
+    return typer.Option(False, "--json", help="Print the raw JSON.")
+
+
+def agent_key(key_file: Path, agent_id: Optional[str]) -> tuple[SigningKey, str]:
+    """The signing key and agent id (``--agent-id`` or the key file's); CliError when neither names
+    a valid agent id."""
+    key, file_agent = ui.read_agent_key(key_file)
+    agent = agent_id or file_agent
+    if not agent:
+        raise ui.CliError(f"no agent id: pass --agent-id, or use a key file made with "
+                          f"`awnode keygen --agent-id ID --out {key_file}`")
+    if not AGENT_ID_RE.fullmatch(agent):
+        raise ui.CliError(f"invalid agent id {agent!r}: use 1-64 of a-z, 0-9, '_', '.', '-', starting with a letter or digit")
+    return key, agent
+
+
+def check_validator_id(validator_id: str) -> str:
+    """``validator_id`` lowercased; CliError unless it is 64 hex characters."""
+    vid = validator_id.strip().lower()
+    if len(vid) != 64 or any(c not in "0123456789abcdef" for c in vid):
+        raise ui.CliError(f"{validator_id[:80]!r} is not a validator id: use {VALIDATOR_ID_RULE}; list them with "
+                          "`awnode staking show`")
+    return vid
+
+
+def chain_id_of(client: SyncNodeClient, rpc: str) -> str:
+    chain_id = client.status().get("chain_id")
+    if not isinstance(chain_id, str):
+        raise ui.CliError(f"the node at {rpc} did not report a chain_id; is it an Agent World node?")
+    return chain_id
+
+
+def agent_record(client: SyncNodeClient, rpc: str, agent: str) -> dict[str, Any]:
+    """The agent's record on the node; CliError when it does not exist there."""
+    try:
+        return client.agent(agent)
+    except NotFound:
+        raise ui.CliError(f"agent {agent!r} does not exist on the node at {rpc}; an existing agent (on a testnet, "
+                          "the faucet) must create it first (see `awnode keygen --agent-id`)") from None
+
+
+def balance_of(record: dict[str, Any]) -> int:
+    value = record.get("electricity")
+    return value if isinstance(value, int) else 0
+
+
+class Submitted:
+    """An action the node accepted: its id, signer and nonce."""
+
+    def __init__(self, action_id: str, agent: str, nonce: int, kind: str) -> None:
+        self.action_id = action_id
+        self.agent = agent
+        self.nonce = nonce
+        self.kind = kind
+
+
+def submit_action(client: SyncNodeClient, rpc: str, key: SigningKey, agent: str, action: Action, *,
+                  chain_id: str | None = None, nonce: Optional[int] = None,
+                  record: dict[str, Any] | None = None) -> Submitted:
+    """Sign ``action`` for the node's chain with ``nonce`` (default: the agent's last nonce + 1
+    there; ``record`` is the agent's record when already read), submit it and print the
+    acceptance. Raises CliError, or the client's errors (a refusal says the node's reason)."""
+    if nonce is not None and nonce < 1:
+        raise ui.CliError(f"--nonce must be at least 1, got {nonce}")
+    chain_id = chain_id or chain_id_of(client, rpc)
+    if nonce is None:
+        record = record if record is not None else agent_record(client, rpc, agent)
+        last = record.get("last_nonce")
+        if not isinstance(last, int):
+            raise ui.CliError(f"the node at {rpc} reported no last_nonce for {agent!r}; pass --nonce")
+        nonce = last + 1
+    signed = sign_action(key, chain_id, agent, nonce, action)
+    problem = static_action_problem(signed)
+    if problem is not None:
+        raise ui.CliError(problem)
+    result = client.submit(signed)
+    kind = action_kind(action)
+    colour = "green" if result.status == "accepted" else "yellow"
+    ui.console.print(f"[{colour}]{result.status}[/{colour}] {kind} agent={escape(agent)} nonce={nonce} "
+                     f"action_id={result.action_id}", highlight=False)
+    return Submitted(result.action_id, agent, nonce, kind)
+
+
+def _rejection(client: SyncNodeClient, action_id: str) -> str | None:
+    """The reason of the ``domain.action_rejected`` event of ``action_id``, or None."""
+    cursor = 0
+    while True:
+        events = client.events(from_seq=cursor, limit=1000, kind="domain.action_rejected")
+        for event in events:
+            data = event.get("data", {})
+            if str(data.get("action_id", "")).lower() == action_id.lower():
+                return str(data.get("reason", "(no reason given)"))
+        if len(events) < 1000:
+            return None
+        cursor = events[-1]["seq"] + 1
+
+
+def wait_executed(client: SyncNodeClient, rpc: str, sub: Submitted, timeout: float) -> None:
+    """Wait until the chain executed ``sub`` (its signer's last nonce reached it: an executed
+    action uses its nonce whether the world rules apply or reject it); CliError with the rules'
+    reason when they rejected it, or when it is not executed within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = agent_record(client, rpc, sub.agent).get("last_nonce")
+        if isinstance(last, int) and last >= sub.nonce:
+            break
+        if time.monotonic() > deadline:
+            raise ui.CliError(f"the {sub.kind} (action {sub.action_id}) was not executed within {timeout:g} s; check "
+                              f"later with GET {rpc}/v1/agents/{sub.agent} (last_nonce {sub.nonce} means executed)")
+        time.sleep(0.3)
+    reason = _rejection(client, sub.action_id)
+    if reason is not None:
+        raise ui.CliError(f"the chain rejected the {sub.kind} (its fee was paid): {reason}")
+
+
+def json_text(value: Any) -> str:
+    """``value`` as compact JSON (``true``, ``null``, quoted strings), for tables."""
+    return json.dumps(value, separators=(", ", ": "), sort_keys=True)
+
+
+def print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def short(validator_id: str) -> str:
+    """A validator id shortened for tables (full ids: --json)."""
+    return validator_id[:16] + "..." if len(validator_id) > 19 else validator_id
