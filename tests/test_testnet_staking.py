@@ -1,11 +1,11 @@
 """Staking and governance on a real 4-validator testnet of node processes.
 
-1. A fifth node (a full node of ``add_testnet_node``) is made a validator by a ``create_validator``
-   action with its consensus key: it is in the set from the epoch the event announces, and signs
+1. A fifth node (a full node of ``add_testnet_node``) is made a validator with
+   ``awnode staking create-validator`` (its consensus key, the faucet as operator): it is in the set from the epoch the event announces, and signs
    the commit certificates of that epoch's heights. A genesis validator's operator unbonds its
    whole bond: that validator leaves the set two epochs later and signs no certificate after.
 2. Governance: a proposal raising ``fee_base`` and lowering ``module_limits_max.max_gas`` goes
-   propose -> shadow -> vote -> apply; a second proposal rolls the manifest back to version 1; a
+   propose -> shadow -> vote -> apply (proposed and partly voted with ``awnode gov``); a second proposal rolls the manifest back to version 1; a
    third, which nobody votes for, expires. Every node reports the same manifest hash, and the
    execution state roots agree at every height.
 
@@ -14,6 +14,7 @@ Processes are bounded by timeouts and stopped in a finally.
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -24,12 +25,10 @@ from agent_world_client.client import AgentKey
 from agent_world_node.config import NodeConfig, read_key
 from agent_world_runtime.actions import (
     Bond,
-    CreateValidator,
     ProposeManifestPatch,
     ProposeRollback,
     Unbond,
     VoteProposal,
-    validator_key_proof,
 )
 from agent_world_runtime.governance.records import PatchOp
 from agent_world_runtime.signer import AgentSigner
@@ -50,7 +49,7 @@ from .testnet_clients import TestnetClients
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(420)]
 
 EPOCH = 8
-VOTING = 12
+VOTING = 40
 STEP_S = 90.0
 
 
@@ -104,9 +103,8 @@ def test_a_fifth_validator_joins_one_leaves_and_governance_changes_and_rolls_bac
     async def scenario(net: Net) -> None:
         await wait_until_ready(nodes, procs, timeout_s=120)
         # 1. the fifth node's key becomes a validator (the faucet operates it)
-        create = faucet.sign(CreateValidator(validator_key=new_key.public_key, bond=100,
-                                             proof=validator_key_proof(new_key, chain_id, "faucet"), name="node4"))
-        await net.submit_all(0, [create])
+        await awnode("staking", "create-validator", "--home", str(fifth.root), "--key",
+                     str(faucet_key_file(directory)), "--bond", "100", "--rpc", nodes[0].rpc_url)
         created = await net.wait_event("staking.validator_created", lambda d: d["validator_id"] == new_id,
                                        "the fifth validator's creation")
         join_epoch = created["data"]["earliest_epoch"]
@@ -117,6 +115,7 @@ def test_a_fifth_validator_joins_one_leaves_and_governance_changes_and_rolls_bac
         assert new_id not in await net.signers_at(first - 1)
 
         # 2. operator0 unbonds everything: node0's validator leaves two epochs later
+        await sync_nonce(net, faucet)
         vid0 = read_key(nodes[0].home.validator_key_file).public_key.hex()
         await net.submit_all(1, [operators[0].sign(Unbond(validator_id=vid0, amount=100))])
         started = await net.wait_event("staking.unbonding_started", lambda d: d["validator_id"] == vid0,
@@ -127,15 +126,18 @@ def test_a_fifth_validator_joins_one_leaves_and_governance_changes_and_rolls_bac
         assert vid0 not in await net.signers_at(gone + 1), "the unbonded validator still signs"
 
         # 3. governance: fee_base 1 -> 2 and module_limits_max.max_gas 20M -> 10M
-        ops = [PatchOp("replace", "/params/fee_base", 2), PatchOp("replace", "/params/module_limits_max/max_gas", 10_000_000)]
-        await net.submit_all(0, [faucet.sign(ProposeManifestPatch(ops=ops, title="dearer actions, leaner modules"))])
+        await awnode("gov", "propose", "--key", str(faucet_key_file(directory)), "--title", "dearer actions",
+                     "--set", "params.fee_base=2", "--set", "params.module_limits_max.max_gas=10000000",
+                     "--rpc", nodes[1].rpc_url)
         submitted = await net.wait_event("governance.proposal_submitted", lambda d: d["proposal_id"] == 1, "proposal 1")
         report = await net.wait_event("governance.shadow_report", lambda d: d["proposal_id"] == 1, "its shadow report")
         assert not report["data"].get("errors"), report
-        votes = [operators[i].sign(VoteProposal(proposal_id=1, validator_id=read_key(nodes[i].home.validator_key_file)
-                                                .public_key.hex(), option="yes")) for i in (1, 2)]
-        votes.append(faucet.sign(VoteProposal(proposal_id=1, validator_id=new_id, option="yes")))
-        await net.submit_all(2, votes)
+        await awnode("gov", "vote", "1", "yes", "--validator", new_id, "--key", str(faucet_key_file(directory)),
+                     "--rpc", nodes[2].rpc_url)
+        await net.submit_all(2, [operators[i].sign(VoteProposal(
+            proposal_id=1, validator_id=read_key(nodes[i].home.validator_key_file).public_key.hex(), option="yes"))
+            for i in (1, 2)])
+        await sync_nonce(net, faucet)
         applied = await net.wait_event("governance.applied", lambda d: d["proposal_id"] == 1, "proposal 1 applied")
         assert applied["height"] == submitted["data"]["voting_end"]
         await net.wait_exec_height(applied["height"])
@@ -193,6 +195,20 @@ def test_a_fifth_validator_joins_one_leaves_and_governance_changes_and_rolls_bac
     finally:
         codes = stop_all(procs, grace_s=15)
         print(f"\nnode exit statuses: {codes}; {time.monotonic() - started:.0f} s")
+
+
+async def awnode(*args: str) -> None:
+    """Run ``awnode ARGS`` as a user would; fail with its output unless it exits 0."""
+    result = await trio.run_process([sys.executable, "-m", "agent_world_tools.cli", *args], capture_stdout=True,
+                                    capture_stderr=True, check=False)
+    out = (result.stdout + result.stderr).decode(errors="replace")
+    print(f"$ awnode {' '.join(args[:2])} ...\n{out.strip()[-600:]}")
+    assert result.returncode == 0, f"awnode {' '.join(args)} exited {result.returncode}:\n{out}"
+
+
+async def sync_nonce(net: Net, agent: AgentSigner) -> None:
+    """Let ``agent`` sign with the next nonce the chain expects (the CLI signed some of its actions)."""
+    agent.next_nonce = (await net.client(0).agent(agent.agent_id))["last_nonce"] + 1
 
 
 async def _reached(net: Net, height: int) -> bool:
