@@ -2,7 +2,9 @@
 validators, their stakes, up to two Byzantine validators of any behaviour with less than 1/3 of
 the stake, any set of network and node faults, and a seed that fixes the schedule and every random
 choice) and every one of them must keep agreement, validity, execution agreement, no honest double
-sign, robustness and liveness for 20 heights (agent_world_node/sim/properties.py).
+sign, robustness and liveness for 20 heights (agent_world_node/sim/properties.py). Every scenario
+runs five epochs of 4 heights with drawn validator-set changes (operators leaving, rejoining and
+bonding more), and about half have a late joiner that syncs the chain from genesis.
 
 A failure prints the verdict: the seed, the scenario, each violated property with its heights and
 nodes, and the one command that replays it with a per-height trace (``make sim SEED=...``).
@@ -40,6 +42,9 @@ def test_every_scenario_keeps_every_property(scenario: Scenario):
         event(f"byzantine {behaviour}")
     for fault in scenario.faults:
         event(f"fault {fault}")
+    if scenario.late_joiner_at_ms:
+        event("late joiner")
     result = run_scenario(scenario)
+    event(f"validator sets: {min(result.stats['validator_sets'], 3)}{'+' if result.stats['validator_sets'] >= 3 else ''}")
     assert result.ok, "\n" + result.verdict()
     assert result.min_honest_height >= HEIGHTS, "\n" + result.verdict()

@@ -60,3 +60,15 @@ def test_judging_heights_with_the_wrong_epochs_set_is_caught():
         same = WrongEpochCluster(Scenario.generate(seed, faults=[], byzantine=[], stake_changes=False)).run()
         assert same.ok, same.verdict()
     assert caught >= 5, f"the wrong-epoch node was caught in only {caught} of 6 runs with set changes"
+
+
+def test_a_late_joiner_syncs_from_genesis_across_set_changes():
+    runs = 0
+    for seed in range(4):
+        scenario = Scenario.generate(seed, late_joiner=True)
+        assert scenario.late_joiner_at_ms > 0 and ("late", -1) in scenario.node_names()
+        result = SimCluster(scenario).run()
+        assert result.ok, result.verdict()
+        assert result.heights["late"] >= scenario.heights and result.stats.get("late_joins") == 1
+        runs += result.stats["validator_sets"] >= 2
+    assert runs >= 3, f"only {runs} of 4 late-joiner runs crossed a set change"

@@ -62,7 +62,7 @@ from .clock import EventQueue
 from .network import Delivery, LinkConditions, SimNetwork, SyncRequest, SyncResponse
 from .properties import PropertyChecker
 from .result import SimResult, trace_lines
-from .scenario import PROGRESS_BOUND_MS, FaultEvent, Scenario, StakeChange
+from .scenario import LATE_JOINER, PROGRESS_BOUND_MS, FaultEvent, Scenario, StakeChange
 from .store import SimStore
 
 #: The node-run policy every simulated node runs: the daemon's defaults.
@@ -192,13 +192,13 @@ class SimCluster:
     # -- set-up ---------------------------------------------------------------------------------------
     def _build_nodes(self, root: Path) -> None:
         names = self.scenario.node_names()
-        stake_of = {name: self.scenario.stakes[i] for name, i in names}
+        stake_of = {name: self.scenario.stakes[i] if i >= 0 else 0 for name, i in names}
         for name, i in names:
             behaviour_name = self.scenario.behaviour_of(i)
             node = SimNode(
                 name=name,
                 validator=i,
-                key=self.keys[i],
+                key=self.keys[i] if i >= 0 else SigningKey(sha256(f"sim-late/{self.scenario.seed}".encode())),
                 honest=behaviour_name is None,
                 store=SimStore(),
                 snapshot_dir=root / name,
@@ -383,16 +383,19 @@ class SimCluster:
             if node.up and node.crash_pending_until is not None:
                 self._crash(node, "(clean: no write to interrupt)")
             if not node.up:
+                first = node.incarnation == 0
                 self._boot(node)
-                self.stats["restarts"] += 1
+                self.stats["late_joins" if first else "restarts"] += 1
                 if node.replica is not None:
-                    self._note(f"restart {node.name} at height {node.replica.height}")
+                    self._note(f"{'late joiner starts' if first else 'restart'} {node.name} at height {node.replica.height}")
 
     def _stabilise(self) -> None:
         self.network.heal()
         self.network.conditions.drop_prob = 0.0
         self.network.rules.clear()
         for node in self.nodes.values():
+            if node.name == LATE_JOINER and self.queue.now < self.scenario.late_joiner_at_ms:
+                continue  # it has not joined yet
             if not node.up:
                 node.crash_pending_until = None
                 self._boot(node)
@@ -531,7 +534,10 @@ class SimCluster:
             if s.attack:
                 install_attack(s.attack, self)
             for node in self.nodes.values():
-                self._boot(node)
+                if node.name != LATE_JOINER:
+                    self._boot(node)
+            if s.late_joiner_at_ms:
+                self.queue.schedule(s.late_joiner_at_ms, FaultEvent(s.late_joiner_at_ms, "restart", node=LATE_JOINER))
             for ev in s.schedule:
                 self.queue.schedule(ev.at_ms, ev)
             for change in s.stake_changes:

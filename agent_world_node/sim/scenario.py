@@ -52,6 +52,9 @@ MAX_NODES = 7
 MIN_NODES = 4
 DEFAULT_HEIGHTS = 20
 DEFAULT_EPOCH_LENGTH = 4
+LATE_JOINER = "late"
+"""The name of the late joiner: a full node (no validator key in any set) with an empty store
+that starts at ``late_joiner_at_ms`` and syncs the chain from genesis, across its set changes."""
 STAKE_OPS = ("leave", "rejoin", "bond")
 """What an operator does in a ``StakeChange``."""
 LIVENESS_BASE_MS = 20_000
@@ -129,6 +132,7 @@ class Scenario:
     clock_skews: tuple[tuple[int, int], ...] = ()
     epoch_length: int = DEFAULT_EPOCH_LENGTH
     stake_changes: tuple[StakeChange, ...] = ()
+    late_joiner_at_ms: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.stakes) <= 64:
@@ -199,7 +203,8 @@ class Scenario:
 
     def node_names(self) -> list[tuple[str, int]]:
         """``(node name, validator index)`` of every simulated node: ``n{i}`` per validator, plus
-        ``n{i}t`` for the twin of a ``twins`` validator; a ``silent`` validator has no node."""
+        ``n{i}t`` for the twin of a ``twins`` validator, and ``(LATE_JOINER, -1)`` when the scenario has
+        a late joiner; a ``silent`` validator has no node."""
         out = []
         for i in range(len(self.stakes)):
             behaviour = self.behaviour_of(i)
@@ -208,6 +213,8 @@ class Scenario:
             out.append((f"n{i}", i))
             if behaviour == "twins":
                 out.append((f"n{i}t", i))
+        if self.late_joiner_at_ms:
+            out.append((LATE_JOINER, -1))
         return out
 
     def honest_nodes(self) -> list[str]:
@@ -238,6 +245,8 @@ class Scenario:
         if self.clock_skews:
             parts.append("skew=" + ",".join(f"v{i}:{d:+d}ms" for i, d in self.clock_skews))
         parts.append(f"epoch={self.epoch_length}")
+        if self.late_joiner_at_ms:
+            parts.append(f"late_joiner@{self.late_joiner_at_ms}ms")
         if self.stake_changes:
             parts.append("staking=" + ",".join(f"{c.describe().replace(' ', ':')}@{c.at_ms}ms" for c in self.stake_changes))
         return " ".join(parts)
@@ -271,6 +280,7 @@ class Scenario:
         heights: int = DEFAULT_HEIGHTS,
         clock_skews: tuple[tuple[int, int], ...] | list[tuple[int, int]] = (),
         stake_changes: bool = True,
+        late_joiner: bool | None = None,
     ) -> "Scenario":
         """Return the scenario of ``seed`` with the given overrides (see the module docstring).
 
@@ -280,7 +290,8 @@ class Scenario:
         contradict each other or put a third or more of the stake in Byzantine hands.
         ``clock_skews`` (validator index, skew ms) are never drawn; when the Byzantine validators are
         chosen here, the stakes are fitted so that Byzantine and skewed stake stay below 1/3.
-        ``stake_changes`` False draws none (the validator set stays the genesis set).
+        ``stake_changes`` False draws none (the validator set stays the genesis set). ``late_joiner``
+        None draws whether a full node joins late (half the seeds), True or False decides it.
         """
         r_stakes = random.Random(f"{seed}/stakes")
         drawn_n = r_stakes.randint(MIN_NODES, MAX_NODES)
@@ -327,6 +338,9 @@ class Scenario:
         heal_at = r_links.randint(2_000, 8_000)
         if not fault_set & {"drop", "partition", "crash", "lossy_crash"}:
             heal_at = 0
+        r_late = random.Random(f"{seed}/late")
+        joins = r_late.random() < 0.5 if late_joiner is None else late_joiner
+        late_at = r_late.randint(max(300, heal_at // 2), heal_at + 4_000) if joins else 0
         draft = cls(
             seed=seed,
             stakes=tuple(final_stakes),
@@ -339,6 +353,7 @@ class Scenario:
             dup_prob=dup_prob if "dup" in fault_set else 0.0,
             heal_at_ms=heal_at,
             clock_skews=skews,
+            late_joiner_at_ms=late_at,
         )
         schedule = _draw_schedule(random.Random(f"{seed}/schedule"), draft)
         changes = _draw_stake_changes(random.Random(f"{seed}/staking"), draft) if stake_changes else ()
@@ -381,7 +396,7 @@ def _draw_schedule(rng: random.Random, s: Scenario) -> tuple[FaultEvent, ...]:
     """Partitions and crashes inside ``[0, heal_at_ms)``; every fault is over at ``heal_at_ms``."""
     events: list[FaultEvent] = []
     names = [name for name, _ in s.node_names()]
-    honest = s.honest_nodes()
+    honest = [name for name in s.honest_nodes() if name != LATE_JOINER]
     heal = s.heal_at_ms
     if "partition" in s.faults and heal > 0:
         t = rng.randint(0, heal // 3)
