@@ -42,6 +42,7 @@ from agent_world_node.config import (
     Home,
     NodeConfig,
     init_home,
+    read_config,
     read_genesis,
 )
 from agent_world_node.network import peer_id_for_seed
@@ -56,6 +57,7 @@ from .testnet import (
     DEFAULT_STAKE,
     DEFAULT_TESTNET_CHAIN_ID,
     TestnetOptions,
+    add_testnet_node,
     genesis_faucet,
     init_testnet,
     local_toolchains,
@@ -233,6 +235,27 @@ def testnet_init(
         for i, h in enumerate(homes):
             console.print(f"  node{i}: awnode start --home {h.root}", highlight=False)
         console.print(f"or run them all with: awnode testnet --dir {Path(directory).resolve()}", highlight=False)
+        console.print(f"validator operators' agent keys: {Path(directory).resolve()}/operator0..{nodes - 1}.json",
+                      highlight=False)
+
+
+@testnet_app.command("add-node")
+def testnet_add_node(
+    directory: Path = typer.Option(..., "--dir", help="The testnet directory (from `awnode testnet init`)."),
+) -> None:
+    """Add a full node to the testnet in DIR as the next nodeN: new keys, free loopback ports, every
+    existing node as a peer. Start it with `awnode start --home DIR/nodeN`; it syncs from genesis.
+    It becomes a validator once its consensus key is bonded (`awnode staking create-validator`)."""
+    quiet_logs()
+    with friendly_errors():
+        home = add_testnet_node(directory)
+        rpc = read_config(home.config_file).rpc.listen
+        console.print(f"added {home.root.name} (a full node) to the testnet in {Path(directory).resolve()}",
+                      highlight=False)
+        console.print(f"  start it:  awnode start --home {home.root}", highlight=False)
+        console.print(f"  its API:   http://{rpc}", highlight=False)
+        console.print(f"  bond it:   awnode staking create-validator --home {home.root} --key AGENT_KEY --bond 100 "
+                      "--rpc http://...", highlight=False)
 
 
 # --- start --------------------------------------------------------------------------------------

@@ -302,3 +302,17 @@ def test_genesis_with_bad_synchrony_parameters_is_refused_naming_the_field(tmp_p
         read_genesis(path)
     with pytest.raises(ValueError, match="precision_ms=500, message_delay_ms=15000"):
         SynchronyParams(precision_ms=0)
+
+
+def test_testnet_add_node_adds_a_full_node_that_dials_every_validator(tmp_path):
+    assert invoke("testnet", "init", "--nodes", "2", "--dir", str(tmp_path)).exit_code == 0
+    result = invoke("testnet", "add-node", "--dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "awnode start --home" in result.output and "create-validator" in result.output
+    home = Home(tmp_path / "node2")
+    genesis = read_genesis(home.genesis_file)
+    assert home.genesis_file.read_bytes() == Home(tmp_path / "node0").genesis_file.read_bytes()
+    assert read_key(home.validator_key_file).public_key.hex() not in {v.public_key for v in genesis.validators}
+    assert len(read_config(home.config_file).p2p.peers) == 2
+    missing = invoke("testnet", "add-node", "--dir", str(tmp_path / "none"))
+    assert missing.exit_code == 1 and "no testnet here" in missing.output and "Traceback" not in missing.output
