@@ -328,10 +328,14 @@ def validator_sets_document(world: World, from_epoch: int, limit: int) -> Valida
 
 def unbonding_document(world: World) -> UnbondingDocument:
     """``GET /v1/staking/unbonding``."""
-    queues = [UnbondingQueueDocument(
-        release_epoch=q.release_epoch,
-        entries=[UnbondingEntryDocument(e.agent_id, e.validator_id, e.amount, e.created_at) for e in q.entries],
-    ) for _, q in _numbered(world.records("unbonding"), UnbondingQueue) if q.entries]
+    by_epoch: dict[int, list[UnbondingEntryDocument]] = {}
+    for _, q in sorted(world.records("unbonding").items()):
+        if isinstance(q, UnbondingQueue):
+            by_epoch.setdefault(q.release_epoch, []).extend(
+                UnbondingEntryDocument(e.agent_id, e.validator_id, e.amount, e.created_at) for e in q.entries)
+    queues = [UnbondingQueueDocument(release_epoch=epoch,
+                                     entries=sorted(entries, key=lambda e: (e.created_at, e.agent_id, e.validator_id)))
+              for epoch, entries in sorted(by_epoch.items()) if entries]
     return UnbondingDocument(current_epoch=_current_epoch(world), queues=queues)
 
 

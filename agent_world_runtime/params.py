@@ -78,7 +78,8 @@ class StakingParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     for ``double_sign_jail_heights``; evidence older than ``evidence_max_age_heights`` is refused.
     A validator of the set that signed fewer than ``downtime_min_signed_percent`` of an epoch's
     commits is jailed for ``downtime_jail_heights`` without a slash. ``max_bonds_per_validator``
-    bounds the bonders of one validator."""
+    bounds the bonders of one validator, ``max_unbonding_entries`` the unbondings one agent has
+    pending from one validator per release epoch."""
 
     max_validators: int = 100
     min_bond: int = 1
@@ -90,6 +91,7 @@ class StakingParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     downtime_jail_heights: int = 50
     evidence_max_age_heights: int = 1000
     max_bonds_per_validator: int = 100
+    max_unbonding_entries: int = 7
 
 
 class GovernanceParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

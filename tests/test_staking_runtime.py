@@ -202,3 +202,18 @@ def test_staking_state_survives_save_and_load(tmp_path):
     assert loaded.validator_set(2) == chain.world.validator_set(2)
     restored = World.restore_snapshot(chain.world.create_snapshot())
     assert restored.state_root() == chain.world.state_root() and restored.records("unbonding")
+
+
+def test_unbondings_are_kept_per_agent_and_validator_and_bounded():
+    chain = Chain(make_world(max_unbonding_entries=2))
+    op = OPS[0]
+    events = chain.block(*(op.sign(Unbond(validator_id=VIDS[0], amount=1)) for _ in range(3)),
+                         OPS[1].sign(Unbond(validator_id=VIDS[1], amount=1)))
+    reasons = rejected(events)
+    assert len(reasons) == 1 and "max_unbonding_entries" in reasons[0]
+    records = chain.world.records("unbonding")
+    assert sorted(records) == [f"1/op-0/{VIDS[0]}", f"1/op-1/{VIDS[1]}"]
+    assert [e.amount for e in records[f"1/op-0/{VIDS[0]}"].entries] == [1, 1]
+    chain.until(2 * EPOCH - 1)
+    assert chain.world.records("unbonding") == {}
+    assert sorted(e.data["agent_id"] for e in chain.world.events(0, 100, "staking.unbonded")) == ["op-0", "op-0", "op-1"]

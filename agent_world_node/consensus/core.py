@@ -561,11 +561,11 @@ class ConsensusCore:
         return True
 
     def _on_vote(self, vote: Vote, effects: list[Effect]) -> None:
-        if (self._decision_key is not None and vote.height == self.height and vote.vote_type == VoteType.PRECOMMIT
-                and (vote.round, vote.block_hash) == self._decision_key):
-            self._add_late_precommit(vote)
-            return
-        if not self._check_height(vote) or not self._check_round(vote):
+        # A precommit for our decision arriving after it (during the commit wait) is verified and
+        # kept for ``decision_certificate``; nothing else happens at a decided height.
+        late = (self._decision_key is not None and vote.height == self.height
+                and vote.vote_type == VoteType.PRECOMMIT and (vote.round, vote.block_hash) == self._decision_key)
+        if not late and (not self._check_height(vote) or not self._check_round(vote)):
             return
         if vote.block_hash is not None and len(vote.block_hash) != HASH_SIZE:
             self._reject(RejectReason.BAD_BLOCK_HASH, vote)
@@ -591,7 +591,8 @@ class ConsensusCore:
             if result.evidence is not None:
                 self._record_evidence(result.evidence, effects)
             return
-        self._restore_lock(vote)
+        if not late:
+            self._restore_lock(vote)
 
     def _on_proposal(self, proposal: Proposal, effects: list[Effect], timely: bool) -> None:
         if not self._check_height(proposal, timely) or not self._check_round(proposal):
@@ -857,26 +858,12 @@ class ConsensusCore:
     def _schedule(self, kind: TimeoutKind, effects: list[Effect]) -> None:
         effects.append(ScheduleTimeout(kind, self.height, self.round, self.timeouts.duration_ms(kind, self.round)))
 
-    def _add_late_precommit(self, vote: Vote) -> None:
-        """A precommit for the decided block at the decision round, arriving after the decision
-        (during the commit wait): verified and kept, so ``decision_certificate`` holds every
-        validator that signed the decision in time (CometBFT's LastCommit gathers precommits for
-        ``timeout_commit`` for the same reason: the next block's last commit records who signed)."""
-        if self._keeper.vote_of(vote.validator, vote.round, vote.vote_type) == vote:
-            self.rejected[RejectReason.DUPLICATE] += 1
-            return
-        validator = self.validator_set.get(vote.validator)
-        if validator is None:
-            self._reject(RejectReason.UNKNOWN_VALIDATOR, vote)
-            return
-        if not self._vote_signature_ok(validator, vote):
-            self._reject(RejectReason.BAD_SIGNATURE, vote)
-            return
-        self._keeper.add_vote(vote)
-
     def decision_certificate(self) -> CommitCertificate | None:
-        """The certificate of this height's decision with every precommit for it received so far
-        (the quorum that decided plus late ones), or None before a decision."""
+        """The certificate of this height's decision with every precommit for it received so far:
+        the quorum that decided plus those verified after the decision, during the commit wait
+        (CometBFT's LastCommit gathers precommits for ``timeout_commit`` for the same reason: the
+        next block's last commit records every validator that signed in time). None before a
+        decision."""
         if self._decision_key is None:
             return None
         round, block_hash = self._decision_key

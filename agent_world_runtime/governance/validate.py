@@ -20,7 +20,7 @@ from ..params import TOOLCHAIN_NAMES, Toolchain, WorldParams
 SECTION_BOUNDS: dict[str, tuple[int, int]] = {
     "max_validators": (1, 10_000), "min_bond": (1, 1 << 62), "max_power_percent": (1, 100),
     "slash_double_sign_percent": (0, 100), "downtime_min_signed_percent": (0, 100),
-    "max_bonds_per_validator": (1, 10_000), "unbonding_epochs": (0, 1000),
+    "max_bonds_per_validator": (1, 10_000), "max_unbonding_entries": (1, 100), "unbonding_epochs": (0, 1000),
     "voting_period_heights": (1, 1 << 40), "quorum_percent": (0, 100), "threshold_percent": (0, 99),
     "max_pending": (1, 1000),
 }

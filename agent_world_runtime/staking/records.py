@@ -47,8 +47,10 @@ class UnbondingEntry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class UnbondingQueue(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """The unbondings released at the end of ``release_epoch`` (table ``unbonding``, key the
-    epoch as decimal), in the order they were made."""
+    """The unbondings of one agent from one validator paid back at the end of ``release_epoch``,
+    in the order they were made (table ``unbonding``, key ``unbonding_key(release_epoch, agent,
+    validator)``): at most ``staking.max_unbonding_entries`` of them, as the Cosmos SDK bounds the
+    entries of a delegator-validator pair, so no record grows with other agents' unbondings."""
 
     release_epoch: int
     entries: list[UnbondingEntry]
@@ -68,6 +70,12 @@ class ValidatorSetRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True
     def hash(self) -> bytes:
         """``validator_set_hash(self.validators)``."""
         return validator_set_hash(self.validators)
+
+
+def unbonding_key(release_epoch: int, agent_id: str, validator_id: str) -> str:
+    """The ``unbonding`` table key of ``agent_id``'s unbondings from ``validator_id`` released at
+    the end of ``release_epoch``: ``"<epoch>/<agent>/<validator>"``."""
+    return f"{release_epoch}/{agent_id}/{validator_id}"
 
 
 def validator_set_hash(validators: list[tuple[str, int]]) -> bytes:

@@ -21,7 +21,14 @@ from ..actions import Bond, CreateValidator, Unbond, Unjail, verify_validator_ke
 from ..crypto import PUBLIC_KEY_SIZE
 from ..rules import MAX_BALANCE, ActionContext, EventSpec, Rejected
 from ..state import WorldState
-from .records import UnbondingEntry, UnbondingQueue, ValidatorRecord, ValidatorSetRecord, validator_set_hash
+from .records import (
+    UnbondingEntry,
+    UnbondingQueue,
+    ValidatorRecord,
+    ValidatorSetRecord,
+    unbonding_key,
+    validator_set_hash,
+)
 from .sets import compute_set, epoch_of, set_record
 
 VALIDATOR_CREATED = "staking.validator_created"
@@ -127,11 +134,17 @@ def apply_unbond(state: WorldState, ctx: ActionContext, action: Unbond) -> list[
         del bonds[ctx.agent_id]
     state.put_record("validator", rec.validator_id,
                      msgspec.structs.replace(rec, bonds=bonds, bonded=rec.bonded - action.amount))
-    release = epoch_of(ctx.height, state.meta.epoch_length) + max(0, state.manifest.staking.unbonding_epochs)
-    queue = _queue(state, release)
+    params = state.manifest.staking
+    release = epoch_of(ctx.height, state.meta.epoch_length) + max(0, params.unbonding_epochs)
+    key = unbonding_key(release, ctx.agent_id, rec.validator_id)
+    queue = _queue(state, key, release)
+    if len(queue.entries) >= params.max_unbonding_entries:
+        raise Rejected(f"agent {ctx.agent_id!r} already has {len(queue.entries)} unbondings from this validator "
+                       f"released at the end of epoch {release} (staking.max_unbonding_entries); unbond more at once, "
+                       "or in the next epoch")
     entry = UnbondingEntry(agent_id=ctx.agent_id, validator_id=rec.validator_id, amount=action.amount,
                            created_at=ctx.height)
-    state.put_record("unbonding", str(release), msgspec.structs.replace(queue, entries=[*queue.entries, entry]))
+    state.put_record("unbonding", key, msgspec.structs.replace(queue, entries=[*queue.entries, entry]))
     return [(UNBONDING_STARTED, {"action_id": ctx.action_id, "agent_id": ctx.agent_id,
                                  "validator_id": rec.validator_id, "amount": action.amount,
                                  "release_epoch": release, "bonded": rec.bonded - action.amount})]
@@ -153,8 +166,8 @@ def apply_unjail(state: WorldState, ctx: ActionContext, action: Unjail) -> list[
                                   "validator_id": rec.validator_id})]
 
 
-def _queue(state: WorldState, epoch: int) -> UnbondingQueue:
-    rec = state.tables["unbonding"].get(str(epoch))
+def _queue(state: WorldState, key: str, epoch: int) -> UnbondingQueue:
+    rec = state.tables["unbonding"].get(key)
     return rec if isinstance(rec, UnbondingQueue) else UnbondingQueue(release_epoch=epoch, entries=[])
 
 
@@ -207,7 +220,7 @@ def punish_double_sign(state: WorldState, validator_id: str, offence_height: int
     pct = params.slash_double_sign_percent
     bonds = {who: amount - _slash(amount, pct) for who, amount in v.bonds.items()}
     burned = v.bonded - sum(bonds.values())
-    for key in sorted(state.tables["unbonding"], key=int):
+    for key in sorted(k for k in state.tables["unbonding"] if k.endswith("/" + validator_id)):
         queue = state.tables["unbonding"][key]
         assert isinstance(queue, UnbondingQueue)
         changed = [msgspec.structs.replace(e, amount=e.amount - _slash(e.amount, pct))
@@ -274,14 +287,16 @@ def end_block(state: WorldState, height: int) -> list[EventSpec]:
                                            "commits": counted, "jailed_until": until}))
         if v.signed or v is not state.tables["validator"][vid]:
             state.put_record("validator", vid, msgspec.structs.replace(v, signed=0))
-    queue = state.tables["unbonding"].get(str(epoch))
-    if isinstance(queue, UnbondingQueue):
+    due = sorted(k for k in state.tables["unbonding"] if k.startswith(f"{epoch}/"))
+    for key in due:
+        queue = state.tables["unbonding"][key]
+        assert isinstance(queue, UnbondingQueue)
         for e in queue.entries:
             if e.agent_id in state.agents and e.amount > 0:
                 agent = state.agents[e.agent_id]
                 state.put_agent(msgspec.structs.replace(agent, electricity=min(MAX_BALANCE, agent.electricity + e.amount)))
             out.append((UNBONDED, {"agent_id": e.agent_id, "validator_id": e.validator_id, "amount": e.amount}))
-        state.delete_record("unbonding", str(epoch))
+        state.delete_record("unbonding", key)
     out.extend(schedule_next_set(state, epoch, height))
     horizon = epoch_of(max(0, height - params.evidence_max_age_heights), length) - 1
     for key in [k for k in state.tables["valset"] if int(k) < horizon]:
