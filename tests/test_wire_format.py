@@ -50,11 +50,14 @@ from agent_world_node.types import (
 from agent_world_runtime.actions import (
     ACTION_SIGN_DOMAIN,
     AttestBuild,
+    CreateValidator,
     MoveAgent,
     TransferResource,
+    VoteProposal,
     encode_signed_action,
     payload_hash,
     sign_action,
+    validator_key_proof,
 )
 from agent_world_runtime.codec import decode, encode
 from agent_world_runtime.crypto import SigningKey, sha256, verify
@@ -154,6 +157,14 @@ def compute_vectors() -> dict[str, str]:
     attest = sign_action(VALIDATOR_KEYS[0], CHAIN_ID, VALIDATOR_IDS[0], 0, AttestBuild(build_id="ab" * 32,
                                                                                        code="COMPILE_ERROR"))
     v["action_attest_build.payload"] = encode_signed_action(attest)
+    create = sign_action(AGENT_KEY, CHAIN_ID, "alice", 2, CreateValidator(
+        validator_key=VALIDATOR_KEYS[1].public_key, bond=100,
+        proof=validator_key_proof(VALIDATOR_KEYS[1], CHAIN_ID, "alice"), name="v1"))
+    v["validator_key_proof"] = create.body.action.proof
+    v["action_create_validator.payload"] = encode_signed_action(create)
+    vote = sign_action(AGENT_KEY, CHAIN_ID, "alice", 3, VoteProposal(proposal_id=1, validator_id=VALIDATOR_IDS[1],
+                                                                      option="yes"))
+    v["action_vote_proposal.payload"] = encode_signed_action(vote)
 
     v["action_root.empty"] = compute_consensus_action_root([])
     three = [NodeConsensusAction(sha256(bytes([i])), "x", bytes([i]), sha256(bytes([i]))) for i in range(3)]
