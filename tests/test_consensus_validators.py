@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from agent_world_node.config import Genesis, GenesisValidator
-from agent_world_node.consensus import Validator, ValidatorSchedule, ValidatorSet, ValidatorSetError, epoch_of
+from agent_world_node.consensus import Validator, ValidatorSet, ValidatorSetError
 from agent_world_runtime.crypto import SigningKey
+from agent_world_runtime.staking.sets import epoch_of
 
 
 def key(i: int) -> SigningKey:
@@ -84,14 +85,3 @@ def test_epoch_of():
         epoch_of(5, 0)
     with pytest.raises(ValueError):
         epoch_of(-1, 10)
-
-
-def test_schedule_changes_sets_only_at_future_epoch_boundaries():
-    genesis_set, next_set = vset(1, 1, 1, 1), vset(2, 1)
-    schedule = ValidatorSchedule(genesis_set, epoch_length=10)
-    assert schedule.at_height(1) == genesis_set
-    schedule.schedule(2, next_set)
-    assert schedule.at_height(19) == genesis_set
-    assert schedule.at_height(20) == next_set and schedule.at_height(35) == next_set
-    with pytest.raises(ValueError, match="already begun"):
-        schedule.schedule(3, genesis_set)  # epoch 3 has begun (height 35 was asked for)

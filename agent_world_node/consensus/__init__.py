@@ -27,7 +27,7 @@ from .messages import (
 from .proposer import proposer_for, proposer_order
 from .synchrony import timely, untimely_reason
 from .timeouts import TimeoutConfig, TimeoutKind
-from .validators import Validator, ValidatorSchedule, ValidatorSet, ValidatorSetError, epoch_of
+from .validators import Validator, ValidatorSet, ValidatorSetError
 from .votekeeper import AddVoteResult, AddVoteStatus, ThresholdEvent, ThresholdKind, VoteKeeper
 
 __all__ = [
@@ -57,7 +57,6 @@ __all__ = [
     "TimeoutFired",
     "TimeoutKind",
     "Validator",
-    "ValidatorSchedule",
     "ValidatorSet",
     "ValidatorSetError",
     "ValidateBlock",
@@ -65,7 +64,6 @@ __all__ = [
     "VoteKeeper",
     "VoteReceived",
     "build_commit_certificate",
-    "epoch_of",
     "proposer_for",
     "proposer_order",
     "timely",

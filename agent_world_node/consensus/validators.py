@@ -9,8 +9,9 @@ positive integer); every threshold is computed over stake, never over validator 
   (the paper's ``f + 1``): any set with this much stake contains at least one correct validator
   when Byzantine stake is below 1/3.
 
-Validator sets change only at epoch boundaries (``epoch = height // epoch_length``);
-``ValidatorSchedule`` is the hook that maps a height to the set in force.
+Validator sets change only at epoch boundaries (``epoch = height // epoch_length``). The world
+runtime computes the set of each epoch (``agent_world_runtime.staking``); the replica turns the
+one in force at a height into a ``ValidatorSet`` (``replica.sets.ValidatorSets``).
 """
 
 from __future__ import annotations
@@ -138,55 +139,3 @@ class ValidatorSet:
 
     def __repr__(self) -> str:
         return f"ValidatorSet(n={len(self.validators)}, total_stake={self.total_stake})"
-
-
-def epoch_of(height: int, epoch_length: int) -> int:
-    """Return the epoch of ``height``: ``height // epoch_length``.
-
-    Raises ValueError when ``height`` is negative or ``epoch_length`` is not positive.
-    """
-    if epoch_length <= 0:
-        raise ValueError(f"epoch_length must be positive, got {epoch_length}")
-    if height < 0:
-        raise ValueError(f"height must be non-negative, got {height}")
-    return height // epoch_length
-
-
-class ValidatorSchedule:
-    """Which validator set is in force at a height. Sets change only at epoch boundaries.
-
-    Today the set is constant (the genesis set for every epoch); ``schedule`` is the hook a future
-    staking module uses to install the set of a later epoch. A schedule never changes the set of an
-    epoch that has already begun (that would fork nodes that started it with the old set).
-    """
-
-    def __init__(self, genesis_set: ValidatorSet, epoch_length: int) -> None:
-        if epoch_length <= 0:
-            raise ValueError(f"epoch_length must be positive, got {epoch_length}")
-        self.epoch_length = epoch_length
-        self._sets: dict[int, ValidatorSet] = {0: genesis_set}
-        self._current_epoch = 0
-
-    @classmethod
-    def from_genesis(cls, genesis: "Genesis") -> "ValidatorSchedule":
-        """Return the schedule of a chain: the genesis set, ``genesis.epoch_length``."""
-        return cls(ValidatorSet.from_genesis(genesis), genesis.epoch_length)
-
-    def at_height(self, height: int) -> ValidatorSet:
-        """Return the set in force at ``height``: that of the latest scheduled epoch <= epoch_of(height)."""
-        epoch = epoch_of(height, self.epoch_length)
-        self._current_epoch = max(self._current_epoch, epoch)
-        best = max(e for e in self._sets if e <= epoch)
-        return self._sets[best]
-
-    def schedule(self, epoch: int, validator_set: ValidatorSet) -> None:
-        """Install ``validator_set`` from the start of ``epoch`` on.
-
-        Raises ValueError when ``epoch`` has already begun (a height of it was asked for).
-        """
-        if epoch <= self._current_epoch:
-            raise ValueError(
-                f"cannot change the validator set of epoch {epoch}: epoch {self._current_epoch} "
-                "has already begun; schedule the change for a later epoch"
-            )
-        self._sets[epoch] = validator_set
