@@ -37,6 +37,7 @@ from agent_world_node.types import (
     compute_consensus_action_root,
 )
 from agent_world_runtime.crypto import SigningKey, sha256
+from agent_world_runtime.staking.records import validator_set_hash
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -99,6 +100,11 @@ def test_link_conditions_reject_nonsense():
 # -- the crash-loss store ----------------------------------------------------------------------------
 
 
+UNIT_KEYS = [SigningKey(bytes([i + 1]) * 32) for i in range(4)]
+#: The hash of the checker tests' validator set (``_Chain``: these four keys, stake 1 each).
+UNIT_SET_HASH = validator_set_hash([(k.public_key.hex(), 1) for k in UNIT_KEYS])
+
+
 def _block(height: int, prev: bytes = ZERO_HASH, payloads: tuple[bytes, ...] = ()) -> Block:
     actions = [NodeConsensusAction(sha256(p), "agent-0", p, sha256(p)) for p in payloads]
     header = BlockHeader(
@@ -106,6 +112,7 @@ def _block(height: int, prev: bytes = ZERO_HASH, payloads: tuple[bytes, ...] = (
         action_root=compute_consensus_action_root(actions), action_count=len(actions),
         last_execution_height=height - 1, last_execution_block_hash=ZERO_HASH,
         last_execution_state_root=ZERO_HASH, timestamp_ms=height,
+        validators_hash=UNIT_SET_HASH, next_validators_hash=UNIT_SET_HASH,
     )
     return Block(header, actions)
 
@@ -193,12 +200,11 @@ class _Chain:
     """Validators with keys, and helpers to certify blocks, for checker tests."""
 
     def __init__(self, n: int = 4) -> None:
-        self.keys = [SigningKey(bytes([i + 1]) * 32) for i in range(n)]
+        self.keys = UNIT_KEYS[:n]
         self.genesis = Genesis(
             chain_id="unit", genesis_time_ms=0,
             validators=[GenesisValidator(f"v{i}", k.public_key.hex(), 1) for i, k in enumerate(self.keys)],
         )
-        self.vset = ValidatorSet.from_genesis(self.genesis)
         self.submitted: dict[bytes, str] = {}
 
     def vote(self, i: int, height: int, round: int, block_hash: bytes | None, t=VoteType.PRECOMMIT) -> Vote:
@@ -213,7 +219,7 @@ class _Chain:
 
     def checker(self) -> PropertyChecker:
         honest_ids = {k.public_key.hex() for k in self.keys[:3]}
-        return PropertyChecker(self.genesis, self.vset, {"n0", "n1", "n2"}, honest_ids, self.submitted)
+        return PropertyChecker(self.genesis, {"n0", "n1", "n2"}, honest_ids, self.submitted)
 
 
 def _record(height: int, root: bytes) -> ExecutionRecord:
