@@ -75,7 +75,50 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+#: The packages whose versions decide consensus (pinned exactly in pyproject.toml) or the node's
+#: behaviour, shown by ``awnode version``.
+VERSIONED_PACKAGES = ("agent-world", "libp2p", "wasmtime", "msgspec", "PyNaCl", "trio")
+
+
+def version_table() -> list[tuple[str, str]]:
+    """``(package, version)`` of each of ``VERSIONED_PACKAGES`` installed here ("not installed"
+    when missing), then Python's."""
+    import importlib.metadata
+    import platform
+
+    rows = []
+    for name in VERSIONED_PACKAGES:
+        try:
+            rows.append((name, importlib.metadata.version(name)))
+        except importlib.metadata.PackageNotFoundError:
+            rows.append((name, "not installed"))
+    rows.append(("python", platform.python_version()))
+    return rows
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"awnode {dict(version_table())['agent-world']}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def awnode_options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit (`awnode version` lists the pinned libraries too)."),
+) -> None:
+    """Agent World node: init, start, status, submit actions, run a local testnet."""
+
+
+@app.command("version")
+def version_command() -> None:
+    """Print awnode's version and those of the libraries that decide consensus (libp2p, wasmtime,
+    msgspec, PyNaCl) and of trio and Python: every node of a chain must run the same."""
+    for name, ver in version_table():
+        console.print(f"{name:<12} {ver}", highlight=False)
 testnet_app = typer.Typer(
     help="Run a local multi-node testnet on loopback (or create one with `testnet init`).",
     invoke_without_command=True,
