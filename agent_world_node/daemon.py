@@ -17,6 +17,7 @@ import trio
 from . import config as cfg
 from .consensus.privval import SignStateError
 from .execution import ExecutionError
+from .homelock import HomeInUseError, lock_home
 from .logsetup import configure_logging
 from .replica.wal import WALError
 
@@ -73,7 +74,7 @@ def disk_full_error(exc: BaseException) -> BaseException | None:
 
 #: Errors that stop a node before it runs because its home's state cannot be used as it is (the
 #: message says what is wrong and what to do); ``awnode start`` prints them as one line.
-HOME_STATE_ERRORS: tuple[type[Exception], ...] = (ExecutionError, WALError, SignStateError)
+HOME_STATE_ERRORS: tuple[type[Exception], ...] = (ExecutionError, WALError, SignStateError, HomeInUseError)
 
 
 def run_node(home: Path, peers: list[str] | None = None) -> None:
@@ -82,40 +83,44 @@ def run_node(home: Path, peers: list[str] | None = None) -> None:
     space ends the node with one ``disk_full`` error line and exit status ``DISK_FULL_EXIT``.
 
     ``peers`` (full /p2p/ multiaddrs) replaces the peers of ``config.toml`` when given.
-    Raises ``config.ConfigError`` for a missing or invalid home and ``execution.ExecutionError``
-    when stored state cannot be restored.
+    Raises ``config.ConfigError`` for a missing or invalid home, ``homelock.HomeInUseError`` when
+    another node runs on it, and ``execution.ExecutionError`` when stored state cannot be restored.
     """
     h = cfg.Home(home)
     config = cfg.read_config(h.config_file)
-    level = os.environ.get(LOG_LEVEL_ENV, "info").upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise cfg.ConfigError(f"{LOG_LEVEL_ENV}={level.lower()!r}: use debug, info, warning or error")
-    configure_logging(config.log_format, getattr(logging, level))
-    from .node import Node
-
-    node = Node(h, peers)
-    # The restored world (every agent, the journal) lives as long as the process: move it out of
-    # the cyclic garbage collector's generations so collections do not rescan it (measured: ~10%
-    # of catch-up time at 100,000 agents).
-    gc.freeze()
-    profile_to = os.environ.get(PROFILE_ENV)
-    if not profile_to:
-        try:
-            trio.run(_run_until_signal, node)
-        except BaseException as exc:
-            full = disk_full_error(exc)
-            if full is None:
-                raise
-            log.error("disk_full", data_dir=str(h.data_dir), free_bytes=node.free_bytes(), error=str(full),
-                      hint="free space on that disk, then start the node again: every committed height is "
-                      "intact (each write is one transaction) and nothing was signed after the failed write")
-            raise SystemExit(DISK_FULL_EXIT) from None
-        return
-    import cProfile
-
-    profiler = cProfile.Profile()
+    lock = lock_home(h.data_dir)  # held until the process ends
     try:
-        profiler.runcall(trio.run, _run_until_signal, node)
+        level = os.environ.get(LOG_LEVEL_ENV, "info").upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise cfg.ConfigError(f"{LOG_LEVEL_ENV}={level.lower()!r}: use debug, info, warning or error")
+        configure_logging(config.log_format, getattr(logging, level))
+        from .node import Node
+
+        node = Node(h, peers)
+        # The restored world (every agent, the journal) lives as long as the process: move it out of
+        # the cyclic garbage collector's generations so collections do not rescan it (measured: ~10%
+        # of catch-up time at 100,000 agents).
+        gc.freeze()
+        profile_to = os.environ.get(PROFILE_ENV)
+        if not profile_to:
+            try:
+                trio.run(_run_until_signal, node)
+            except BaseException as exc:
+                full = disk_full_error(exc)
+                if full is None:
+                    raise
+                log.error("disk_full", data_dir=str(h.data_dir), free_bytes=node.free_bytes(), error=str(full),
+                          hint="free space on that disk, then start the node again: every committed height is "
+                          "intact (each write is one transaction) and nothing was signed after the failed write")
+                raise SystemExit(DISK_FULL_EXIT) from None
+            return
+        import cProfile
+
+        profiler = cProfile.Profile()
+        try:
+            profiler.runcall(trio.run, _run_until_signal, node)
+        finally:
+            profiler.dump_stats(profile_to)
+            log.info("profile_written", path=profile_to)
     finally:
-        profiler.dump_stats(profile_to)
-        log.info("profile_written", path=profile_to)
+        lock.close()  # the kernel would release it at exit anyway; a killed node leaves no stale lock

@@ -1,0 +1,62 @@
+"""One node per home: a second `awnode start` on a home whose node runs refuses at once with one
+line naming the running node's pid, and the lock is free again once that node stops."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agent_world_node.homelock import HomeInUseError, lock_home
+
+pytestmark = pytest.mark.timeout(120)
+
+AWNODE = [sys.executable, "-m", "agent_world_tools.cli"]
+
+
+def test_the_lock_is_exclusive_and_names_its_holder(tmp_path):
+    held = lock_home(tmp_path / "data")
+    try:
+        probe = subprocess.run([sys.executable, "-c", (
+            "import sys; from pathlib import Path; from agent_world_node.homelock import lock_home, HomeInUseError\n"
+            "try:\n    lock_home(Path(sys.argv[1]))\nexcept HomeInUseError as e:\n    print(e); sys.exit(3)\n"),
+            str(tmp_path / "data")], capture_output=True, text=True, timeout=60)
+        assert probe.returncode == 3 and "in use by a running node" in probe.stdout
+        assert f"pid {os.getpid()}" in probe.stdout
+    finally:
+        held.close()
+    lock_home(tmp_path / "data").close()  # free again
+    with pytest.raises(HomeInUseError):
+        first = lock_home(tmp_path / "data2")
+        try:
+            # flock locks are per open file description: a second open in this process conflicts too
+            lock_home(tmp_path / "data2")
+        finally:
+            first.close()
+
+
+def test_a_second_start_on_a_running_home_refuses_in_one_line(tmp_path):
+    home = tmp_path / "node"
+    init = subprocess.run([*AWNODE, "init", "--home", str(home)], capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0, init.stdout + init.stderr
+    first = subprocess.Popen([*AWNODE, "start", "--home", str(home)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        lock_file = home / "data" / "node.lock"
+        deadline = time.monotonic() + 60
+        while not (lock_file.exists() and lock_file.read_text().strip() == str(first.pid)):
+            assert time.monotonic() < deadline, "the first node never took its home's lock"
+            assert first.poll() is None, "the first node exited"
+            time.sleep(0.1)
+        second = subprocess.run([*AWNODE, "start", "--home", str(home)], capture_output=True, text=True, timeout=60)
+        out = second.stdout + second.stderr
+        assert second.returncode != 0
+        assert f"in use by a running node (pid {first.pid})" in out and "Traceback" not in out, out
+        assert first.poll() is None, "the refused start disturbed the running node"
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
+    lock_home(home / "data").close()  # released when the node stopped
