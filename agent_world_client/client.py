@@ -339,6 +339,33 @@ class NodeClient:
         action_count. NotFound if the node has not executed ``height``."""
         return await self._get_json(f"/v1/execution/{int(height)}", what=f"execution record for height {height}")
 
+    async def action(self, action_id: str) -> dict[str, Any]:
+        """GET /v1/actions/{action_id}: ``status`` ``pending`` or ``committed`` (with ``height``,
+        ``outcome`` ``applied`` or ``rejected``, ``reason``, ``fee``, ``events``). NotFound when the
+        node does not know the action."""
+        return await self._get_json(f"/v1/actions/{action_id}", what=f"action {action_id[:16]}")
+
+    async def wait_action(self, action_id: str, *, timeout_s: float = 60.0, poll_s: float = 0.25) -> dict[str, Any]:
+        """Poll ``action`` until the action is committed and executed (``outcome`` ``applied`` or
+        ``rejected``) and return that document. An action not known yet (a moment after it was
+        submitted to another node) is waited for too. Raises ClientError after ``timeout_s``
+        seconds, naming the last status seen."""
+        deadline = trio.current_time() + timeout_s
+        last = "unknown to the node"
+        while True:
+            try:
+                doc = await self.action(action_id)
+            except NotFound:
+                doc = None
+            if doc is not None:
+                if doc.get("outcome") in ("applied", "rejected", "unknown"):
+                    return doc
+                last = str(doc.get("status"))
+            if trio.current_time() >= deadline:
+                raise ClientError(f"action {action_id} was not executed within {timeout_s:g} s (last status: {last}); "
+                                  f"look it up later with GET /v1/actions/{action_id}")
+            await trio.sleep(poll_s)
+
     async def agent(self, agent_id: str) -> dict[str, Any]:
         """GET /v1/agents/{agent_id}: agent_id, public_key, position [x,y,z], electricity, data,
         last_nonce. NotFound if the agent is not registered (in the node's executed state)."""
@@ -494,6 +521,14 @@ class SyncNodeClient:
     def execution(self, height: int) -> dict[str, Any]:
         """See NodeClient.execution."""
         return self._call(NodeClient.execution, height)
+
+    def action(self, action_id: str) -> dict[str, Any]:
+        """See NodeClient.action."""
+        return self._call(NodeClient.action, action_id)
+
+    def wait_action(self, action_id: str, *, timeout_s: float = 60.0, poll_s: float = 0.25) -> dict[str, Any]:
+        """See NodeClient.wait_action."""
+        return self._call(NodeClient.wait_action, action_id, timeout_s=timeout_s, poll_s=poll_s)
 
     def agent(self, agent_id: str) -> dict[str, Any]:
         """See NodeClient.agent."""

@@ -14,7 +14,7 @@ Routes (hashes and bytes are lowercase hex in responses):
   by ``POST /v1/actions``); 503 with ``Retry-After`` when the node is busy before the body is
   decoded, or every action met a busy answer; 400 when the body is not such a document.
 - ``GET /v1/status``, ``GET /v1/blocks/{height}``, ``GET /v1/execution/{height}``,
-  ``GET /v1/agents/{agent_id}``, ``GET /v1/events?from_seq=&limit=&kind=``, ``GET /v1/modules``,
+  ``GET /v1/actions/{action_id}`` (pending, or committed with its outcome), ``GET /v1/agents/{agent_id}``, ``GET /v1/events?from_seq=&limit=&kind=``, ``GET /v1/modules``,
   ``GET /v1/evidence``, ``GET /v1/builds/{build_id}`` (a build from source: the world's record and
   this node's own build, with the compiler's message), ``GET /health``, ``GET /ready``,
   ``GET /metrics`` (Prometheus text). A block or execution record of a height this node pruned
@@ -67,6 +67,7 @@ from .network.peer_filter import PeerFilter
 from .replica import AdmissionResult
 from .schema import (
     MAX_SUBMIT_BATCH,
+    ActionDocument,
     AdmissionCode,
     AdmissionDocument,
     AdmissionStatus,
@@ -144,6 +145,7 @@ class NodeView(Protocol):
     def pruned_below(self) -> int: ...
     def execution_json(self, height: int) -> ExecutionDocument | None: ...
     def agent_json(self, agent_id: str) -> dict[str, Any] | None: ...
+    def action_json(self, action_id: bytes) -> ActionDocument | None: ...
     def events_json(self, from_seq: int, limit: int, kind: str | None) -> list[dict[str, Any]]: ...
     def modules_json(self) -> dict[str, Any]: ...
     def evidence_json(self) -> list[dict[str, Any]]: ...
@@ -527,6 +529,22 @@ def create_app(node: NodeView) -> Starlette:
             return _missing_height(h, "execution record")
         return _json(data)
 
+    async def action(request: Request) -> Response:
+        raw = request.path_params["action_id"]
+        try:
+            action_id = bytes.fromhex(raw)
+        except ValueError:
+            action_id = b""
+        if len(action_id) != 32:
+            return _error(400, "bad_action_id", f"action id {raw[:80]!r} is not 64 hex characters; use the "
+                          "action_id the submission answered (sha256 of the signed payload)")
+        doc = node.action_json(action_id)
+        if doc is None:
+            return _error(404, "unknown_action", f"no action {raw} in this node's mempool or stored blocks: never "
+                          "submitted here or gossiped to it, dropped from the mempool (resubmit it), or committed "
+                          "at a height this node pruned")
+        return _json(doc)
+
     async def agent(request: Request) -> Response:
         agent_id = request.path_params["agent_id"]
         data = node.agent_json(agent_id)
@@ -660,6 +678,7 @@ def create_app(node: NodeView) -> Starlette:
         Route("/v1/status", status),
         Route("/v1/blocks/{height}", block),
         Route("/v1/execution/{height}", execution),
+        Route("/v1/actions/{action_id}", action),
         Route("/v1/agents/{agent_id}", agent),
         Route("/v1/events", events),
         Route("/v1/modules", modules),
@@ -685,8 +704,8 @@ def create_app(node: NodeView) -> Starlette:
     )
 
 
-_ROUTE_LIST = "/v1/actions, /v1/status, /v1/blocks/{height}, /v1/execution/{height}, /v1/agents/{agent_id}, " \
-    "/v1/events, /v1/modules, /v1/evidence, /v1/builds/{build_id}, /v1/staking/validators[/{id}], " \
+_ROUTE_LIST = "/v1/actions, /v1/actions/{action_id}, /v1/status, /v1/blocks/{height}, /v1/execution/{height}, " \
+    "/v1/agents/{agent_id}, /v1/events, /v1/modules, /v1/evidence, /v1/builds/{build_id}, /v1/staking/validators[/{id}], " \
     "/v1/staking/sets, /v1/staking/unbonding, /v1/governance/proposals[/{id}], /v1/manifest[/versions], " \
     "/health, /ready, /metrics"
 

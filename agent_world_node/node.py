@@ -22,6 +22,7 @@ import trio
 from agent_world_runtime import World
 from agent_world_runtime.actions import SignedAction
 from agent_world_runtime.codec import encode, to_builtins
+from agent_world_runtime.events import ACTION_REJECTED
 from agent_world_runtime.modules.sandbox import Sandbox
 from agent_world_runtime.snapshots import SnapshotArchive
 
@@ -48,6 +49,7 @@ from .replica import (
     StartTimer,
 )
 from .schema import (
+    ActionDocument,
     AdmissionCode,
     AdmissionStatus,
     BlockActionDocument,
@@ -353,6 +355,25 @@ class Node:
             events_root=rec.events_root.hex(),
             action_count=rec.action_count,
         )
+
+    def action_json(self, action_id: bytes) -> ActionDocument | None:
+        """The ``GET /v1/actions/{action_id}`` document, or None when this node neither holds the
+        action pending nor has it in a stored block."""
+        hex_id = action_id.hex()
+        height = self.replica.store.action_height(action_id)
+        if height is None:
+            return ActionDocument(hex_id, "pending") if action_id in self.replica.mempool else None
+        if height > self.replica.driver.last_height:  # stored, not yet executed (a moment)
+            return ActionDocument(hex_id, "committed", height=height, outcome="pending_execution")
+        events = self.world.action_events(action_id, height)
+        if not events:
+            return ActionDocument(hex_id, "committed", height=height, outcome="unknown")
+        rejected = next((e for e in events if e.kind == ACTION_REJECTED), None)
+        fee = events[0].data.get("fee")
+        return ActionDocument(
+            hex_id, "committed", height=height, outcome="applied" if rejected is None else "rejected",
+            reason=str(rejected.data.get("reason")) if rejected is not None else None,
+            fee=fee if isinstance(fee, int) else None, events=[to_builtins(e) for e in events])
 
     def agent_json(self, agent_id: str) -> dict[str, Any] | None:
         """The ``GET /v1/agents/{agent_id}`` document, or None."""

@@ -138,6 +138,24 @@ class ExecutionDocument(msgspec.Struct):
     action_count: int
 
 
+class ActionDocument(msgspec.Struct, omit_defaults=True):
+    """``GET /v1/actions/{action_id}``: what became of an action this node knows.
+
+    ``status`` is ``pending`` (in this node's mempool, not yet in a block) or ``committed`` (in the
+    block of ``height``); a committed action's ``outcome`` is ``applied`` (``events``: what it
+    did) or ``rejected`` (``reason``: what the world rules said, and ``events`` holds the
+    ``domain.action_rejected`` event); ``fee`` is what it paid. ``outcome`` is ``unknown`` when the
+    node no longer holds that height's events (before a state-sync snapshot)."""
+
+    action_id: str
+    status: str
+    height: int | None = None
+    outcome: str | None = None
+    reason: str | None = None
+    fee: int | None = None
+    events: list[dict[str, Any]] = []
+
+
 class BlockActionDocument(msgspec.Struct):
     """One action of a block, by id (the payload is in the block store, not in this document)."""
 

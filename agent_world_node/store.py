@@ -11,6 +11,7 @@ transaction intact. Tables:
 - ``wal(seq, height, round, kind, payload)``: every consensus message this validator signed, written
   before it is sent (``kind``: a ``WalEntryKind``).
 - ``evidence(seq, height, kind, payload)``: equivocation evidence seen.
+- ``action_heights(action_id, height)``: the height of every stored block's actions (outcome lookups).
 - ``meta(key, value)``: small values such as the height of the last world snapshot.
 """
 
@@ -84,6 +85,11 @@ CREATE TABLE IF NOT EXISTS evidence (
     kind TEXT NOT NULL,
     payload BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS action_heights (
+    action_id BLOB PRIMARY KEY,
+    height INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS action_heights_by_height ON action_heights(height);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -135,6 +141,8 @@ class NodeStore:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("INSERT INTO blocks(height, block_hash, payload) VALUES (?,?,?)", (h, bh, payload))
+            self._db.executemany("INSERT OR IGNORE INTO action_heights(action_id, height) VALUES (?,?)",
+                                 [(a.action_id, h) for a in block.actions])
 
     def get_block(self, height: int) -> ReplicatedCommitPayload | None:
         """Return the stored block and certificate at ``height`` (execution hashes filled in when
@@ -165,8 +173,15 @@ class NodeStore:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             blocks = self._db.execute("DELETE FROM blocks WHERE height < ?", (height,)).rowcount
+            self._db.execute("DELETE FROM action_heights WHERE height < ?", (height,))
             executions = self._db.execute("DELETE FROM executions WHERE height < ?", (height,)).rowcount
         return blocks, executions
+
+    def action_height(self, action_id: bytes) -> int | None:
+        """Return the height of the stored block that holds action ``action_id``, or None (never
+        committed, committed in a pruned height, or before a state-sync base)."""
+        row = self._db.execute("SELECT height FROM action_heights WHERE action_id=?", (action_id,)).fetchone()
+        return int(row[0]) if row else None
 
     def last_block_height(self) -> int:
         """Return the highest stored block height (0 when none)."""

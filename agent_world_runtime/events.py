@@ -150,6 +150,22 @@ class EventJournal:
                 out.append(decode(self._raw[i], Event))
         return out
 
+    def at_height(self, height: int) -> list[Event]:
+        """Return the held events of block ``height``, in order. Events are appended block by block,
+        so their heights never decrease: two binary searches, O(log n) decodes plus the events."""
+        def first_at_or_after(h: int) -> int:
+            lo, hi = 0, len(self._raw)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if decode(self._raw[mid], Event).height < h:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            return lo
+
+        start, end = first_at_or_after(height), first_at_or_after(height + 1)
+        return [decode(raw, Event) for raw in self._raw[start:end]]
+
     @classmethod
     def from_raw(cls, raws: Iterable[bytes], base: int = 0, base_head: bytes = ZERO_HEAD) -> "EventJournal":
         """Rebuild a journal from stored encodings of events ``base+1, base+2, ...`` after a base

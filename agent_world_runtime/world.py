@@ -516,6 +516,13 @@ class World:
         only kinds starting with ``kind_prefix``. Raises ValueError for a negative limit."""
         return self._state.journal.query(from_seq, limit, kind_prefix)
 
+    def action_events(self, action_id: bytes, height: int) -> list[Event]:
+        """Return the events of the action ``action_id`` executed in block ``height`` (those whose
+        ``data["action_id"]`` is it), in order: its applied events, or one
+        ``domain.action_rejected``. Empty when the journal does not hold that height's events
+        (before a state-sync snapshot) or the action is not in that block."""
+        return [e for e in self._state.journal.at_height(height) if e.data.get("action_id") == action_id]
+
     def journal_raw(self, first_seq: int = 1, last_seq: int | None = None) -> list[bytes]:
         """Return the canonical bytes of journal events ``first_seq..last_seq`` (inclusive)."""
         return self._state.journal.raw(first_seq, last_seq)

@@ -441,8 +441,13 @@ def submit(
     agent_id: Optional[str] = typer.Option(None, "--agent-id", help="Agent id; default: the key file's agent_id."),
     nonce: Optional[int] = typer.Option(None, "--nonce", help="Nonce; default: the agent's last_nonce + 1 on the node."),
     chain_id: Optional[str] = typer.Option(None, "--chain-id", help="Chain to sign for; default: the node's."),
+    wait: bool = typer.Option(False, "--wait", help="Wait until the chain executed the action and print its "
+                              "outcome; exit 1 when the world rules rejected it."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait with --wait."),
 ) -> None:
-    """Sign an action with an agent key and submit it to a node."""
+    """Sign an action with an agent key and submit it to a node. "accepted" means the node took it
+    into its mempool; the outcome (applied or rejected by the world rules) comes when a block holds
+    it: --wait waits for it, `awnode action ID` looks it up later."""
     quiet_logs()
     with friendly_errors():
         key, file_agent_id = read_agent_key(key_file)
@@ -486,6 +491,41 @@ def submit(
             f"action_id={result.action_id}",
             highlight=False,
         )
+        if not wait:
+            return
+        print_outcome(client.wait_action(result.action_id, timeout_s=timeout))
+
+
+def print_outcome(doc: dict[str, Any]) -> None:
+    """Print an ``GET /v1/actions/{id}`` document in one line; raise ``typer.Exit(1)`` when the
+    world rules rejected the action."""
+    where = f" at height {doc['height']}" if doc.get("height") is not None else ""
+    fee = f" (fee {doc['fee']})" if doc.get("fee") is not None else ""
+    outcome = doc.get("outcome") or doc.get("status")
+    if outcome == "rejected":
+        err_console.print(f"[red]rejected[/red]{where}{fee}: {doc.get('reason')}", highlight=False)
+        raise typer.Exit(1)
+    kinds = ", ".join(e["kind"] for e in doc.get("events", []))
+    console.print(f"[green]{outcome}[/green]{where}{fee}" + (f": {kinds}" if kinds else ""), highlight=False)
+
+
+@app.command("action")
+def action_lookup(
+    action_id: str = typer.Argument(..., metavar="ACTION_ID", help="The action id `awnode submit` printed (64 hex)."),
+    rpc: str = typer.Option("http://127.0.0.1:26657", "--rpc", help="The node's HTTP API."),
+    json_out: bool = typer.Option(False, "--json", help="Print the whole document as JSON."),
+) -> None:
+    """Look up what became of an action: pending, or committed with its outcome (applied with its
+    events, or rejected with the reason); exit 1 when rejected."""
+    quiet_logs()
+    with friendly_errors():
+        doc = make_client(rpc).action(action_id.strip().lower())
+        if json_out:
+            typer.echo(json.dumps(doc, indent=2, sort_keys=True))
+            if doc.get("outcome") == "rejected":
+                raise typer.Exit(1)
+            return
+        print_outcome(doc)
 
 
 # --- keygen -------------------------------------------------------------------------------------

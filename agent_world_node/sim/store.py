@@ -82,7 +82,8 @@ class SimStore(NodeStore):
         existed = self.block_hash(h) is not None
         super().put_block(block, certificate)
         if not existed:
-            self._push(f"block {h}", lambda: self._exec("DELETE FROM blocks WHERE height=?", (h,)))
+            self._push(f"block {h}", lambda: (self._exec("DELETE FROM blocks WHERE height=?", (h,)),
+                                              self._exec("DELETE FROM action_heights WHERE height=?", (h,))))
 
     def put_execution(self, record: ExecutionRecord) -> None:
         """``NodeStore.put_execution``, undoable when it inserted a row."""
