@@ -57,6 +57,7 @@ from starlette.routing import Route
 from agent_world_runtime import World
 from agent_world_runtime.actions import SignedAction, decode_signed_action_json, static_action_problem
 from agent_world_runtime.codec import DecodeError, decode_json, to_builtins
+from agent_world_runtime.events import ACTION_REJECTED
 from agent_world_runtime.governance.manifest import Manifest, manifest_hash
 from agent_world_runtime.governance.records import ManifestVersionRecord, ProposalRecord
 from agent_world_runtime.staking.records import UnbondingQueue, ValidatorRecord, ValidatorSetRecord
@@ -326,6 +327,22 @@ def validator_sets_document(world: World, from_epoch: int, limit: int) -> Valida
     return ValidatorSetsDocument(current_epoch=_current_epoch(world), epoch_length=world.epoch_length,
                                  sets=[_set_document(r) for _, r in page],
                                  next_from_epoch=known[limit][0] if more else None)
+
+
+def action_outcome_document(world: World, action_id: bytes, height: int) -> ActionDocument:
+    """``GET /v1/actions/{action_id}`` of an action committed and executed at ``height``: its
+    outcome from the world's events of that height (``outcome`` ``unknown`` when the journal does
+    not hold them)."""
+    hex_id = action_id.hex()
+    events = world.action_events(action_id, height)
+    if not events:
+        return ActionDocument(hex_id, "committed", height=height, outcome="unknown")
+    rejected = next((e for e in events if e.kind == ACTION_REJECTED), None)
+    fee = events[0].data.get("fee")
+    return ActionDocument(
+        hex_id, "committed", height=height, outcome="applied" if rejected is None else "rejected",
+        reason=str(rejected.data.get("reason")) if rejected is not None else None,
+        fee=fee if isinstance(fee, int) else None, events=[to_builtins(e) for e in events])
 
 
 def unbonding_document(world: World) -> UnbondingDocument:

@@ -22,12 +22,11 @@ import trio
 from agent_world_runtime import World
 from agent_world_runtime.actions import SignedAction
 from agent_world_runtime.codec import encode, to_builtins
-from agent_world_runtime.events import ACTION_REJECTED
 from agent_world_runtime.modules.sandbox import Sandbox
 from agent_world_runtime.snapshots import SnapshotArchive
 
 from . import config as cfg
-from .api import create_app
+from .api import action_outcome_document, create_app
 from .build_runner import BuildRunner
 from .consensus import TimeoutFired
 from .consensus.privval import SignStateFile
@@ -365,15 +364,7 @@ class Node:
             return ActionDocument(hex_id, "pending") if action_id in self.replica.mempool else None
         if height > self.replica.driver.last_height:  # stored, not yet executed (a moment)
             return ActionDocument(hex_id, "committed", height=height, outcome="pending_execution")
-        events = self.world.action_events(action_id, height)
-        if not events:
-            return ActionDocument(hex_id, "committed", height=height, outcome="unknown")
-        rejected = next((e for e in events if e.kind == ACTION_REJECTED), None)
-        fee = events[0].data.get("fee")
-        return ActionDocument(
-            hex_id, "committed", height=height, outcome="applied" if rejected is None else "rejected",
-            reason=str(rejected.data.get("reason")) if rejected is not None else None,
-            fee=fee if isinstance(fee, int) else None, events=[to_builtins(e) for e in events])
+        return action_outcome_document(self.world, action_id, height)
 
     def agent_json(self, agent_id: str) -> dict[str, Any] | None:
         """The ``GET /v1/agents/{agent_id}`` document, or None."""

@@ -52,6 +52,7 @@ from agent_world_runtime.params import WorldParams
 
 from .gov_cli import gov_app
 from .modules_cli import module_app
+from .signing import reserve_nonce
 from .staking_cli import staking_app
 from .testnet import (
     DEFAULT_STAKE,
@@ -479,7 +480,7 @@ def submit(
                 last = record.get("last_nonce")
                 if not isinstance(last, int):
                     raise CliError(f"the node at {rpc} reported no last_nonce for {agent!r}; pass --nonce")
-                nonce = last + 1
+                nonce = reserve_nonce(key_file, chain_id, agent, last)  # concurrent submits never share one
         signed = sign_action(key, chain_id, agent, nonce, action)
         problem = static_action_problem(signed)
         if problem is not None:

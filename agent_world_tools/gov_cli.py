@@ -273,7 +273,7 @@ def propose(
         if isinstance(fee, int) and balance_of(record) < fee:
             raise ui.CliError(f"agent {agent!r} has {balance_of(record)} electricity; a proposal pays {fee} "
                               "(params.proposal_fee)")
-        sub = submit_action(client, rpc, key, agent, action, nonce=nonce, record=record)
+        sub = submit_action(client, rpc, key, agent, action, nonce=nonce, record=record, key_file=key_file)
         if not wait:
             return
         wait_executed(client, rpc, sub, timeout)
@@ -324,7 +324,7 @@ def vote(
             raise ui.CliError(f"validator {short(vid)} already voted {p['votes'][vid]} on proposal {proposal_id}; a vote "
                               "is final")
         sub = submit_action(client, rpc, key, agent, VoteProposal(proposal_id=proposal_id, validator_id=vid,
-                                                                   option=option), nonce=nonce)
+                                                                   option=option), nonce=nonce, key_file=key_file)
         if not wait:
             return
         wait_executed(client, rpc, sub, timeout)

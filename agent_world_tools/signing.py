@@ -6,14 +6,13 @@ values as JSON (never Python reprs)."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from rich.markup import escape
 
-from agent_world_client.client import NotFound, SyncNodeClient
+from agent_world_client.client import ClientError, NotFound, SyncNodeClient
 from agent_world_runtime.actions import AGENT_ID_RE, Action, action_kind, sign_action, static_action_problem
 from agent_world_runtime.crypto import SigningKey
 
@@ -105,12 +104,43 @@ class Submitted:
         self.kind = kind
 
 
+def reserve_nonce(key_file: Path, chain_id: str, agent: str, node_last: int) -> int:
+    """Return the next nonce for ``agent`` on ``chain_id`` and remember it beside the key file
+    (``KEY.nonces``, JSON ``{"<chain>/<agent>": last reserved}``), under an exclusive lock: two
+    commands signing with one key at once get different nonces. The nonce is above both the node's
+    ``node_last`` (its executed state) and every nonce reserved here before (pending actions the
+    node has not executed yet); a reserved nonce that was never used leaves a gap, which the chain
+    allows. Raises OSError when the file cannot be written."""
+    import fcntl
+
+    path = key_file.with_name(key_file.name + ".nonces")
+    with open(path, "a+", encoding="utf-8") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        handle.seek(0)
+        try:
+            reserved = json.loads(handle.read() or "{}")
+        except json.JSONDecodeError:
+            reserved = {}
+        if not isinstance(reserved, dict):
+            reserved = {}
+        slot = f"{chain_id}/{agent}"
+        previous = reserved.get(slot)
+        nonce = max(node_last, previous if isinstance(previous, int) else 0) + 1
+        reserved[slot] = nonce
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(reserved, sort_keys=True) + "\n")
+        handle.flush()
+    return nonce
+
+
 def submit_action(client: SyncNodeClient, rpc: str, key: SigningKey, agent: str, action: Action, *,
                   chain_id: str | None = None, nonce: Optional[int] = None,
-                  record: dict[str, Any] | None = None) -> Submitted:
+                  record: dict[str, Any] | None = None, key_file: Path | None = None) -> Submitted:
     """Sign ``action`` for the node's chain with ``nonce`` (default: the agent's last nonce + 1
-    there; ``record`` is the agent's record when already read), submit it and print the
-    acceptance. Raises CliError, or the client's errors (a refusal says the node's reason)."""
+    there, or with ``key_file`` the next nonce reserved beside it, ``reserve_nonce``; ``record``
+    is the agent's record when already read), submit it and print the acceptance. Raises
+    CliError, or the client's errors (a refusal says the node's reason)."""
     if nonce is not None and nonce < 1:
         raise ui.CliError(f"--nonce must be at least 1, got {nonce}")
     chain_id = chain_id or chain_id_of(client, rpc)
@@ -119,7 +149,7 @@ def submit_action(client: SyncNodeClient, rpc: str, key: SigningKey, agent: str,
         last = record.get("last_nonce")
         if not isinstance(last, int):
             raise ui.CliError(f"the node at {rpc} reported no last_nonce for {agent!r}; pass --nonce")
-        nonce = last + 1
+        nonce = reserve_nonce(key_file, chain_id, agent, last) if key_file is not None else last + 1
     signed = sign_action(key, chain_id, agent, nonce, action)
     problem = static_action_problem(signed)
     if problem is not None:
@@ -132,36 +162,15 @@ def submit_action(client: SyncNodeClient, rpc: str, key: SigningKey, agent: str,
     return Submitted(result.action_id, agent, nonce, kind)
 
 
-def _rejection(client: SyncNodeClient, action_id: str) -> str | None:
-    """The reason of the ``domain.action_rejected`` event of ``action_id``, or None."""
-    cursor = 0
-    while True:
-        events = client.events(from_seq=cursor, limit=1000, kind="domain.action_rejected")
-        for event in events:
-            data = event.get("data", {})
-            if str(data.get("action_id", "")).lower() == action_id.lower():
-                return str(data.get("reason", "(no reason given)"))
-        if len(events) < 1000:
-            return None
-        cursor = events[-1]["seq"] + 1
-
-
 def wait_executed(client: SyncNodeClient, rpc: str, sub: Submitted, timeout: float) -> None:
-    """Wait until the chain executed ``sub`` (its signer's last nonce reached it: an executed
-    action uses its nonce whether the world rules apply or reject it); CliError with the rules'
+    """Wait until the chain executed ``sub`` (``GET /v1/actions/{id}``); CliError with the rules'
     reason when they rejected it, or when it is not executed within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = agent_record(client, rpc, sub.agent).get("last_nonce")
-        if isinstance(last, int) and last >= sub.nonce:
-            break
-        if time.monotonic() > deadline:
-            raise ui.CliError(f"the {sub.kind} (action {sub.action_id}) was not executed within {timeout:g} s; check "
-                              f"later with GET {rpc}/v1/agents/{sub.agent} (last_nonce {sub.nonce} means executed)")
-        time.sleep(0.3)
-    reason = _rejection(client, sub.action_id)
-    if reason is not None:
-        raise ui.CliError(f"the chain rejected the {sub.kind} (its fee was paid): {reason}")
+    try:
+        doc = client.wait_action(sub.action_id, timeout_s=timeout)
+    except ClientError as exc:
+        raise ui.CliError(f"the {sub.kind} (action {sub.action_id}): {exc}") from None
+    if doc.get("outcome") == "rejected":
+        raise ui.CliError(f"the chain rejected the {sub.kind} (its fee was paid): {doc.get('reason')}")
 
 
 def json_text(value: Any) -> str:

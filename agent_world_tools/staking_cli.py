@@ -126,7 +126,7 @@ def create_validator(
                               "fee); bond less or get electricity first")
         proof = validator_key_proof(consensus, chain_id, agent)
         action = CreateValidator(validator_key=consensus.public_key, bond=bond, proof=proof, name=name)
-        sub = submit_action(client, rpc, key, agent, action, chain_id=chain_id, nonce=nonce, record=record)
+        sub = submit_action(client, rpc, key, agent, action, chain_id=chain_id, nonce=nonce, record=record, key_file=key_file)
         ui.console.print(f"  validator id {vid}", highlight=False)
         if not wait:
             return
@@ -162,7 +162,7 @@ def bond(
         record = agent_record(client, rpc, agent)
         if amount > balance_of(record):
             raise ui.CliError(f"agent {agent!r} has {balance_of(record)} electricity, cannot bond {amount}; bond less")
-        sub = submit_action(client, rpc, key, agent, Bond(validator_id=vid, amount=amount), nonce=nonce, record=record)
+        sub = submit_action(client, rpc, key, agent, Bond(validator_id=vid, amount=amount), nonce=nonce, record=record, key_file=key_file)
         if not wait:
             return
         wait_executed(client, rpc, sub, timeout)
@@ -193,7 +193,7 @@ def unbond(
         held = _validator(client, rpc, vid)["bonds"].get(agent, 0)
         if amount > held:
             raise ui.CliError(f"agent {agent!r} has {held} bonded to {vid}; unbond at most {held}")
-        sub = submit_action(client, rpc, key, agent, Unbond(validator_id=vid, amount=amount), nonce=nonce)
+        sub = submit_action(client, rpc, key, agent, Unbond(validator_id=vid, amount=amount), nonce=nonce, key_file=key_file)
         if not wait:
             return
         wait_executed(client, rpc, sub, timeout)
@@ -229,7 +229,7 @@ def unjail(
         if isinstance(height, int) and height + 1 < doc["jailed_until"]:
             raise ui.CliError(f"validator {vid} is jailed until height {doc['jailed_until']} (the chain is at height "
                               f"{height}); unjail at or after it")
-        sub = submit_action(client, rpc, key, agent, Unjail(validator_id=vid), nonce=nonce)
+        sub = submit_action(client, rpc, key, agent, Unjail(validator_id=vid), nonce=nonce, key_file=key_file)
         if not wait:
             return
         wait_executed(client, rpc, sub, timeout)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import msgspec
 
-from agent_world_node.api import create_app
+from agent_world_node.api import action_outcome_document, create_app
 from agent_world_node.replica import AdmissionResult
 from agent_world_node.schema import AdmissionCode, AdmissionStatus
 from agent_world_runtime import World, compute_action_id
@@ -121,6 +121,7 @@ class WorldNode:
         self.world = world
         self.posted: list[SignedAction] = []
         self.events: list = []
+        self.heights: dict[bytes, int] = {}
 
     @property
     def execution_height(self) -> int:
@@ -141,7 +142,12 @@ class WorldNode:
                                    reason=refusal.message)
         self.posted.append(signed)
         self.events.extend(run_block(self.world, [signed]))
+        self.heights[action_id] = self.world.height
         return AdmissionResult(AdmissionStatus.ACCEPTED, action_id)
+
+    def action_json(self, action_id: bytes):
+        height = self.heights.get(action_id)
+        return None if height is None else action_outcome_document(self.world, action_id, height)
 
     def rejections(self) -> list[str]:
         return _rejections(self.events)

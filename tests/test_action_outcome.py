@@ -81,3 +81,59 @@ def test_outcomes_of_applied_and_rejected_actions(tmp_path):
 
     trio.run(main)
 
+
+
+def test_reserved_nonces_never_collide_and_stay_above_the_nodes(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agent_world_tools.signing import reserve_nonce
+
+    key_file = tmp_path / "k.json"
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda _: reserve_nonce(key_file, "c", "a", 4), range(40)))
+    assert sorted(got) == list(range(5, 45))
+    assert reserve_nonce(key_file, "c", "a", 100) == 101  # the node's executed nonce moved past ours
+    assert reserve_nonce(key_file, "other-chain", "a", 0) == 1  # per chain and agent
+
+
+def test_parallel_submits_with_one_key_all_commit(tmp_path):
+    import subprocess
+    import sys
+
+    home = single_validator_home(tmp_path / "solo", chain_id=CHAIN)
+    alice = AgentSigner("alice", SigningKey(b"a" * 32), CHAIN)
+    key_file = tmp_path / "alice.json"
+    AgentKey(key=alice.key, agent_id="alice").save(key_file)
+    harvest = tmp_path / "give.json"
+    harvest.write_text(json.dumps({"type": "transfer_resource", "to": "bank", "kind": "electricity", "amount": 1}))
+
+    async def main():
+        async with running_node(home) as node:
+            base = f"http://{node.config.rpc.listen}"
+            async with NodeClient(base, timeout_s=10) as client:
+                create = bank_signer(CHAIN).create_agent(alice, electricity=500)
+                await client.submit(create)
+                await client.wait_action(compute_action_id(create).hex(), timeout_s=30)
+
+                def submit():
+                    return subprocess.run([sys.executable, "-m", "agent_world_tools.cli", "submit", "--rpc", base,
+                                           "--key", str(key_file), str(harvest)], capture_output=True, text=True,
+                                          timeout=60)
+
+                async with trio.open_nursery() as nursery:
+                    results = []
+
+                    async def one():
+                        results.append(await trio.to_thread.run_sync(submit))
+
+                    for _ in range(3):
+                        nursery.start_soon(one)
+                nonces = sorted(int(r.stdout.split("nonce=")[1].split()[0]) for r in results)
+                assert all(r.returncode == 0 and "accepted" in r.stdout for r in results), [r.stdout + r.stderr
+                                                                                             for r in results]
+                assert nonces == [1, 2, 3], nonces
+                ids = [r.stdout.split("action_id=")[1].split()[0] for r in results]
+                outcomes = [(await client.wait_action(i, timeout_s=30))["outcome"] for i in ids]
+                assert outcomes == ["applied"] * 3, outcomes
+
+    trio.run(main)
