@@ -372,15 +372,30 @@ class NodeClient:
         return await self._get_json(f"/v1/agents/{agent_id}", what=f"agent {agent_id!r}")
 
     async def events(self, from_seq: int = 0, limit: int = 100, kind: str | None = None) -> list[dict[str, Any]]:
-        """GET /v1/events: up to ``limit`` events with seq >= ``from_seq`` whose kind starts with
-        ``kind`` (all kinds if None). Each event: seq, height, kind, data."""
-        params: dict[str, Any] = {"from_seq": int(from_seq), "limit": int(limit)}
-        if kind:
-            params["kind"] = kind
+        """GET /v1/events: up to ``limit`` events with seq >= ``from_seq`` whose kind matches
+        ``kind`` (an exact kind, ``prefix*`` or a bare prefix; all kinds if None), oldest first.
+        Each event: seq, height, kind, data. ``event_page`` takes every filter."""
+        events, _ = await self.event_page(kind=kind, cursor=from_seq, limit=limit)
+        return events
+
+    async def event_page(self, *, kind: str | None = None, agent: str | None = None, from_height: int | None = None,
+                         to_height: int | None = None, action_id: str | None = None, newest_first: bool = False,
+                         cursor: int | None = None, limit: int = 100) -> tuple[list[dict[str, Any]], int | None]:
+        """GET /v1/events with filters (``kind``: comma-separated patterns; ``agent``: events
+        about that agent; heights inclusive; ``action_id`` hex), oldest first or ``newest_first``,
+        from seq ``cursor``. Returns the events and the cursor of the next page (None: no more).
+        A page may hold fewer events than ``limit`` (even none) when the node stopped scanning:
+        continue from the cursor."""
+        params: dict[str, Any] = {"limit": int(limit), "order": "desc" if newest_first else "asc"}
+        for name, value in (("kind", kind), ("agent", agent), ("from_height", from_height),
+                            ("to_height", to_height), ("action_id", action_id), ("cursor", cursor)):
+            if value is not None and value != "":
+                params[name] = value
         body = await self._get_json("/v1/events", params=params, what="events")
         if not isinstance(body, dict) or not isinstance(body.get("events"), list):
             raise BadResponse(f"node at {self.base_url} answered /v1/events without an 'events' list")
-        return body["events"]
+        nxt = body.get("next_cursor")
+        return body["events"], nxt if isinstance(nxt, int) else None
 
     async def build(self, build_id: str) -> dict[str, Any]:
         """GET /v1/builds/{build_id}: the world's record of a build from source (status, code,
@@ -533,6 +548,10 @@ class SyncNodeClient:
     def agent(self, agent_id: str) -> dict[str, Any]:
         """See NodeClient.agent."""
         return self._call(NodeClient.agent, agent_id)
+
+    def event_page(self, **filters: Any) -> tuple[list[dict[str, Any]], int | None]:
+        """See NodeClient.event_page."""
+        return self._call(NodeClient.event_page, **filters)
 
     def events(self, from_seq: int = 0, limit: int = 100, kind: str | None = None) -> list[dict[str, Any]]:
         """See NodeClient.events."""

@@ -14,7 +14,7 @@ Routes (hashes and bytes are lowercase hex in responses):
   by ``POST /v1/actions``); 503 with ``Retry-After`` when the node is busy before the body is
   decoded, or every action met a busy answer; 400 when the body is not such a document.
 - ``GET /v1/status``, ``GET /v1/blocks/{height}``, ``GET /v1/execution/{height}``,
-  ``GET /v1/actions/{action_id}`` (pending, or committed with its outcome), ``GET /v1/agents/{agent_id}``, ``GET /v1/events?from_seq=&limit=&kind=``, ``GET /v1/modules``,
+  ``GET /v1/actions/{action_id}`` (pending, or committed with its outcome), ``GET /v1/agents/{agent_id}``, ``GET /v1/events?kind=&agent=&from_height=&to_height=&action_id=&order=asc|desc&cursor=&limit=``, ``GET /v1/modules``,
   ``GET /v1/evidence``, ``GET /v1/builds/{build_id}`` (a build from source: the world's record and
   this node's own build, with the compiler's message), ``GET /health``, ``GET /ready``,
   ``GET /metrics`` (Prometheus text). A block or execution record of a height this node pruned
@@ -56,6 +56,7 @@ from starlette.routing import Route
 
 from agent_world_runtime import World
 from agent_world_runtime.actions import SignedAction, decode_signed_action_json, static_action_problem
+from agent_world_runtime.audit import EventFilter, event_json
 from agent_world_runtime.codec import DecodeError, decode_json, to_builtins
 from agent_world_runtime.events import ACTION_REJECTED
 from agent_world_runtime.governance.manifest import Manifest, manifest_hash
@@ -147,7 +148,6 @@ class NodeView(Protocol):
     def execution_json(self, height: int) -> ExecutionDocument | None: ...
     def agent_json(self, agent_id: str) -> dict[str, Any] | None: ...
     def action_json(self, action_id: bytes) -> ActionDocument | None: ...
-    def events_json(self, from_seq: int, limit: int, kind: str | None) -> list[dict[str, Any]]: ...
     def modules_json(self) -> dict[str, Any]: ...
     def evidence_json(self) -> list[dict[str, Any]]: ...
     def snapshots_json(self) -> list[dict[str, Any]]: ...
@@ -327,6 +327,36 @@ def validator_sets_document(world: World, from_epoch: int, limit: int) -> Valida
     return ValidatorSetsDocument(current_epoch=_current_epoch(world), epoch_length=world.epoch_length,
                                  sets=[_set_document(r) for _, r in page],
                                  next_from_epoch=known[limit][0] if more else None)
+
+
+def events_filter(query: Mapping[str, str]) -> EventFilter:
+    """The ``EventFilter`` of ``GET /v1/events`` query parameters: ``kind`` (comma-separated
+    patterns: exact, ``prefix*`` or a bare prefix), ``agent``, ``from_height``, ``to_height``,
+    ``action_id`` (64 hex). Raises ValueError naming the bad parameter."""
+    def height(name: str) -> int | None:
+        raw = query.get(name)
+        if raw is None:
+            return None
+        if not raw.isdigit():
+            raise ValueError(f"query parameter {name} must be a height (a non-negative integer), got {raw[:40]!r}")
+        return int(raw)
+
+    kinds = tuple(k.strip() for k in query.get("kind", "").split(",") if k.strip())
+    if len(kinds) > 16 or any(len(k) > 100 for k in kinds):
+        raise ValueError("query parameter kind takes at most 16 patterns of at most 100 characters")
+    action_id = query.get("action_id")
+    if action_id is not None:
+        try:
+            ok = len(bytes.fromhex(action_id)) == 32
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"query parameter action_id must be 64 hex characters, got {action_id[:80]!r}")
+    agent = query.get("agent")
+    if agent is not None and not 0 < len(agent) <= 64:
+        raise ValueError("query parameter agent must be an agent id of 1-64 characters")
+    return EventFilter(kinds=kinds, agent=agent, from_height=height("from_height"), to_height=height("to_height"),
+                       action_id=action_id.lower() if action_id else None)
 
 
 def action_outcome_document(world: World, action_id: bytes, height: int) -> ActionDocument:
@@ -570,13 +600,20 @@ def create_app(node: NodeView) -> Starlette:
         return JSONResponse(data)
 
     async def events(request: Request) -> Response:
+        q = request.query_params
         try:
-            from_seq = _int_param(request, "from_seq", 0, 0, 1 << 62)
+            flt = events_filter(q)
             limit = _int_param(request, "limit", 100, 1, 1000)
+            order = q.get("order", "asc")
+            if order not in ("asc", "desc"):
+                raise ValueError(f"query parameter order must be asc (oldest first) or desc (newest first), got {order!r}")
+            cursor: int | None = None
+            if "cursor" in q or "from_seq" in q:
+                cursor = _int_param(request, "cursor" if "cursor" in q else "from_seq", 0, 0, 1 << 62)
         except ValueError as exc:
             return _error(400, "bad_query", str(exc))
-        kind = request.query_params.get("kind")
-        return JSONResponse({"events": node.events_json(from_seq, limit, kind)})
+        page = node.world.audit_events(flt, limit=limit, cursor=cursor, newest_first=order == "desc")
+        return JSONResponse({"events": [event_json(e) for e in page.events], "next_cursor": page.next_cursor})
 
     async def modules(request: Request) -> Response:
         return JSONResponse(node.modules_json())

@@ -371,10 +371,6 @@ class Node:
         agent = self.world.get_agent(agent_id)
         return to_builtins(agent) if agent is not None else None
 
-    def events_json(self, from_seq: int, limit: int, kind: str | None) -> list[dict[str, Any]]:
-        """Events from the world journal with ``seq >= from_seq``."""
-        return [to_builtins(e) for e in self.world.events(from_seq, limit, kind)]
-
     def modules_json(self) -> dict[str, Any]:
         """Known artifacts and installed instances."""
         return to_builtins(self.world.module_status())

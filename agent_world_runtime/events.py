@@ -150,6 +150,10 @@ class EventJournal:
                 out.append(decode(self._raw[i], Event))
         return out
 
+    def kinds(self) -> list[str]:
+        """The kinds of the held events, in order (the journal's own list: do not change it)."""
+        return self._kinds
+
     def at_height(self, height: int) -> list[Event]:
         """Return the held events of block ``height``, in order. Events are appended block by block,
         so their heights never decrease: two binary searches, O(log n) decodes plus the events."""

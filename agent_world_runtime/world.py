@@ -45,6 +45,7 @@ from .actions import (
     payload_hash,
 )
 from .admission import BlockPlan, Refusal, RefusalCode, admission_refusal, fee_refusal, payload_size, signer_key
+from .audit import EventFilter, EventPage, audit_events, save_audit_log
 from .crypto import PUBLIC_KEY_SIZE
 from .events import Event
 from .fees import action_fee
@@ -515,6 +516,18 @@ class World:
         """Return up to ``limit`` journal events with ``seq >= from_seq``, oldest first, optionally
         only kinds starting with ``kind_prefix``. Raises ValueError for a negative limit."""
         return self._state.journal.query(from_seq, limit, kind_prefix)
+
+    def audit_events(self, flt: EventFilter, *, limit: int = 100, cursor: int | None = None,
+                     newest_first: bool = False) -> EventPage:
+        """Return a page of the journal's events that ``flt`` selects (``audit.audit_events``:
+        oldest or newest first from ``cursor``, at most ``audit.MAX_SCAN`` events looked at).
+        Raises ValueError for a limit below 1."""
+        return audit_events(self._state.journal, flt, limit=limit, cursor=cursor, newest_first=newest_first)
+
+    def save_audit_log(self, path: str | Path, flt: EventFilter) -> int:
+        """Write the events ``flt`` selects to ``path`` as JSON Lines (``audit.save_audit_log``);
+        return how many. Raises OSError."""
+        return save_audit_log(self._state.journal, Path(path), flt)
 
     def action_events(self, action_id: bytes, height: int) -> list[Event]:
         """Return the events of the action ``action_id`` executed in block ``height`` (those whose

@@ -510,6 +510,40 @@ def print_outcome(doc: dict[str, Any]) -> None:
     console.print(f"[green]{outcome}[/green]{where}{fee}" + (f": {kinds}" if kinds else ""), highlight=False)
 
 
+audit_app = typer.Typer(help="Export the world's events (the audit log) from a node.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("export")
+def audit_export(
+    out: Path = typer.Argument(..., metavar="FILE", help="Where to write the events, one JSON object per line."),
+    rpc: str = typer.Option("http://127.0.0.1:26657", "--rpc", help="The node's HTTP API."),
+    from_height: Optional[int] = typer.Option(None, "--from", min=0, help="First height (inclusive)."),
+    to_height: Optional[int] = typer.Option(None, "--to", min=0, help="Last height (inclusive)."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Kinds, comma-separated: exact, or prefix* (domain.*)."),
+    agent: Optional[str] = typer.Option(None, "--agent", help="Only events about this agent."),
+) -> None:
+    """Write the node's journal events that match the filters to FILE as JSON Lines
+    ({"seq", "height", "kind", "data"}, bytes as hex), oldest first. The node holds events from
+    genesis, or from its state-sync snapshot on."""
+    quiet_logs()
+    with friendly_errors():
+        if from_height is not None and to_height is not None and from_height > to_height:
+            raise CliError(f"--from {from_height} is above --to {to_height}")
+        client = make_client(rpc)
+        count, cursor = 0, None
+        with open(out, "w", encoding="utf-8") as handle:
+            while True:
+                events, cursor = client.event_page(kind=kind, agent=agent, from_height=from_height,
+                                                   to_height=to_height, cursor=cursor, limit=1000)
+                for event in events:
+                    handle.write(json.dumps(event, sort_keys=True) + "\n")
+                count += len(events)
+                if cursor is None:
+                    break
+        console.print(f"wrote {count} events to {out}", highlight=False)
+
+
 @app.command("action")
 def action_lookup(
     action_id: str = typer.Argument(..., metavar="ACTION_ID", help="The action id `awnode submit` printed (64 hex)."),
