@@ -366,6 +366,23 @@ class NodeClient:
                                   f"look it up later with GET /v1/actions/{action_id}")
             await trio.sleep(poll_s)
 
+    async def agents(self, *, after: str | None = None, limit: int = 100) -> tuple[list[dict[str, Any]], str | None]:
+        """GET /v1/agents: up to ``limit`` agents in id order after ``after``; returns them and the
+        ``after`` of the next page (None: no more)."""
+        params: dict[str, Any] = {"limit": int(limit)}
+        if after is not None:
+            params["after"] = after
+        body = await self._get_json("/v1/agents", params=params, what="agents")
+        if not isinstance(body, dict) or not isinstance(body.get("agents"), list):
+            raise BadResponse(f"node at {self.base_url} answered /v1/agents without an 'agents' list")
+        nxt = body.get("next_after")
+        return body["agents"], nxt if isinstance(nxt, str) else None
+
+    async def latest_block(self) -> dict[str, Any]:
+        """GET /v1/blocks/latest: the block at the node's committed height (as ``block``).
+        NotFound before the first block."""
+        return await self._get_json("/v1/blocks/latest", what="the latest block")
+
     async def agent(self, agent_id: str) -> dict[str, Any]:
         """GET /v1/agents/{agent_id}: agent_id, public_key, position [x,y,z], electricity, data,
         last_nonce. NotFound if the agent is not registered (in the node's executed state)."""
@@ -544,6 +561,14 @@ class SyncNodeClient:
     def wait_action(self, action_id: str, *, timeout_s: float = 60.0, poll_s: float = 0.25) -> dict[str, Any]:
         """See NodeClient.wait_action."""
         return self._call(NodeClient.wait_action, action_id, timeout_s=timeout_s, poll_s=poll_s)
+
+    def agents(self, *, after: str | None = None, limit: int = 100) -> tuple[list[dict[str, Any]], str | None]:
+        """See NodeClient.agents."""
+        return self._call(NodeClient.agents, after=after, limit=limit)
+
+    def latest_block(self) -> dict[str, Any]:
+        """See NodeClient.latest_block."""
+        return self._call(NodeClient.latest_block)
 
     def agent(self, agent_id: str) -> dict[str, Any]:
         """See NodeClient.agent."""

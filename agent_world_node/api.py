@@ -548,6 +548,24 @@ def create_app(node: NodeView) -> Starlette:
             return _error(400, "bad_height", f"height must be an integer in 0..{MAX_HEIGHT} (decimal digits), got {raw[:40]!r}")
         return int(raw)
 
+    async def latest_block(request: Request) -> Response:
+        if node.height == 0:
+            return _error(404, "no_blocks", "no block is committed yet; the chain starts at height 1")
+        data = node.block_json(node.height)
+        return _json(data) if data is not None else _missing_height(node.height, "block")
+
+    async def agents(request: Request) -> Response:
+        try:
+            limit = _int_param(request, "limit", 100, 1, 1000)
+        except ValueError as exc:
+            return _error(400, "bad_query", str(exc))
+        after = request.query_params.get("after")
+        records = node.world.agents_page(after, limit + 1)
+        more = len(records) > limit
+        page = records[:limit]
+        return JSONResponse({"agents": [to_builtins(a) for a in page],
+                             "next_after": page[-1].agent_id if more else None})
+
     async def block(request: Request) -> Response:
         h = _height(request)
         if isinstance(h, Response):
@@ -730,7 +748,9 @@ def create_app(node: NodeView) -> Starlette:
         Route("/v1/actions", submit_action, methods=["POST"]),
         Route("/v1/actions/batch", submit_batch, methods=["POST"]),
         Route("/v1/status", status),
+        Route("/v1/blocks/latest", latest_block),
         Route("/v1/blocks/{height}", block),
+        Route("/v1/agents", agents),
         Route("/v1/execution/{height}", execution),
         Route("/v1/actions/{action_id}", action),
         Route("/v1/agents/{agent_id}", agent),
@@ -758,8 +778,8 @@ def create_app(node: NodeView) -> Starlette:
     )
 
 
-_ROUTE_LIST = "/v1/actions, /v1/actions/{action_id}, /v1/status, /v1/blocks/{height}, /v1/execution/{height}, " \
-    "/v1/agents/{agent_id}, /v1/events, /v1/modules, /v1/evidence, /v1/builds/{build_id}, /v1/staking/validators[/{id}], " \
+_ROUTE_LIST = "/v1/actions, /v1/actions/{action_id}, /v1/status, /v1/blocks/latest, /v1/blocks/{height}, " \
+    "/v1/execution/{height}, /v1/agents, /v1/agents/{agent_id}, /v1/events, /v1/modules, /v1/evidence, /v1/builds/{build_id}, /v1/staking/validators[/{id}], " \
     "/v1/staking/sets, /v1/staking/unbonding, /v1/governance/proposals[/{id}], /v1/manifest[/versions], " \
     "/health, /ready, /metrics"
 

@@ -10,6 +10,7 @@ the world reads no clock, no randomness and no environment.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
@@ -452,6 +453,13 @@ class World:
     def get_agent(self, agent_id: str) -> AgentRecord | None:
         """Return the agent's record, or None if no such agent is registered."""
         return self._state.agents.get(agent_id)
+
+    def agents_page(self, after: str | None = None, limit: int = 100) -> list[AgentRecord]:
+        """Return up to ``limit`` agents in id order, those with ids after ``after`` (None: from
+        the first). Sorts every agent id: O(n log n) per call."""
+        ids = sorted(self._state.agents)
+        start = 0 if after is None else bisect.bisect_right(ids, after)
+        return [self._state.agents[i] for i in ids[start:start + max(0, limit)]]
 
     def get_build(self, build_id: str) -> BuildRecord | None:
         """Return the build record ``build_id`` (hex action id of its compile action), or None."""

@@ -51,6 +51,16 @@ def test_outcomes_of_applied_and_rejected_actions(tmp_path):
                 assert rejected["outcome"] == "rejected" and "10000" in rejected["reason"], rejected
                 assert rejected["fee"] >= 1 and rejected["events"][0]["kind"] == "domain.action_rejected"
 
+                # agents by pages, and the latest block
+                first, after = await client.agents(limit=1)
+                assert [a["agent_id"] for a in first] == ["alice"] and after == "alice"
+                rest, end = await client.agents(after=after)
+                assert [a["agent_id"] for a in rest] == ["bank"] and end is None
+                latest = await client.latest_block()
+                assert latest["height"] >= applied["height"]
+                r = await http.get("/v1/agents", params={"limit": "0"})
+                assert r.status_code == 400 and r.json()["code"] == "bad_query"
+
                 # bad and unknown ids
                 r = await http.get("/v1/actions/not-hex")
                 assert r.status_code == 400 and r.json()["code"] == "bad_action_id"
