@@ -371,3 +371,24 @@ def test_cli_testnet_validates_arguments(tmp_path, args, message):
     result = CliRunner().invoke(cli.app, ["testnet", "--dir", str(tmp_path / "tn"), *args])
     assert result.exit_code == 1 and message in result.stderr
     assert not (tmp_path / "tn").exists()
+
+
+def test_a_session_that_commits_no_action_fails_with_the_reason():
+    from agent_world_tools.testnet.session import TestnetSummary, render_summary
+
+    def summary(duration_s: float, actions: int) -> TestnetSummary:
+        return TestnetSummary(
+            directory="/tmp/x", nodes=4, duration_s=duration_s, start_height=0, end_height=60, blocks_committed=60,
+            actions_committed=actions, module_calls=0, agreement_ok=True, checked_heights=60, compared_nodes=4,
+            first_mismatch=None, agreement_error=None, node_failures={}, exit_statuses={},
+            workload={"submitted": 20, "accepted": 0, "rejected": {"agent_id_taken": 20}, "unreachable": 0})
+
+    idle = summary(30.0, 0)
+    assert not idle.ok and "committed no action in 30 s" in idle.workload_problem
+    assert "agent_id_taken=20" in idle.workload_problem and idle.as_dict()["ok"] is False
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(render_summary(idle))
+    assert "workload failed" in console.export_text()
+    assert summary(30.0, 5).ok and summary(5.0, 0).ok  # working, or too short to judge

@@ -32,6 +32,9 @@ from .processes import NodeProcess, leaf_exceptions, stop_all, wait_until_ready
 
 log = structlog.get_logger(__name__)
 
+#: A session at least this long (seconds) that commits no action fails (``TestnetSummary.workload_problem``).
+WORKLOAD_GRACE_S = 20.0
+
 
 @dataclass
 class TestnetOptions:
@@ -94,9 +97,23 @@ class TestnetSummary:
         return self.actions_committed / self.duration_s if self.duration_s > 0 else 0.0
 
     @property
+    def workload_problem(self) -> str | None:
+        """Why the workload did not do its job, or None: a session of at least
+        ``WORKLOAD_GRACE_S`` seconds in which no action was committed (every submission refused, no
+        agent could be created, nodes unreachable) is a failed run, whatever the agreement says."""
+        if self.interrupted or self.duration_s < WORKLOAD_GRACE_S or self.actions_committed > 0:
+            return None
+        w = self.workload
+        refused = ", ".join(f"{k}={v}" for k, v in (w.get("rejected") or {}).items()) or "none"
+        return (f"the workload committed no action in {self.duration_s:.0f} s (submitted {w.get('submitted', 0)}, "
+                f"accepted {w.get('accepted', 0)}, refused: {refused}, unreachable {w.get('unreachable', 0)}); "
+                "see the launcher log, or start from a new --dir")
+
+    @property
     def ok(self) -> bool:
-        """True iff the roots agreed at every checked height and no node failed."""
-        return self.agreement_ok and not self.node_failures and not self.interrupted
+        """True iff the roots agreed at every checked height, no node failed, and the workload
+        committed actions (``workload_problem``)."""
+        return self.agreement_ok and not self.node_failures and not self.interrupted and self.workload_problem is None
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dictionary."""
@@ -125,6 +142,7 @@ class TestnetSummary:
             "exit_statuses": self.exit_statuses,
             "workload": self.workload,
             "interrupted": self.interrupted,
+            "workload_problem": self.workload_problem,
             "set_changes": self.set_changes,
         }
 
@@ -153,6 +171,8 @@ def render_summary(summary: TestnetSummary) -> Table:
             f"module {'installed' if w.get('module_installed') else w.get('module_error') or 'not installed'}"
         ),
     )
+    if summary.workload_problem is not None:
+        table.add_row("workload failed", f"[bold red]{escape(summary.workload_problem)}[/bold red]")
     if summary.first_mismatch is not None:
         roots = ", ".join(f"{k}={_short(v)}" for k, v in summary.first_mismatch.roots.items())
         table.add_row("agreement", f"[bold red]MISMATCH at height {summary.first_mismatch.height}: {roots}[/bold red]")
