@@ -223,6 +223,8 @@ def testnet(
     rate: float = typer.Option(20.0, "--rate", help="Workload submissions per second, all agents together."),
     chain_id: str = typer.Option(DEFAULT_TESTNET_CHAIN_ID, "--chain-id", help="Chain id of a new testnet."),
     json_summary: Optional[Path] = typer.Option(None, "--json-summary", help="Also write the summary here as JSON."),
+    base_port: Optional[int] = typer.Option(None, "--base-port", help="A new testnet's ports: node i's P2P on "
+                                            "BASE+10i, its API on BASE+10i+1; default: free ports."),
 ) -> None:
     """Run a local testnet: start every node, drive it with scripted agents, show a live table, and
     on Ctrl-C or after --duration check that all nodes agree on every execution state root."""
@@ -246,6 +248,7 @@ def testnet(
             seed=seed,
             chain_id=chain_id,
             actions_per_s=rate,
+            base_port=base_port,
         )
         path, testnet_nodes = prepare_testnet(opts, console)
         _log_to_file(path / "testnet.log")
@@ -267,17 +270,21 @@ def testnet_init(
     nodes: int = typer.Option(4, "--nodes", help="Number of nodes, all validators with equal stake."),
     directory: Path = typer.Option(..., "--dir", help="Directory for the homes node0..N-1."),
     chain_id: str = typer.Option(DEFAULT_TESTNET_CHAIN_ID, "--chain-id", help="Chain id of the shared genesis."),
+    base_port: Optional[int] = typer.Option(None, "--base-port", help="Node i's P2P on BASE+10i, its API on "
+                                            "BASE+10i+1; default: free ports."),
 ) -> None:
-    """Create N node homes DIR/node0..N-1 sharing one genesis, on free loopback ports, each listing
+    """Create N node homes DIR/node0..N-1 sharing one genesis, on loopback ports, each listing
     every other node as a peer."""
     quiet_logs()
     with friendly_errors():
         if not chain_id.strip():
             raise CliError("--chain-id must not be empty")
-        homes = init_testnet(directory, nodes, chain_id=chain_id)
+        homes = init_testnet(directory, nodes, chain_id=chain_id, base_port=base_port)
         console.print(f"created a {nodes}-node testnet for chain {chain_id} in {Path(directory).resolve()}", highlight=False)
         for i, h in enumerate(homes):
-            console.print(f"  node{i}: awnode start --home {h.root}", highlight=False)
+            c = read_config(h.config_file)
+            console.print(f"  node{i}: awnode start --home {h.root}   (API http://{c.rpc.listen}, P2P {c.p2p.listen})",
+                          highlight=False)
         console.print(f"or run them all with: awnode testnet --dir {Path(directory).resolve()}", highlight=False)
         console.print(f"validator operators' agent keys: {Path(directory).resolve()}/operator0..{nodes - 1}.json",
                       highlight=False)

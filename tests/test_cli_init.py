@@ -316,3 +316,24 @@ def test_testnet_add_node_adds_a_full_node_that_dials_every_validator(tmp_path):
     assert len(read_config(home.config_file).p2p.peers) == 2
     missing = invoke("testnet", "add-node", "--dir", str(tmp_path / "none"))
     assert missing.exit_code == 1 and "no testnet here" in missing.output and "Traceback" not in missing.output
+
+
+def test_testnet_init_with_a_base_port_and_a_port_in_use(tmp_path):
+    import socket
+
+    from agent_world_tools.testnet.homes import pick_free_ports
+
+    base = pick_free_ports(1)[0] // 10 * 10
+    if base + 11 > 65535 or base < 1024:
+        base = 30_000
+    result = invoke("testnet", "init", "--nodes", "2", "--dir", str(tmp_path / "a"), "--base-port", str(base))
+    assert result.exit_code == 0, result.output
+    assert f"API http://127.0.0.1:{base + 1}" in result.output and f"P2P /ip4/127.0.0.1/tcp/{base + 10}" in result.output
+    configs = [read_config(Home(tmp_path / "a" / f"node{i}").config_file) for i in range(2)]
+    assert [c.rpc.listen for c in configs] == [f"127.0.0.1:{base + 1}", f"127.0.0.1:{base + 11}"]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", base + 11))
+        busy.listen()
+        clash = invoke("testnet", "init", "--nodes", "2", "--dir", str(tmp_path / "b"), "--base-port", str(base))
+    assert clash.exit_code == 1 and f"port {base + 11} on 127.0.0.1 is in use" in clash.output
+    assert "Traceback" not in clash.output and not (tmp_path / "b" / "node0").exists()

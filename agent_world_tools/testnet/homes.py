@@ -78,6 +78,16 @@ def pick_free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when a TCP socket can bind ``host:port`` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def node_dir(directory: Path, index: int) -> Path:
     """Return the home of node ``index`` in a testnet directory: ``directory/node{index}``."""
     return Path(directory) / f"node{index}"
@@ -138,6 +148,7 @@ def init_testnet(
     config: Callable[[int], NodeConfig] | None = None,
     epoch_length: int = TESTNET_EPOCH_LENGTH,
     voting_period_heights: int = TESTNET_VOTING_PERIOD,
+    base_port: int | None = None,
 ) -> list[Home]:
     """Create ``nodes`` homes ``directory/node0..`` for one chain and return them.
 
@@ -146,7 +157,8 @@ def init_testnet(
     and all homes hold the identical ``genesis.json``, whose agents are the faucet (key in
     ``faucet_key_file(directory)``) and the operators; epochs of ``epoch_length`` heights, proposals
     voted for ``voting_period_heights``. Ports: a free loopback port for
-    libp2p and one for HTTP per node (``pick_free_ports``). ``p2p.peers`` of each node lists every
+    libp2p and one for HTTP per node (``pick_free_ports``), or with ``base_port`` node i's libp2p
+    on ``base_port + 10 i`` and its HTTP API on ``base_port + 10 i + 1`` (each checked free). ``p2p.peers`` of each node lists every
     other node as ``/ip4/127.0.0.1/tcp/PORT/p2p/<peer id>``. ``config(i)`` may supply a base
     NodeConfig for node i (listen addresses, peers and moniker are overwritten).
 
@@ -161,8 +173,18 @@ def init_testnet(
     validator_keys = [SigningKey.generate() for _ in range(nodes)]
     node_seeds = [SigningKey.generate().seed for _ in range(nodes)]
     peer_ids = [peer_id_for_seed(seed) for seed in node_seeds]
-    ports = pick_free_ports(2 * nodes)
-    p2p_ports, rpc_ports = ports[:nodes], ports[nodes:]
+    if base_port is None:
+        ports = pick_free_ports(2 * nodes)
+        p2p_ports, rpc_ports = ports[:nodes], ports[nodes:]
+    else:
+        p2p_ports = [base_port + 10 * i for i in range(nodes)]
+        rpc_ports = [p + 1 for p in p2p_ports]
+        if base_port < 1024 or rpc_ports[-1] > 65535:
+            raise ConfigError(f"--base-port {base_port}: the ports {base_port}..{rpc_ports[-1]} must lie in 1024..65535")
+        for port in p2p_ports + rpc_ports:
+            if not port_is_free(port):
+                raise ConfigError(f"port {port} on 127.0.0.1 is in use (another node or program); choose another "
+                                  "--base-port, or leave it out to use free ports")
     genesis = Genesis(
         chain_id=chain_id,
         genesis_time_ms=int(time.time() * 1000),

@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent_world_client.client import AgentKey, ClientError, NodeClient, NodeUnreachable
-from agent_world_node.config import ConfigError, read_genesis
+from agent_world_node.config import ConfigError, read_config, read_genesis
 
 from ..workload import WorkloadStats, run_workload
 from .agreement import AgreementChecker, Mismatch
@@ -53,6 +53,8 @@ class TestnetOptions:
     ready_timeout_s: float = 90.0
     stop_grace_s: float = 10.0
     refresh_s: float = 1.0
+    base_port: int | None = None
+    """A new testnet's first port (``init_testnet``); None: free ports."""
     node_command: Callable[[TestnetNode], list[str]] | None = None
     """How to start a node (default ``python -m agent_world_tools.cli start --home HOME``); lets a
     node run under a wrapper (``nice``, a profiler) or be replaced by a stand-in."""
@@ -404,9 +406,13 @@ def prepare_testnet(opts: TestnetOptions, console: Console) -> tuple[Path, list[
             )
         console.print(f"reusing the {len(nodes)}-node testnet in {directory}", highlight=False)
     else:
-        init_testnet(directory, opts.nodes or 4, chain_id=opts.chain_id)
+        init_testnet(directory, opts.nodes or 4, chain_id=opts.chain_id, base_port=opts.base_port)
         nodes = load_testnet(directory)
         console.print(f"created a {len(nodes)}-node testnet in {directory}", highlight=False)
+    for node in nodes:
+        p2p = read_config(node.home.config_file).p2p.listen
+        console.print(f"  {node.name}: API {node.rpc_url}  P2P {p2p}  (awnode status --rpc {node.rpc_url})",
+                      highlight=False)
     return directory, nodes
 
 
