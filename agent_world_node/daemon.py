@@ -77,6 +77,34 @@ def disk_full_error(exc: BaseException) -> BaseException | None:
 HOME_STATE_ERRORS: tuple[type[Exception], ...] = (ExecutionError, WALError, SignStateError, HomeInUseError)
 
 
+def check_ports_free(config: cfg.NodeConfig) -> None:
+    """Raise ``config.ConfigError`` (one line: which address, and what to do) when the node's P2P
+    or HTTP listen address is taken by another listening socket, before anything is loaded."""
+    from multiaddr import Multiaddr
+
+    from .network.host import ListenAddressInUseError, check_listen_address_free
+
+    try:
+        check_listen_address_free(Multiaddr(config.p2p.listen))
+    except ListenAddressInUseError:
+        raise cfg.ConfigError(f"p2p.listen {config.p2p.listen} is in use by another program (another node?); "
+                              "stop it, or give this node another port in config.toml") from None
+    except ValueError as exc:
+        raise cfg.ConfigError(f"p2p.listen {config.p2p.listen!r} is not a multiaddr: {exc}") from None
+    host, _, port = config.rpc.listen.rpartition(":")
+    if port.isdigit() and int(port) != 0:
+        import socket
+
+        family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host.strip("[]") or "0.0.0.0", int(port)))
+            except OSError:
+                raise cfg.ConfigError(f"rpc.listen {config.rpc.listen} is in use by another program (another node?); "
+                                      "stop it, or give this node another port in config.toml") from None
+
+
 def run_node(home: Path, peers: list[str] | None = None) -> None:
     """Run the node whose home is ``home`` until SIGINT or SIGTERM, then stop cleanly (profiled
     with cProfile when ``AGENT_WORLD_PROFILE`` names a file). A write that fails for lack of disk
@@ -90,6 +118,7 @@ def run_node(home: Path, peers: list[str] | None = None) -> None:
     config = cfg.read_config(h.config_file)
     lock = lock_home(h.data_dir)  # held until the process ends
     try:
+        check_ports_free(config)
         level = os.environ.get(LOG_LEVEL_ENV, "info").upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise cfg.ConfigError(f"{LOG_LEVEL_ENV}={level.lower()!r}: use debug, info, warning or error")

@@ -70,7 +70,9 @@ def make_client(rpc: str) -> SyncNodeClient:
 
 def read_agent_key(path: Path) -> tuple[SigningKey, str | None]:
     """Read a key file (``awnode keygen`` or node key format); return the key and its agent_id if any.
-    Raises ConfigError or ClientError naming the file."""
+    Raises ConfigError or ClientError naming the file (a missing file: how to make an agent key)."""
+    if not Path(path).exists():
+        raise CliError(f"{path}: key file not found; create an agent key with `awnode keygen --agent-id ID --out {path}`")
     key = read_key(path)
     try:
         data = json.loads(path.read_text())

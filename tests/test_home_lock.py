@@ -17,6 +17,18 @@ pytestmark = pytest.mark.timeout(120)
 AWNODE = [sys.executable, "-m", "agent_world_tools.cli"]
 
 
+def init_on_free_ports(home) -> None:
+    """``awnode init --home HOME``, then free loopback ports instead of the defaults (26656/26657)."""
+    from agent_world_tools.testnet.homes import pick_free_ports
+
+    init = subprocess.run([*AWNODE, "init", "--home", str(home)], capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0, init.stdout + init.stderr
+    p2p, rpc = pick_free_ports(2)
+    config = home / "config" / "config.toml"
+    text = config.read_text().replace("/tcp/26656", f"/tcp/{p2p}").replace("127.0.0.1:26657", f"127.0.0.1:{rpc}")
+    config.write_text(text)
+
+
 def test_the_lock_is_exclusive_and_names_its_holder(tmp_path):
     held = lock_home(tmp_path / "data")
     try:
@@ -40,8 +52,7 @@ def test_the_lock_is_exclusive_and_names_its_holder(tmp_path):
 
 def test_a_second_start_on_a_running_home_refuses_in_one_line(tmp_path):
     home = tmp_path / "node"
-    init = subprocess.run([*AWNODE, "init", "--home", str(home)], capture_output=True, text=True, timeout=60)
-    assert init.returncode == 0, init.stdout + init.stderr
+    init_on_free_ports(home)
     first = subprocess.Popen([*AWNODE, "start", "--home", str(home)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
@@ -60,3 +71,22 @@ def test_a_second_start_on_a_running_home_refuses_in_one_line(tmp_path):
         first.terminate()
         first.wait(timeout=30)
     lock_home(home / "data").close()  # released when the node stopped
+
+
+def test_a_port_in_use_is_one_clear_line(tmp_path):
+    import socket
+
+    home = tmp_path / "node"
+    init_on_free_ports(home)
+    from agent_world_node.config import Home, read_config
+
+    listen = read_config(Home(home).config_file).rpc.listen
+    host, port = listen.rsplit(":", 1)
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind((host, int(port)))
+        busy.listen()
+        started = subprocess.run([*AWNODE, "start", "--home", str(home)], capture_output=True, text=True, timeout=60)
+    out = started.stdout + started.stderr
+    assert started.returncode != 0 and f"rpc.listen {listen} is in use" in out and "Traceback" not in out, out
+    assert len(out.strip().splitlines()) <= 3, out
