@@ -1,9 +1,54 @@
-"""Prometheus metrics of one node (a registry per node, so tests can run several in one process)."""
+"""Prometheus metrics of one node (a registry per node, so tests can run several in one process).
+
+Counters end in ``_total`` (prometheus_client adds it to a ``Counter``'s name) and no ``_created``
+series are exposed. Besides the node's own metrics: the process's (``process_*``: CPU, memory,
+open files), ``awnode_build_info`` (the versions that decide consensus, as labels), and the world's
+module calls (``awnode_module_calls_total``, ``awnode_module_call_failures_total``, read from the
+executed world at each scrape).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+import importlib.metadata
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+disable_created_metrics()
+
+#: The packages whose versions ``awnode_build_info`` reports (label name -> distribution).
+BUILD_PACKAGES = {"version": "agent-world", "libp2p": "libp2p", "wasmtime": "wasmtime", "msgspec": "msgspec"}
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class WorldCollector(Collector):
+    """Counters read from the executed world at each scrape: its ``stats()`` (module calls and
+    their failures since genesis, or since a state-sync snapshot's journal base)."""
+
+    def __init__(self, stats: Callable[[], dict[str, int]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            stats = self._stats()
+        except Exception:  # no world yet (the node is starting): nothing to report
+            stats = {}
+        for name, key, doc in (
+            ("awnode_module_calls", "module_calls", "Module calls attempted by the executed world (succeeded + failed)"),
+            ("awnode_module_call_failures", "module_call_failures", "Module calls that failed (by the ABI's limits or errors)"),
+            ("awnode_actions_rejected", "actions_rejected", "Committed actions the world rules rejected (they paid their fee)"),
+        ):
+            yield CounterMetricFamily(name, doc, value=stats.get(key, 0))
 
 
 class NodeMetrics:
@@ -38,14 +83,32 @@ class NodeMetrics:
         self.execution_diverged = Gauge(
             "awnode_execution_diverged", "1 when this node's execution root differs from the quorum's", registry=r
         )
-        self.peer_penalties = Gauge(
+        self.peer_penalties = Counter(
             "awnode_peer_penalties", "Misbehaviour offences scored against peers since start, by reason",
             ["reason"], registry=r
         )
         self.peer_bans = Gauge("awnode_peers_banned", "Peers banned for misbehaviour right now", registry=r)
-        self.gossip_dropped = Gauge(
+        self.gossip_dropped = Counter(
             "awnode_gossip_dropped", "Gossip messages dropped by the network layer, by reason", ["reason"], registry=r
         )
+        self.build_info = Gauge("awnode_build_info", "1, labelled with the versions that decide consensus",
+                                list(BUILD_PACKAGES), registry=r)
+        self.build_info.labels(*(_version(d) for d in BUILD_PACKAGES.values())).set(1)
+        ProcessCollector(registry=r)
+        self._seen: dict[tuple[str, str], float] = {}
+
+    def advance(self, counter: Counter, label: str, total: float) -> None:
+        """Bring ``counter{reason=label}`` up to ``total``, a running total counted elsewhere (the
+        network's statistics); a total that went down (a restarted count) is ignored."""
+        key = (counter._name, label)  # noqa: SLF001 - the metric's own name
+        delta = total - self._seen.get(key, 0.0)
+        if delta > 0:
+            counter.labels(label).inc(delta)
+            self._seen[key] = total
+
+    def watch_world(self, stats: Callable[[], dict[str, Any]]) -> None:
+        """Expose the world counters of ``WorldCollector`` read through ``stats`` (call once)."""
+        self.registry.register(WorldCollector(stats))
 
     def render(self) -> tuple[bytes, str]:
         """Return the Prometheus text exposition and its content type."""

@@ -93,6 +93,7 @@ class Node:
             self.config.p2p.peers = list(peers)
         node_key = cfg.read_key(home.node_key_file)
         self.metrics = NodeMetrics()
+        self.metrics.watch_world(lambda: self.world.stats())  # read at each scrape, the replica may be reopened
         self.net = P2PNetwork(
             NetworkConfig(
                 chain_id=genesis.chain_id,
@@ -280,9 +281,9 @@ class Node:
         net = self.net.stats()
         self.metrics.peer_bans.set(len(net["banned_peers"]))
         for reason, n in net["dropped"].items():
-            self.metrics.gossip_dropped.labels(reason).set(n)
+            self.metrics.advance(self.metrics.gossip_dropped, reason, n)
         for reason, n in net["penalties"].items():
-            self.metrics.peer_penalties.labels(reason).set(n)
+            self.metrics.advance(self.metrics.peer_penalties, reason, n)
 
     async def _serve_sync(self, from_height: int, to_height: int) -> list[bytes]:
         """Serve stored blocks ``from_height..to_height`` (inclusive) as encoded payloads."""

@@ -302,7 +302,7 @@ async def _diagnostics(clients: list[NodeClient]) -> None:
             print(f"  node{j}: no status ({exc})")
             continue
         dropped = [line for line in metrics.splitlines()
-                   if line.startswith(("awnode_gossip_dropped{", "awnode_consensus_messages_dropped_total{"))]
+                   if line.startswith(("awnode_gossip_dropped_total{", "awnode_consensus_messages_dropped_total{"))]
         print(f"  node{j}: height {st['height']} round {st['round']} mempool {st['mempool_size']} "
               f"peers {st['peer_count']} dropped {' '.join(d.split('{')[1] for d in dropped)}")
 

@@ -179,7 +179,7 @@ async def _scenario(node, hostile: P2PNetwork, observed: Observed) -> None:
     await hostile.publish("proposal", encode({"type": "proposal", "proposal": "a string, not a proposal"}))
     await _until(lambda: net.stats()["penalties"].get("malformed", 0) == 2, "two malformed messages scored")
     assert _metric(node, "awnode_consensus_messages_dropped_total", reason="malformed") == 2
-    await _until(lambda: _metric(node, "awnode_peer_penalties", reason="malformed") == 2, "the penalty metric")
+    await _until(lambda: _metric(node, "awnode_peer_penalties_total", reason="malformed") == 2, "the penalty metric")
 
     # -- 3. a message above the node's gossip limit: dropped by the network layer, scored ------------
     oversized = encode(GossipStatusMessage(0, 0, b"\x00" * 32)) + b"\x00" * (MAX_GOSSIP_BYTES + 20_000)
@@ -193,13 +193,13 @@ async def _scenario(node, hostile: P2PNetwork, observed: Observed) -> None:
     await _offend(hostile, core, "unknown_validator",
                   lambda height: _vote(outsider, outsider.public_key.hex(), height))
     await _until(lambda: net.stats()["penalties"].get("unknown_validator", 0) == 1, "the outsider's vote scored")
-    await _until(lambda: _metric(node, "awnode_peer_penalties", reason="unknown_validator") == 1, "the penalty metric")
+    await _until(lambda: _metric(node, "awnode_peer_penalties_total", reason="unknown_validator") == 1, "the penalty metric")
 
     # -- 5. a vote in the validator's name with a bad signature --------------------------------------
     validator = node.replica.validator_id
     await _offend(hostile, core, "bad_signature", lambda height: _vote(outsider, validator, height, sign=False))
     await _until(lambda: net.stats()["penalties"].get("bad_signature", 0) == 1, "the forged vote scored")
-    await _until(lambda: _metric(node, "awnode_peer_penalties", reason="bad_signature") == 1, "the penalty metric")
+    await _until(lambda: _metric(node, "awnode_peer_penalties_total", reason="bad_signature") == 1, "the penalty metric")
 
     score = net.peer_filter.score(me)
     assert 0 < score < net.peer_filter.ban_threshold, score
@@ -232,8 +232,8 @@ async def _scenario(node, hostile: P2PNetwork, observed: Observed) -> None:
     assert me in status["peer_filter"]["banned"] and status["peer_filter"]["bans_total"] == 1
     assert heights_during_flood[-1] > flood_start_height, heights_during_flood
     await _until(lambda: _metric(node, "awnode_peers_banned") == 1, "the awnode_peers_banned gauge updated")
-    await _until(lambda: _metric(node, "awnode_gossip_dropped", reason="rate_limited") >= 1,
-                 "the awnode_gossip_dropped{rate_limited} gauge updated")
+    await _until(lambda: _metric(node, "awnode_gossip_dropped_total", reason="rate_limited") >= 1,
+                 "the awnode_gossip_dropped_total{rate_limited} counter updated")
 
     # -- 7. cut off: the node closes the connection, and drops whatever the peer sends later ---------
     # The peer redials at once (every 0.3 s); the node's connection gate cuts each new connection

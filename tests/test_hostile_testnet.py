@@ -10,7 +10,7 @@ One testnet serves the cheap scenarios (class ``TestHostilePeers``, each with pe
 
 1. a valid-message flood: ~500 well-formed status messages per second for 3 s, then stale
    (replayed) votes: the flooder is banned by every node (``/v1/status`` ``peer_filter.banned``,
-   ``/metrics`` ``awnode_peer_penalties`` / ``awnode_gossip_dropped``), and the stale votes under
+   ``/metrics`` ``awnode_peer_penalties_total`` / ``awnode_gossip_dropped_total``), and the stale votes under
    its rate limit are screened out before pubsub forwards them (``stale_vote`` drops);
 2. height lies (status at 10**9, commit announcements and votes for far-future heights), by liars
    whose sync answers nothing / stalls / fails: nodes at the tip sample ``syncing`` and ``/ready``;
@@ -120,7 +120,7 @@ async def metrics(watch: Watch) -> dict[str, str]:
 
 
 def dropped_reasons(text: str) -> set[str]:
-    return set(re.findall(r'^awnode_gossip_dropped\{reason="([^"]+)"\}', text, re.M))
+    return set(re.findall(r'^awnode_gossip_dropped_total\{reason="([^"]+)"\}', text, re.M))
 
 
 def deltas(before: dict[str, str], after: dict[str, str], name: str, **labels: str) -> dict[str, float]:
@@ -250,8 +250,8 @@ async def flood_then_stale_votes(testnet: Testnet) -> None:
         after = await metrics(watch)
         gaps = watch.max_gap(t0, t1)
         phase_gaps = {what: max(watch.max_gap(a, b).values()) for what, (a, b) in phases.items()}
-        rate_limited = deltas(before, after, "awnode_peer_penalties", reason="rate_limited")
-        all_dropped = {n: {r: v for r in dropped_reasons(after[n]) if (v := deltas(before, after, "awnode_gossip_dropped",
+        rate_limited = deltas(before, after, "awnode_peer_penalties_total", reason="rate_limited")
+        all_dropped = {n: {r: v for r in dropped_reasons(after[n]) if (v := deltas(before, after, "awnode_gossip_dropped_total",
                                                                                      reason=r)[n])}
                        for n in after}
         print(f"\n1. flood ({FLOOD_RATE}/s offered in frames of {FLOOD_BATCH}, each flooder for {FLOOD_S:.0f} s or until "
@@ -309,7 +309,7 @@ async def forged_votes(testnet: Testnet) -> None:
             await trio.sleep(1.5)
             after = await metrics(watch)
         gaps = assert_no_stall(watch, testnet, t0, t1, "forged votes")
-        judged = {r: deltas(before, after, "awnode_peer_penalties", reason=r) for r in sent}
+        judged = {r: deltas(before, after, "awnode_peer_penalties_total", reason=r) for r in sent}
         print(f"\n3. forged votes: sent until banned by all 4 nodes {sent} in {t1 - t0:.1f} s; penalties per node "
               f"{judged}; max height gap per node {gaps} s")
         for n in watch.clients:
@@ -357,8 +357,8 @@ async def oversized_frames(testnet: Testnet) -> None:
         me = build_host(key_pair_from_seed(seed), Multiaddr("/ip4/127.0.0.1/tcp/0")).get_id().to_base58()
         await trio.sleep(1.5)
         scored = await metrics(watch)
-        once = deltas(before, scored, "awnode_peer_penalties", reason="oversize")
-        counted = deltas(before, scored, "awnode_gossip_dropped", reason="oversize_rpc")
+        once = deltas(before, scored, "awnode_peer_penalties_total", reason="oversize")
+        counted = deltas(before, scored, "awnode_gossip_dropped_total", reason="oversize_rpc")
         attempts = 1
         node0 = testnet.names[0]
         while me not in watch.status[node0]["peer_filter"]["banned"] and attempts < 12:
