@@ -46,6 +46,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import anyio
 import msgspec
 import structlog
 from starlette.applications import Starlette
@@ -102,6 +103,9 @@ MAX_BODY_BYTES = 512 * 1024
 #: A batch of at most ``schema.MAX_SUBMIT_BATCH`` actions (each at most a few KiB in practice).
 MAX_BATCH_BODY_BYTES = 4 * 1024 * 1024
 DRAIN_LIMIT_BYTES = 8 * 1024 * 1024
+#: Seconds a request body may take to arrive whole; a client that sends part of it and stalls gets
+#: 408 and the connection back, instead of holding it (the server's read timeout is the same).
+BODY_TIMEOUT_S = 10.0
 #: Largest height a route accepts (the block store keys heights as SQLite 64-bit integers).
 MAX_HEIGHT = (1 << 63) - 1
 _HEIGHT_RE = re.compile(r"[0-9]{1,19}")
@@ -220,7 +224,11 @@ async def _json_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes | R
     wrong_type = _content_type_error(request)
     if wrong_type is not None:
         return wrong_type
-    body = await _read_body(request, limit)
+    with anyio.move_on_after(BODY_TIMEOUT_S) as scope:
+        body = await _read_body(request, limit)
+    if scope.cancelled_caught:
+        return _error(408, "body_timeout", f"the request body did not arrive within {BODY_TIMEOUT_S:g} s; send it "
+                      "whole, with a Content-Length that matches it")
     if body is None:
         return _error(413, "too_large", f"request body exceeds {limit} bytes; shrink the action or send fewer actions per batch")
     return body

@@ -26,7 +26,7 @@ from agent_world_runtime.modules.sandbox import Sandbox
 from agent_world_runtime.snapshots import SnapshotArchive
 
 from . import config as cfg
-from .api import action_outcome_document, create_app
+from .api import BODY_TIMEOUT_S, action_outcome_document, create_app
 from .build_runner import BuildRunner
 from .consensus import TimeoutFired
 from .consensus.privval import SignStateFile
@@ -447,6 +447,7 @@ class Node:
         hconf.accesslog = None
         hconf.errorlog = None
         hconf.graceful_timeout = 1.0
+        hconf.read_timeout = int(BODY_TIMEOUT_S)  # a stalled client's socket is closed, not held
         self.log.info(
             "node_starting",
             height=self.replica.height,

@@ -387,10 +387,10 @@ class World:
             except Rejected as exc:
                 reason = exc.reason
             except Exception as exc:  # a bug, never the client's fault: keep the node alive
-                log.exception("action handler failed", action_kind=kind, agent_id=body.agent_id, height=ctx.height)
+                log.exception("action_handler_failed", action_kind=kind, agent_id=body.agent_id, height=ctx.height)
                 reason = f"internal error while applying {kind}: {type(exc).__name__}"
         if reason is not None:
-            log.debug("action rejected", action_kind=kind, agent_id=body.agent_id, reason=reason)
+            log.debug("action_rejected", action_kind=kind, agent_id=body.agent_id, reason=reason)
             specs = [(ev.ACTION_REJECTED, {
                 "action_id": action_id, "agent_id": body.agent_id, "action_kind": kind, "reason": reason,
             })]

@@ -104,7 +104,7 @@ class ModuleLRU(Generic[V]):
         while len(self._items) > self._max:
             evicted, _ = self._items.popitem(last=False)
             self.evictions += 1
-            log.debug("module evicted from cache", wasm_hash=evicted, max_cached_modules=self._max)
+            log.debug("module_cache_evicted", wasm_hash=evicted, max_cached_modules=self._max)
 
 
 def _check_size(value: int) -> int:
@@ -156,7 +156,7 @@ class DiskArtifactCache:
             self.misses += 1
             return None
         except OSError as exc:
-            log.warning("module cache file unreadable", wasm_hash=wasm_hash, path=str(path), error=str(exc))
+            log.warning("module_cache_file_unreadable", wasm_hash=wasm_hash, path=str(path), error=str(exc))
             self.misses += 1
             return None
         header = len(DISK_MAGIC) + 32
@@ -179,7 +179,7 @@ class DiskArtifactCache:
         Returns True when written; False (logged) when too large or on an I/O error.
         """
         if len(payload) > MAX_DISK_ARTIFACT_BYTES:
-            log.warning("compiled module too large to cache", wasm_hash=wasm_hash, size=len(payload))
+            log.warning("module_cache_entry_too_large", wasm_hash=wasm_hash, size=len(payload))
             return False
         path = self.path(wasm_hash)
         tmp_name = None
@@ -194,7 +194,7 @@ class DiskArtifactCache:
             os.replace(tmp_name, path)
             tmp_name = None
         except OSError as exc:
-            log.warning("module cache write failed", wasm_hash=wasm_hash, path=str(path), error=str(exc))
+            log.warning("module_cache_write_failed", wasm_hash=wasm_hash, path=str(path), error=str(exc))
             return False
         finally:
             if tmp_name is not None:
@@ -209,10 +209,10 @@ class DiskArtifactCache:
         """Delete the file of ``wasm_hash`` (if any), recording ``reason`` in the log."""
         path = self.path(wasm_hash)
         self.corrupt += 1
-        log.warning("module cache file rejected and deleted", wasm_hash=wasm_hash, path=str(path), reason=reason)
+        log.warning("module_cache_file_rejected", wasm_hash=wasm_hash, path=str(path), reason=reason)
         try:
             path.unlink()
         except FileNotFoundError:
             pass
         except OSError as exc:
-            log.warning("module cache file could not be deleted", wasm_hash=wasm_hash, path=str(path), error=str(exc))
+            log.warning("module_cache_delete_failed", wasm_hash=wasm_hash, path=str(path), error=str(exc))

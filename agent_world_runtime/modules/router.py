@@ -260,7 +260,7 @@ class ModuleRunner:
         try:
             result = self.sandbox.call(compiled, entry_point(manifest.kind), payload, limits)
         except Exception:  # the engine misbehaved, not the guest: record it, never crash the node
-            log.exception("sandbox error", module_id=inst.module_id, instance_id=inst.instance_id, trace_id=trace_id)
+            log.exception("sandbox_error", module_id=inst.module_id, instance_id=inst.instance_id, trace_id=trace_id)
             self.gas_left -= limits.max_gas
             return [self._failed(base, abi.TRAP, "the host could not run this call", limits.max_gas),
                     self._charge(base, bill, 0, 0, 0, False, limits.max_gas)]

@@ -350,7 +350,7 @@ class Sandbox:
             self._disk.discard(key, reason=f"engine rejected the artifact: {engine_message(exc)}")
             return None
         self.deserializes += 1
-        log.debug("compiled module loaded from disk cache", wasm_hash=key)
+        log.debug("module_cache_loaded", wasm_hash=key)
         return compiled
 
     def _compile_uncached(self, wasm: bytes, key: str) -> CompiledModule:
