@@ -116,7 +116,7 @@ class Node:
         self.sandbox = Sandbox(cache_dir=home.data_dir / "module-cache")
         statesync = self.config.statesync
         self.archive = SnapshotArchive(home.state_snapshot_dir, statesync.snapshot_keep_recent)
-        self.log = log.bind(node=self.config.moniker)
+        self.log = log.bind(moniker=self.config.moniker)
         #: the state sync in progress (None: none; see ``run``)
         self.state_sync: StateSyncer | None = None
         self.replica = self._open_replica(NodeStore(home.db_file))

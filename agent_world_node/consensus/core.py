@@ -191,7 +191,7 @@ class ConsensusCore:
         self.id: Optional[str] = signing_key.public_key.hex() if signing_key is not None else None
         self._max_round_lookahead = max_round_lookahead
         self._future_cap = future_buffer_per_validator
-        self._log = log.bind(node=self.id[:12] if self.id else "observer")
+        self._log = log.bind(validator=self.id[:12] if self.id else "observer")
 
         self.height = 0
         self.round = -1
@@ -885,7 +885,7 @@ class ConsensusCore:
     def _record_evidence(self, evidence: Evidence, effects: list[Effect]) -> None:
         self._evidence.append(evidence)
         self._log.warning("equivocation_detected", kind=type(evidence).__name__, height=evidence.height,
-                          round=evidence.round, validator=evidence.validator[:12])
+                          round=evidence.round, offender=evidence.validator[:12])
         effects.append(EvidenceFound(evidence))
 
     # -- values -------------------------------------------------------------------------------------

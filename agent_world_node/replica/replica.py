@@ -200,7 +200,7 @@ class Replica:
             timeouts=self.timeouts,
         )
         self.core.validator_sets = self.sets.at
-        self.log = log.bind(node=node_id[:16])
+        self.log = log.bind(peer_id=node_id)
         self.last_block_hash = store.block_hash(self.height) or ZERO_HASH
         last = store.get_block(self.height)
         self.last_block_time_ms = last.block.header.timestamp_ms if last else genesis.genesis_time_ms
@@ -713,7 +713,7 @@ class Replica:
             elif isinstance(eff, EvidenceFound):
                 ev = eff.evidence
                 self.store.put_evidence(ev.height, type(ev).__name__, encode(ev))
-                self.log.warning("equivocation_evidence", height=ev.height, validator=ev.validator[:16])
+                self.log.warning("equivocation_evidence", height=ev.height, offender=ev.validator[:16])
             else:
                 raise TypeError(f"unknown consensus effect {type(eff).__name__}")
         return outputs
