@@ -379,11 +379,27 @@ def status(
         table.add_column("value", overflow="fold")
         keys = [k for k in _STATUS_ORDER if k in data] + sorted(k for k in data if k not in _STATUS_ORDER)
         for key in keys:
-            value = data[key]
-            if isinstance(value, list):
-                value = "\n".join(str(v) for v in value) or "-"
-            table.add_row(key, escape(str(value)))
+            table.add_row(key, escape(human_value(data[key])))
         console.print(table)
+
+
+def human_value(value: Any) -> str:
+    """A status value for people: yes/no for booleans, "-" for none, lists one item per line,
+    objects as ``key: value`` lines (nested values as compact JSON), numbers with thousands
+    separators; never a Python repr."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, list):
+        return "\n".join(human_value(v) for v in value) or "-"
+    if isinstance(value, dict):
+        lines = [f"{k}: {human_value(v) if not isinstance(v, (dict, list)) else json.dumps(v, sort_keys=True)}"
+                 for k, v in value.items()]
+        return "\n".join(lines) or "-"
+    return str(value)
 
 
 @app.command()

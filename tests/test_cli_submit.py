@@ -254,3 +254,11 @@ def test_status_json_and_table(node):
     assert json.loads(r.stdout)["chain_id"] == "fake-chain"
     t = runner.invoke(cli.app, ["status", "--rpc", "http://fake:1"])
     assert t.exit_code == 0 and "fake-chain" in t.stdout and "height" in t.stdout and "p2" in t.stdout
+
+
+def test_status_values_are_for_people_not_python():
+    assert cli.human_value(False) == "no" and cli.human_value(True) == "yes" and cli.human_value(None) == "-"
+    assert cli.human_value(1234567) == "1,234,567" and cli.human_value([]) == "-"
+    assert cli.human_value({"a": 1, "b": None, "c": {"d": [1]}}) == 'a: 1\nb: -\nc: {"d": [1]}'
+    for value in (False, None, {"x": False}, [None]):
+        assert "False" not in cli.human_value(value) and "None" not in cli.human_value(value)
