@@ -70,7 +70,7 @@ from .ui import CliError, console, err_console, friendly_errors, make_client, qu
 
 DEFAULT_CHAIN_ID = "agent-world-local"
 
-app = typer.Typer(
+app = typer.Typer(rich_markup_mode=None, 
     name="awnode",
     help="Agent World node: init, start, status, submit actions, run a local testnet.",
     no_args_is_help=True,
@@ -120,12 +120,12 @@ def version_command() -> None:
     msgspec, PyNaCl) and of trio and Python: every node of a chain must run the same."""
     for name, ver in version_table():
         console.print(f"{name:<12} {ver}", highlight=False)
-testnet_app = typer.Typer(
+testnet_app = typer.Typer(rich_markup_mode=None, 
     help="Run a local multi-node testnet on loopback (or create one with `testnet init`).",
     invoke_without_command=True,
 )
 app.add_typer(testnet_app, name="testnet")
-agent_app = typer.Typer(help="Run agents that live in the world through a node's API.", no_args_is_help=True)
+agent_app = typer.Typer(rich_markup_mode=None, help="Run agents that live in the world through a node's API.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 app.add_typer(module_app, name="module")
 app.add_typer(staking_app, name="staking")
@@ -463,7 +463,7 @@ def submit(
     rpc: str = typer.Option("http://127.0.0.1:26657", "--rpc", help="The node's HTTP API."),
     key_file: Path = typer.Option(..., "--key", help="Agent key file (from `awnode keygen`)."),
     agent_id: Optional[str] = typer.Option(None, "--agent-id", help="Agent id; default: the key file's agent_id."),
-    nonce: Optional[int] = typer.Option(None, "--nonce", help="Nonce; default: the agent's last_nonce + 1 on the node."),
+    nonce: Optional[int] = typer.Option(None, "--nonce", help="Nonce; default: the next after the node's last_nonce and every nonce this key file already reserved (KEY.nonces)."),
     chain_id: Optional[str] = typer.Option(None, "--chain-id", help="Chain to sign for; default: the node's."),
     wait: bool = typer.Option(False, "--wait", help="Wait until the chain executed the action and print its "
                               "outcome; exit 1 when the world rules rejected it."),
@@ -533,7 +533,7 @@ def print_outcome(doc: dict[str, Any]) -> None:
     console.print(f"[green]{outcome}[/green]{where}{fee}" + (f": {kinds}" if kinds else ""), highlight=False)
 
 
-audit_app = typer.Typer(help="Export the world's events (the audit log) from a node.", no_args_is_help=True)
+audit_app = typer.Typer(rich_markup_mode=None, help="Export the world's events (the audit log) from a node.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
 

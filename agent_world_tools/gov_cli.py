@@ -52,7 +52,7 @@ from .signing import (
     wait_option,
 )
 
-gov_app = typer.Typer(help="Governance: propose manifest changes, vote, list and show proposals, the manifest.",
+gov_app = typer.Typer(rich_markup_mode=None, help="Governance: propose manifest changes, vote, list and show proposals, the manifest.",
                       no_args_is_help=True)
 
 PATCH_OPS = ("add", "replace", "remove", "test")

@@ -38,7 +38,7 @@ from rich.table import Table
 
 from . import ui
 
-module_app = typer.Typer(
+module_app = typer.Typer(rich_markup_mode=None, 
     help="Write, build, test and publish world modules (docs/module-guide.md).", no_args_is_help=True
 )
 

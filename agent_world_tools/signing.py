@@ -35,7 +35,7 @@ def agent_id_option() -> Any:
 
 
 def nonce_option() -> Any:
-    return typer.Option(None, "--nonce", help="Nonce; default: the agent's last_nonce + 1 on the node.")
+    return typer.Option(None, "--nonce", help="Nonce; default: the next after the node's last_nonce and every nonce this key file already reserved (KEY.nonces).")
 
 
 def wait_option() -> Any:

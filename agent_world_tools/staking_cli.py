@@ -49,7 +49,7 @@ from .signing import (
     wait_option,
 )
 
-staking_app = typer.Typer(help="Validators and stake: create a validator, bond, unbond, unjail, show.",
+staking_app = typer.Typer(rich_markup_mode=None, help="Validators and stake: create a validator, bond, unbond, unjail, show.",
                           no_args_is_help=True)
 
 MAX_NAME_CHARS = 64

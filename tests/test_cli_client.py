@@ -214,7 +214,7 @@ def test_get_endpoints_use_the_documented_paths_and_params():
     assert c.agent("alice") == {"path": "/v1/agents/alice"}
     assert c.events(from_seq=5, limit=10, kind="domain.") == [{"seq": 5, "height": 2, "kind": "domain.x", "data": {}}]
     assert c.modules() == {"artifacts": [], "instances": []}
-    assert ("/v1/events", {"from_seq": "5", "limit": "10", "kind": "domain."}) in seen
+    assert ("/v1/events", {"limit": "10", "order": "asc", "kind": "domain.", "cursor": "5"}) in seen
 
 
 def test_accepted_without_action_id_is_a_bad_response():
