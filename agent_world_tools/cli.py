@@ -52,7 +52,7 @@ from agent_world_runtime.params import WorldParams
 
 from .gov_cli import gov_app
 from .modules_cli import module_app
-from .signing import reserve_nonce
+from .signing import reserve_nonce, rpc_for
 from .staking_cli import staking_app
 from .testnet import (
     DEFAULT_STAKE,
@@ -364,12 +364,15 @@ _STATUS_ORDER = (
 
 @app.command()
 def status(
-    rpc: str = typer.Option("http://127.0.0.1:26657", "--rpc", help="The node's HTTP API."),
+    rpc_given: Optional[str] = typer.Option(None, "--rpc", help="The node's HTTP API; default: that of the node in "
+                                            "--home, else http://127.0.0.1:26657."),
+    home: Optional[Path] = typer.Option(None, "--home", help="A node home: talk to that node's API."),
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
 ) -> None:
     """Show a node's status (height, execution height and state root, peers, mempool, ...)."""
     quiet_logs()
     with friendly_errors():
+        rpc = rpc_for(rpc_given, home)
         data = make_client(rpc).status()
         if as_json:
             typer.echo(json.dumps(data, indent=2, sort_keys=True))

@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 
 from agent_world_client.client import ClientError, NotFound, SyncNodeClient
+from agent_world_node.config import Home, read_config
 from agent_world_runtime.actions import AGENT_ID_RE, Action, action_kind, sign_action, static_action_problem
 from agent_world_runtime.crypto import SigningKey
 
@@ -24,6 +25,18 @@ VALIDATOR_ID_RULE = "64 lowercase hex characters (the validator's consensus publ
 
 def rpc_option() -> Any:
     return typer.Option(DEFAULT_RPC, "--rpc", help="The node's HTTP API.")
+
+
+def rpc_for(rpc: str | None, home: Path | None) -> str:
+    """The API to talk to: ``--rpc`` when given, else that of the node in ``--home`` (its
+    ``rpc.listen``), else the default. Raises ConfigError for an unreadable config."""
+    if rpc:
+        return rpc
+    if home is not None and Home(home).config_file.exists():
+        from .testnet.homes import rpc_url_for
+
+        return rpc_url_for(read_config(Home(home).config_file).rpc.listen)
+    return DEFAULT_RPC
 
 
 def key_option(who: str = "signing agent") -> Any:

@@ -41,6 +41,7 @@ from .signing import (
     key_option,
     nonce_option,
     print_json,
+    rpc_for,
     rpc_option,
     short,
     submit_action,
@@ -81,7 +82,8 @@ def create_validator(
     bond: int = typer.Option(..., "--bond", help="Electricity the operator bonds (at least staking.min_bond)."),
     name: Optional[str] = typer.Option(None, "--name", help="Validator name (at most 64 characters); default: the "
                                        "node's moniker."),
-    rpc: str = rpc_option(),
+    rpc_given: Optional[str] = typer.Option(None, "--rpc", help="The node's HTTP API; default: that of the node "
+                                            "in --home."),
     agent_id: Optional[str] = agent_id_option(),
     nonce: Optional[int] = nonce_option(),
     wait: bool = wait_option(),
@@ -93,6 +95,7 @@ def create_validator(
     with ui.friendly_errors():
         key, agent = agent_key(key_file, agent_id)
         _positive(bond, "--bond")
+        rpc = rpc_for(rpc_given, home)
         h = Home(home)
         if not h.validator_key_file.exists():
             raise ui.CliError(f"{home}: no consensus key (config/priv_validator_key.json); pass the --home of the node "

@@ -337,3 +337,16 @@ def test_testnet_init_with_a_base_port_and_a_port_in_use(tmp_path):
         clash = invoke("testnet", "init", "--nodes", "2", "--dir", str(tmp_path / "b"), "--base-port", str(base))
     assert clash.exit_code == 1 and f"port {base + 11} on 127.0.0.1 is in use" in clash.output
     assert "Traceback" not in clash.output and not (tmp_path / "b" / "node0").exists()
+
+
+def test_rpc_defaults_to_the_api_of_the_node_in_home(tmp_path):
+    from agent_world_tools.signing import DEFAULT_RPC, rpc_for
+
+    assert invoke("testnet", "init", "--nodes", "1", "--dir", str(tmp_path)).exit_code == 0
+    home = tmp_path / "node0"
+    listen = read_config(Home(home).config_file).rpc.listen
+    assert rpc_for(None, home) == f"http://{listen}"
+    assert rpc_for("http://elsewhere:1", home) == "http://elsewhere:1"
+    assert rpc_for(None, None) == DEFAULT_RPC == "http://127.0.0.1:26657"
+    result = invoke("status", "--home", str(home))  # nothing runs there: the error names that node's API
+    assert result.exit_code == 1 and listen.split(":")[1] in result.output and "Traceback" not in result.output

@@ -168,9 +168,11 @@ def render_summary(summary: TestnetSummary) -> Table:
         "workload",
         Text(
             f"agents {w.get('agents_registered', 0)}, submitted {w.get('submitted', 0)}, accepted {w.get('accepted', 0)}, "
-        f"rejected {w.get('rejected_total', 0)}{f' ({by_code})' if by_code else ''}, retried 503 {w.get('retried_503', 0)}, "
-            f"unreachable {w.get('unreachable', 0)}, "
-            f"module {'installed' if w.get('module_installed') else w.get('module_error') or 'not installed'}"
+        f"refused {w.get('rejected_total', 0)}{f' ({by_code})' if by_code else ''}, retried 503 {w.get('retried_503', 0)}, "
+            f"unreachable {w.get('unreachable', 0)}; in the world: applied {w.get('committed', 0)}, "
+            f"rejected by the rules {w.get('failed', 0)}; module "
+            + ("installed and upgraded" if w.get("module_upgraded") else "installed" if w.get("module_installed")
+               else w.get("module_error") or "not installed")
         ),
     )
     if summary.workload_problem is not None:
