@@ -51,7 +51,7 @@ import msgspec
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -224,8 +224,12 @@ async def _json_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes | R
     wrong_type = _content_type_error(request)
     if wrong_type is not None:
         return wrong_type
-    with anyio.move_on_after(BODY_TIMEOUT_S) as scope:
-        body = await _read_body(request, limit)
+    try:
+        with anyio.move_on_after(BODY_TIMEOUT_S) as scope:
+            body = await _read_body(request, limit)
+    except ClientDisconnect:  # the client went away mid-body: nothing to answer, nothing to log loudly
+        log.debug("client_disconnected", path=request.url.path)
+        return Response(status_code=400)
     if scope.cancelled_caught:
         return _error(408, "body_timeout", f"the request body did not arrive within {BODY_TIMEOUT_S:g} s; send it "
                       "whole, with a Content-Length that matches it")

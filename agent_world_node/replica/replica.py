@@ -615,6 +615,9 @@ class Replica:
         self.sync.fetch_ended(peer, useful=useful)
         if useful:
             self.log.info("synced", peer=peer, from_height=before + 1, to_height=self.height)
+        elif self.sync.target(self.height, set(self.sync.peer_heights)) is None:
+            # gossip committed those heights while the fetch was in flight: routine, not the peer's fault
+            self.log.debug("sync_overtaken", peer=peer, height=self.height, payloads=len(payloads))
         else:
             self.log.warning("sync_made_no_progress", peer=peer, height=self.height, payloads=len(payloads))
         if self.sync.target(self.height, set(self.sync.peer_heights)) is None:
