@@ -105,17 +105,21 @@ def check_ports_free(config: cfg.NodeConfig) -> None:
                                       "stop it, or give this node another port in config.toml") from None
 
 
-def run_node(home: Path, peers: list[str] | None = None) -> None:
+def run_node(home: Path, peers: list[str] | None = None, *, p2p_listen: str | None = None,
+             rpc_listen: str | None = None) -> None:
     """Run the node whose home is ``home`` until SIGINT or SIGTERM, then stop cleanly (profiled
     with cProfile when ``AGENT_WORLD_PROFILE`` names a file). A write that fails for lack of disk
     space ends the node with one ``disk_full`` error line and exit status ``DISK_FULL_EXIT``.
 
-    ``peers`` (full /p2p/ multiaddrs) replaces the peers of ``config.toml`` when given.
+    ``peers`` (full /p2p/ multiaddrs) replaces the peers of ``config.toml`` when given, and
+    ``p2p_listen`` / ``rpc_listen`` its listen addresses.
     Raises ``config.ConfigError`` for a missing or invalid home, ``homelock.HomeInUseError`` when
     another node runs on it, and ``execution.ExecutionError`` when stored state cannot be restored.
     """
     h = cfg.Home(home)
     config = cfg.read_config(h.config_file)
+    config.p2p.listen = p2p_listen or config.p2p.listen
+    config.rpc.listen = rpc_listen or config.rpc.listen
     lock = lock_home(h.data_dir)  # held until the process ends
     try:
         check_ports_free(config)
@@ -125,7 +129,7 @@ def run_node(home: Path, peers: list[str] | None = None) -> None:
         configure_logging(config.log_format, getattr(logging, level))
         from .node import Node
 
-        node = Node(h, peers)
+        node = Node(h, peers, p2p_listen=p2p_listen, rpc_listen=rpc_listen)
         # The restored world (every agent, the journal) lives as long as the process: move it out of
         # the cyclic garbage collector's generations so collections do not rescan it (measured: ~10%
         # of catch-up time at 100,000 agents).

@@ -85,12 +85,15 @@ class Node:
     ``execution.ExecutionError`` when the stored state cannot be restored.
     """
 
-    def __init__(self, home: cfg.Home, peers: list[str] | None = None) -> None:
+    def __init__(self, home: cfg.Home, peers: list[str] | None = None, *, p2p_listen: str | None = None,
+                 rpc_listen: str | None = None) -> None:
         self.home = home
         self.config = cfg.read_config(home.config_file)
         genesis = cfg.read_genesis(home.genesis_file)
         if peers is not None:
             self.config.p2p.peers = list(peers)
+        self.config.p2p.listen = p2p_listen or self.config.p2p.listen
+        self.config.rpc.listen = rpc_listen or self.config.rpc.listen
         node_key = cfg.read_key(home.node_key_file)
         self.metrics = NodeMetrics()
         self.metrics.watch_world(lambda: self.world.stats())  # read at each scrape, the replica may be reopened

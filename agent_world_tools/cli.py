@@ -146,6 +146,10 @@ def init(
     peers: Optional[str] = typer.Option(
         None, "--peers", help="Comma-separated peer multiaddrs (/ip4/HOST/tcp/PORT/p2p/PEER_ID) to dial."
     ),
+    p2p_listen: Optional[str] = typer.Option(None, "--p2p-listen", help="P2P listen multiaddr, e.g. "
+                                             "/ip4/0.0.0.0/tcp/26656 (default /ip4/127.0.0.1/tcp/26656)."),
+    rpc_listen: Optional[str] = typer.Option(None, "--rpc-listen", help="HTTP API listen host:port "
+                                             "(default 127.0.0.1:26657)."),
 ) -> None:
     """Create a node home with new random keys. Without --genesis it starts its own chain (this node
     the sole validator; its one genesis agent, the faucet, has its key in HOME/config/faucet.json);
@@ -178,6 +182,7 @@ def init(
             )
         config = NodeConfig()
         config.p2p.peers = peer_list
+        apply_listen_flags(config, p2p_listen, rpc_listen)
         h = init_home(home, moniker=moniker, config=config, node_seed=node_key.seed,
                       validator_seed=validator_key.seed, genesis=chain)
         joined = genesis is not None
@@ -189,7 +194,25 @@ def init(
         if not joined:
             console.print(f"  faucet key   {h.config_dir / 'faucet.json'} (agent 'faucet': creates and funds agents)",
                           highlight=False)
+        console.print(f"  P2P          {config.p2p.listen}", highlight=False)
+        console.print(f"  API          http://{config.rpc.listen}", highlight=False)
         console.print(f"start it with: awnode start --home {h.root}", highlight=False)
+
+
+def apply_listen_flags(config: NodeConfig, p2p_listen: str | None, rpc_listen: str | None) -> None:
+    """Set ``config``'s listen addresses from ``--p2p-listen`` / ``--rpc-listen`` (when given),
+    checked: CliError for a P2P address that is not ``/ip4|ip6/HOST/tcp/PORT`` or an API address
+    that is not ``host:port``."""
+    if p2p_listen is not None:
+        parts = p2p_listen.split("/")
+        if len(parts) != 5 or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp" or not parts[4].isdigit():
+            raise CliError(f"--p2p-listen {p2p_listen!r} is not /ip4/HOST/tcp/PORT (or /ip6/...)")
+        config.p2p.listen = p2p_listen
+    if rpc_listen is not None:
+        host, sep, port = rpc_listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise CliError(f"--rpc-listen {rpc_listen!r} is not host:port (e.g. 127.0.0.1:26667)")
+        config.rpc.listen = rpc_listen
 
 
 # --- testnet ------------------------------------------------------------------------------------
@@ -330,15 +353,21 @@ def start(
     peers: Optional[str] = typer.Option(
         None, "--peers", help="Comma-separated peer multiaddrs; default: p2p.peers of config.toml."
     ),
+    p2p_listen: Optional[str] = typer.Option(None, "--p2p-listen", help="P2P listen multiaddr for this run; "
+                                             "default: p2p.listen of config.toml."),
+    rpc_listen: Optional[str] = typer.Option(None, "--rpc-listen", help="HTTP API host:port for this run; "
+                                             "default: rpc.listen of config.toml."),
 ) -> None:
     """Run the node daemon until SIGINT or SIGTERM."""
     with friendly_errors():
         peer_list = parse_peers(peers)
         if not Home(home).config_file.exists():
             raise CliError(f"{home}: no node home here (no config/config.toml); run `awnode init --home {home}` first")
+        probe = NodeConfig()
+        apply_listen_flags(probe, p2p_listen, rpc_listen)  # checked before anything starts
         from agent_world_node.daemon import run_node
 
-        run_node(Path(home), peer_list)
+        run_node(Path(home), peer_list, p2p_listen=p2p_listen, rpc_listen=rpc_listen)
 
 
 # --- status -------------------------------------------------------------------------------------

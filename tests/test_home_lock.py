@@ -90,3 +90,37 @@ def test_a_port_in_use_is_one_clear_line(tmp_path):
     out = started.stdout + started.stderr
     assert started.returncode != 0 and f"rpc.listen {listen} is in use" in out and "Traceback" not in out, out
     assert len(out.strip().splitlines()) <= 3, out
+
+
+def test_listen_flags_of_init_and_start(tmp_path):
+    import httpx
+
+    from agent_world_node.config import Home, read_config
+    from agent_world_tools.testnet.homes import pick_free_ports
+
+    p2p, rpc, rpc2 = pick_free_ports(3)
+    home = tmp_path / "node"
+    init = subprocess.run([*AWNODE, "init", "--home", str(home), "--p2p-listen", f"/ip4/127.0.0.1/tcp/{p2p}",
+                           "--rpc-listen", f"127.0.0.1:{rpc}"], capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0 and f"API          http://127.0.0.1:{rpc}" in init.stdout, init.stdout + init.stderr
+    config = read_config(Home(home).config_file)
+    assert (config.p2p.listen, config.rpc.listen) == (f"/ip4/127.0.0.1/tcp/{p2p}", f"127.0.0.1:{rpc}")
+    bad = subprocess.run([*AWNODE, "init", "--home", str(tmp_path / "x"), "--rpc-listen", "nowhere"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "--rpc-listen 'nowhere' is not host:port" in bad.stdout + bad.stderr
+    node = subprocess.Popen([*AWNODE, "start", "--home", str(home), "--rpc-listen", f"127.0.0.1:{rpc2}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert node.poll() is None, "the node exited"
+            try:
+                if httpx.get(f"http://127.0.0.1:{rpc2}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the node never answered on the --rpc-listen address"
+            time.sleep(0.2)
+    finally:
+        node.terminate()
+        node.wait(timeout=30)
