@@ -46,7 +46,14 @@ from agent_world_node.config import (
     read_genesis,
 )
 from agent_world_node.network import peer_id_for_seed
-from agent_world_runtime.actions import AGENT_ID_RE, Action, action_kind, sign_action, static_action_problem
+from agent_world_runtime.actions import (
+    AGENT_ID_RE,
+    MAX_TRANSFER_AMOUNT,
+    Action,
+    action_kind,
+    sign_action,
+    static_action_problem,
+)
 from agent_world_runtime.crypto import SigningKey
 from agent_world_runtime.params import WorldParams
 
@@ -486,6 +493,11 @@ def load_action(source: str) -> Action:
         action = msgspec.json.decode(json.dumps(obj), type=Action)
     except msgspec.DecodeError as exc:
         raise CliError(f"{source}: not a valid action ({exc})") from None
+    try:
+        msgspec.msgpack.encode(action)
+    except OverflowError:
+        raise CliError(f"{source}: an integer in the action is outside -2**63..2**64-1 and can never be signed "
+                       f"(amounts are at most {MAX_TRANSFER_AMOUNT}); use a smaller value") from None
     return action
 
 

@@ -262,3 +262,14 @@ def test_status_values_are_for_people_not_python():
     assert cli.human_value({"a": 1, "b": None, "c": {"d": [1]}}) == 'a: 1\nb: -\nc: {"d": [1]}'
     for value in (False, None, {"x": False}, [None]):
         assert "False" not in cli.human_value(value) and "None" not in cli.human_value(value)
+
+
+def test_amounts_beyond_what_can_be_signed_are_one_line_errors(tmp_path):
+    path = tmp_path / "k.json"
+    AgentKey(SigningKey(b"\x09" * 32), "alice").save(path)
+    for amount, says in ((10**23, "can never be signed"), (10**19, "must be a positive integer up to")):
+        action = tmp_path / f"a{amount}.json"
+        action.write_text(json.dumps({"type": "transfer_resource", "to": "bob", "kind": "data", "amount": amount}))
+        r = runner.invoke(cli.app, ["submit", "--rpc", "http://fake:1", "--key", str(path), "--nonce", "1",
+                                    "--chain-id", "c", str(action)])
+        assert r.exit_code == 1 and says in r.output and "Traceback" not in r.output, r.output
