@@ -414,7 +414,7 @@ def status(
             typer.echo(json.dumps(data, indent=2, sort_keys=True))
             return
         table = Table(title=f"node {data.get('moniker', '')} at {rpc}", show_header=False)
-        table.add_column("field", style="bold")
+        table.add_column("field", style="bold", overflow="fold")
         table.add_column("value", overflow="fold")
         keys = [k for k in _STATUS_ORDER if k in data] + sorted(k for k in data if k not in _STATUS_ORDER)
         for key in keys:

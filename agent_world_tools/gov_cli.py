@@ -337,7 +337,7 @@ def vote(
 
 def _fields_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     table = Table(title=title, show_header=False)
-    table.add_column("field", style="bold")
+    table.add_column("field", style="bold", overflow="fold")
     table.add_column("value", overflow="fold")
     for name, value in rows:
         table.add_row(name, escape(value if isinstance(value, str) else json_text(value)))
@@ -388,7 +388,7 @@ def show(
         ui.console.print(_fields_table(f"proposal {p['proposal_id']} at {rpc}", rows))
         votes = Table(title=f"votes ({len(p['votes'])})")
         votes.add_column("validator", no_wrap=True)
-        votes.add_column("vote")
+        votes.add_column("vote", overflow="fold")
         for vid, choice in sorted(p["votes"].items()):
             votes.add_row(short(vid), escape(choice))
         ui.console.print(votes)
@@ -477,7 +477,7 @@ def show_manifest(
                          f"{doc['applied_at']} by {'proposal ' + str(doc['proposal_id']) if doc['proposal_id'] else 'genesis'}",
                          highlight=False)
         table = Table()
-        table.add_column("path")
+        table.add_column("path", overflow="fold")
         table.add_column("value", overflow="fold")
         for path, value in _flatten({k: v for k, v in doc["manifest"].items() if k != "version"}):
             table.add_row(escape(path), escape(json_text(value)))

@@ -777,7 +777,7 @@ def status(
             return
         arts = Table(title=f"artifacts at {rpc} (full hashes: --json)")
         for col in ("module_id", "version", "wasm_hash", "publisher", "size", "height", "origin"):
-            arts.add_column(col, no_wrap=col in ("wasm_hash", "module_id"))
+            arts.add_column(col, no_wrap=col in ("wasm_hash", "module_id"), overflow="fold")
         for a in mods["artifacts"]:
             arts.add_row(*(escape(str(v)) for v in (a.get("module_id"), a.get("version"), str(a.get("wasm_hash"))[:16] + "...",
                                                      a.get("publisher"), a.get("size"), a.get("published_at"),
@@ -785,7 +785,7 @@ def status(
         insts = Table(title=f"instances at {rpc}")
         cols = ("instance_id", "version", "owner_agent_id", "install_target", "active", "state_bytes")
         for col in cols:
-            insts.add_column(col.replace("_agent_id", "").replace("install_", ""), no_wrap=col == "instance_id")
+            insts.add_column(col.replace("_agent_id", "").replace("install_", ""), no_wrap=col == "instance_id", overflow="fold")
         for i in mods["instances"]:
             insts.add_row(*(escape(str(i.get(c, ""))) for c in cols))
         cli.console.print(arts)

@@ -261,7 +261,7 @@ def _show_one(client: SyncNodeClient, rpc: str, vid: str, as_json: bool) -> None
         print_json({**doc, "unbonding": pending})
         return
     table = Table(title=f"validator {doc.get('name') or vid[:16]} at {rpc}", show_header=False)
-    table.add_column("field", style="bold")
+    table.add_column("field", style="bold", overflow="fold")
     table.add_column("value", overflow="fold")
     for field, value in (("validator_id", doc["validator_id"]), ("name", doc["name"] or "-"),
                          ("operator", doc["operator"] or "- (genesis bond, permanent)"), ("bonded", doc["bonded"]),
@@ -270,15 +270,15 @@ def _show_one(client: SyncNodeClient, rpc: str, vid: str, as_json: bool) -> None
         table.add_row(field, escape(str(value)))
     ui.console.print(table)
     bonds = Table(title="bonds")
-    bonds.add_column("bonder")
-    bonds.add_column("amount", justify="right")
+    bonds.add_column("bonder", overflow="fold")
+    bonds.add_column("amount", justify="right", overflow="fold")
     for bonder, amount in sorted(doc["bonds"].items(), key=lambda kv: (-kv[1], kv[0])):
         bonds.add_row(escape(bonder), str(amount))
     ui.console.print(bonds)
     if pending:
         unb = Table(title="unbonding")
         for col in ("agent", "amount", "unbonded at", "returns end of epoch"):
-            unb.add_column(col)
+            unb.add_column(col, overflow="fold")
         for e in pending:
             unb.add_row(escape(e["agent_id"]), str(e["amount"]), str(e["created_at"]), str(e["release_epoch"]))
         ui.console.print(unb)

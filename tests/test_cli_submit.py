@@ -273,3 +273,20 @@ def test_amounts_beyond_what_can_be_signed_are_one_line_errors(tmp_path):
         r = runner.invoke(cli.app, ["submit", "--rpc", "http://fake:1", "--key", str(path), "--nonce", "1",
                                     "--chain-id", "c", str(action)])
         assert r.exit_code == 1 and says in r.output and "Traceback" not in r.output, r.output
+
+
+def test_status_table_folds_long_values_instead_of_cutting_them(monkeypatch):
+    root = "ab" * 32
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"chain_id": "c", "moniker": "m", "height": 7, "execution_state_root": root})
+
+    monkeypatch.setattr(cli, "make_client", lambda rpc: SyncNodeClient(rpc, transport=httpx.MockTransport(handler)))
+    monkeypatch.setattr(cli.console, "width", 60)  # a narrow terminal
+    r = runner.invoke(cli.app, ["status", "--rpc", "http://fake:1"])
+    assert r.exit_code == 0 and "…" not in r.output
+    cells = [line.split("│")[2].strip() for line in r.output.splitlines() if line.count("│") >= 3]
+    start = next(i for i, line in enumerate(r.output.splitlines()) if "execution_state_root" in line)
+    rows = [line for line in r.output.splitlines()[start:] if line.count("│") >= 3]
+    value = "".join(line.split("│")[2].strip() for line in rows[:4])
+    assert root in value, (value, cells)

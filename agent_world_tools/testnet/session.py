@@ -152,8 +152,8 @@ class TestnetSummary:
 def render_summary(summary: TestnetSummary) -> Table:
     """Return the end-of-session summary as a two-column table."""
     table = Table(title="testnet summary", show_header=False)
-    table.add_column("what")
-    table.add_column("value")
+    table.add_column("what", overflow="fold")
+    table.add_column("value", overflow="fold")
     table.add_row("directory", escape(summary.directory))
     table.add_row("duration", f"{summary.duration_s:.1f} s")
     table.add_row(
