@@ -44,7 +44,7 @@ from agent_world_client.client import (
     NodeUnreachable,
     NotFound,
 )
-from agent_world_runtime.actions import Action, CreateAgent, action_kind, sign_action
+from agent_world_runtime.actions import AGENT_ID_RE, Action, CreateAgent, action_kind, sign_action
 from agent_world_runtime.codec import to_builtins
 from agent_world_runtime.crypto import SigningKey
 
@@ -237,6 +237,10 @@ class Pacer:
 DEFAULT_ENDOWMENT = (2_000, 2_000)
 
 
+#: How many times an agent whose id is taken by another key moves to ``<id>-r<k>`` before giving up.
+MAX_RENAMES = 5
+
+
 def agent_id_for(seed: int, index: int, prefix: str = "agent") -> str:
     """Return the agent id of agent ``index`` for ``seed``: ``"{prefix}-s{seed}-{index:03d}"``."""
     return f"{prefix}-s{seed}-{index:03d}"
@@ -362,6 +366,7 @@ class AgentRuntime:
             NodeClient(u, timeout_s=timeout_s, max_503_retries=max_503_retries, transport=transport) for u in urls
         ]
         self.agents: dict[str, _Agent] = {}
+        self._policy_factory = policy_factory
         for i in range(agents):
             agent_id = agent_id_for(seed, i, agent_prefix)
             key = load_or_create_agent_key(self.key_dir, agent_id)
@@ -568,6 +573,26 @@ class AgentRuntime:
 
     # -- life cycle ----------------------------------------------------------------------------
 
+    def _rename(self, agent: _Agent) -> bool:
+        """Give ``agent``, whose id another key holds on the chain (a reused key directory, another
+        run's agents), the next free-looking id ``<id>-r<k>`` (k up to ``MAX_RENAMES``), its own key
+        (created, or reused from the key directory on a later run, so runs stay repeatable) and a
+        new policy; False when no more renames are allowed."""
+        base, _, suffix = agent.agent_id.rpartition("-r")
+        k = int(suffix) + 1 if base and suffix.isdigit() else 1
+        base = base if base and suffix.isdigit() else agent.agent_id
+        new_id = f"{base}-r{k}"
+        if k > MAX_RENAMES or not AGENT_ID_RE.fullmatch(new_id):
+            return False
+        old_id = agent.agent_id
+        agent.log.warning("agent_id_taken_renamed", new_agent_id=new_id)
+        agent.agent_id = new_id
+        agent.key = load_or_create_agent_key(self.key_dir, new_id)
+        agent.policy = self._policy_factory(agent.index, new_id)
+        agent.log = log.bind(agent=new_id, node=agent.client.base_url)
+        self.agents = {(new_id if aid == old_id else aid): a for aid, a in self.agents.items()}
+        return True
+
     async def register(self, agent: _Agent) -> bool:
         """Make sure ``agent`` exists and is visible on its node, having the sponsor create it if
         needed; return False if its id is taken by another key or it does not exist and there is
@@ -580,8 +605,10 @@ class AgentRuntime:
             if record is not None:
                 if record.get("public_key") not in (None, agent.key.public_key.hex()):
                     self.stats.rejected["agent_id_taken"] = self.stats.rejected.get("agent_id_taken", 0) + 1
-                    agent.log.error("agent_id_taken", public_key=record.get("public_key"))
-                    return False
+                    if not self._rename(agent):
+                        agent.log.error("agent_id_taken", public_key=record.get("public_key"))
+                        return False
+                    continue
                 agent.sync_nonce(record)
                 self.registered.add(agent.agent_id)
                 self.stats.agents_registered += 1

@@ -369,7 +369,7 @@ def test_second_run_reuses_keys_and_continues_nonces(tmp_path, modules_dir):
     assert stats.module_installed and stats.agents_registered == 4
 
 
-def test_agent_id_taken_by_another_key_stops_only_that_agent(tmp_path, modules_dir):
+def test_an_agent_whose_id_another_key_holds_moves_to_a_free_id(tmp_path, modules_dir):
     cluster = FakeCluster(busy_every=0)
     taken = agent_id_for(0, 1)
     cluster.agents[taken] = {"agent_id": taken, "public_key": "00" * 32, "position": [0, 0, 0], "electricity": 1, "data": 0, "last_nonce": 5}
@@ -377,9 +377,11 @@ def test_agent_id_taken_by_another_key_stops_only_that_agent(tmp_path, modules_d
     stats = WorkloadStats()
     run_for(cluster, 10.0, stats, agents=3, seed=0, key_dir=tmp_path / "keys", modules_dir=modules_dir)
     assert stats.rejected.get("agent_id_taken") == 1
-    assert all(a != taken for _, a, *_ in cluster.log)
-    assert taken not in {created for *_, created in cluster.created}
-    assert stats.agents_registered == 2
+    assert all(a != taken for _, a, *_ in cluster.log)  # never signs as the other key's agent
+    created = {c for *_, c in cluster.created}
+    assert taken not in created and f"{taken}-r1" in created
+    assert stats.agents_registered == 3 and (tmp_path / "keys" / f"{taken}-r1.json").exists()
+    assert any(a == f"{taken}-r1" for _, a, *_ in cluster.log)  # and acts under its new id
 
 
 def test_missing_module_source_is_recorded_and_the_builder_keeps_acting(tmp_path):
