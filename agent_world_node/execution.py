@@ -18,7 +18,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import msgspec
 import structlog
@@ -27,6 +27,7 @@ from agent_world_runtime import World
 from agent_world_runtime.actions import SignedAction, decode_signed_action
 from agent_world_runtime.codec import DecodeError, decode, encode
 from agent_world_runtime.crypto import sha256
+from agent_world_runtime.events import MODULE_RUNTIME_CHARGED
 from agent_world_runtime.failpoints import failpoint
 from agent_world_runtime.modules.sandbox import Sandbox
 from agent_world_runtime.snapshots import SnapshotArchive
@@ -141,6 +142,10 @@ class NodeRuntimeExecutionDriver:
         #: heights (None: none are made). Set by the owner after ``open``.
         self.archive: SnapshotArchive | None = None
         self.state_snapshot_interval = 1
+        #: what the blocks this process executed charged (node-local counters for the metrics):
+        #: action fees (electricity), module fuel, module fees by resource kind
+        self.charged: dict[str, int] = {"action_fees": 0, "module_fuel": 0, "module_fees_data": 0,
+                                        "module_fees_electricity": 0}
         #: the height of the world snapshot a restart would load (0: none, replay from genesis)
         self.snapshot_height = world.height
         self._pruned_below = 0
@@ -302,6 +307,7 @@ class NodeRuntimeExecutionDriver:
             world.apply_action(signed, action_id, signature_checked=True, payload_bytes=payload_bytes)
         world.step_with_modules()
         outcome = world.end_block()
+        self._count_charges(outcome.events)
         block_hash = chain_execution_block_hash(self.last_block_hash, height, outcome.state_root, outcome.events_root)
         record = ExecutionRecord(height, block_hash, outcome.state_root, outcome.events_root, len(actions))
         if persist:
@@ -322,6 +328,18 @@ class NodeRuntimeExecutionDriver:
         if persist and self.retain_blocks and height % PRUNE_EVERY_HEIGHTS == 0:
             self.prune(height)
         return record
+
+    def _count_charges(self, events: list[Any]) -> None:
+        c = self.charged
+        for e in events:
+            data = e.data
+            fee = data.get("fee")
+            if isinstance(fee, int):
+                c["action_fees"] += fee
+            if e.kind == MODULE_RUNTIME_CHARGED:
+                c["module_fuel"] += int(data.get("gas_used") or 0)
+                c["module_fees_data"] += int(data.get("compute_fee_amount") or 0) + int(data.get("gas_fee_amount") or 0)
+                c["module_fees_electricity"] += int(data.get("electricity_fee_amount") or 0)
 
     def prune(self, tip: int) -> int:
         """Delete stored blocks and execution records below ``min(tip - retain_blocks + 1,

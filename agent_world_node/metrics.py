@@ -2,9 +2,10 @@
 
 Counters end in ``_total`` (prometheus_client adds it to a ``Counter``'s name) and no ``_created``
 series are exposed. Besides the node's own metrics: the process's (``process_*``: CPU, memory,
-open files), ``awnode_build_info`` (the versions that decide consensus, as labels), and the world's
+open files), ``awnode_build_info`` (the versions that decide consensus, as labels), the world's
 module calls (``awnode_module_calls_total``, ``awnode_module_call_failures_total``, read from the
-executed world at each scrape).
+executed world at each scrape), and what the blocks this process executed charged
+(``awnode_action_fees_total``, ``awnode_module_fuel_total``, ``awnode_module_fees_total{kind}``).
 """
 
 from __future__ import annotations
@@ -47,8 +48,15 @@ class WorldCollector(Collector):
             ("awnode_module_calls", "module_calls", "Module calls attempted by the executed world (succeeded + failed)"),
             ("awnode_module_call_failures", "module_call_failures", "Module calls that failed (by the ABI's limits or errors)"),
             ("awnode_actions_rejected", "actions_rejected", "Committed actions the world rules rejected (they paid their fee)"),
+            ("awnode_action_fees", "action_fees", "Electricity paid as action fees in the blocks this process executed"),
+            ("awnode_module_fuel", "module_fuel", "Fuel burnt by module calls in the blocks this process executed"),
         ):
             yield CounterMetricFamily(name, doc, value=stats.get(key, 0))
+        fees = CounterMetricFamily("awnode_module_fees", "Module call fees charged in the blocks this process executed, "
+                                   "by resource", labels=["kind"])
+        fees.add_metric(["data"], stats.get("module_fees_data", 0))
+        fees.add_metric(["electricity"], stats.get("module_fees_electricity", 0))
+        yield fees
 
 
 class NodeMetrics:

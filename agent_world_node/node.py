@@ -96,7 +96,8 @@ class Node:
         self.config.rpc.listen = rpc_listen or self.config.rpc.listen
         node_key = cfg.read_key(home.node_key_file)
         self.metrics = NodeMetrics()
-        self.metrics.watch_world(lambda: self.world.stats())  # read at each scrape, the replica may be reopened
+        # read at each scrape (the replica may be reopened): the world's counts and what execution charged
+        self.metrics.watch_world(lambda: {**self.world.stats(), **self.replica.driver.charged})
         self.net = P2PNetwork(
             NetworkConfig(
                 chain_id=genesis.chain_id,

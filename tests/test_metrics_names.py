@@ -10,7 +10,12 @@ from pathlib import Path
 import httpx
 import trio
 
-from .node_harness import running_node, single_validator_home
+from agent_world_client.client import NodeClient
+from agent_world_runtime import compute_action_id
+from agent_world_runtime.crypto import SigningKey
+from agent_world_runtime.signer import AgentSigner
+
+from .node_harness import bank_signer, running_node, single_validator_home
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,13 +32,22 @@ def test_documented_metrics_exist_and_the_exposition_is_clean(tmp_path):
 
     async def main():
         async with running_node(home) as node:
-            async with httpx.AsyncClient(base_url=f"http://{node.config.rpc.listen}", timeout=10) as client:
+            base = f"http://{node.config.rpc.listen}"
+            async with httpx.AsyncClient(base_url=base, timeout=10) as client, NodeClient(base) as api:
+                create = bank_signer("metrics-test").create_agent(AgentSigner("alice", SigningKey(b"a" * 32),
+                                                                              "metrics-test"), electricity=5)
+                await api.submit(create)
+                done = await api.wait_action(compute_action_id(create).hex(), timeout_s=30)
+                fee = done["fee"]
                 with trio.fail_after(30):
-                    while node.height < 2:
+                    while node.height < done["height"] + 1:
                         await trio.sleep(0.1)
-                return (await client.get("/metrics")).text
+                return fee, (await client.get("/metrics")).text
 
-    text = trio.run(main)
+    fee, text = trio.run(main)
+    fees = re.search(r"^awnode_action_fees_total (\S+)$", text, re.M)
+    assert fees and float(fees.group(1)) >= fee > 0, fees
+    assert re.search(r'^awnode_module_fees_total\{kind="data"\} ', text, re.M) and "awnode_module_fuel_total" in text
     declared = set(re.findall(r"^# TYPE (\S+) (\S+)", text, re.M))
     types = dict(declared)
     samples = set(re.findall(r"^([a-z_]+)(?:\{|\s)", text, re.M))
