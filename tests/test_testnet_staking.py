@@ -110,8 +110,11 @@ def test_a_fifth_validator_joins_one_leaves_and_governance_changes_and_rolls_bac
         join_epoch = created["data"]["earliest_epoch"]
         first = join_epoch * EPOCH
         print(f"measured: created at height {created['height']}, joins at epoch {join_epoch} (height {first})")
-        await net.until(lambda: _reached(net, first + 2), f"height {first + 2}", STEP_S)
-        assert new_id in await net.signers_at(first + 1), "the fifth validator signed no certificate of its epoch"
+        await net.until(lambda: _reached(net, first + 6), f"height {first + 6}", STEP_S)
+        # a certificate holds the quorum plus the precommits that came in during the commit wait: a
+        # validator may miss one, not all of an epoch's first heights
+        signed = [h for h in range(first, first + 6) if new_id in await net.signers_at(h)]
+        assert signed, "the fifth validator signed no certificate of its epoch's first six heights"
         assert new_id not in await net.signers_at(first - 1)
 
         # 2. operator0 unbonds everything: node0's validator leaves two epochs later
