@@ -12,8 +12,11 @@ then loops, one turn at a time:
    runtime controls (``publisher``/``installer`` = ``agent:<id>``): the action is signed with that
    agent's key and its next nonce, and submitted (``NodeClient.submit`` waits out 503 answers
    following the node's ``retry_after_ms`` hint, a bounded number of times);
-4. remember: the decision, action id and the node's answer go into the agent's ``Memory``; when
-   the action's event arrives (committed, or ``domain.action_rejected``) the entry is updated;
+4. remember: the decision, action id and the node's answer go into the agent's ``Memory``; the
+   shared poller then looks the action up (``GET /v1/actions/{action_id}``, the lookup
+   ``awnode submit --wait`` uses) until it is executed, and the entry becomes ``committed`` or
+   ``failed`` with the world's reason (a build request waits further for its
+   ``module.build_settled`` event);
 5. wait a turn (``turn_s``; a ``wait_ticks`` decision waits that many turns).
 
 Nonces are tracked per agent: they start at the node's ``last_nonce + 1``, only ever grow (the
@@ -57,6 +60,10 @@ _EVENT_AGENT_KEYS = ("agent_id", "created_agent_id", "to", "owner_agent_id", "pu
 DEFAULT_MEMORY_SIZE = 50
 DEFAULT_EVENTS_KEPT = 20
 MAX_WAIT_TICKS = 100
+MAX_LOOKUPS_PER_POLL = 64  # action outcome lookups per poll, oldest pending first
+LOOKUP_CONCURRENCY = 8  # concurrent GET /v1/actions/{id} requests per poll
+LOST_AFTER_S = 120.0  # an accepted action no node knows after this long is given up as lost
+MAX_PENDING = 100_000  # actions (and builds) awaiting their outcome; beyond, the oldest are forgotten
 
 
 class Observation(msgspec.Struct):
@@ -86,9 +93,10 @@ class Memory:
     The runtime adds one entry per decision: ``turn``, ``decision`` (its wire form), ``kind``, and
     for an action ``signer``, ``nonce``, ``action_id`` and ``outcome`` (``accepted``,
     ``duplicate``, ``rejected`` with ``code`` and ``reason``, ``busy``, ``unreachable``,
-    ``error``, ``invalid`` with ``reason``; ``wait`` for a wait). When the action's event
-    arrives, ``outcome`` becomes ``committed`` (with ``event`` = its kind and ``height``) or
-    ``failed`` (with ``reason`` from ``domain.action_rejected``); a compile whose sources the
+    ``error``, ``invalid`` with ``reason``; ``wait`` for a wait). When the action's lookup shows
+    it executed, ``outcome`` becomes ``committed`` (with ``event`` = its first event's kind and
+    ``height``) or ``failed`` (with the world's ``reason``), or ``lost`` when no node knew it for
+    ``LOST_AFTER_S``; a compile whose sources the
     validators build becomes ``build_pending``, then ``built`` (with ``wasm_hash``) or
     ``build_failed`` (with the code as ``reason``).
     """
@@ -143,7 +151,8 @@ class RuntimeStats:
     ``rejected``: 400-class answers by the node's code; ``retried_503``: 503 answers waited out;
     ``busy``: submissions abandoned after the bounded 503 retries; ``unreachable``: transport
     errors; ``bad_responses``: answers that are not the API's; ``committed`` / ``failed``: actions
-    whose event was seen (applied / ``domain.action_rejected``); ``by_kind``: submissions by action
+    whose outcome was looked up (applied, or rejected by the world; ``failed`` also counts failed
+    builds and actions lost from every mempool); ``by_kind``: submissions by action
     kind; ``agents_registered``: agents visible on their node. ``started_at`` / ``stopped_at``:
     trio clock seconds.
     """
@@ -383,7 +392,9 @@ class AgentRuntime:
         self.height = 0
         self.modules: dict | None = None
         self._event_seq = 0  # next journal seq to read
-        self._pending: dict[str, str] = {}  # action_id -> agent whose memory holds it
+        # action_id -> (agent whose memory holds it, trio time it was accepted), oldest first
+        self._pending: dict[str, tuple[str, float]] = {}
+        self._builds: dict[str, str] = {}  # build_id (the compile's action_id) -> agent
 
     # -- observation ---------------------------------------------------------------------------
 
@@ -425,36 +436,90 @@ class AgentRuntime:
                     self._event_seq = max(self._event_seq, event["seq"] + 1)
                     self._dispatch(event)
             if len(events) < 1000:
-                return True
+                break
+        return await self._settle_pending(client)
 
-    def _dispatch(self, event: dict) -> None:
-        """Settle memory entries from ``event``: an action's first event marks it committed (or
-        failed, for a rejection); a build request stays ``build_pending`` until its
-        ``module.build_settled`` event says ``built`` (with the wasm_hash) or ``build_failed``
-        (with the code), so a compile decision waits for the validators' build."""
-        data = event.get("data") if isinstance(event.get("data"), dict) else {}
-        kind = event.get("kind")
-        action_id = data.get("build_id") if kind == "module.build_settled" else data.get("action_id")
-        owner = self._pending.pop(action_id, None) if isinstance(action_id, str) else None
-        if owner is not None:
+    async def _settle_pending(self, client: NodeClient) -> bool:
+        """Look up (``GET /v1/actions/{action_id}``) the oldest ``MAX_LOOKUPS_PER_POLL`` actions
+        still pending, at most ``LOOKUP_CONCURRENCY`` at a time, and settle the memory entries of
+        those executed: ``committed`` (with the first event's kind and the height) or ``failed``
+        (with the world's reason). A compile becomes ``build_pending`` until its
+        ``module.build_settled`` event. An action no node has known for ``LOST_AFTER_S`` seconds
+        (dropped from a mempool, or a node that restarted) becomes ``lost``. Returns False if the
+        node could not be reached."""
+        now = trio.current_time()
+        batch = list(self._pending.items())[:MAX_LOOKUPS_PER_POLL]
+        limiter = trio.CapacityLimiter(LOOKUP_CONCURRENCY)
+        unreachable = False
+
+        async def lookup(action_id: str, owner: str, since: float) -> None:
+            nonlocal unreachable
+            async with limiter:
+                try:
+                    doc = await client.action(action_id)
+                except NotFound:
+                    if now - since >= LOST_AFTER_S:
+                        self._settle(action_id, owner, outcome="lost",
+                                     reason=f"no node knew the action {LOST_AFTER_S:g} s after it was accepted")
+                    return
+                except NodeUnreachable:
+                    unreachable = True
+                    return
+                except ClientError as exc:  # a node without the lookup, or a bad answer
+                    log.debug("action_lookup_failed", node=client.base_url, action_id=action_id, error=str(exc))
+                    return
+            self._settle_document(action_id, owner, doc)
+
+        async with trio.open_nursery() as nursery:
+            for action_id, (owner, since) in batch:
+                nursery.start_soon(lookup, action_id, owner, since)
+        return not unreachable
+
+    def _settle_document(self, action_id: str, owner: str, doc: dict) -> None:
+        """Settle ``action_id`` from its ``GET /v1/actions`` document, if it was executed."""
+        outcome = doc.get("outcome")
+        height = doc.get("height")
+        events = doc.get("events") if isinstance(doc.get("events"), list) else []
+        first = events[0].get("kind") if events and isinstance(events[0], dict) else None
+        if outcome == "rejected":
+            self._settle(action_id, owner, outcome="failed", reason=doc.get("reason"), height=height)
+        elif outcome == "applied" and any(isinstance(e, dict) and e.get("kind") == "module.build_requested"
+                                           for e in events):
+            self._pending.pop(action_id, None)
+            self._builds[action_id] = owner  # settled by its module.build_settled event
             entry = self.agents[owner].memory.find(action_id)
             if entry is not None:
-                if kind == "domain.action_rejected":
-                    entry.update(outcome="failed", reason=data.get("reason"), height=event.get("height"))
-                    self.stats.failed += 1
-                elif kind == "module.build_requested":
-                    entry.update(outcome="build_pending", event=kind, height=event.get("height"))
-                    self._pending[action_id] = owner  # settled by module.build_settled
-                elif kind == "module.build_settled":
-                    if data.get("status") == "registered":
-                        entry.update(outcome="built", wasm_hash=data.get("wasm_hash"), height=event.get("height"))
-                        self.stats.committed += 1
-                    else:
-                        entry.update(outcome="build_failed", reason=data.get("code"), height=event.get("height"))
-                        self.stats.failed += 1
+                entry.update(outcome="build_pending", event="module.build_requested", height=height)
+        elif outcome in ("applied", "unknown"):  # unknown: executed, its events pruned from the journal
+            self._settle(action_id, owner, outcome="committed", event=first, height=height)
+
+    def _settle(self, action_id: str, owner: str, **fields: Any) -> None:
+        """Forget pending ``action_id``, update its memory entry and count the outcome."""
+        self._pending.pop(action_id, None)
+        self._builds.pop(action_id, None)
+        if fields.get("outcome") in ("committed", "built"):
+            self.stats.committed += 1
+        else:
+            self.stats.failed += 1
+        entry = self.agents[owner].memory.find(action_id)
+        if entry is not None:
+            entry.update({k: v for k, v in fields.items() if v is not None})
+
+    def _dispatch(self, event: dict) -> None:
+        """Give ``event`` to the agents it names; a ``module.build_settled`` event settles the
+        build request it answers: ``built`` (with the wasm_hash) or ``build_failed`` (with the
+        code), so a compile decision waits for the validators' build."""
+        data = event.get("data") if isinstance(event.get("data"), dict) else {}
+        if event.get("kind") == "module.build_settled":
+            build_id = data.get("build_id")
+            owner = self._builds.get(build_id) if isinstance(build_id, str) else None
+            if owner is not None and isinstance(build_id, str):
+                if data.get("status") == "registered":
+                    self._settle(build_id, owner, outcome="built", wasm_hash=data.get("wasm_hash"),
+                                 height=event.get("height"))
                 else:
-                    entry.update(outcome="committed", event=kind, height=event.get("height"))
-                    self.stats.committed += 1
+                    self._settle(build_id, owner, outcome="build_failed", reason=data.get("code"),
+                                 height=event.get("height"))
         for agent_id, agent in self.agents.items():
             if event_mentions(event, agent_id):
                 agent.events.append(event)
@@ -566,9 +631,11 @@ class AgentRuntime:
         outcome = {"outcome": result.status, "action_id": result.action_id}
         if entry is not None:
             entry.update(outcome)
-            self._pending[result.action_id] = agent.agent_id
-            if len(self._pending) > 100_000:  # events never seen (pruned journal): forget the oldest
-                self._pending.pop(next(iter(self._pending)))
+            if result.action_id not in self._pending:
+                self._pending[result.action_id] = (agent.agent_id, trio.current_time())
+            for table in (self._pending, self._builds):
+                if len(table) > MAX_PENDING:  # never settled: forget the oldest
+                    table.pop(next(iter(table)))
         return True
 
     # -- life cycle ----------------------------------------------------------------------------

@@ -60,7 +60,7 @@ WANDER_BOUND = 50
 # A policy re-reads its estimate from the observation after this many turns.
 REFRESH_EVERY = 8
 # Memory outcomes that mean the last action did not (or will not) happen.
-FAILED_OUTCOMES = frozenset({"rejected", "failed", "build_failed", "busy", "unreachable", "error", "invalid"})
+FAILED_OUTCOMES = frozenset({"rejected", "failed", "build_failed", "lost", "busy", "unreachable", "error", "invalid"})
 # Of those, the ones that say nothing about the action itself (a full mempool, a node away).
 TRANSIENT_OUTCOMES = frozenset({"busy", "unreachable"})
 

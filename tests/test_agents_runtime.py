@@ -307,8 +307,8 @@ def test_cli_agent_run_usage_errors(tmp_path):
 
 
 def test_a_compile_entry_waits_for_the_validators_build(tmp_path):
-    """A build request leaves the compile decision ``build_pending``; the settling event names it
-    ``built`` with the wasm_hash (or ``build_failed`` with the code)."""
+    """A compile whose lookup shows its build request leaves the decision ``build_pending``; the
+    settling event names it ``built`` with the wasm_hash (or ``build_failed`` with the code)."""
     from agent_world_agents.runtime import AgentRuntime
 
     runtime = AgentRuntime("http://127.0.0.1:9", agents=2, policy_factory=lambda i, a: None, key_dir=tmp_path,
@@ -316,10 +316,12 @@ def test_a_compile_entry_waits_for_the_validators_build(tmp_path):
     a, b = sorted(runtime.agents)
     for agent_id, action_id in ((a, "aa" * 32), (b, "bb" * 32)):
         runtime.memory_of(agent_id).add({"kind": "compile_module", "action_id": action_id, "outcome": "accepted"})
-        runtime._pending[action_id] = agent_id
-    runtime._dispatch({"kind": "module.build_requested", "height": 3, "data": {"action_id": "aa" * 32}})
-    runtime._dispatch({"kind": "module.build_requested", "height": 3, "data": {"action_id": "bb" * 32}})
+        runtime._pending[action_id] = (agent_id, 0.0)
+        runtime._settle_document(action_id, agent_id, {
+            "status": "committed", "height": 3, "outcome": "applied",
+            "events": [{"kind": "module.build_requested", "height": 3, "data": {"action_id": action_id}}]})
     assert runtime.memory_of(a).find("aa" * 32)["outcome"] == "build_pending"
+    assert runtime.stats.committed == 0 and not runtime._pending
     runtime._dispatch({"kind": "module.build_settled", "height": 5,
                        "data": {"build_id": "aa" * 32, "status": "registered", "wasm_hash": "cc" * 32}})
     runtime._dispatch({"kind": "module.build_settled", "height": 6,
@@ -327,3 +329,51 @@ def test_a_compile_entry_waits_for_the_validators_build(tmp_path):
     built, failed = runtime.memory_of(a).find("aa" * 32), runtime.memory_of(b).find("bb" * 32)
     assert (built["outcome"], built["wasm_hash"]) == ("built", "cc" * 32)
     assert (failed["outcome"], failed["reason"]) == ("build_failed", "COMPILE_ERROR")
+    assert (runtime.stats.committed, runtime.stats.failed) == (1, 1)
+
+
+def test_pending_actions_are_settled_by_the_action_lookup(tmp_path):
+    """The poller settles memory entries from ``GET /v1/actions/{id}``: applied -> committed with
+    the first event's kind, rejected -> failed with the world's reason, still pending -> kept; an
+    action unknown to the node is kept until ``LOST_AFTER_S`` and then given up as lost."""
+    from agent_world_agents import runtime as rt
+    from agent_world_client.client import NotFound
+
+    runtime = rt.AgentRuntime("http://127.0.0.1:9", agents=1, policy_factory=lambda i, a: None, key_dir=tmp_path,
+                              chain_id="c")
+    (agent_id,) = runtime.agents
+    docs = {
+        "a1" * 32: {"status": "committed", "height": 7, "outcome": "applied",
+                    "events": [{"kind": "domain.agent_moved", "height": 7}]},
+        "a2" * 32: {"status": "committed", "height": 7, "outcome": "rejected", "reason": "insufficient electricity",
+                    "events": [{"kind": "domain.action_rejected", "height": 7}]},
+        "a3" * 32: {"status": "pending"},
+    }
+    asked: list[str] = []
+
+    class FakeClient:
+        base_url = "fake"
+
+        async def action(self, action_id):
+            asked.append(action_id)
+            if action_id in docs:
+                return docs[action_id]
+            raise NotFound("unknown action")
+
+    async def main():
+        now = trio.current_time()
+        for action_id, since in (("a1" * 32, now), ("a2" * 32, now), ("a3" * 32, now), ("a4" * 32, now),
+                                 ("a5" * 32, now - rt.LOST_AFTER_S)):
+            runtime.memory_of(agent_id).add({"kind": "move_agent", "action_id": action_id, "outcome": "accepted"})
+            runtime._pending[action_id] = (agent_id, since)
+        assert await runtime._settle_pending(FakeClient())
+
+    trio.run(main)
+    memory = runtime.memory_of(agent_id)
+    assert sorted(asked) == sorted(["a1" * 32, "a2" * 32, "a3" * 32, "a4" * 32, "a5" * 32])
+    assert {k: memory.find(k * 32)["outcome"] for k in ("a1", "a2", "a3", "a4", "a5")} == {
+        "a1": "committed", "a2": "failed", "a3": "accepted", "a4": "accepted", "a5": "lost"}
+    assert memory.find("a1" * 32)["event"] == "domain.agent_moved" and memory.find("a1" * 32)["height"] == 7
+    assert memory.find("a2" * 32)["reason"] == "insufficient electricity"
+    assert sorted(runtime._pending) == ["a3" * 32, "a4" * 32]
+    assert (runtime.stats.committed, runtime.stats.failed) == (1, 2)
