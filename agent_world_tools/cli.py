@@ -59,7 +59,7 @@ from agent_world_runtime.params import WorldParams
 
 from .gov_cli import gov_app
 from .modules_cli import module_app
-from .signing import reserve_nonce, rpc_for
+from .signing import home_option, reserve_nonce, rpc_for, rpc_or_home_option
 from .staking_cli import staking_app
 from .testnet import (
     DEFAULT_STAKE,
@@ -400,9 +400,8 @@ _STATUS_ORDER = (
 
 @app.command()
 def status(
-    rpc_given: Optional[str] = typer.Option(None, "--rpc", help="The node's HTTP API; default: that of the node in "
-                                            "--home, else http://127.0.0.1:26657."),
-    home: Optional[Path] = typer.Option(None, "--home", help="A node home: talk to that node's API."),
+    rpc_given: Optional[str] = rpc_or_home_option(),
+    home: Optional[Path] = home_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
 ) -> None:
     """Show a node's status (height, execution height and state root, peers, mempool, ...)."""
@@ -443,12 +442,14 @@ def human_value(value: Any) -> str:
 
 @app.command()
 def snapshots(
-    rpc: str = typer.Option("http://127.0.0.1:26657", "--rpc", help="The node's HTTP API."),
+    rpc_given: Optional[str] = rpc_or_home_option(),
+    home: Optional[Path] = home_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
 ) -> None:
     """List the state-sync snapshots a node keeps and serves to joining nodes (newest first)."""
     quiet_logs()
     with friendly_errors():
+        rpc = rpc_for(rpc_given, home)
         items = make_client(rpc).snapshots()
         if as_json:
             typer.echo(json.dumps(items, indent=2, sort_keys=True))
@@ -504,7 +505,8 @@ def load_action(source: str) -> Action:
 @app.command()
 def submit(
     action_file: str = typer.Argument(..., metavar="ACTION.json", help="Unsigned action as JSON ('-' for stdin)."),
-    rpc: str = typer.Option("http://127.0.0.1:26657", "--rpc", help="The node's HTTP API."),
+    rpc_given: Optional[str] = rpc_or_home_option(),
+    home: Optional[Path] = home_option(),
     key_file: Path = typer.Option(..., "--key", help="Agent key file (from `awnode keygen`)."),
     agent_id: Optional[str] = typer.Option(None, "--agent-id", help="Agent id; default: the key file's agent_id."),
     nonce: Optional[int] = typer.Option(None, "--nonce", help="Nonce; default: the next after the node's last_nonce and every nonce this key file already reserved (KEY.nonces)."),
@@ -518,6 +520,7 @@ def submit(
     it: --wait waits for it, `awnode action ID` looks it up later."""
     quiet_logs()
     with friendly_errors():
+        rpc = rpc_for(rpc_given, home)
         key, file_agent_id = read_agent_key(key_file)
         agent = agent_id or file_agent_id
         if not agent:
@@ -584,7 +587,8 @@ app.add_typer(audit_app, name="audit")
 @audit_app.command("export")
 def audit_export(
     out: Path = typer.Argument(..., metavar="FILE", help="Where to write the events, one JSON object per line."),
-    rpc: str = typer.Option("http://127.0.0.1:26657", "--rpc", help="The node's HTTP API."),
+    rpc_given: Optional[str] = rpc_or_home_option(),
+    home: Optional[Path] = home_option(),
     from_height: Optional[int] = typer.Option(None, "--from", min=0, help="First height (inclusive)."),
     to_height: Optional[int] = typer.Option(None, "--to", min=0, help="Last height (inclusive)."),
     kind: Optional[str] = typer.Option(None, "--kind", help="Kinds, comma-separated: exact, or prefix* (domain.*)."),
@@ -595,6 +599,7 @@ def audit_export(
     genesis, or from its state-sync snapshot on."""
     quiet_logs()
     with friendly_errors():
+        rpc = rpc_for(rpc_given, home)
         if from_height is not None and to_height is not None and from_height > to_height:
             raise CliError(f"--from {from_height} is above --to {to_height}")
         client = make_client(rpc)
@@ -614,13 +619,15 @@ def audit_export(
 @app.command("action")
 def action_lookup(
     action_id: str = typer.Argument(..., metavar="ACTION_ID", help="The action id `awnode submit` printed (64 hex)."),
-    rpc: str = typer.Option("http://127.0.0.1:26657", "--rpc", help="The node's HTTP API."),
+    rpc_given: Optional[str] = rpc_or_home_option(),
+    home: Optional[Path] = home_option(),
     json_out: bool = typer.Option(False, "--json", help="Print the whole document as JSON."),
 ) -> None:
     """Look up what became of an action: pending, or committed with its outcome (applied with its
     events, or rejected with the reason); exit 1 when rejected."""
     quiet_logs()
     with friendly_errors():
+        rpc = rpc_for(rpc_given, home)
         doc = make_client(rpc).action(action_id.strip().lower())
         if json_out:
             typer.echo(json.dumps(doc, indent=2, sort_keys=True))

@@ -39,12 +39,14 @@ from .signing import (
     agent_record,
     balance_of,
     check_validator_id,
+    home_option,
     json_option,
     json_text,
     key_option,
     nonce_option,
     print_json,
-    rpc_option,
+    rpc_for,
+    rpc_or_home_option,
     short,
     submit_action,
     timeout_option,
@@ -227,7 +229,8 @@ def propose(
                                             "`awnode gov manifest --json`)."),
     rollback: Optional[int] = typer.Option(None, "--rollback", metavar="VERSION",
                                            help="Restore an earlier manifest version (as a new version)."),
-    rpc: str = rpc_option(),
+    rpc_given: Optional[str] = rpc_or_home_option(),
+    home: Optional[Path] = home_option(),
     agent_id: Optional[str] = agent_id_option(),
     nonce: Optional[int] = nonce_option(),
     wait: bool = wait_option(),
@@ -237,6 +240,7 @@ def propose(
     during governance.voting_period_heights."""
     ui.quiet_logs()
     with ui.friendly_errors():
+        rpc = rpc_for(rpc_given, home)
         key, agent = agent_key(key_file, agent_id)
         modes = [m for m, given in (("--set", bool(assignments)), ("--patch", patch is not None),
                                     ("--manifest", manifest is not None), ("--rollback", rollback is not None)) if given]
@@ -293,7 +297,8 @@ def vote(
     option: str = typer.Argument(..., metavar="yes|no|abstain"),
     validator_id: str = typer.Option(..., "--validator", help="The validator whose power votes (64 hex)."),
     key_file: Path = key_option("validator operator"),
-    rpc: str = rpc_option(),
+    rpc_given: Optional[str] = rpc_or_home_option(),
+    home: Optional[Path] = home_option(),
     agent_id: Optional[str] = agent_id_option(),
     nonce: Optional[int] = nonce_option(),
     wait: bool = wait_option(),
@@ -302,6 +307,7 @@ def vote(
     """Vote on a proposal with a validator's power, signed by the validator's operator (once)."""
     ui.quiet_logs()
     with ui.friendly_errors():
+        rpc = rpc_for(rpc_given, home)
         key, agent = agent_key(key_file, agent_id)
         option = option.strip().lower()
         if option not in VOTE_OPTIONS:
@@ -354,12 +360,14 @@ def _tally_text(tally: dict[str, Any]) -> str:
 @gov_app.command("show")
 def show(
     proposal_id: int = typer.Argument(..., metavar="PROPOSAL_ID"),
-    rpc: str = rpc_option(),
+    rpc_given: Optional[str] = rpc_or_home_option(),
+    home: Optional[Path] = home_option(),
     as_json: bool = json_option(),
 ) -> None:
     """Show a proposal: status, votes, tally, the shadow report and what it changes."""
     ui.quiet_logs()
     with ui.friendly_errors():
+        rpc = rpc_for(rpc_given, home)
         client = ui.make_client(rpc)
         p = _proposal(client, rpc, proposal_id)
         if as_json:
@@ -409,12 +417,14 @@ def show(
 def list_proposals(
     status: Optional[str] = typer.Option(None, "--status", help="Only proposals with this status (e.g. voting)."),
     limit: int = typer.Option(20, "--limit", help="At most this many, newest first (1-200)."),
-    rpc: str = rpc_option(),
+    rpc_given: Optional[str] = rpc_or_home_option(),
+    home: Optional[Path] = home_option(),
     as_json: bool = json_option(),
 ) -> None:
     """List proposals, newest first."""
     ui.quiet_logs()
     with ui.friendly_errors():
+        rpc = rpc_for(rpc_given, home)
         if not 1 <= limit <= 200:
             raise ui.CliError(f"--limit must be between 1 and 200, got {limit}")
         doc = ui.make_client(rpc).proposals(status=status, limit=limit)
@@ -450,12 +460,14 @@ def _flatten(value: Any, path: str = "") -> list[tuple[str, Any]]:
 @gov_app.command("manifest")
 def show_manifest(
     versions: bool = typer.Option(False, "--versions", help="List the manifest versions instead."),
-    rpc: str = rpc_option(),
+    rpc_given: Optional[str] = rpc_or_home_option(),
+    home: Optional[Path] = home_option(),
     as_json: bool = json_option(),
 ) -> None:
     """Show the manifest in force (every value by its --set path), or its version history."""
     ui.quiet_logs()
     with ui.friendly_errors():
+        rpc = rpc_for(rpc_given, home)
         client = ui.make_client(rpc)
         if versions:
             doc = client.manifest_versions(limit=1000)

@@ -37,6 +37,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import ui
+from .signing import home_option, rpc_for, rpc_or_home_option
 
 module_app = typer.Typer(rich_markup_mode=None, 
     help="Write, build, test and publish world modules (docs/module-guide.md).", no_args_is_help=True
@@ -618,7 +619,8 @@ def _wait(client: Any, action_id: str, done: Any, timeout: float, what: str) -> 
 def deploy(
     directory: Path = typer.Argument(Path("."), help="The project directory (with manifest.json)."),
     key_file: Path = typer.Option(..., "--key", help="The publisher's agent key file (from `awnode keygen`)."),
-    rpc: str = typer.Option("http://127.0.0.1:26657", "--rpc", help="The node's HTTP API."),
+    rpc_given: Optional[str] = rpc_or_home_option(),
+    home: Optional[Path] = home_option(),
     agent_id: Optional[str] = typer.Option(None, "--agent-id", help="Agent id; default: the key file's agent_id."),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for the deploy to execute."),
 ) -> None:
@@ -628,6 +630,7 @@ def deploy(
     cli = ui
     cli.quiet_logs()
     with cli.friendly_errors():
+        rpc = rpc_for(rpc_given, home)
         key, agent = _signer(key_file, agent_id)
         project, wasm, wasm_hash = build_project(directory)
         m = project.manifest
@@ -659,7 +662,8 @@ def deploy(
 def compile_in_world(
     directory: Path = typer.Argument(Path("."), help="The project directory (with manifest.json)."),
     key_file: Path = typer.Option(..., "--key", help="The publisher's agent key file (from `awnode keygen`)."),
-    rpc: str = typer.Option("http://127.0.0.1:26657", "--rpc", help="The node's HTTP API."),
+    rpc_given: Optional[str] = rpc_or_home_option(),
+    home: Optional[Path] = home_option(),
     agent_id: Optional[str] = typer.Option(None, "--agent-id", help="Agent id; default: the key file's agent_id."),
     timeout: float = typer.Option(180.0, "--timeout", help="Seconds to wait for the validators' build."),
 ) -> None:
@@ -672,6 +676,7 @@ def compile_in_world(
     cli = ui
     cli.quiet_logs()
     with cli.friendly_errors():
+        rpc = rpc_for(rpc_given, home)
         key, agent = _signer(key_file, agent_id)
         project = load_project(directory)
         _check_sources(project)
@@ -721,7 +726,8 @@ def install(
     target_ref: str = typer.Argument(..., metavar="WASM_HASH|DIR", help="An artifact's wasm_hash, or a project "
                                      "directory (built to find its wasm_hash)."),
     key_file: Path = typer.Option(..., "--key", help="The publisher's agent key file."),
-    rpc: str = typer.Option("http://127.0.0.1:26657", "--rpc", help="The node's HTTP API."),
+    rpc_given: Optional[str] = rpc_or_home_option(),
+    home: Optional[Path] = home_option(),
     agent_id: Optional[str] = typer.Option(None, "--agent-id", help="Agent id; default: the key file's agent_id."),
     instance_id: str = typer.Option("", "--instance-id", help="Default: <module_id>@<agent_id>."),
     target: str = typer.Option("", "--target", help="self_agent (default: every matching event and action), "
@@ -735,6 +741,7 @@ def install(
     cli = ui
     cli.quiet_logs()
     with cli.friendly_errors():
+        rpc = rpc_for(rpc_given, home)
         key, agent = _signer(key_file, agent_id)
         if re.fullmatch(r"[0-9a-f]{64}", target_ref):
             wasm_hash = target_ref
@@ -764,13 +771,15 @@ def install(
 
 @module_app.command("status")
 def status(
-    rpc: str = typer.Option("http://127.0.0.1:26657", "--rpc", help="The node's HTTP API."),
+    rpc_given: Optional[str] = rpc_or_home_option(),
+    home: Optional[Path] = home_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the raw JSON."),
 ) -> None:
     """List a node's module artifacts and instances."""
     cli = ui
     cli.quiet_logs()
     with cli.friendly_errors():
+        rpc = rpc_for(rpc_given, home)
         mods = cli.make_client(rpc).modules()
         if as_json:
             typer.echo(json.dumps(mods, indent=2, sort_keys=True))

@@ -23,8 +23,14 @@ DEFAULT_RPC = "http://127.0.0.1:26657"
 VALIDATOR_ID_RULE = "64 lowercase hex characters (the validator's consensus public key)"
 
 
-def rpc_option() -> Any:
-    return typer.Option(DEFAULT_RPC, "--rpc", help="The node's HTTP API.")
+def rpc_or_home_option() -> Any:
+    """``--rpc`` for commands that also take ``--home`` (resolved by ``rpc_for``)."""
+    return typer.Option(None, "--rpc", help=f"The node's HTTP API; default: that of the node in --home, else {DEFAULT_RPC}.")
+
+
+def home_option() -> Any:
+    """``--home``: a node home whose API a command talks to (see ``rpc_for``)."""
+    return typer.Option(None, "--home", help="A node home: talk to that node's API (its config.toml rpc.listen).")
 
 
 def rpc_for(rpc: str | None, home: Path | None) -> str:

@@ -36,13 +36,14 @@ from .signing import (
     balance_of,
     chain_id_of,
     check_validator_id,
+    home_option,
     json_option,
     json_text,
     key_option,
     nonce_option,
     print_json,
     rpc_for,
-    rpc_option,
+    rpc_or_home_option,
     short,
     submit_action,
     timeout_option,
@@ -82,8 +83,7 @@ def create_validator(
     bond: int = typer.Option(..., "--bond", help="Electricity the operator bonds (at least staking.min_bond)."),
     name: Optional[str] = typer.Option(None, "--name", help="Validator name (at most 64 characters); default: the "
                                        "node's moniker."),
-    rpc_given: Optional[str] = typer.Option(None, "--rpc", help="The node's HTTP API; default: that of the node "
-                                            "in --home."),
+    rpc_given: Optional[str] = rpc_or_home_option(),
     agent_id: Optional[str] = agent_id_option(),
     nonce: Optional[int] = nonce_option(),
     wait: bool = wait_option(),
@@ -148,7 +148,8 @@ def bond(
     validator_id: str = typer.Argument(..., metavar="VALIDATOR_ID", help="The validator to bond to (64 hex)."),
     amount: int = typer.Argument(..., metavar="AMOUNT", help="Electricity to bond."),
     key_file: Path = key_option("bonding agent"),
-    rpc: str = rpc_option(),
+    rpc_given: Optional[str] = rpc_or_home_option(),
+    home: Optional[Path] = home_option(),
     agent_id: Optional[str] = agent_id_option(),
     nonce: Optional[int] = nonce_option(),
     wait: bool = wait_option(),
@@ -157,6 +158,7 @@ def bond(
     """Bond AMOUNT of your electricity to a validator (your own, or another's: a delegation)."""
     ui.quiet_logs()
     with ui.friendly_errors():
+        rpc = rpc_for(rpc_given, home)
         key, agent = agent_key(key_file, agent_id)
         vid = check_validator_id(validator_id)
         _positive(amount, "AMOUNT")
@@ -179,7 +181,8 @@ def unbond(
     validator_id: str = typer.Argument(..., metavar="VALIDATOR_ID", help="The validator to unbond from (64 hex)."),
     amount: int = typer.Argument(..., metavar="AMOUNT", help="Electricity to take back from your bond."),
     key_file: Path = key_option("bonding agent"),
-    rpc: str = rpc_option(),
+    rpc_given: Optional[str] = rpc_or_home_option(),
+    home: Optional[Path] = home_option(),
     agent_id: Optional[str] = agent_id_option(),
     nonce: Optional[int] = nonce_option(),
     wait: bool = wait_option(),
@@ -189,6 +192,7 @@ def unbond(
     staking.unbonding_epochs after the current one, unless slashed first."""
     ui.quiet_logs()
     with ui.friendly_errors():
+        rpc = rpc_for(rpc_given, home)
         key, agent = agent_key(key_file, agent_id)
         vid = check_validator_id(validator_id)
         _positive(amount, "AMOUNT")
@@ -210,7 +214,8 @@ def unbond(
 def unjail(
     validator_id: str = typer.Argument(..., metavar="VALIDATOR_ID", help="Your jailed validator (64 hex)."),
     key_file: Path = key_option("operator"),
-    rpc: str = rpc_option(),
+    rpc_given: Optional[str] = rpc_or_home_option(),
+    home: Optional[Path] = home_option(),
     agent_id: Optional[str] = agent_id_option(),
     nonce: Optional[int] = nonce_option(),
     wait: bool = wait_option(),
@@ -219,6 +224,7 @@ def unjail(
     """Ask for your jailed validator back once its jail ended; it can then join the next set computed."""
     ui.quiet_logs()
     with ui.friendly_errors():
+        rpc = rpc_for(rpc_given, home)
         key, agent = agent_key(key_file, agent_id)
         vid = check_validator_id(validator_id)
         client = ui.make_client(rpc)
@@ -288,13 +294,15 @@ def _show_one(client: SyncNodeClient, rpc: str, vid: str, as_json: bool) -> None
 def show(
     validator_id: Optional[str] = typer.Argument(None, metavar="[VALIDATOR_ID]", help="One validator (64 hex); "
                                                  "default: list them all."),
-    rpc: str = rpc_option(),
+    rpc_given: Optional[str] = rpc_or_home_option(),
+    home: Optional[Path] = home_option(),
     as_json: bool = json_option(),
 ) -> None:
     """List the validator candidates (bond, power, set membership, jail), or show one with its
     bonds and pending unbondings."""
     ui.quiet_logs()
     with ui.friendly_errors():
+        rpc = rpc_for(rpc_given, home)
         client = ui.make_client(rpc)
         if validator_id is not None:
             _show_one(client, rpc, check_validator_id(validator_id), as_json)

@@ -88,6 +88,10 @@ def test_outcomes_of_applied_and_rejected_actions(tmp_path):
                 assert bad.exit_code == 1 and "rejected at height" in bad.output, bad.output
                 looked = await trio.to_thread.run_sync(cli_run, "action", "--rpc", base, created_id)
                 assert looked.exit_code == 0 and "applied at height" in looked.output, looked.output
+                # --home finds the node's API in its config.toml, as status does
+                by_home = await trio.to_thread.run_sync(cli_run, "action", "--home", str(home.root),
+                                                       compute_action_id(overdraft).hex())
+                assert by_home.exit_code == 1 and "rejected at height" in by_home.output, by_home.output
 
     trio.run(main)
 
