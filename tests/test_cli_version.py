@@ -22,7 +22,14 @@ def test_version_flag_and_command_name_the_pinned_libraries():
 
 
 def test_dash_h_is_help_everywhere():
-    for args in (["-h"], ["staking", "-h"], ["gov", "vote", "-h"], ["testnet", "init", "-h"]):
+    for args in (["-h"], ["staking", "-h"], ["gov", "vote", "-h"], ["testnet", "init", "-h"], ["submit", "-h"],
+                 ["action", "-h"], ["status", "-h"]):
         result = runner.invoke(cli.app, args)
         assert result.exit_code == 0, (args, result.output)
         assert "Usage: awnode" in result.output, args
+        assert "<bool>" not in result.output, args  # a flag is a flag, not a typed value
+
+
+def test_enum_arguments_show_their_choices():
+    result = runner.invoke(cli.app, ["gov", "vote", "-h"])
+    assert result.exit_code == 0 and "yes|no|abstain" in result.output, result.output
