@@ -13,6 +13,8 @@ Routes (hashes and bytes are lowercase hex in responses):
   "error"?, "retry_after_ms"?}, ...], "counts": {status: n}}`` in request order (each admitted as
   by ``POST /v1/actions``); 503 with ``Retry-After`` when the node is busy before the body is
   decoded, or every action met a busy answer; 400 when the body is not such a document.
+- ``GET /``: the web viewer; ``GET /v1/stream``: executed heights as Server-Sent Events
+  (``web``, ``stream``).
 - ``GET /v1/status``, ``GET /v1/blocks/{height}``, ``GET /v1/execution/{height}``,
   ``GET /v1/actions/{action_id}`` (pending, or committed with its outcome), ``GET /v1/agents/{agent_id}``, ``GET /v1/events?kind=&agent=&from_height=&to_height=&action_id=&order=asc|desc&cursor=&limit=``, ``GET /v1/modules``,
   ``GET /v1/evidence``, ``GET /v1/builds/{build_id}`` (a build from source: the world's record and
@@ -96,6 +98,7 @@ from .schema import (
     ValidatorSetDocument,
     ValidatorSetsDocument,
 )
+from .web import viewer_routes
 
 log = structlog.get_logger(__name__)
 
@@ -106,6 +109,7 @@ DRAIN_LIMIT_BYTES = 8 * 1024 * 1024
 #: Seconds a request body may take to arrive whole; a client that sends part of it and stalls gets
 #: 408 and the connection back, instead of holding it (the server's read timeout is the same).
 BODY_TIMEOUT_S = 10.0
+KEEP_ALIVE_TIMEOUT_S = 5.0  # an idle connection, or one whose request head stalls, is closed after this
 #: Largest height a route accepts (the block store keys heights as SQLite 64-bit integers).
 MAX_HEIGHT = (1 << 63) - 1
 _HEIGHT_RE = re.compile(r"[0-9]{1,19}")
@@ -783,6 +787,7 @@ def create_app(node: NodeView) -> Starlette:
         Route("/ready", ready),
         Route("/metrics", metrics),
         Route("/v1/unsafe/peer_filter", peer_filter, methods=["GET", "POST"]),
+        *viewer_routes(node),
     ]
     return Starlette(
         routes=routes,
@@ -793,7 +798,7 @@ def create_app(node: NodeView) -> Starlette:
 _ROUTE_LIST = "/v1/actions, /v1/actions/{action_id}, /v1/status, /v1/blocks/latest, /v1/blocks/{height}, " \
     "/v1/execution/{height}, /v1/agents, /v1/agents/{agent_id}, /v1/events, /v1/modules, /v1/evidence, /v1/builds/{build_id}, /v1/staking/validators[/{id}], " \
     "/v1/staking/sets, /v1/staking/unbonding, /v1/governance/proposals[/{id}], /v1/manifest[/versions], " \
-    "/health, /ready, /metrics"
+    "/v1/stream, /health, /ready, /metrics; the web viewer at /"
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -22,11 +22,12 @@ import trio
 from agent_world_runtime import World
 from agent_world_runtime.actions import SignedAction
 from agent_world_runtime.codec import encode, to_builtins
+from agent_world_runtime.events import Event
 from agent_world_runtime.modules.sandbox import Sandbox
 from agent_world_runtime.snapshots import SnapshotArchive
 
 from . import config as cfg
-from .api import BODY_TIMEOUT_S, action_outcome_document, create_app
+from .api import KEEP_ALIVE_TIMEOUT_S, action_outcome_document, create_app
 from .build_runner import BuildRunner
 from .consensus import TimeoutFired
 from .consensus.privval import SignStateFile
@@ -55,12 +56,14 @@ from .schema import (
     BlockDocument,
     DivergenceDocument,
     ExecutionDocument,
+    PeerExecutionDocument,
     PeerFilterDocument,
     StatusDocument,
 )
 from .statesync import StateSyncer, home_is_empty, install
-from .store import NodeStore
-from .types import Topic
+from .store import ExecutionRecord, NodeStore
+from .stream import BlockFeed
+from .types import ReplicatedCommitPayload, Topic
 
 log = structlog.get_logger(__name__)
 
@@ -124,6 +127,7 @@ class Node:
         #: the state sync in progress (None: none; see ``run``)
         self.state_sync: StateSyncer | None = None
         self.replica = self._open_replica(NodeStore(home.db_file))
+        self.feed = BlockFeed(self)
         self._nursery: trio.Nursery | None = None
         self._started_at = time.time()
         self._topics = {tid: Topic(name) for name, tid in topic_ids(self.replica.chain_id).items()}
@@ -179,6 +183,7 @@ class Node:
         world, base = await self.state_sync.run()
         install(world, base, store, self.home.snapshot_dir)
         self.replica = self._open_replica(store)
+        self.feed.advanced()
         self.state_sync = None
         self.log.info("state_sync_completed", height=base.height, state_root=base.state_root.hex(),
                       seconds=round(time.monotonic() - started, 3), peers=len(self.net.connected_peers()))
@@ -222,6 +227,7 @@ class Node:
 
     # -- performing the replica's outputs -------------------------------------------------------
     async def _perform(self, outputs: list[Output]) -> None:
+        self.feed.advanced()  # a replica step may have executed heights: wake the stream readers
         for out in outputs:
             if isinstance(out, Publish):
                 await self.net.publish(out.topic, out.data)
@@ -322,6 +328,10 @@ class Node:
             module_calls=self.world.stats().get("module_calls", 0),
             syncing=r.syncing or self.state_sync is not None,
             uptime_s=round(time.time() - self._started_at, 1),
+            peer_execution=[
+                PeerExecutionDocument(peer, rep.hashes.execution_height, rep.hashes.execution_state_root.hex(), rep.agrees)
+                for peer in peers if (rep := r.execution.peer_reports.get(peer)) is not None
+            ],
         )
 
     def block_json(self, height: int) -> BlockDocument | None:
@@ -340,6 +350,23 @@ class Node:
             certificate=to_builtins(stored.certificate),
             execution=to_builtins(stored.execution) if stored.execution else None,
         )
+
+    def stored_block(self, height: int) -> ReplicatedCommitPayload | None:
+        """The stored block and commit certificate of ``height``, or None."""
+        return self.replica.store.get_block(height)
+
+    def stored_execution(self, height: int) -> ExecutionRecord | None:
+        """This node's execution record of ``height``, or None."""
+        return self.replica.store.get_execution(height)
+
+    def events_at(self, height: int) -> list[Event]:
+        """The executed world's events of ``height`` (``World.events_at``)."""
+        return self.replica.world.events_at(height)
+
+    def hello(self) -> dict[str, Any]:
+        """The stream's ``hello`` message: who this node is and where it stands."""
+        return {"chain_id": self.replica.chain_id, "node_id": self.peer_id, "moniker": self.config.moniker,
+                "height": self.replica.height, "execution_height": self.replica.driver.last_height}
 
     def pruned_below(self) -> int:
         """The lowest height whose block this node still stores, when older ones were pruned
@@ -451,7 +478,11 @@ class Node:
         hconf.accesslog = None
         hconf.errorlog = None
         hconf.graceful_timeout = 1.0
-        hconf.read_timeout = int(BODY_TIMEOUT_S)  # a stalled client's socket is closed, not held
+        # No read timeout: a /v1/stream client sends nothing for as long as it listens. A stalled
+        # request body gets 408 from the API after BODY_TIMEOUT_S and its connection is closed; a
+        # stalled request head counts as idle and is closed after keep_alive_timeout.
+        hconf.read_timeout = None
+        hconf.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
         self.log.info(
             "node_starting",
             height=self.replica.height,

@@ -104,8 +104,19 @@ class PeerFilterDocument(msgspec.Struct):
     bans_total: int
 
 
+class PeerExecutionDocument(msgspec.Struct):
+    """A connected peer's last announced execution height and state root, and whether they equal
+    this node's for that height (``agrees`` null when this node has not executed it yet)."""
+
+    peer: str
+    execution_height: int
+    execution_state_root: str
+    agrees: bool | None
+
+
 class StatusDocument(msgspec.Struct):
-    """``GET /v1/status``."""
+    """``GET /v1/status``. ``peer_execution``: each connected peer's last announced execution
+    hashes compared with ours."""
 
     node_id: str
     moniker: str
@@ -126,6 +137,7 @@ class StatusDocument(msgspec.Struct):
     module_calls: int
     syncing: bool
     uptime_s: float
+    peer_execution: list[PeerExecutionDocument] = []
 
 
 class ExecutionDocument(msgspec.Struct):

@@ -537,12 +537,17 @@ class World:
         return how many. Raises OSError."""
         return save_audit_log(self._state.journal, Path(path), flt)
 
+    def events_at(self, height: int) -> list[Event]:
+        """Return the journal's events of block ``height``, in order (empty when the journal does
+        not hold that height: before a state-sync snapshot, or a block without events)."""
+        return self._state.journal.at_height(height)
+
     def action_events(self, action_id: bytes, height: int) -> list[Event]:
         """Return the events of the action ``action_id`` executed in block ``height`` (those whose
         ``data["action_id"]`` is it), in order: its applied events, or one
         ``domain.action_rejected``. Empty when the journal does not hold that height's events
         (before a state-sync snapshot) or the action is not in that block."""
-        return [e for e in self._state.journal.at_height(height) if e.data.get("action_id") == action_id]
+        return [e for e in self.events_at(height) if e.data.get("action_id") == action_id]
 
     def journal_raw(self, first_seq: int = 1, last_seq: int | None = None) -> list[bytes]:
         """Return the canonical bytes of journal events ``first_seq..last_seq`` (inclusive)."""

@@ -25,8 +25,28 @@ def test_a_stalled_body_gets_408(tmp_path):
                         if not chunk:
                             break
                         received += chunk
-            return received.decode(errors="replace")
+                    closed = await stream.receive_some(4096) == b""  # and the connection is not held
+            return received.decode(errors="replace"), closed
 
-    answer = trio.run(main)
+    answer, closed = trio.run(main)
     assert answer.startswith("HTTP/1.1 408"), answer[:200]
     assert '"code":"body_timeout"' in answer.replace(" ", ""), answer
+    assert closed
+
+
+def test_a_stalled_request_head_is_closed(tmp_path):
+    """A client that sends part of a request head and stalls loses its connection (the
+    keep-alive timeout: the connection is idle until a whole head arrived)."""
+    home = single_validator_home(tmp_path / "solo", chain_id="head-timeout")
+
+    async def main():
+        async with running_node(home) as node:
+            host, port = node.config.rpc.listen.rsplit(":", 1)
+            stream = await trio.open_tcp_stream(host, int(port))
+            async with stream:
+                await stream.send_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")
+                with trio.fail_after(60):  # a hang guard, not a timing check
+                    return await stream.receive_some(4096)
+
+    assert trio.run(main) == b""
+

@@ -17,6 +17,7 @@ Every difference is logged with both roots and counted in ``mismatches`` and
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import structlog
@@ -37,6 +38,18 @@ class Divergence:
     quorum_root: bytes
 
 
+MAX_PEER_REPORTS = 256  # peers whose last announced execution hashes are kept (oldest dropped)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerExecution:
+    """A peer's last announced execution hashes, and whether they equal ours for that height
+    (``agrees`` None when we have not executed it)."""
+
+    hashes: ExecutionHashes
+    agrees: bool | None
+
+
 class ExecutionCheck:
     """Compares execution hashes with this node's (see the module docstring)."""
 
@@ -48,6 +61,7 @@ class ExecutionCheck:
         self._metrics = metrics
         self._log = log
         self.mismatches = 0
+        self.peer_reports: OrderedDict[str, PeerExecution] = OrderedDict()
 
     def ours(self, height: int) -> ExecutionHashes | None:
         """This node's execution hashes of ``height``, or None when it has not executed it."""
@@ -82,10 +96,16 @@ class ExecutionCheck:
         return "execution state root of the previous height differs from ours"
 
     def check_peer(self, theirs: ExecutionHashes | None, peer: str) -> None:
-        """Compare a peer's announced hashes with ours; log and count a difference."""
+        """Compare a peer's announced hashes with ours; log and count a difference. The last
+        report of each peer is kept in ``peer_reports`` (for ``/v1/status``)."""
         if theirs is None:
             return
         ours = self.compare(theirs)
+        agrees = None if self.ours(theirs.execution_height) is None else ours is None
+        self.peer_reports.pop(peer, None)
+        self.peer_reports[peer] = PeerExecution(theirs, agrees)
+        while len(self.peer_reports) > MAX_PEER_REPORTS:
+            self.peer_reports.popitem(last=False)
         if ours is not None:
             self._mismatch("peer_execution_mismatch", ours, theirs, peer=peer)
 
