@@ -491,3 +491,13 @@ def init_home(
     if genesis is not None:
         write_genesis(home.genesis_file, genesis)
     return home
+
+
+def rpc_url_for(listen: str) -> str:
+    """Return the URL a local client uses for an ``rpc.listen`` address (``0.0.0.0`` -> ``127.0.0.1``)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"rpc.listen {listen!r} is not host:port")
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"

@@ -29,6 +29,7 @@ from agent_world_runtime.snapshots import SnapshotArchive
 from . import config as cfg
 from .api import KEEP_ALIVE_TIMEOUT_S, action_outcome_document, create_app
 from .build_runner import BuildRunner
+from .config import rpc_url_for
 from .consensus import TimeoutFired
 from .consensus.privval import SignStateFile
 from .metrics import NodeMetrics
@@ -490,6 +491,7 @@ class Node:
             peer=self.peer_id,
             p2p=self.config.p2p.listen,
             rpc=self.config.rpc.listen,
+            viewer=rpc_url_for(self.config.rpc.listen) + "/",
             validator=self.replica.is_validator,
         )
         try:

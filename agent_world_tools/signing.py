@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from agent_world_client.client import ClientError, NotFound, SyncNodeClient
-from agent_world_node.config import Home, read_config
+from agent_world_node.config import Home, read_config, rpc_url_for
 from agent_world_runtime.actions import AGENT_ID_RE, Action, action_kind, sign_action, static_action_problem
 from agent_world_runtime.crypto import SigningKey
 
@@ -39,8 +39,6 @@ def rpc_for(rpc: str | None, home: Path | None) -> str:
     if rpc:
         return rpc
     if home is not None and Home(home).config_file.exists():
-        from .testnet.homes import rpc_url_for
-
         return rpc_url_for(read_config(Home(home).config_file).rpc.listen)
     return DEFAULT_RPC
 

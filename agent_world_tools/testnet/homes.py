@@ -37,6 +37,7 @@ from agent_world_node.config import (
     read_config,
     read_genesis,
     read_key,
+    rpc_url_for,
 )
 from agent_world_node.network import peer_id_for_seed
 from agent_world_runtime.crypto import SigningKey
@@ -264,16 +265,6 @@ class TestnetNode:
     def log_path(self) -> Path:
         """Where the node's stdout and stderr go: ``HOME/node.log``."""
         return self.home.root / NODE_LOG
-
-
-def rpc_url_for(listen: str) -> str:
-    """Return the URL a local client uses for an ``rpc.listen`` address (``0.0.0.0`` -> ``127.0.0.1``)."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"rpc.listen {listen!r} is not host:port")
-    if host in ("", "0.0.0.0", "::", "[::]"):
-        host = "127.0.0.1"
-    return f"http://{host}:{port}"
 
 
 def load_testnet(directory: Path) -> list[TestnetNode]:

@@ -415,6 +415,7 @@ def prepare_testnet(opts: TestnetOptions, console: Console) -> tuple[Path, list[
         p2p = read_config(node.home.config_file).p2p.listen
         console.print(f"  {node.name}: API {node.rpc_url}  P2P {p2p}  (awnode status --rpc {node.rpc_url})",
                       highlight=False)
+    console.print(f"viewer: open {nodes[0].rpc_url}/ in a browser (every node serves it)", highlight=False)
     return directory, nodes
 
 
