@@ -8,7 +8,7 @@ NODES    ?= 4
 DURATION ?=
 TESTNET_ARGS := --nodes $(NODES) $(if $(DURATION),--duration $(DURATION),)
 
-.PHONY: venv testnet test check bench clean sim sim-long test-faults toolchains compose-test
+.PHONY: venv testnet test check bench clean sim sim-long test-faults toolchains browser compose-test
 
 venv: $(STAMP)
 
@@ -38,7 +38,14 @@ check: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: check toolchains
+# Debian's chromium for the web viewer's browser tests (Playwright drives it; no browser download).
+browser:
+	@if test -x /usr/bin/chromium; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	else echo "chromium missing (the viewer's browser tests skip): sudo apt-get install --no-install-recommends chromium"; fi
+
+test: check toolchains browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -538,6 +538,10 @@ class SyncNodeClient:
         """See NodeClient.submit."""
         return self._call(NodeClient.submit, signed)
 
+    def submit_batch(self, signed: list[SignedAction]) -> list[dict[str, Any]]:
+        """See NodeClient.submit_batch."""
+        return self._call(NodeClient.submit_batch, signed)
+
     def status(self) -> dict[str, Any]:
         """See NodeClient.status."""
         return self._call(NodeClient.status)

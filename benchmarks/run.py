@@ -6,7 +6,8 @@ interval), throughput (``throughput.py``: signed transfers through the HTTP API 
 processes), bigworld (``bigworld.py``: 100,000 agents: execution scaling, catch-up, replay, memory),
 statesync (``statesync.py``: joining a 100,000-agent chain by state sync at two chain lengths),
 adversarial (``adversarial.py``: ns per fuel unit of hostile operator classes, compile time of the
-bomb corpus at the structural limits, output decode at the item limit, block time at the budget).
+bomb corpus at the structural limits, output decode at the item limit, block time at the budget),
+viewer (``viewer.py``: the web viewer's frame times in headless Chromium with 10,000 agents).
 Each section's figures are printed as measured and written to ``benchmarks/results.json``.
 
 Figures of this module (units in the names):
@@ -87,7 +88,7 @@ def bench_execute(agents: int, blocks: int = 5, per_block: int = 1_000) -> float
 
 
 SECTIONS = ("signatures", "execution", "modules", "network", "cluster", "throughput", "bigworld", "statesync",
-            "adversarial")
+            "adversarial", "viewer")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         record(f"bench_{name}_s", time.perf_counter() - started)
         out.write_text(json.dumps(results, indent=2) + "\n")  # keep what we have if interrupted
 
-    from benchmarks import adversarial, bigworld, cluster, gossip, statesync, throughput
+    from benchmarks import adversarial, bigworld, cluster, gossip, statesync, throughput, viewer
 
     section("signatures", lambda: record("ed25519_verify_per_s", bench_verify()))
 
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     section("bigworld", lambda: bigworld.run_all(record))
     section("statesync", lambda: statesync.run_all(record))
     section("adversarial", lambda: adversarial.run_all(record))
+    section("viewer", lambda: viewer.run_all(record))
     if "ed25519_verify_per_s" in results and "cluster_actions_per_s" in results:
         # efficiency ratio: committed actions/s over the signature-verification limit of 4 nodes
         # sharing 2 cores (every node verifies every action's signature)
