@@ -57,11 +57,11 @@ def _asset(name: str) -> Response:
 
 
 def _resume_height(request: Request) -> int | None:
-    """The height a stream resumes after: ``from_height`` (the client's own choice) or the
-    ``Last-Event-ID`` header its ``EventSource`` sends on reconnecting; None for neither. Raises
-    ValueError naming the bad value."""
-    for name, raw in (("from_height", request.query_params.get("from_height")),
-                      ("Last-Event-ID", request.headers.get("last-event-id"))):
+    """The height a stream resumes after: the ``Last-Event-ID`` header an ``EventSource`` sends
+    on reconnecting (it keeps the original URL, so the header is the newer word), else
+    ``from_height``; None for neither. Raises ValueError naming the bad value."""
+    for name, raw in (("Last-Event-ID", request.headers.get("last-event-id")),
+                      ("from_height", request.query_params.get("from_height"))):
         if raw is None or raw == "":
             continue
         if not raw.isdigit() or int(raw) > _MAX_HEIGHT:

@@ -169,7 +169,7 @@ def test_resume_height_comes_from_the_query_or_last_event_id():
     assert web._resume_height(req()) is None
     assert web._resume_height(req("from_height=7")) == 7
     assert web._resume_height(req(last="12")) == 12
-    assert web._resume_height(req("from_height=3", last="12")) == 3
+    assert web._resume_height(req("from_height=3", last="12")) == 12  # a reconnect keeps the first URL
     for bad in ("from_height=-1", "from_height=x", "from_height=99999999999999999999"):
         with pytest.raises(ValueError, match="from_height must be a height"):
             web._resume_height(req(bad))
