@@ -69,6 +69,7 @@ class NodeMetrics:
         self.round = Gauge("awnode_round", "Current consensus round", registry=r)
         self.peers = Gauge("awnode_peers", "Connected libp2p peers", registry=r)
         self.mempool_size = Gauge("awnode_mempool_actions", "Actions waiting in the mempool", registry=r)
+        self.stream_subscribers = Gauge("awnode_stream_subscribers", "Open GET /v1/stream connections", registry=r)
         self.data_free_bytes = Gauge(
             "awnode_data_free_bytes", "Free bytes on the filesystem of the node's data directory", registry=r)
         self.blocks_committed = Counter("awnode_blocks_committed", "Blocks committed by this node", registry=r)

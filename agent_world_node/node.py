@@ -129,6 +129,7 @@ class Node:
         self.state_sync: StateSyncer | None = None
         self.replica = self._open_replica(NodeStore(home.db_file))
         self.feed = BlockFeed(self)
+        self.metrics.stream_subscribers.set_function(lambda: self.feed.subscribers)
         self._nursery: trio.Nursery | None = None
         self._started_at = time.time()
         self._topics = {tid: Topic(name) for name, tid in topic_ids(self.replica.chain_id).items()}

@@ -217,6 +217,8 @@ def test_the_stream_route_on_a_node(tmp_path, monkeypatch):
                 assert r.status_code == 503 and r.json()["code"] == "too_many_streams" and r.headers["Retry-After"]
                 monkeypatch.undo()
                 assert node.feed.subscribers == 0  # every finished stream gave its slot back
+                metrics = (await client.get("/metrics")).text
+                assert "awnode_stream_subscribers 0.0" in metrics
 
                 for bad in ("../api.py", ".hidden.js", "x.py", "nope.js"):
                     r = await client.get(f"/viewer/{bad}")
