@@ -199,9 +199,42 @@ def run_all(record: Callable[[str, float], None], *, agents: int = AGENTS, measu
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def screenshots(url: str, out_dir: Path, agent_id: str | None = None) -> list[Path]:
+    """Open the viewer at ``url`` (a running node's API) and save ``viewer-map.png`` (the map
+    with an agent's page, ``agent_id`` or the first agent) and ``viewer-chain.png``,
+    ``viewer-modules.png``, ``viewer-governance.png`` (its other panels) in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with browser_page() as (page, problems):
+        page.goto(url)
+        viewer_ready(page, 60)
+        time.sleep(3)  # a few blocks of moves, so that the map shows activity
+        agent = agent_id or page.evaluate("window.awViewer.moveLog.length ? window.awViewer.moveLog[0].agent_id : null")
+        if agent:
+            page.evaluate("(id) => window.awViewer.openAgent(id)", agent)
+            time.sleep(1)
+        paths.append(out_dir / "viewer-map.png")
+        page.screenshot(path=str(paths[-1]))
+        for tab, name in (("chain-panel", "chain"), ("modules-panel", "modules"), ("governance-panel", "governance")):
+            page.click(f"#tabs button[data-tab={tab}]")
+            time.sleep(2.5)
+            paths.append(out_dir / f"viewer-{name}.png")
+            page.screenshot(path=str(paths[-1]))
+        if problems:
+            raise RuntimeError(f"the page reported problems: {problems}")
+    return paths
+
+
 def main() -> None:
-    """Print the figures (``python -m benchmarks.viewer``)."""
+    """Print the figures (``python -m benchmarks.viewer``), or, with ``--screenshots DIR URL``,
+    save screenshots of the viewer of the node at URL in DIR."""
+    import sys
+
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    if sys.argv[1:2] == ["--screenshots"] and len(sys.argv) == 4:
+        for path in screenshots(sys.argv[3], Path(sys.argv[2])):
+            print(f"wrote {path}")
+        return
 
     def record(name: str, value: float) -> None:
         print(f"{name:45s} {value:12.2f}", flush=True)

@@ -238,16 +238,17 @@ export class MapView {
       ctx.fillStyle = colour;
       for (let i = 0; i < pts.length; i += 2) ctx.fillRect(pts[i] - half, pts[i + 1] - half, size, size);
     }
-    if (sc >= 20) { // close enough to read: label the agents on screen (at most 400)
+    if (sc >= 20) { // close enough to read: one label per occupied cell on screen (at most 400)
       ctx.fillStyle = "#9fb0bf";
       ctx.font = "11px system-ui, sans-serif";
       let n = 0;
-      for (const a of this.agents.values()) {
-        if (this.z !== "all" && a.z !== this.z) continue;
-        const [x, y] = this._drawnPos(a, now);
+      for (const [key, ids] of this.cells) {
+        const [x, y, z] = key.split(",").map(Number);
+        if (this.z !== "all" && z !== this.z) continue;
         const px = ox + x * sc, py = oy + y * sc;
         if (px < 0 || py < 0 || px > w || py > h) continue;
-        ctx.fillText(a.id, px + half + 3, py + 4);
+        const first = ids.values().next().value;
+        ctx.fillText(ids.size > 1 ? `${first} +${ids.size - 1}` : first, px + half + 3, py + 4);
         if (++n >= 400) break;
       }
     }
