@@ -48,7 +48,7 @@ browser:
 test: check toolchains browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) browser
 	$(BIN)/python -m benchmarks.run
 
 # Cluster simulator (agent_world_node/sim). `make sim SEED=42` replays one scenario with its
